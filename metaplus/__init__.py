@@ -1,0 +1,1 @@
+"""metaplus: gradient-based meta-learning on Lightning + Hydra."""

@@ -1,0 +1,112 @@
+"""One LightningDataModule for every episodic source: meta-batches for training, fixed episodes for
+validation and test.
+
+Training episode ``i`` of epoch ``e`` is drawn from seed (seed, "train", e, i): tasks never repeat
+across epochs, differ across DDP ranks (the distributed sampler hands ranks disjoint indices), and a
+resumed run sees exactly the tasks an uninterrupted one would. Validation/test episode ``i`` is drawn
+from (eval_seed, split, i): the same for every run, seed and algorithm.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from metaplus.config import check, check_choice, check_int
+from metaplus.data.episodes import EpisodeDataset, TaskSource, collate_tasks
+
+SPLITS = ("train", "val", "test")
+
+
+class EpisodicDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: Callable[..., TaskSource],
+        name: str,
+        task: str,
+        shots: int,
+        queries: int,
+        meta_batch_size: int,
+        batches_per_epoch: int,
+        val_episodes: int,
+        test_episodes: int,
+        input_shape: Sequence[int],
+        output_dim: int,
+        ways: int | None = None,
+        root: str | None = None,
+        eval_seed: int = 0,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        check_choice("task", task, {"regression", "classification"})
+        check_int("shots", shots, 1)
+        check_int("queries", queries, 1)
+        check_int("meta_batch_size", meta_batch_size, 1)
+        check_int("batches_per_epoch", batches_per_epoch, 1)
+        check_int("val_episodes", val_episodes, 1)
+        check_int("test_episodes", test_episodes, 1)
+        check_int("output_dim", output_dim, 1)
+        check_int("num_workers", num_workers, 0)
+        if task == "classification":
+            check_int("ways", ways, 2)
+        check("input_shape", input_shape, len(input_shape) >= 1 and all(int(d) > 0 for d in input_shape),
+              "a list of positive sizes")
+        self.source_factory, self.name, self.task = source, name, task
+        self.shots, self.queries, self.ways, self.root = shots, queries, ways, root
+        self.meta_batch_size, self.batches_per_epoch = meta_batch_size, batches_per_epoch
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.input_shape, self.output_dim = tuple(int(d) for d in input_shape), output_dim
+        self.eval_seed, self.seed, self.num_workers = eval_seed, seed, num_workers
+        self.eval_batch_size = eval_batch_size or meta_batch_size
+        self.sources: dict[str, TaskSource] = {}
+
+    # -- sources -------------------------------------------------------------------------------
+    def source(self, split: str) -> TaskSource:
+        """The task source of ``split``, built once (image sources decode their data here)."""
+        if split not in self.sources:
+            self.sources[split] = self.source_factory(split=split)
+        return self.sources[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SPLITS)
+        for split in needed:
+            self.source(split)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
+    def world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.world_size if trainer is not None else 1
+
+    def train_dataloader(self) -> DataLoader:
+        # Each rank loads its share of the meta-batch; the distributed sampler keeps shares disjoint.
+        world = self.world_size()
+        if self.meta_batch_size % world:
+            raise ValueError(f"data.meta_batch_size={self.meta_batch_size} must be divisible by the "
+                             f"number of processes ({world}) so each rank adapts the same number of tasks")
+        per_rank = self.meta_batch_size // world
+        dataset = EpisodeDataset(self.source("train"), self.batches_per_epoch * self.meta_batch_size,
+                                 keys=(self.seed, "train"), epoch_fn=self.current_epoch)
+        return self._loader(dataset, per_rank, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val", self.val_episodes)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", self.test_episodes)
+
+    def _eval_loader(self, split: str, episodes: int) -> DataLoader:
+        dataset = EpisodeDataset(self.source(split), episodes, keys=(self.eval_seed, split))
+        return self._loader(dataset, self.eval_batch_size, drop_last=False)
+
+    def _loader(self, dataset, batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last,
+                          collate_fn=collate_tasks, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,99 @@
+"""The episode types every data source produces and every learner consumes.
+
+A *task* (episode) is a support set and a query set. A *task batch* stacks the tasks of one
+meta-batch along a leading dimension. Sources only ever build single tasks from a seeded
+``torch.Generator``; this module turns indices into reproducible generators.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Task:
+    """One episode: adapt on (support_x, support_y), score on (query_x, query_y)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+
+@dataclass
+class TaskBatch:
+    """A meta-batch of tasks stacked on dim 0; ``index`` identifies each episode (fixed for val/test)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    index: Tensor
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def __getitem__(self, b: int) -> Task:
+        return Task(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b])
+
+    def split(self, parts: int, part: int) -> "TaskBatch":
+        """The ``part``-th of ``parts`` equal slices (used to share a meta-batch across ranks)."""
+        n = len(self)
+        if n % parts:
+            raise ValueError(f"a meta-batch of {n} tasks cannot be split evenly into {parts} parts")
+        size = n // parts
+        sl = slice(part * size, (part + 1) * size)
+        return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.index[sl])
+
+
+def collate_tasks(items: Sequence[tuple[int, Task]]) -> TaskBatch:
+    indices, tasks = zip(*items)
+    return TaskBatch(
+        support_x=torch.stack([t.support_x for t in tasks]),
+        support_y=torch.stack([t.support_y for t in tasks]),
+        query_x=torch.stack([t.query_x for t in tasks]),
+        query_y=torch.stack([t.query_y for t in tasks]),
+        index=torch.tensor(indices, dtype=torch.long),
+    )
+
+
+class TaskSource(Protocol):
+    """Anything that can draw one task from a generator (sinusoids, Omniglot classes, ...)."""
+
+    def sample(self, generator: torch.Generator) -> Task: ...
+
+
+def episode_seed(*keys: object) -> int:
+    """A stable 63-bit seed from any keys (not Python's salted ``hash``), same on every machine."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def episode_generator(*keys: object) -> torch.Generator:
+    return torch.Generator().manual_seed(episode_seed(*keys))
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Maps an index to a task drawn from ``source`` with a generator seeded by (keys, epoch, index).
+
+    Validation and test datasets use a constant epoch, so episode ``i`` is the same episode in every
+    run and for every algorithm; training datasets read the current epoch, so each epoch draws new
+    tasks while a resumed run redraws exactly the tasks it would have seen.
+    """
+
+    def __init__(self, source: TaskSource, length: int, keys: tuple, epoch_fn=lambda: 0):
+        self.source, self.length, self.keys, self.epoch_fn = source, length, keys, epoch_fn
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[int, Task]:
+        return index, self.source.sample(episode_generator(*self.keys, self.epoch_fn(), index))
+
+
+def uniform(generator: torch.Generator, low: float, high: float, size=()) -> Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)

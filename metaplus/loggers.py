@@ -1,0 +1,56 @@
+"""Loggers and callbacks from the ``logger`` and ``callbacks`` config groups.
+
+W&B runs get the resolved config, tags (algorithm, dataset, user tags) and, inside a Hydra multirun,
+a group named after the sweep directory, so a dashboard groups a sweep without manual work.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from metaplus.config import instantiate_group
+
+
+def multirun_group() -> str | None:
+    """The sweep directory's name inside a Hydra multirun, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    return [str(cfg.algo.name), str(cfg.data.name), *map(str, cfg.get("tags") or [])]
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        if key == "wandb":
+            group = node.get("group") or multirun_group()
+            loggers.append(instantiate_group(node, f"logger.{key}", group=group, tags=run_tags(cfg)))
+        else:
+            loggers.append(instantiate_group(node, f"logger.{key}"))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Callback]:
+    callbacks = [instantiate_group(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items()]
+    if with_loggers:  # the outer learning rate is worth seeing whenever something records it
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    return callbacks
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.config.update({"tags": run_tags(cfg)}, allow_val_change=True)

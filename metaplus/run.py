@@ -1,0 +1,100 @@
+"""One run: build everything from the config, fit, evaluate the best checkpoint, write results.json.
+
+``train.py`` is a thin Hydra wrapper around :func:`run`; tests and notebooks call :func:`run` with a
+config composed by Hydra's compose API.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metaplus.config import ConfigError, check, check_int, instantiate_group
+from metaplus.loggers import build_callbacks, build_loggers, log_config
+from metaplus.results import write_results
+
+log = logging.getLogger("metaplus")
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate datamodule, backbone, learner, loggers, callbacks and trainer (no training yet)."""
+    check_int("seed", cfg.seed, 0)
+    check("ckpt_path", cfg.ckpt_path, cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file(),
+          "an existing checkpoint file or null")
+    check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
+    datamodule = instantiate_group(cfg.data, "data")
+    backbone = instantiate_group(cfg.model, "model")
+    learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
+    trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    return dict(datamodule=datamodule, learner=learner, trainer=trainer, loggers=loggers)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and/or test as the config says; return the final metrics (also in results.json)."""
+    start = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        parts = build(cfg)
+    except ConfigError:
+        remove_if_empty(output_dir)
+        raise
+    datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
+    log_config(parts["loggers"], cfg)
+
+    ckpt = cfg.ckpt_path
+    if cfg.train:
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = best or None
+    metrics: dict[str, Any] = {}
+    if cfg.test:
+        # The validation score of the evaluated checkpoint, then its test score on the fixed episodes.
+        trainer.validate(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        trainer.test(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        for stage in ("val", "test"):
+            metrics.update(learner.eval_results.get(stage, {}))
+    metrics["monitor"] = cfg.monitor
+    metrics["best_checkpoint"] = str(ckpt) if ckpt else None
+    if trainer.is_global_zero:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
+                             extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch})
+        print_summary(cfg, metrics, path)
+    return metrics
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value Hydra sweepers optimise: the monitored validation metric of the best checkpoint."""
+    value = metrics.get(cfg.monitor)
+    return None if value is None else float(value)
+
+
+def remove_if_empty(output_dir: Path) -> None:
+    """A run that failed on its config leaves no directory behind (only Hydra's own files were there)."""
+    if not output_dir.is_dir():
+        return
+    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra", "train.log"}]
+    if not leftovers:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
+    metric = "mse" if cfg.data.task == "regression" else "acc"
+    lines = [f"metaplus | algo={cfg.algo.name} data={cfg.data.name} seed={cfg.seed}"]
+    for stage in ("val", "test"):
+        key = f"{stage}/{metric}"
+        if key in metrics:
+            n = int(metrics[f"{stage}/episodes"])
+            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
+                         f"before adaptation {metrics[key + '_step0']:.4f})")
+    lines.append(f"  results: {path}")
+    print("\n".join(lines), flush=True)
