@@ -36,6 +36,10 @@ class EpisodicDataModule(L.LightningDataModule):
         output_dim: int,
         ways: int | None = None,
         root: str | None = None,
+        split: str | None = None,
+        image_size: int | None = None,
+        download: bool = False,
+        cache_dir: str | None = None,
         eval_seed: int = 0,
         eval_batch_size: int | None = None,
         seed: int = 0,
@@ -57,6 +61,9 @@ class EpisodicDataModule(L.LightningDataModule):
               "a list of positive sizes")
         self.source_factory, self.name, self.task = source, name, task
         self.shots, self.queries, self.ways, self.root = shots, queries, ways, root
+        # Read by image sources through interpolation (``${data.split}``, ...); kept here so that
+        # every documented ``data.*`` key is a checked constructor argument.
+        self.split, self.image_size, self.download, self.cache_dir = split, image_size, download, cache_dir
         self.meta_batch_size, self.batches_per_epoch = meta_batch_size, batches_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.input_shape, self.output_dim = tuple(int(d) for d in input_shape), output_dim

@@ -16,12 +16,19 @@ from torch import Tensor
 
 @dataclass
 class Task:
-    """One episode: adapt on (support_x, support_y), score on (query_x, query_y)."""
+    """One episode: adapt on (support_x, support_y), score on (query_x, query_y).
+
+    Classification labels are episode labels 0..ways-1. ``support_classes``/``query_classes``
+    optionally give each example's global class id within its split (what a pre-training baseline
+    trains on); regression tasks leave them None.
+    """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    support_classes: Tensor | None = None
+    query_classes: Tensor | None = None
 
 
 @dataclass
@@ -33,12 +40,15 @@ class TaskBatch:
     query_x: Tensor
     query_y: Tensor
     index: Tensor
+    support_classes: Tensor | None = None
+    query_classes: Tensor | None = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
     def __getitem__(self, b: int) -> Task:
-        return Task(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b])
+        return Task(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b],
+                    _item(self.support_classes, b), _item(self.query_classes, b))
 
     def split(self, parts: int, part: int) -> "TaskBatch":
         """The ``part``-th of ``parts`` equal slices (used to share a meta-batch across ranks)."""
@@ -47,7 +57,16 @@ class TaskBatch:
             raise ValueError(f"a meta-batch of {n} tasks cannot be split evenly into {parts} parts")
         size = n // parts
         sl = slice(part * size, (part + 1) * size)
-        return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.index[sl])
+        return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.index[sl],
+                         _item(self.support_classes, sl), _item(self.query_classes, sl))
+
+
+def _item(t: Tensor | None, key):
+    return None if t is None else t[key]
+
+
+def _stack(tensors: Sequence[Tensor | None]) -> Tensor | None:
+    return None if any(t is None for t in tensors) else torch.stack(tensors)
 
 
 def collate_tasks(items: Sequence[tuple[int, Task]]) -> TaskBatch:
@@ -58,11 +77,17 @@ def collate_tasks(items: Sequence[tuple[int, Task]]) -> TaskBatch:
         query_x=torch.stack([t.query_x for t in tasks]),
         query_y=torch.stack([t.query_y for t in tasks]),
         index=torch.tensor(indices, dtype=torch.long),
+        support_classes=_stack([t.support_classes for t in tasks]),
+        query_classes=_stack([t.query_classes for t in tasks]),
     )
 
 
 class TaskSource(Protocol):
-    """Anything that can draw one task from a generator (sinusoids, Omniglot classes, ...)."""
+    """Anything that can draw one task from a generator (sinusoids, Omniglot classes, ...).
+
+    Built by ``source_factory(split=...)`` from the data config's ``source`` node. Classification
+    sources also expose ``num_classes`` (classes in their split).
+    """
 
     def sample(self, generator: torch.Generator) -> Task: ...
 
