@@ -72,7 +72,7 @@ def check_keys(node: DictConfig, group: str, provided: tuple[str, ...] = ()) -> 
             check_keys(value, f"{group}.{key}")
 
 
-def instantiate_group(node: DictConfig, group: str, **provided: Any) -> Any:
+def instantiate_group(node: DictConfig, group: str, /, **provided: Any) -> Any:
     """Instantiate one config group, turning any config problem into a ``ConfigError`` naming it."""
     check_keys(node, group, tuple(provided))
     try:

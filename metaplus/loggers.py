@@ -54,3 +54,13 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
         logger.log_hyperparams(resolved)
         if isinstance(logger, WandbLogger):
             logger.experiment.config.update({"tags": run_tags(cfg)}, allow_val_change=True)
+
+
+def finish_loggers(loggers: list[Logger], metrics: dict) -> None:
+    """Record the final metrics in each W&B run's summary and close it (one W&B run per job, also in
+    a multirun that executes several jobs in one process)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            logger.experiment.summary.update(summary)
+            logger.experiment.finish()

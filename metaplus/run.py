@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import ConfigError, check, check_int, instantiate_group
-from metaplus.loggers import build_callbacks, build_loggers, log_config
+from metaplus.config import check, check_int, instantiate_group
+from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.results import write_results
 
 log = logging.getLogger("metaplus")
@@ -29,6 +29,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
           "an existing checkpoint file or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     datamodule = instantiate_group(cfg.data, "data")
+    # Build the sources now: bad source settings and missing datasets fail before any training.
+    datamodule.setup("fit" if cfg.train else "test")
     backbone = instantiate_group(cfg.model, "model")
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
@@ -41,10 +43,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as the config says; return the final metrics (also in results.json)."""
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
+        check_int("seed", cfg.seed, 0)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         parts = build(cfg)
-    except ConfigError:
+    except Exception:  # bad config or missing data: nothing half-written stays behind
         remove_if_empty(output_dir)
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
@@ -69,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch})
         print_summary(cfg, metrics, path)
+    finish_loggers(parts["loggers"], metrics)
     return metrics
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.config import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import EpisodeDataset, TaskSource, collate_tasks
 
 SPLITS = ("train", "val", "test")
@@ -75,7 +75,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def source(self, split: str) -> TaskSource:
         """The task source of ``split``, built once (image sources decode their data here)."""
         if split not in self.sources:
-            self.sources[split] = self.source_factory(split=split)
+            try:
+                self.sources[split] = self.source_factory(split=split)
+            except ConfigError as err:
+                raise err.within("data") from None
         return self.sources[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -30,6 +30,8 @@ def gradient_step(learner: nn.Module, loss: Tensor, adapted: Collection[str], ru
     """One differentiable update of ``learner``'s ``adapted`` parameters, in place (learn2learn style)."""
     named = list(learner.named_parameters())
     targets = [p for n, p in named if n in adapted]
+    if not targets:  # nothing to adapt (e.g. zero-shot evaluation of a frozen model)
+        return
     # create_graph keeps d(update)/d(theta) for second-order meta-gradients; first order drops it.
     grads = iter(torch.autograd.grad(loss, targets, create_graph=not first_order, allow_unused=True))
     updates = []

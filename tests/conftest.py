@@ -1,0 +1,57 @@
+"""Shared test helpers: Hydra composition of the real config tree, and the shared dataset folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from metaplus.config import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+register_resolvers()
+
+
+def shared_data_dir() -> Path | None:
+    """$METAPLUS_DATA, else ../shared/data beside the repository, else None."""
+    for candidate in (os.environ.get("METAPLUS_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The config ``train.py`` would see for these overrides, ready for ``metaplus.run.run``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} interpolations resolve
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in train.py, the job's config holds no hydra node
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """``make_config([...overrides])`` composes the real config with outputs under tmp_path."""
+
+    def make(overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+        return compose_config(list(overrides), output_dir or tmp_path / "run")
+
+    return make
+
+
+QUICK = ["logger=none", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=3", "data.meta_batch_size=4",
+         "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
+         "~callbacks.progress_bar"]
