@@ -67,6 +67,7 @@ def summarise(stage: str, metric: str, loss: Tensor, values: Tensor) -> dict[str
     }
 
 
-def curve(values: Tensor) -> list[float]:
-    """Mean metric after 0, 1, ..., K inner steps (the adaptation curve)."""
-    return [round(v, 6) for v in values.double().mean(dim=0).tolist()]
+def curve(values: Tensor) -> tuple[list[float], list[float]]:
+    """Mean metric and its 95% CI after 0, 1, ..., K inner steps (the adaptation curve)."""
+    means, cis = zip(*(mean_ci95(values[:, k]) for k in range(values.shape[1])))
+    return [round(m, 6) for m in means], [round(c, 6) for c in cis]

@@ -182,7 +182,9 @@ class EpisodicLearner(L.LightningModule):
         summary = summarise(stage, self.metric, loss, values)
         for key, value in summary.items():
             self.log(key, value, prog_bar=key == f"{stage}/{self.metric}", sync_dist=False)
-        self.eval_results[stage] = {**summary, f"{stage}/{self.metric}_by_step": curve(values)}
+        by_step, ci_by_step = curve(values)
+        self.eval_results[stage] = {**summary, f"{stage}/{self.metric}_by_step": by_step,
+                                    f"{stage}/{self.metric}_ci95_by_step": ci_by_step}
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)
