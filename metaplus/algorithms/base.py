@@ -129,14 +129,20 @@ class EpisodicLearner(L.LightningModule):
                 f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
                 f"(now {self.meta_lr}), or check the data for NaN values.")
         optimizer.step()
+        self.step_lr_schedulers("step")
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"train/{self.metric}", torch.stack(metrics).mean(), prog_bar=self.metric == "acc", batch_size=n)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
+        self.step_lr_schedulers("epoch")
+
+    def step_lr_schedulers(self, interval: str) -> None:
+        """Manual optimisation: Lightning leaves stepping to us; each scheduler steps at the interval
+        its config declares ("epoch" for ``lr_scheduler``, "step" e.g. for Reptile's annealing)."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval:
+                config.scheduler.step()
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.meta_lr)
