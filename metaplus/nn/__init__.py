@@ -4,7 +4,10 @@ The step index is the one seam every backbone shares: per-step batch norm (MAML+
 it; others ignore it. Backbones expose their classifier/regressor as ``self.head`` so algorithms
 such as ANIL can find "the head" without knowing the architecture.
 """
+from metaplus.nn.batchnorm import PerStepBatchNorm2d, batchnorm_parameter_names, configure_batchnorm
+from metaplus.nn.conv4 import Conv4
 from metaplus.nn.mlp import MLP
 from metaplus.nn.params import head_parameter_names
 
-__all__ = ["MLP", "head_parameter_names"]
+__all__ = ["Conv4", "MLP", "PerStepBatchNorm2d", "batchnorm_parameter_names", "configure_batchnorm",
+           "head_parameter_names"]

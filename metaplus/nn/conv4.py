@@ -1,0 +1,61 @@
+"""Conv-4, the standard few-shot backbone (Vinyals et al. 2016; MAML; MAML++).
+
+Four blocks of 3x3 conv (padding 1) + batch norm + ReLU (or leaky ReLU, as MAML++) + 2x2 max-pool,
+then a linear ``head``. The head's input size is derived from ``input_shape``: each block keeps the
+spatial size through the padded conv and halves it (floor) in the pool, so 28x28 ends at 1x1 and
+84x84 at 5x5. Batch norm is :class:`PerStepBatchNorm2d`, so the inner-step index ``step`` reaches
+it and MAML++'s per-step BN works without this module knowing about it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaplus.config import check, check_choice, check_int
+from metaplus.nn.batchnorm import PerStepBatchNorm2d
+
+ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu}
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv -> per-step BN -> activation -> 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = PerStepBatchNorm2d(out_channels)
+        self.activation = activation  # a name, not a function: keeps the module picklable
+
+    def forward(self, x: Tensor, step: int = 0) -> Tensor:
+        x = ACTIVATIONS[self.activation](self.norm(self.conv(x), step=step))
+        return F.max_pool2d(x, kernel_size=2, stride=2)
+
+
+class Conv4(nn.Module):
+    """Four conv blocks and a linear head; ``forward(x, step=0)`` with ``x`` of shape (B, *input_shape)."""
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), output_dim: int = 5, filters: int = 64,
+                 blocks: int = 4, activation: str = "relu"):
+        super().__init__()
+        check("input_shape", input_shape, len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
+              "[channels, height, width] of positive integers")
+        check_int("output_dim", output_dim, 1)
+        check_int("filters", filters, 1)
+        check_int("blocks", blocks, 1)
+        check_choice("activation", activation, set(ACTIVATIONS))
+        channels, height, width = input_shape
+        for _ in range(blocks):  # padded 3x3 conv keeps the size; the 2x2 pool floors it by half
+            height, width = height // 2, width // 2
+        check("input_shape", list(input_shape), height > 0 and width > 0,
+              f"at least {2 ** blocks}x{2 ** blocks} pixels for {blocks} pooling blocks")
+        self.input_shape = tuple(input_shape)
+        self.blocks = nn.ModuleList(ConvBlock(channels if i == 0 else filters, filters, activation)
+                                    for i in range(blocks))
+        self.head = nn.Linear(filters * height * width, output_dim)
+
+    def forward(self, x: Tensor, step: int = 0) -> Tensor:
+        for block in self.blocks:
+            x = block(x, step=step)
+        return self.head(x.flatten(1))
