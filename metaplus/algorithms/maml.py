@@ -1,9 +1,172 @@
-"""MAML (Finn et al. 2017): second-order by default, FOMAML with ``first_order=True``."""
+"""MAML (Finn et al. 2017) and MAML++'s six fixes (Antoniou et al. 2019) as independent switches.
+
+MAML is the base episodic learner: adapt every parameter by SGD on the support set, meta-learn the
+initialisation from the query loss; ``first_order=True`` is FOMAML. Each MAML++ switch overrides
+exactly one hook (``algo=mamlpp`` turns all six on):
+
+- ``msl``  multi-step loss: the query loss after every inner step, weighted by the annealed
+  schedule of :func:`metaplus.schedules.msl_weights`, for ``msl_epochs`` epochs  (``task_loss``)
+- ``da``   derivative-order annealing: first order for ``da_epochs`` epochs  (``training_first_order``)
+- ``bnrs`` per-step BN running statistics  } the backbone's :class:`PerStepBatchNorm2d` layers are
+- ``bnwb`` per-step BN weights and biases  } configured once here; with ``bnwb`` the BN affine
+  parameters are meta-learned only, never adapted  (``adapted_names``)
+- ``lslr`` a learned inner learning rate per parameter tensor and per step  (``inner_rule``)
+- ``ca``   cosine annealing of the outer learning rate to ``min_meta_lr``  (``lr_scheduler``)
+
+``bn_stats`` says how BN normalises: ``batch`` (batch statistics always, as the reference code:
+reproduces the published numbers) or ``running`` (evaluation uses the running statistics of the
+matching step: BNRS as the paper's text describes it). See :mod:`metaplus.nn.batchnorm`.
+"""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
 from metaplus.algorithms.base import EpisodicLearner
+from metaplus.config import ConfigError, check, check_choice, check_int, check_positive
+from metaplus.data.episodes import Task
+from metaplus.inner.clone_adapt import UpdateRule
+from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
+from metaplus.schedules import first_order_at, msl_weights
+
+
+def lr_key(name: str) -> str:
+    """ParameterDict keys cannot contain dots: ``blocks.0.conv.weight`` -> ``blocks-0-conv-weight``."""
+    return name.replace(".", "-")
 
 
 class MAML(EpisodicLearner):
-    """The base episodic learner is exactly MAML: adapt every parameter by SGD on the support set,
-    meta-learn the initialisation from the query loss. MAML++'s switches extend this class."""
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task_type: str,
+        inner_steps: int = 1,
+        test_inner_steps: int | None = None,
+        inner_lr: float = 0.01,
+        meta_lr: float = 1e-3,
+        first_order: bool = False,
+        name: str = "maml",
+        inner_loop: Any = None,
+        msl: bool = False,
+        msl_epochs: int = 10,
+        da: bool = False,
+        da_epochs: int = 50,
+        bnrs: bool = False,
+        bnwb: bool = False,
+        lslr: bool = False,
+        ca: bool = False,
+        min_meta_lr: float = 1e-5,
+        bn_stats: str = "batch",
+    ):
+        super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
+                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
+                         inner_loop=inner_loop)
+        switches = dict(msl=msl, da=da, bnrs=bnrs, bnwb=bnwb, lslr=lslr, ca=ca)
+        for key, value in switches.items():
+            check(key, value, isinstance(value, bool), "true or false")
+        check_int("msl_epochs", msl_epochs, 0)
+        check_int("da_epochs", da_epochs, 0)
+        check_positive("min_meta_lr", min_meta_lr)
+        check("min_meta_lr", min_meta_lr, min_meta_lr <= meta_lr, f"<= meta_lr ({meta_lr})")
+        check_choice("bn_stats", bn_stats, set(STATS_MODES))
+        self.switches = switches
+        self.msl, self.msl_epochs, self.da, self.da_epochs = msl, msl_epochs, da, da_epochs
+        self.lslr, self.ca, self.min_meta_lr = lslr, ca, min_meta_lr
+        self.configure_backbone_batchnorm(inner_steps, bnrs, bnwb, bn_stats)
+        self.inner_lrs = self.make_inner_lrs(inner_steps, inner_lr) if lslr else None
+
+    # -- construction ---------------------------------------------------------------------------
+    def configure_backbone_batchnorm(self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str) -> None:
+        """BNRS/BNWB/bn_stats reshape the backbone's per-step BN layers, before the optimizer exists."""
+        try:
+            layers = configure_batchnorm(self.backbone, steps, per_step_stats=bnrs, per_step_affine=bnwb,
+                                         stats=bn_stats)
+        except TypeError as err:
+            raise ConfigError("bnrs" if bnrs else "bnwb", str(err)) from None
+        if (bnrs or bnwb or bn_stats != "batch") and not layers:
+            rank_zero_warn(f"algo.bnrs/bnwb/bn_stats have no effect: {type(self.backbone).__name__} has "
+                           f"no metaplus.nn.PerStepBatchNorm2d layer")
+        # BNWB: the per-step affine parameters are meta-learned only (the paper never adapts them).
+        self.frozen_in_inner_loop = batchnorm_parameter_names(self.backbone) if bnwb else set()
+
+    def make_inner_lrs(self, steps: int, inner_lr: float) -> nn.ParameterDict:
+        """LSLR: one learning rate per adapted tensor and per step, registered here so Adam trains it."""
+        self.lr_names = {name: lr_key(name) for name in sorted(self.adapted_names())}
+        return nn.ParameterDict({key: nn.Parameter(torch.full((max(steps, 1),), float(inner_lr)))
+                                 for key in self.lr_names.values()})
+
+    # -- the hooks each switch overrides ---------------------------------------------------------
+    def adapted_names(self) -> set[str]:
+        return super().adapted_names() - self.frozen_in_inner_loop
+
+    def inner_rule(self) -> UpdateRule:
+        if self.inner_lrs is None:
+            return super().inner_rule()
+        lrs, keys = self.inner_lrs, self.lr_names
+
+        def learned_rate(name: str, param: Tensor, grad: Tensor, step: int) -> Tensor:
+            rates = lrs[keys[name]]
+            return -rates[min(step, rates.shape[0] - 1)] * grad  # more test steps reuse the last rate
+
+        return learned_rate
+
+    def training_first_order(self) -> bool:
+        if self.da and first_order_at(self.current_epoch, self.da_epochs):
+            return True
+        return self.first_order
+
+    def current_msl_weights(self) -> Tensor | None:
+        """This epoch's MSL weights, or None when only the final step counts (MSL off or over)."""
+        if not self.msl or self.inner_steps < 1 or self.current_epoch >= self.msl_epochs:
+            return None
+        return msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)
+
+    def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
+        weights = self.current_msl_weights()
+        if weights is None:
+            return super().task_loss(task)
+        losses, predictions = [], []
+
+        def score_query(learner: nn.Module, step: int) -> None:
+            predictions.append(learner(task.query_x, step=step))
+            losses.append(self.loss_fn(predictions[-1], task.query_y))
+
+        self.adapt(task, self.inner_steps, self.training_first_order(), on_step=score_query)
+        loss = (weights.to(losses[0]) * torch.stack(losses)).sum()
+        return loss, self.score(predictions[-1], task.query_y).detach()
+
+    def lr_scheduler(self, optimizer):
+        if not self.ca:
+            return super().lr_scheduler(optimizer)
+        epochs = self.trainer.max_epochs
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError("trainer.max_epochs", f"{epochs!r} is invalid: algo.ca=true anneals over "
+                                                    f"max_epochs, which must be an integer >= 1")
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.min_meta_lr)
+
+    # -- what a researcher wants to see --------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.log("train/derivative_order", 1.0 if self.training_first_order() else 2.0)
+        if self.msl and self.inner_steps >= 1:
+            weights = msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)
+            for step, weight in enumerate(weights.tolist()):
+                self.log(f"msl/weight_step{step + 1}", weight)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        for name, value in self.learned_inner_lrs().items():
+            self.log(name, value)
+
+    def learned_inner_lrs(self) -> dict[str, float]:
+        """``inner_lr/<parameter>/step<k>`` for every learned rate, plus the mean over tensors per step."""
+        if self.inner_lrs is None:
+            return {}
+        table = {name: self.inner_lrs[key].detach().cpu() for name, key in self.lr_names.items()}
+        out = {f"inner_lr/{name}/step{k + 1}": float(v) for name, rates in table.items()
+               for k, v in enumerate(rates)}
+        mean = torch.stack(list(table.values())).mean(dim=0)
+        out.update({f"inner_lr/mean/step{k + 1}": float(v) for k, v in enumerate(mean)})
+        return out
