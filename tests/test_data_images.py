@@ -1,0 +1,363 @@
+"""Image sources: Omniglot, mini-ImageNet and image folders, their caches, episodes and errors.
+
+Real-data tests read /work/shared/data (or $METAPLUS_DATA) and are skipped when it is absent; the
+formats are also tested on tiny synthetic image sets written to tmp_path. Decoded real data is
+cached under pytest's cache folder so that only the first session pays for decoding.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import QUICK, REPO, compose_config, shared_data_dir
+from metaplus.config import ConfigError, instantiate_group
+from metaplus.data import omniglot as omniglot_module
+from metaplus.data.imagefolder import ImageFolderTasks
+from metaplus.data.images import ClassImages, CorruptDatasetError, CorruptImageError, DatasetNotFoundError, ImageEpisodes
+from metaplus.data.miniimagenet import MiniImageNetTasks
+from metaplus.data.omniglot import OmniglotTasks
+
+DATA = shared_data_dir()
+OMNIGLOT = DATA / "omniglot" if DATA else None
+MINI = DATA / "miniimagenet" if DATA else None
+needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
+                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
+needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),
+                                reason="shared mini-ImageNet val split absent (set $METAPLUS_DATA or provide ../shared/data/miniimagenet)")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(request) -> Path:
+    """A decoded-image cache that survives test sessions (pytest's own cache folder)."""
+    return Path(request.config.cache.mkdir("metaplus-image-cache"))
+
+
+# -- synthetic data --------------------------------------------------------------------------------
+def ided_images(counts: list[int]) -> ClassImages:
+    """Grey 4x4 images whose first two pixels encode a unique image id (id = 256 * p0 + p1)."""
+    ids = torch.arange(sum(counts))
+    images = torch.zeros(len(ids), 1, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
+    return ClassImages(images, torch.tensor(counts), [f"c{i}" for i in range(len(counts))])
+
+
+def image_ids(x: torch.Tensor) -> list[int]:
+    pixels = (x[:, 0, 0, :2] * 255).round().long()
+    return (pixels[:, 0] * 256 + pixels[:, 1]).tolist()
+
+
+def write_png(path: Path, value: int, size: int = 12, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if mode == "L" else (value, 255 - value, value // 2)
+    Image.new(mode, (size, size), colour).save(path)
+
+
+def make_class_folders(root: Path, classes: int, per_class: int, mode: str = "RGB", suffix: str = ".png") -> Path:
+    for c in range(classes):
+        for i in range(per_class):
+            write_png(root / f"class{c:02d}" / f"img{i:02d}{suffix}", (c * 37 + i * 5) % 256, mode=mode)
+    return root
+
+
+def make_omniglot_zip(root: Path, part: str, alphabets: int, characters: int, drawers: int = 4) -> Path:
+    """A miniature official archive: ``part/<Alphabet>/characterNN/<id>_<drawer>.png`` (mode 1)."""
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / f"{part}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for a in range(alphabets):
+            for c in range(characters):
+                for d in range(drawers):
+                    image = Image.new("1", (105, 105), 1)
+                    image.paste(0, (10 * c, 10 * d, 10 * c + 20 + a, 10 * d + 30))
+                    path = root / "tmp.png"
+                    image.save(path)
+                    zf.write(path, f"{part}/{part[7:]}_alpha{a}/character{c + 1:02d}/{a:02d}{c:02d}_{d + 1:02d}.png")
+                    path.unlink()
+    return archive
+
+
+# -- episode invariants ----------------------------------------------------------------------------
+def test_episodes_have_the_right_shapes_labels_and_disjoint_sets():
+    source = ImageEpisodes(ided_images([6] * 10), ways=4, shots=2, queries=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        task = source.sample(g)
+        assert task.support_x.shape == (8, 1, 4, 4) and task.query_x.shape == (12, 1, 4, 4)
+        assert sorted(task.support_y.tolist()) == sorted(list(range(4)) * 2)
+        assert sorted(task.query_y.tolist()) == sorted(list(range(4)) * 3)
+        support, query = image_ids(task.support_x), image_ids(task.query_x)
+        assert not set(support) & set(query) and len(set(support + query)) == 20
+        # every image belongs to the global class its label stands for, the same in both sets
+        for ids, labels, classes in ((support, task.support_y, task.support_classes),
+                                     (query, task.query_y, task.query_classes)):
+            assert [i // 6 for i in ids] == classes.tolist()
+            mapping = dict(zip(labels.tolist(), classes.tolist()))
+            assert len(set(mapping.values())) == 4
+        assert dict(zip(task.support_y.tolist(), task.support_classes.tolist())) == \
+            dict(zip(task.query_y.tolist(), task.query_classes.tolist()))
+
+
+def test_label_order_is_random_and_sampling_is_reproducible():
+    source = ImageEpisodes(ided_images([5] * 8), ways=3, shots=1, queries=1)
+    orders = set()
+    for seed in range(30):
+        task = source.sample(torch.Generator().manual_seed(seed))
+        orders.add(tuple(task.support_classes.tolist()))
+        again = source.sample(torch.Generator().manual_seed(seed))
+        assert torch.equal(task.support_x, again.support_x) and torch.equal(task.query_y, again.query_y)
+    increasing = [o for o in orders if list(o) == sorted(o)]
+    assert len(orders) > 20 and len(increasing) < len(orders) / 2, "labels must not follow class order"
+
+
+def test_unequal_class_sizes_never_pick_another_class_image():
+    counts = [3, 9, 4, 20]
+    source = ImageEpisodes(ided_images(counts), ways=4, shots=1, queries=2)
+    starts = torch.cumsum(torch.tensor([0] + counts), 0).tolist()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        task = source.sample(g)
+        for ids, classes in ((image_ids(task.support_x), task.support_classes),
+                             (image_ids(task.query_x), task.query_classes)):
+            for i, c in zip(ids, classes.tolist()):
+                assert starts[c] <= i < starts[c + 1]
+
+
+def test_impossible_episodes_fail_naming_the_key():
+    with pytest.raises(ConfigError, match="source.ways.*at most the 3 classes"):
+        ImageEpisodes(ided_images([5] * 3), ways=4, shots=1, queries=1)
+    with pytest.raises(ConfigError, match="source.shots.*'c1'.*only 2"):
+        ImageEpisodes(ided_images([5, 2, 5]), ways=2, shots=1, queries=2)
+
+
+def test_normalisation_uses_per_channel_mean_and_std(tmp_path):
+    root = make_class_folders(tmp_path / "rgb", classes=6, per_class=3, mode="RGB")
+    source = ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", ratios=[0.34, 0.33, 0.33], image_size=12,
+                              mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0], split="train")
+    raw = source.data.images[:1].float() / 255
+    expected = (raw - torch.tensor([0.5, 0.25, 0.0]).view(3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(3, 1, 1)
+    assert torch.allclose(source.images_at(torch.tensor([0])), expected, atol=1e-6)
+
+
+# -- Omniglot --------------------------------------------------------------------------------------
+@needs_omniglot
+def test_omniglot_vinyals_split_on_the_shared_data(cache_dir):
+    sources = {s: OmniglotTasks(5, 1, 5, root=str(OMNIGLOT), cache_dir=str(cache_dir), split=s)
+               for s in ("train", "val", "test")}
+    assert {s: src.num_classes for s, src in sources.items()} == {"train": 4112, "val": 688, "test": 1692}
+    characters = {s: {n.rsplit("/", 1)[0] for n in src.class_names} for s, src in sources.items()}
+    assert not characters["train"] & characters["val"] and not characters["val"] & characters["test"]
+    assert not characters["train"] & characters["test"]
+    train = sources["train"]
+    assert train.data.images.shape == (4112 * 20, 1, 28, 28) and bool((train.data.counts == 20).all())
+    # rotations are classes of their own, rotated copies of the unrotated character
+    name = train.class_names[0]
+    assert name.endswith("rot000") and train.class_names[1] == name.replace("rot000", "rot090")
+    assert torch.equal(train.data.of_class(1), torch.rot90(train.data.of_class(0), 1, dims=(-2, -1)))
+    task = train.sample(torch.Generator().manual_seed(0))
+    assert task.support_x.shape == (5, 1, 28, 28) and task.query_x.shape == (25, 1, 28, 28)
+    assert 0 <= task.support_x.min() and task.support_x.max() <= 1
+    assert task.support_x.mean() < 0.5, "strokes are 1 on a 0 background (inverted, as in MAML)"
+
+
+@needs_omniglot
+def test_omniglot_background_evaluation_split(cache_dir):
+    sources = {s: OmniglotTasks(20, 1, 1, root=str(OMNIGLOT), class_split="background_evaluation",
+                                cache_dir=str(cache_dir), split=s) for s in ("train", "val", "test")}
+    assert {s: src.num_classes for s, src in sources.items()} == {"train": 864, "val": 100, "test": 659}
+    names = {s: set(src.class_names) for s, src in sources.items()}
+    assert not names["train"] & names["val"] and not (names["train"] | names["val"]) & names["test"]
+
+
+def test_omniglot_from_zip_and_folder_agree_and_the_cache_is_reused(tmp_path, monkeypatch):
+    root = tmp_path / "omniglot"
+    make_omniglot_zip(root, "images_background", alphabets=3, characters=4)
+    make_omniglot_zip(root, "images_evaluation", alphabets=2, characters=3)
+    cache = tmp_path / "cache"
+    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="background_evaluation", val_characters=2,
+                image_size=14, cache_dir=str(cache))
+    from_zip = OmniglotTasks(**args, split="train")
+    assert from_zip.num_classes == 10 and from_zip.data.images.shape == (40, 1, 14, 14)
+    assert len(list(cache.glob("omniglot-images_background-14px-*.pt"))) == 1
+
+    # the disk cache serves a new process (simulated: in-memory copy dropped, decoding forbidden)
+    omniglot_module._PARTS_IN_MEMORY.clear()
+
+    def no_decoding(*_, **__):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(omniglot_module, "decode_classes", no_decoding)
+    assert torch.equal(OmniglotTasks(**args, split="train").data.images, from_zip.data.images)
+
+    # a changed archive invalidates the cache
+    make_omniglot_zip(root, "images_background", alphabets=3, characters=5)
+    omniglot_module._PARTS_IN_MEMORY.clear()
+    with pytest.raises(AssertionError, match="decoded again"):
+        OmniglotTasks(**args, split="train")
+    monkeypatch.undo()
+    rebuilt = OmniglotTasks(**args, split="train")
+    assert rebuilt.num_classes == 13
+    assert len(list(cache.glob("omniglot-images_background-14px-*.pt"))) == 1, "the stale cache is removed"
+
+    # the extracted folders give the same images
+    folder_root = tmp_path / "extracted"
+    for part in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(root / f"{part}.zip") as zf:
+            zf.extractall(folder_root)
+    from_folder = OmniglotTasks(**{**args, "root": str(folder_root)}, split="train")
+    assert from_folder.class_names == rebuilt.class_names
+    assert torch.equal(from_folder.data.images, rebuilt.data.images)
+
+
+def test_missing_omniglot_names_the_path_and_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        OmniglotTasks(5, 1, 1, root=str(tmp_path / "nowhere"), split="train")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "images_background.zip") in message
+    assert "data.download=true" in message and "github.com/brendenlake/omniglot" in message
+
+
+def test_missing_vinyals_split_file_is_named(tmp_path):
+    make_omniglot_zip(tmp_path, "images_background", alphabets=1, characters=2)
+    make_omniglot_zip(tmp_path, "images_evaluation", alphabets=1, characters=2)
+    with pytest.raises(DatasetNotFoundError, match=r"splits/vinyals/val\.txt.*data\.download=true"):
+        OmniglotTasks(2, 1, 1, root=str(tmp_path), split="val")
+
+
+def test_corrupt_omniglot_image_names_the_file(tmp_path):
+    make_omniglot_zip(tmp_path, "images_evaluation", alphabets=1, characters=2)
+    with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as zf:
+        zf.writestr("images_background/Bad/character01/0001_01.png", b"not a png")
+    with pytest.raises(CorruptImageError, match=r"images_background\.zip:images_background/Bad/character01/0001_01\.png"):
+        OmniglotTasks(2, 1, 1, root=str(tmp_path), class_split="background_evaluation", split="train")
+
+
+# -- mini-ImageNet ---------------------------------------------------------------------------------
+@needs_mini
+def test_miniimagenet_subset_from_the_shared_folders(tmp_path):
+    source = MiniImageNetTasks(3, 2, 3, root=str(MINI), cache_dir=str(tmp_path), max_classes=4,
+                               max_images_per_class=6, split="val")
+    assert source.num_classes == 4 and source.data.images.shape == (24, 3, 84, 84)
+    assert source.class_names == sorted(p.name for p in (MINI / "val").iterdir())[:4]
+    task = source.sample(torch.Generator().manual_seed(0))
+    assert task.support_x.shape == (6, 3, 84, 84) and task.query_x.shape == (9, 3, 84, 84)
+    assert -3 < float(task.query_x.mean()) < 3 and task.query_x.std() > 0.3, "ImageNet-normalised"
+    test = MiniImageNetTasks(3, 1, 1, root=str(MINI), max_classes=3, max_images_per_class=2, split="test")
+    assert not set(test.class_names) & set(source.class_names)
+
+
+@needs_mini
+def test_missing_miniimagenet_split_is_named():
+    if (MINI / "train").is_dir():
+        pytest.skip("the shared mini-ImageNet now has its train split")
+    with pytest.raises(DatasetNotFoundError) as err:
+        MiniImageNetTasks(5, 1, 1, root=str(MINI), split="train")
+    message = str(err.value)
+    assert "split 'train'" in message and str(MINI / "train") in message and "train.csv" in message
+    assert "meta-learning-lstm" in message
+
+
+@needs_mini
+@pytest.mark.slow
+def test_miniimagenet_full_val_split_cache(cache_dir):
+    source = MiniImageNetTasks(5, 5, 15, root=str(MINI), cache_dir=str(cache_dir), split="val")
+    assert source.num_classes == 16 and source.data.images.shape == (9600, 3, 84, 84)
+    assert bool((source.data.counts == 600).all())
+
+
+def test_miniimagenet_ravi_csv_layout(tmp_path):
+    root = tmp_path / "mini"
+    rows = ["filename,label"]
+    for c, wnid in enumerate(["n001", "n002", "n003"]):
+        for i in range(4):
+            name = f"{wnid}{i:08d}.jpg"
+            write_png(root / "images" / name, 40 * c + i, size=20, mode="RGB")
+            rows.append(f"{name},{wnid}")
+    (root / "test.csv").write_text("\n".join(rows) + "\n")
+    source = MiniImageNetTasks(2, 1, 2, root=str(root), image_size=16, split="test")
+    assert source.class_names == ["n001", "n002", "n003"] and source.data.images.shape == (12, 3, 16, 16)
+    (root / "images" / "n00200000001.jpg").unlink()
+    with pytest.raises(DatasetNotFoundError, match="n00200000001.jpg"):
+        MiniImageNetTasks(2, 1, 2, root=str(root), image_size=16, split="test")
+
+
+def test_miniimagenet_folder_that_disagrees_with_its_csv_fails(tmp_path):
+    root = tmp_path / "mini"
+    make_class_folders(root / "val", classes=2, per_class=3)
+    (root / "val.csv").write_text("filename,label\nx.jpg,class00\ny.jpg,n999\n")
+    with pytest.raises(CorruptDatasetError, match=r"missing \['n999'\].*unexpected \['class01'\]"):
+        MiniImageNetTasks(2, 1, 1, root=str(root), image_size=12, split="val")
+
+
+# -- image folders ---------------------------------------------------------------------------------
+def test_imagefolder_ratio_split_is_seeded_disjoint_and_complete(tmp_path):
+    root = make_class_folders(tmp_path / "set", classes=10, per_class=3, mode="L")
+    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="ratios", ratios=[0.6, 0.2, 0.2],
+                image_size=8, channels=1, cache_dir=str(tmp_path / "cache"))
+    names = {s: ImageFolderTasks(**args, split=s).class_names for s in ("train", "val", "test")}
+    assert [len(names[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert sorted(names["train"] + names["val"] + names["test"]) == [f"class{c:02d}" for c in range(10)]
+    assert ImageFolderTasks(**args, split="val").class_names == names["val"]
+    other_seed = {s: ImageFolderTasks(**args, split_seed=1, split=s).class_names for s in ("train", "val", "test")}
+    assert other_seed != names
+    assert ImageFolderTasks(**args, split="train").data.images.shape == (18, 1, 8, 8)
+
+
+def test_imagefolder_split_by_folders(tmp_path):
+    root = tmp_path / "set"
+    for split, classes in (("train", 4), ("val", 2)):
+        make_class_folders(root / split, classes=classes, per_class=2, suffix=".jpg")
+    train = ImageFolderTasks(2, 1, 1, root=str(root), image_size=8, split="train")  # auto -> folders
+    assert train.num_classes == 4 and train.data.images.shape == (8, 3, 8, 8)
+    with pytest.raises(DatasetNotFoundError, match=r"split 'test' not found: looked for .*set/test"):
+        ImageFolderTasks(2, 1, 1, root=str(root), image_size=8, split="test")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = make_class_folders(tmp_path / "set" / "train", classes=3, per_class=2)
+    bad = root / "class01" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    with pytest.raises(CorruptImageError, match=str(bad)):
+        ImageFolderTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=8, split="train")
+
+
+# -- through the config and the datamodule ---------------------------------------------------------
+@needs_omniglot
+def test_fixed_val_and_test_episodes_are_identical_across_datamodules(tmp_path, cache_dir):
+    def batches(seed):
+        cfg = compose_config([f"seed={seed}", "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}",
+                              "data.ways=20", "data.val_episodes=4", "data.test_episodes=4"], tmp_path / str(seed))
+        datamodule = instantiate_group(cfg.data, "data")
+        datamodule.setup()
+        return [next(iter(loader())) for loader in (datamodule.val_dataloader, datamodule.test_dataloader,
+                                                    datamodule.train_dataloader)]
+
+    (val_a, test_a, train_a), (val_b, test_b, train_b) = batches(1), batches(2)
+    for a, b in ((val_a, val_b), (test_a, test_b)):
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+        assert torch.equal(a.query_classes, b.query_classes)
+    assert test_a.support_x.shape == (4, 20, 1, 28, 28) and test_a.query_x.shape == (4, 100, 1, 28, 28)
+    assert not torch.equal(train_a.support_classes, train_b.support_classes), "training tasks follow the run seed"
+
+
+def test_miniimagenet_config_reports_a_missing_split_before_training(tmp_path):
+    cfg = compose_config(["data=miniimagenet", f"data.root={tmp_path / 'mini'}"], tmp_path / "run")
+    datamodule = instantiate_group(cfg.data, "data")
+    with pytest.raises(DatasetNotFoundError, match="split 'train' not found"):
+        datamodule.setup("fit")
+    assert tuple(datamodule.input_shape) == (3, 84, 84) and datamodule.output_dim == 5
+
+
+@needs_omniglot
+def test_two_training_iterations_on_omniglot(tmp_path, cache_dir):
+    from metaplus.run import run
+
+    model = ["model=conv4", "model.filters=8"] if (REPO / "conf" / "model" / "conv4.yaml").is_file() else ["model=mlp"]
+    overrides = [*QUICK, "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}", *model,
+                 "data.batches_per_epoch=2", "data.meta_batch_size=2", "data.val_episodes=4", "data.test_episodes=4"]
+    metrics = run(compose_config(overrides, tmp_path / "run"))
+    assert metrics["test/episodes"] == 4 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert (tmp_path / "run" / "results.json").is_file()
