@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from metaplus.config import instantiate_group
@@ -48,6 +49,7 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Callback]:
     return callbacks
 
 
+@rank_zero_only  # under DDP only rank 0 owns a real W&B run
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -56,6 +58,7 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
             logger.experiment.config.update({"tags": run_tags(cfg)}, allow_val_change=True)
 
 
+@rank_zero_only
 def finish_loggers(loggers: list[Logger], metrics: dict) -> None:
     """Record the final metrics in each W&B run's summary and close it (one W&B run per job, also in
     a multirun that executes several jobs in one process)."""

@@ -1,0 +1,26 @@
+"""Test-only Lightning callbacks, injected through the config (``+callbacks.probe._target_=...``) so
+that they also run inside the processes Lightning's DDP launcher starts."""
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class FirstStepProbe(Callback):
+    """Saves, per rank, the task indices of the first training batch and the meta-gradient that the
+    optimizer is about to apply (after DDP's all-reduce)."""
+
+    def __init__(self, path: str):
+        self.path, self.indices = Path(path), None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0 and self.indices is None:
+            self.indices = batch.index.tolist()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step != 0:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        torch.save({"indices": self.indices, "grads": grads, "world_size": trainer.world_size},
+                   self.path / f"rank{trainer.global_rank}.pt")
