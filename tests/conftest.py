@@ -15,6 +15,14 @@ from metaplus.config import register_resolvers
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
+def _shared_data_default() -> None:
+    """Point METAPLUS_DATA at ../shared/data when it is there and nothing else was chosen."""
+    shared = REPO.parent / "shared" / "data"
+    if "METAPLUS_DATA" not in os.environ and shared.is_dir():
+        os.environ["METAPLUS_DATA"] = str(shared)
+
+
+_shared_data_default()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 register_resolvers()

@@ -5,12 +5,23 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, QUICK
+from conftest import CONF, QUICK, shared_data_dir
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.run import build, run
 
 # Options that need a particular companion to make sense (an image backbone needs image data).
 COMPANIONS = {("model", "conv4"): ["data=omniglot"]}
+NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}
+
+
+def tiny_image_folder(root: Path, classes: int = 32, images: int = 17) -> Path:
+    from PIL import Image
+
+    for c in range(classes):
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(images):
+            Image.new("RGB", (10, 10), (20 * c, 10 * i, 99)).save(root / f"class{c:02d}" / f"{i}.png")
+    return root
 GROUPS = ["algo", "data", "model", "trainer", "logger", "callbacks", "experiment"]
 
 
@@ -23,10 +34,25 @@ def all_options():
 
 
 @pytest.mark.parametrize("group,option", all_options())
-def test_every_group_option_composes_and_instantiates(make_config, group, option):
+def test_every_group_option_composes_and_instantiates(make_config, tmp_path, group, option):
     key = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
-    cfg = make_config([key, *COMPANIONS.get((group, option), [])])
+    overrides = [key, *COMPANIONS.get((group, option), [])]
+    if (group, option) == ("data", "imagefolder"):
+        overrides += [f"data.root={tiny_image_folder(tmp_path / 'images')}", "data.image_size=8"]
+    if (group, option) == ("data", "miniimagenet"):
+        overrides += ["data.source.max_images_per_class=20"]  # decoding all 21,600 JPEGs is for benchmarks
+    cfg = make_config(overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if cfg.data.name in NEEDS_SHARED_DATA and shared_data_dir() is None:
+        pytest.skip(f"{key} composes; building it needs the shared {cfg.data.name} data (METAPLUS_DATA)")
+    if cfg.data.name == "miniimagenet" and not (Path(cfg.data.root) / "train").is_dir():
+        # the shared copy has val/test only so far: training must fail clearly, testing must work
+        with pytest.raises(FileNotFoundError, match="split 'train' not found"):
+            build(cfg)
+        datamodule = instantiate_group(cfg.data, "data")
+        datamodule.setup("test")
+        assert datamodule.source("test").num_classes == 20
+        return
     if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
         pytest.skip("trainer=gpu composes; instantiating it needs a GPU")
     parts = build(cfg)
