@@ -27,8 +27,23 @@ def multirun_group() -> str | None:
     return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+# MAML++'s switches (metaplus.algorithms.maml): each one that is on becomes a tag of its own.
+SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
+
+
 def run_tags(cfg: DictConfig) -> list[str]:
-    return [str(cfg.algo.name), str(cfg.data.name), *map(str, cfg.get("tags") or [])]
+    """Algorithm, dataset, the ablation variant (``variant``, set by conf/ablation/*) and the MAML++
+    switches that are on, then the user's tags: a dashboard filters an ablation grid by them."""
+    tags = [cfg.algo.name, cfg.data.name, cfg.get("variant")]
+    tags += [switch for switch in SWITCHES if cfg.algo.get(switch) is True]
+    tags += list(cfg.get("tags") or [])
+    return list(dict.fromkeys(str(tag) for tag in tags if tag))  # W&B tags are a set: keep the first of each
+
+
+def run_name(node: DictConfig, cfg: DictConfig) -> str | None:
+    """The W&B run name; inside an ablation the variant leads it, so runs of a group tell apart."""
+    name = node.get("name")
+    return f"{cfg.variant}-{name}" if cfg.get("variant") and name else name
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -36,7 +51,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     for key, node in (cfg.get("logger") or {}).items():
         if key == "wandb":
             group = node.get("group") or multirun_group()
-            loggers.append(instantiate_group(node, f"logger.{key}", group=group, tags=run_tags(cfg)))
+            loggers.append(instantiate_group(node, f"logger.{key}", group=group, tags=run_tags(cfg),
+                                             name=run_name(node, cfg)))
         else:
             loggers.append(instantiate_group(node, f"logger.{key}"))
     return loggers
