@@ -1,0 +1,225 @@
+"""metaplus.report: grouping, statistics and files on synthetic results.json trees, then a tiny real
+MAML++ ablation on Omniglot (issue 4: "a tiny ablation multirun on Omniglot produces the table")."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import QUICK, REPO, compose_config, shared_data_dir
+from metaplus.report import main, report
+from metaplus.run import run
+
+SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
+ALGO_KEYS = {  # algorithm-specific keys, as the real algo configs have them
+    "maml": {"first_order": False, **{s: False for s in SWITCHES}},
+    "fomaml": {"first_order": True, **{s: False for s in SWITCHES}},
+    "reptile": {"meta_lr_final": 0.0, "inner_optimizer": "sgd"},
+    "pretrain": {"finetune": "head"},
+}
+
+
+def write_run(path: Path, *, algo="maml", data="omniglot", task="classification", ways=5, shots=1, seed=0,
+              value=0.9, ci=0.01, val=0.88, wall=10.0, variant=None, algo_keys=None) -> None:
+    """A results.json as metaplus.run writes it, with the per-run fields that differ between jobs."""
+    metric = "acc" if task == "classification" else "mse"
+    config = {
+        "seed": seed,
+        "algo": {"_target_": f"metaplus.algorithms.{algo}", "name": algo, "inner_lr": 0.4,
+                 **ALGO_KEYS.get(algo, {}), **(algo_keys or {})},
+        "data": {"name": data, "task": task, "ways": ways, "shots": shots, "seed": seed, "root": f"/data/{data}",
+                 "input_shape": [1, 28, 28]},
+        "paths": {"output_dir": str(path)},
+        "callbacks": {"model_checkpoint": {"dirpath": str(path / "checkpoints")}},
+        "tags": [],
+    }
+    if variant is not None:
+        config["variant"] = variant
+    results = {f"val/{metric}": val, f"test/{metric}": value, f"test/{metric}_ci95": ci, "monitor": f"val/{metric}",
+               "seed": seed, "wall_time_s": wall, "config": config}
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(results))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+VARIANTS = {"maml": set(), "maml+msl": {"msl"}, "maml+lslr": {"lslr"}, "mamlpp": set(SWITCHES)}
+
+
+@pytest.fixture
+def ablation_sweep(tmp_path):
+    """4 variants x 3 seeds numbered like a Hydra multirun (jobs 0..11, so 10 and 11 sort after 9)."""
+    sweep = tmp_path / "multiruns" / "2025-01-01_00-00-00"
+    rng = np.random.default_rng(0)
+    expected = {}
+    for v, (variant, on) in enumerate(VARIANTS.items()):
+        values, cis = rng.uniform(0.5, 0.99, 3), rng.uniform(0.005, 0.02, 3)
+        expected[variant] = (values, cis)
+        for s, (value, ci) in enumerate(zip(values, cis)):
+            job = v * 3 + s
+            write_run(sweep / f"{job}_{variant}", seed=s + 1, value=float(value), ci=float(ci), wall=100.0 + job,
+                      variant=variant, algo_keys={k: k in on for k in SWITCHES})
+    return sweep, expected
+
+
+def test_ablation_rows_group_seeds_in_job_order(ablation_sweep):
+    sweep, expected = ablation_sweep
+    paths = report([sweep])
+    assert {p.parent for p in paths.values()} == {sweep}, "written into the multirun directory by default"
+    rows = read_csv(paths["csv"])
+    assert [r["variant"] for r in rows] == list(VARIANTS), "one row per variant, in the sweep's job order"
+    for row in rows:
+        values, cis = expected[row["variant"]]
+        assert float(row["test_mean"]) == pytest.approx(values.mean())
+        assert float(row["test_std_over_seeds"]) == pytest.approx(values.std(ddof=1))
+        assert float(row["test_ci95"]) == pytest.approx(cis.mean())
+        assert (row["runs"], row["seeds"], row["metric"]) == ("3", "1 2 3", "acc")
+        assert {s: row[s] == "True" for s in SWITCHES} == {s: s in VARIANTS[row["variant"]] for s in SWITCHES}
+        assert len(row["run_dirs"].split(";")) == 3
+
+
+def test_ablation_markdown_shows_switches_ci_and_seed_spread(ablation_sweep):
+    sweep, expected = ablation_sweep
+    text = report([sweep])["md"].read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[:7] == ["variant", *SWITCHES]
+    assert "test acc (%) ± CI95" in cells and "mean ± std over seeds" in cells and "wall time" in cells
+    mamlpp = next(line for line in text.splitlines() if line.startswith("| mamlpp |"))
+    values, cis = expected["mamlpp"]
+    assert mamlpp.count("✓") == 6
+    assert f"{values.mean() * 100:.2f} ± {cis.mean() * 100:.2f}" in mamlpp
+    assert f"{values.mean() * 100:.2f} ± {values.std(ddof=1) * 100:.2f}" in mamlpp
+    maml = next(line for line in text.splitlines() if line.startswith("| maml |"))
+    assert "✓" not in maml
+    assert "report.png" in text
+
+
+def test_a_single_seed_row_has_its_episode_ci_and_no_spread(tmp_path):
+    write_run(tmp_path / "0", value=0.75, ci=0.03, variant="maml")
+    write_run(tmp_path / "1", value=0.8, ci=0.02, variant="mamlpp", algo_keys={s: True for s in SWITCHES})
+    rows = read_csv(report([tmp_path])["csv"])
+    assert [(r["runs"], r["test_std_over_seeds"], r["test_ci95"]) for r in rows] == [("1", "", "0.03"), ("1", "", "0.02")]
+    assert "| maml |" in (tmp_path / "report.md").read_text()
+
+
+def test_regression_reports_mse_unscaled(tmp_path):
+    for job, (algo, value) in enumerate([("maml", 0.51234), ("metasgd", 0.4), ("maml", 0.6)]):
+        write_run(tmp_path / str(job), algo=algo, data="sinusoid", task="regression", shots=5, value=value, seed=job)
+    paths = report([tmp_path])
+    rows = read_csv(paths["csv"])
+    assert [(r["algo"], r["data"], r["metric"], r["runs"]) for r in rows] == [
+        ("maml", "sinusoid 5-shot", "mse", "2"), ("metasgd", "sinusoid 5-shot", "mse", "1")]
+    assert float(rows[0]["test_mean"]) == pytest.approx(np.mean([0.51234, 0.6]))
+    text = paths["md"].read_text()
+    assert "test mse ± CI95" in text and f"{np.mean([0.51234, 0.6]):.4g}" in text
+
+
+def test_algorithm_comparison_hides_algorithm_specific_keys_and_pivots_datasets(tmp_path):
+    """Issue 5's table: algorithms x datasets; Reptile's or pre-training's own keys are not columns."""
+    job = 0
+    for data, ways in (("omniglot", 20), ("miniimagenet", 5)):
+        for algo in ALGO_KEYS:
+            write_run(tmp_path / "sweep" / str(job), algo=algo, data=data, ways=ways, value=0.5 + job / 100, seed=job)
+            job += 1
+    paths = report([tmp_path / "sweep"], out=tmp_path / "out", pivot="data")
+    rows = read_csv(paths["csv"])
+    assert list(rows[0])[:2] == ["algo", "data"] and "algo.meta_lr_final" not in rows[0] and "msl" not in rows[0]
+    assert [(r["algo"], r["data"]) for r in rows][:4] == [(a, "omniglot 20w1s") for a in ALGO_KEYS]
+    text = paths["md"].read_text()
+    pivot = text[text.index("## By data"):].splitlines()
+    assert pivot[2].startswith("| algo | omniglot 20w1s | miniimagenet 5w1s |")
+    reptile = next(line for line in pivot if line.startswith("| reptile |"))
+    assert "52.00 ± 1.00" in reptile and "56.00 ± 1.00" in reptile  # jobs 2 and 6: 0.5 + job/100, ci 0.01
+
+
+def test_a_swept_hyperparameter_becomes_a_column(tmp_path):
+    for job, lr in enumerate([0.1, 0.4, 0.1]):
+        write_run(tmp_path / str(job), algo_keys={"inner_lr": lr}, seed=job)
+    rows = read_csv(report([tmp_path])["csv"])
+    assert [(r["algo.inner_lr"], r["runs"]) for r in rows] == [("0.1", "2"), ("0.4", "1")]
+
+
+def test_a_switch_sweep_without_variants_names_rows_by_their_switches(tmp_path):
+    """``-m algo=maml algo.msl=true,false algo.lslr=true,false`` has no variant labels."""
+    job = 0
+    for msl in (False, True):
+        for lslr in (False, True):
+            write_run(tmp_path / str(job), algo_keys={"msl": msl, "lslr": lslr})
+            job += 1
+    rows = read_csv(report([tmp_path])["csv"])
+    assert [r["variant"] for r in rows] == ["maml", "maml+lslr", "maml+msl", "maml+msl+lslr"]
+
+
+def test_cli_accepts_globs_and_writes_to_out(ablation_sweep, tmp_path, capsys):
+    sweep, _ = ablation_sweep
+    out = tmp_path / "report"
+    main([str(sweep.parent / "2025-*"), "--out", str(out), "--title", "MAML++ ablation"])
+    assert "# MAML++ ablation" in capsys.readouterr().out
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(read_csv(out / "report.csv")) == len(VARIANTS)
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results.json under"):
+        report([tmp_path])
+    write_run(tmp_path / "0")
+    with pytest.raises(ValueError, match="--pivot nope"):
+        report([tmp_path], pivot="nope")
+
+
+# -- a tiny real ablation on Omniglot ---------------------------------------------------------------
+TINY = ["logger=none", "model.filters=4", "data.ways=5", "data.meta_batch_size=2", "data.batches_per_epoch=1",
+        "data.val_episodes=4", "data.test_episodes=4", "trainer.max_epochs=1", "algo.inner_steps=2",
+        "algo.test_inner_steps=2", "trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
+
+
+def needs_omniglot():
+    if shared_data_dir() is None or not (shared_data_dir() / "omniglot").is_dir():
+        pytest.skip("the tiny ablation trains on the shared Omniglot data (METAPLUS_DATA or ../shared/data): absent")
+
+
+def test_tiny_ablation_on_omniglot_gives_one_row_per_variant(tmp_path):
+    needs_omniglot()
+    sweep = tmp_path / "sweep"
+    variants = ["maml", "lslr", "mamlpp"]
+    for job, variant in enumerate(variants):
+        run(compose_config(["experiment=ablation_mamlpp", f"ablation={variant}", *TINY], sweep / f"{job}_{variant}"))
+    rows = read_csv(report([sweep])["csv"])
+    assert [r["variant"] for r in rows] == ["maml", "maml+lslr", "mamlpp"]
+    assert [[r[s] for s in SWITCHES] for r in rows] == [["False"] * 6, ["False"] * 4 + ["True", "False"], ["True"] * 6]
+    for row in rows:
+        assert 0.0 <= float(row["test_mean"]) <= 1.0 and row["runs"] == "1"
+
+
+@pytest.mark.slow
+def test_ablation_multirun_cli_and_report(tmp_path):
+    """The documented command: one Hydra multirun of the default grid, W&B offline, then the report."""
+    needs_omniglot()
+    sweep = tmp_path / "ablation_sweep"
+    quick = [o for o in TINY if o != "logger=none"]
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "train.py", "-m", "experiment=ablation_mamlpp", "logger=wandb",
+                           f"hydra.sweep.dir={sweep}", *quick], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 8 and "1_maml+msl" in jobs and "7_mamlpp" in jobs
+    for job in ("1_maml+msl", "7_mamlpp"):  # each W&B run is in the sweep's group and tagged by its switches
+        record = next((sweep / job / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+        assert b"ablation_sweep" in record and job.split("_", 1)[1].encode() in record
+    out = subprocess.run([sys.executable, "-m", "metaplus.report", str(sweep)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_csv(sweep / "report.csv")
+    assert [r["variant"] for r in rows] == ["maml", *(f"maml+{s}" for s in SWITCHES), "mamlpp"]
+    assert (sweep / "report.png").is_file() and "| mamlpp |" in (sweep / "report.md").read_text()
