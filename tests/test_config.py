@@ -35,11 +35,11 @@ def all_options():
 
 @pytest.mark.parametrize("group,option", all_options())
 def test_every_group_option_composes_and_instantiates(make_config, tmp_path, group, option):
-    key = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
+    key = f"{group}={option}"
     overrides = [key, *COMPANIONS.get((group, option), [])]
     if (group, option) == ("data", "imagefolder"):
         overrides += [f"data.root={tiny_image_folder(tmp_path / 'images')}", "data.image_size=8"]
-    if (group, option) == ("data", "miniimagenet"):
+    if (group, option) == ("data", "miniimagenet") or "miniimagenet" in option:
         overrides += ["data.source.max_images_per_class=20"]  # decoding all 21,600 JPEGs is for benchmarks
     cfg = make_config(overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,15 @@ def test_wandb_offline_run_writes_its_files(make_config, tmp_path, monkeypatch):
     assert len(runs) == 1
     logs = list(runs[0].glob("*.wandb"))
     assert logs, "the offline run log must exist"
-    content = logs[0].read_bytes()  # the run's records: resolved config, tags, metrics
-    for expected in (b"inner_lr", b"sinusoid", b"ablation", b"test/mse_ci95"):
-        assert expected in content, expected
+    expected = (b"inner_lr", b"sinusoid", b"ablation", b"test/mse_ci95")
+    deadline = time.time() + 60  # W&B's service process may still be flushing the file
+    while True:
+        content = logs[0].read_bytes()  # the run's records: resolved config, tags, metrics
+        missing = [e for e in expected if e not in content]
+        if not missing or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"{missing} not in {logs[0]} ({len(content)} bytes)"
 
 
 def cli(*args, cwd=REPO, timeout=300):
