@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -243,6 +244,9 @@ def main() -> None:
     report = tables(results, budget)
     (RESULTS / f"{name}.md").write_text(report + "\n")
     plot(results, RESULTS / f"{name}.png")
+    # The generic per-run table of every results.json, from the project's report script.
+    subprocess.run([sys.executable, "-m", "metaplus.report", str(out), "--out", str(RESULTS / f"{name}_report"),
+                    "--title", f"{name}: every run"], check=True)
     print("\n" + report)
     print(f"saved {RESULTS / name}.json, .md and .png")
 
