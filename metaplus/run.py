@@ -35,8 +35,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
-    trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
+                                **ddp_overrides(cfg.trainer, learner))
     return dict(datamodule=datamodule, learner=learner, trainer=trainer, loggers=loggers)
+
+
+def ddp_overrides(trainer_cfg: DictConfig, learner) -> dict[str, Any]:
+    """Plain DDP requires a gradient for every parameter in every step; a learner that may leave some
+    without one (``may_leave_parameters_unused``, e.g. pretrain's episode head) gets DDP's search for
+    unused parameters instead. Other learners keep plain DDP (no extra graph traversal per step)."""
+    if trainer_cfg.get("strategy") == "ddp" and learner.may_leave_parameters_unused():
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

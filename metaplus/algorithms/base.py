@@ -89,6 +89,12 @@ class EpisodicLearner(L.LightningModule):
     def training_first_order(self) -> bool:
         return self.first_order
 
+    def may_leave_parameters_unused(self) -> bool:
+        """True when some parameter can get no gradient in a training step: plain DDP then fails
+        (its reducer waits for every parameter), so ``run.build`` selects DDP's unused-parameter
+        search (``ddp_find_unused_parameters_true``) for such learners only."""
+        return False
+
     def adapt(self, task: Task, steps: int, first_order: bool, on_step=None) -> nn.Module:
         return self.inner.adapt(self.backbone, task.support_x, task.support_y, loss_fn=self.loss_fn,
                                 steps=steps, adapted=self.adapted_names(), rule=self.inner_rule(),

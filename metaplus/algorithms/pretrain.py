@@ -62,7 +62,12 @@ class Pretrain(EpisodicLearner):
     def build_pretrain_head(self, num_classes: int) -> None:
         check_int("num_classes", num_classes, 2)
         features = self.feature_dim()
-        self.pretrain_head = nn.Linear(features, num_classes).to(next(self.backbone.parameters()).device)
+        # Drawn from the run's seed in a forked RNG: the same head whether setup() runs right after the
+        # model was built (one process) or after DDP's launcher has reseeded every process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed())
+            head = nn.Linear(features, num_classes)
+        self.pretrain_head = head.to(next(self.backbone.parameters()).device)
 
     def feature_dim(self) -> int:
         """Width of the head's input: the episode head must be a Linear layer (every metaplus backbone's is)."""
@@ -96,6 +101,10 @@ class Pretrain(EpisodicLearner):
         y = torch.cat([task.support_classes, task.query_classes])
         logits = self.pretrain_head(self.features(x))
         return self.loss_fn(logits, y), self.score(logits, y).detach()
+
+    def may_leave_parameters_unused(self) -> bool:
+        # Classification pre-trains through pretrain_head: the episode head gets no gradient.
+        return self.task_type == "classification"
 
     # -- fine-tuning at evaluation -------------------------------------------------------------
     def adapted_names(self) -> set[str]:
