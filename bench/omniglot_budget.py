@@ -41,7 +41,7 @@ def run_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
     minutes = args.budget_min
     overrides = [*SETTINGS[(algo, ways)], "data=omniglot", "model=conv4", f"data.ways={ways}", "data.shots=1",
                  f"data.queries={args.queries}", f"seed={seed}", f"data.batches_per_epoch={args.val_every}",
-                 "trainer.max_epochs=100000", f"+trainer.max_time=00:00:{minutes // 60:02d}:{minutes % 60:02d}",
+                 "trainer.max_epochs=100000", f"+trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00",
                  f"data.val_episodes={args.val_episodes}", f"data.test_episodes={args.test_episodes}",
                  "algo.msl_epochs=10", "logger=csv", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
                  f"hydra.run.dir={out}"]

@@ -37,6 +37,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
     trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
                                 **ddp_overrides(cfg.trainer, learner))
+    # Before any process is launched: each rank must adapt the same number of tasks.
+    check("data.meta_batch_size", datamodule.meta_batch_size, datamodule.meta_batch_size % trainer.world_size == 0,
+          f"divisible by the number of processes ({trainer.world_size} = devices x nodes)")
     return dict(datamodule=datamodule, learner=learner, trainer=trainer, loggers=loggers)
 
 

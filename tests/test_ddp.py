@@ -62,6 +62,7 @@ def test_two_process_meta_gradient_equals_single_process(make_config, tmp_path):
     assert results["val/episodes"] == 6
 
 
+@pytest.mark.slow
 def test_test_metric_over_all_episodes_equals_single_process(make_config, tmp_path):
     """The same checkpoint tested by 2 ranks and by 1 process gives the same mean over all episodes."""
     from metaplus.run import run
@@ -73,6 +74,7 @@ def test_test_metric_over_all_episodes_equals_single_process(make_config, tmp_pa
     assert single["test/episodes"] == ddp["test/episodes"] == 11
 
 
+@pytest.mark.slow
 def test_resume_from_a_ddp_checkpoint(tmp_path):
     first = tmp_path / "first"
     train(*DDP, *TASKS, "trainer.max_epochs=1", f"hydra.run.dir={first}")
@@ -90,4 +92,5 @@ def test_meta_batch_must_divide_across_ranks(tmp_path):
                            f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0
-    assert "data.meta_batch_size=5 must be divisible by the number of processes (2)" in proc.stderr
+    assert "data.meta_batch_size: 5 is invalid: must be divisible by the number of processes (2" in proc.stderr
+    assert not tmp_path.exists() or not any(tmp_path.glob("checkpoints")), "stopped before training"
