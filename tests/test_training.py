@@ -124,3 +124,12 @@ def test_cli_bad_value_fails_naming_key_and_allowed_values(tmp_path):
     assert proc.returncode != 0
     assert "data.shots: 0 is invalid: must be an integer >= 1" in proc.stderr
     assert not (tmp_path / "bad").exists(), "nothing half-written may stay behind"
+
+
+def test_diverging_evaluation_warns_and_reports_nan(make_config, tmp_path):
+    import math
+
+    parts = build(make_config([*QUICK, "algo.inner_lr=1e12", "algo.test_inner_steps=3"], output_dir=tmp_path / "d"))
+    with pytest.warns(UserWarning, match="adaptation diverged"):
+        parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
+    assert math.isnan(parts["learner"].eval_results["test"]["test/mse"])

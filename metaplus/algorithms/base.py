@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -191,6 +192,11 @@ class EpisodicLearner(L.LightningModule):
         if self.trainer.world_size > 1:  # every rank gathers all episodes, so all log the same value
             index, loss, values = (self.all_gather(t).flatten(0, 1) for t in (index, loss, values))
         index, loss, values = unique_episodes(index, loss, values)
+        diverged = int((~torch.isfinite(values[:, -1])).sum())
+        if diverged:  # adaptation blew up (inner lr too large for this many test steps): say so
+            rank_zero_warn(f"{stage}: adaptation diverged (non-finite {self.metric}) on {diverged} of "
+                           f"{values.shape[0]} episodes after {values.shape[1] - 1} inner steps; the {stage} "
+                           f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps.")
         summary = summarise(stage, self.metric, loss, values)
         for key, value in summary.items():
             self.log(key, value, prog_bar=key == f"{stage}/{self.metric}", sync_dist=False)
