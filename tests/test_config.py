@@ -10,7 +10,7 @@ from metaplus.config import ConfigError, instantiate_group
 from metaplus.run import build, run
 
 # Options that need a particular companion to make sense (an image backbone needs image data).
-COMPANIONS = {("model", "conv4"): ["data=omniglot"]}
+COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("trainer", "ddp"): ["data.meta_batch_size=24"]}
 NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}
 
 
