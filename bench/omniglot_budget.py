@@ -7,7 +7,10 @@ fixed test episodes. Writes the curves (PNG), a per-run JSON, and the summary ta
 `python -m metaplus.report` under bench/results/.
 
 Issue 3:  python bench/omniglot_budget.py --algos maml --ways 5 --seeds 1 --budget-min 30
-Issue 4:  python bench/omniglot_budget.py --algos maml mamlpp --ways 5 20 --seeds 1 2 3 --budget-min 10
+Issue 4:  python bench/omniglot_budget.py --algos maml mamlpp --ways 5 20 --seeds 1 2 3 --budget-min 10 \
+              --jobs 2 --queries 1 --val-every 20 --val-episodes 40 --test-episodes 600
+          (the run behind bench/results/omniglot_budget*: 2 cores, one torch thread per run, MAML and
+          MAML++ of the same seed trained side by side so they share the machine equally)
 Reference after full training (MAML paper / MAML++ paper): 5w1s 98.7 / 99.47, 20w1s 95.8 / 97.65.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +57,14 @@ def run_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
     return {"algo": algo, "ways": ways, "seed": seed, "curve": val_curve(out / "csv" / "metrics.csv"),
             "test_acc": results["test/acc"], "test_acc_ci95": results["test/acc_ci95"],
             "meta_iterations": results["global_step"], "wall_time_s": results["wall_time_s"], "run_dir": str(out)}
+
+
+def report_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
+    row = run_one(algo, ways, seed, args, sweep)
+    print(f"{algo:7s} {ways:2d}-way 1-shot seed {seed}: test acc {row['test_acc']:.4f} ± "
+          f"{row['test_acc_ci95']:.4f} after {row['meta_iterations']} meta-iterations "
+          f"({args.budget_min} min budget)", flush=True)
+    return row
 
 
 def val_curve(metrics_csv: Path) -> list[tuple[float, float]]:
@@ -93,19 +105,17 @@ def main() -> None:
     parser.add_argument("--val-episodes", type=int, default=100)
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--queries", type=int, default=5, help="query images per class")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once; with 2, MAML and MAML++ of one seed share the CPU side by side")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     sweep = REPO / "outputs" / "bench" / f"omniglot-budget{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}"
-    rows = []
-    for ways in args.ways:
-        for algo in args.algos:
-            for seed in args.seeds:
-                row = run_one(algo, ways, seed, args, sweep)
-                rows.append(row)
-                print(f"{algo:7s} {ways:2d}-way 1-shot seed {seed}: test acc {row['test_acc']:.4f} ± "
-                      f"{row['test_acc_ci95']:.4f} after {row['meta_iterations']} meta-iterations "
-                      f"({args.budget_min} min budget)", flush=True)
+    # Seed-major order: with --jobs 2 the two algorithms of one (ways, seed) run concurrently, so
+    # both see the same machine load and the budget comparison stays fair.
+    grid = [(algo, ways, seed) for ways in args.ways for seed in args.seeds for algo in args.algos]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda job: report_one(*job, args, sweep), grid))
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"omniglot_budget{args.tag}"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
