@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import os
 import subprocess
@@ -125,12 +126,17 @@ def omniglot(args, out: Path) -> list[dict]:
 
 # -- reporting ----------------------------------------------------------------------------------
 def fmt(row: dict, key: str = "final") -> str:
+    # A NaN mean means adaptation blew up on some test episodes (too large a step for that many steps).
+    if not math.isfinite(row[key]):
+        return "diverged"
     return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}"
 
 
 def tables(results: dict, budget: dict) -> str:
     lines = ["# MT-net experiments at a small CPU budget", "",
-             "Budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()) + ". One seed per cell.", ""]
+             "Budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()) + ". One seed per cell.",
+             "`diverged`: the test loss is not finite on some episodes (that inner step size, kept for that many "
+             "steps, blows up).", ""]
     if results.get("sinusoid"):
         for definition, title in (("maml", "y = A sin(x - phi)"), ("freq", "y = A sin(f x - phi), f ~ U[0.8, 1.2]")):
             lines += [f"## Sinusoid, {title}: test MSE ± CI95 after 1 / 10 inner steps", "",
@@ -146,7 +152,7 @@ def tables(results: dict, budget: dict) -> str:
         lines += ["## Inner learning rate: 10-shot sinusoid test MSE ± CI95 after 10 steps (after 1 step)", "",
                   "| algo | " + " | ".join(f"α={a}" for a in ALPHAS) + " |", "|---|" + "---|" * len(ALPHAS)]
         for algo in ("maml", "mtnet"):
-            cells = [f"{fmt(r)} ({r['step1']:.3f})" for a in ALPHAS for r in results["alpha"] if (r["algo"], r["alpha"]) == (algo, a)]
+            cells = [f"{fmt(r)} ({fmt(r, 'step1').split(' ')[0]})" for a in ALPHAS for r in results["alpha"] if (r["algo"], r["alpha"]) == (algo, a)]
             lines.append(f"| {algo} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.get("polynomial"):
@@ -212,7 +218,13 @@ def main() -> None:
     parser.add_argument("--omniglot-test-episodes", type=int, default=300)
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="re-render bench/results/mtnet<tag>.md from the saved JSON without training")
     args = parser.parse_args()
+    if args.tables_only:
+        saved = json.loads((RESULTS / f"mtnet{args.tag}.json").read_text())
+        (RESULTS / f"mtnet{args.tag}.md").write_text(tables(saved, saved.pop("budget")) + "\n")
+        return
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)
     os.environ.setdefault("WANDB_MODE", "offline")
