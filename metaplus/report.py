@@ -155,6 +155,10 @@ class Row:
     def values(self, key: str) -> list[float]:
         return [v for v in (run.value(key) for run in self.runs) if v is not None]
 
+    def mean(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
     def stats(self) -> dict[str, Any]:
         m = self.metric
         test, ci, val = self.values(f"test/{m}"), self.values(f"test/{m}_ci95"), self.values(f"val/{m}")
@@ -263,17 +267,37 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main_table(rows: Sequence[Row]) -> str:
+def extra_keys(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
+    """The results.json keys matching any of ``patterns`` (globs, e.g. ``mtnet/update_fraction/*``), in
+    the order the runs wrote them; a pattern that matches nothing is an error, not a silent empty column."""
+    keys: dict[str, None] = {}
+    for pattern in patterns:
+        matched = [k for run in runs for k in run.results if fnmatch.fnmatchcase(k, pattern)
+                   and run.value(k) is not None]
+        if not matched:
+            numeric = sorted({k for run in runs for k in run.results if run.value(k) is not None})
+            raise ValueError(f"--metrics {pattern!r} matches no numeric key of these results.json files "
+                             f"(they have: {', '.join(numeric)})")
+        keys.update(dict.fromkeys(matched))
+    return list(keys)
+
+
+def fmt_extra(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def main_table(rows: Sequence[Row], extras: Sequence[str] = ()) -> str:
     columns = list(rows[0].labels)
     header = [*columns, f"{metric_header(rows, 'test')} ± CI95", "seeds", "mean ± std over seeds",
-              metric_header(rows, "val"), "wall time"]
+              metric_header(rows, "val"), "wall time", *extras]
     body = []
     for row in rows:
         s, m = row.stats(), row.metric
         over_seeds = f"{fmt(s['test_mean'], m)} ± {fmt(s['test_std_over_seeds'], m)}" if s["runs"] > 1 else "–"
         body.append([*(fmt_label(row.labels[c], c) for c in columns),
                      f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}", str(s["runs"]), over_seeds,
-                     fmt(s["val_mean"], m), fmt_time(s["wall_time_s"])])
+                     fmt(s["val_mean"], m), fmt_time(s["wall_time_s"]),
+                     *(fmt_extra(row.mean(key)) for key in extras)])
     return markdown_table(header, body)
 
 
@@ -297,15 +321,16 @@ def pivot_table(rows: Sequence[Row], pivot: str) -> str:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write_csv(rows: Sequence[Row], path: Path) -> None:
+def write_csv(rows: Sequence[Row], path: Path, extras: Sequence[str] = ()) -> None:
     columns = list(rows[0].labels)
     stat_names = list(rows[0].stats())
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*columns, *stat_names, "run_dirs"])
+        writer.writerow([*columns, *stat_names, *extras, "run_dirs"])
         for row in rows:
             stats = row.stats()
             writer.writerow([*(row.labels[c] for c in columns), *("" if stats[k] is None else stats[k] for k in stat_names),
+                             *("" if row.mean(k) is None else row.mean(k) for k in extras),
                              ";".join(str(run.path) for run in row.runs)])
 
 
@@ -355,25 +380,27 @@ def default_out(sources: Sequence[str | Path], found: Sequence[Path]) -> Path:
 
 
 def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: str | None = None,
-           title: str | None = None) -> dict[str, Path]:
-    """Write report.md, report.csv and report.png (and the pivot table inside report.md); return their paths."""
+           title: str | None = None, metrics: Sequence[str] = ()) -> dict[str, Path]:
+    """Write report.md, report.csv and report.png (and the pivot table inside report.md); return their paths.
+    ``metrics``: globs of further results.json keys to show as columns (mean over seeds)."""
     found = find_results(sources)
     if not found:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, sources))} (runs write it when they "
                                 f"finish; a failed or unfinished run has none)")
     runs = load_runs(found)
     rows = group_runs(runs)
+    extras = extra_keys(runs, metrics)
     out_dir = Path(out) if out is not None else default_out(sources, found)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title or out_dir.resolve().name
     paths = {"md": out_dir / "report.md", "csv": out_dir / "report.csv", "png": out_dir / "report.png"}
-    write_csv(rows, paths["csv"])
+    write_csv(rows, paths["csv"], extras)
     write_plot(rows, paths["png"], title)
     parts = [f"# {title}", "",
              f"{len(runs)} runs, {len(rows)} rows, from {', '.join(map(str, sources))}. "
              "Test metric of the evaluated checkpoint on the fixed test episodes, ± 95% CI over episodes "
              "(1.96·std/√n), both averaged over seeds; `mean ± std over seeds` is given when a row has "
-             "several seeds (sample std).", "", main_table(rows), ""]
+             "several seeds (sample std).", "", main_table(rows, extras), ""]
     if pivot:
         parts += [f"## By {pivot}", "", pivot_table(rows, pivot), ""]
     parts += [f"![test metric per row, CI95 error bars]({paths['png'].name})", ""]
@@ -388,8 +415,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="output directory (default: the directory given, else the common parent)")
     parser.add_argument("--pivot", help="also write a table with this column's values as columns (e.g. data)")
     parser.add_argument("--title", help="report title (default: the output directory's name)")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="GLOB",
+                        help="further results.json keys to show as columns, mean over seeds "
+                             "(e.g. 'mtnet/update_fraction/*' 'test/acc_step*')")
     args = parser.parse_args(argv)
-    paths = report(args.sources, args.out, args.pivot, args.title)
+    try:
+        paths = report(args.sources, args.out, args.pivot, args.title, args.metrics)
+    except ValueError as error:
+        parser.error(str(error))
     print(paths["md"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
 

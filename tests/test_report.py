@@ -177,6 +177,26 @@ def test_no_results_is_a_clear_error(tmp_path):
         report([tmp_path], pivot="nope")
 
 
+def test_metrics_globs_add_columns_averaged_over_seeds(tmp_path):
+    for job, (order, seed, fraction) in enumerate([(0, 1, 0.50), (0, 2, 0.60), (2, 1, 0.80), (2, 2, 0.90)]):
+        write_run(tmp_path / str(job), algo="mtnet", data="polynomial", task="regression", seed=seed,
+                  algo_keys={"order": order})
+        results_file = tmp_path / str(job) / "results.json"
+        results = json.loads(results_file.read_text())
+        results.update({"mtnet/update_fraction/body.0": fraction, "mtnet/update_fraction/all": fraction / 2,
+                        "mtnet/other": 1.0})
+        results_file.write_text(json.dumps(results))
+    paths = report([tmp_path], metrics=["mtnet/update_fraction/*"])
+    table = [line for line in paths["md"].read_text().splitlines() if line.startswith("|")]
+    assert table[0].endswith("| mtnet/update_fraction/body.0 | mtnet/update_fraction/all |")
+    assert "mtnet/other" not in table[0]
+    assert table[2].endswith("| 0.55 | 0.275 |") and table[3].endswith("| 0.85 | 0.425 |")
+    rows = read_csv(paths["csv"])
+    assert [float(r["mtnet/update_fraction/body.0"]) for r in rows] == pytest.approx([0.55, 0.85])
+    with pytest.raises(ValueError, match="--metrics 'tnet/\\*' matches no numeric key"):
+        report([tmp_path], metrics=["tnet/*"])
+
+
 # -- a tiny real ablation on Omniglot ---------------------------------------------------------------
 TINY = ["logger=none", "model.filters=4", "data.ways=5", "data.meta_batch_size=2", "data.batches_per_epoch=1",
         "data.val_episodes=4", "data.test_episodes=4", "trainer.max_epochs=1", "algo.inner_steps=2",
