@@ -31,9 +31,11 @@ needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),
 
 
 @pytest.fixture(scope="session")
-def cache_dir(request) -> Path:
-    """A decoded-image cache that survives test sessions (pytest's own cache folder)."""
-    return Path(request.config.cache.mkdir("metaplus-image-cache"))
+def cache_dir(request, tmp_path_factory) -> Path:
+    """A decoded-image cache that survives test sessions (pytest's own cache folder; a fresh temporary
+    one when pytest runs with ``-p no:cacheprovider``)."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("metaplus-image-cache")) if cache else tmp_path_factory.mktemp("metaplus-image-cache")
 
 
 # -- synthetic data --------------------------------------------------------------------------------
