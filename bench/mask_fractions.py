@@ -28,10 +28,11 @@ def fraction_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     if not metrics.is_file():
         raise SystemExit(f"{metrics}: not found (train the run with logger=csv)")
     curves: dict[str, list[tuple[int, float]]] = {}
-    for row in csv.DictReader(metrics.open()):
-        for key, value in row.items():
-            if key.startswith(PREFIX) and value:
-                curves.setdefault(key[len(PREFIX):], []).append((int(row["step"]), float(value)))
+    with metrics.open() as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key.startswith(PREFIX) and value:
+                    curves.setdefault(key[len(PREFIX):], []).append((int(row["step"]), float(value)))
     if not curves:
         raise SystemExit(f"{metrics}: no {PREFIX}* columns (is it an MT-net run with use_M=true?)")
     return curves

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -125,11 +125,11 @@ def omniglot(args, out: Path) -> list[dict]:
 
 
 # -- reporting ----------------------------------------------------------------------------------
-def fmt(row: dict, key: str = "final") -> str:
+def fmt(row: dict, key: str = "final", ci: bool = True) -> str:
     # A NaN mean means adaptation blew up on some test episodes (too large a step for that many steps).
     if not math.isfinite(row[key]):
         return "diverged"
-    return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}"
+    return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}" if ci else f"{row[key]:.3f}"
 
 
 def tables(results: dict, budget: dict) -> str:
@@ -152,7 +152,7 @@ def tables(results: dict, budget: dict) -> str:
         lines += ["## Inner learning rate: 10-shot sinusoid test MSE ± CI95 after 10 steps (after 1 step)", "",
                   "| algo | " + " | ".join(f"α={a}" for a in ALPHAS) + " |", "|---|" + "---|" * len(ALPHAS)]
         for algo in ("maml", "mtnet"):
-            cells = [f"{fmt(r)} ({fmt(r, 'step1').split(' ')[0]})" for a in ALPHAS for r in results["alpha"] if (r["algo"], r["alpha"]) == (algo, a)]
+            cells = [f"{fmt(r)} ({fmt(r, 'step1', ci=False)})" for a in ALPHAS for r in results["alpha"] if (r["algo"], r["alpha"]) == (algo, a)]
             lines.append(f"| {algo} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.get("polynomial"):
@@ -223,7 +223,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.tables_only:
         saved = json.loads((RESULTS / f"mtnet{args.tag}.json").read_text())
-        (RESULTS / f"mtnet{args.tag}.md").write_text(tables(saved, saved.pop("budget")) + "\n")
+        budget = saved.pop("budget")
+        (RESULTS / f"mtnet{args.tag}.md").write_text(tables(saved, budget) + "\n")
         return
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)

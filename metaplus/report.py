@@ -282,10 +282,6 @@ def extra_keys(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
     return list(keys)
 
 
-def fmt_extra(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
-
-
 def main_table(rows: Sequence[Row], extras: Sequence[str] = ()) -> str:
     columns = list(rows[0].labels)
     header = [*columns, f"{metric_header(rows, 'test')} ± CI95", "seeds", "mean ± std over seeds",
@@ -297,7 +293,7 @@ def main_table(rows: Sequence[Row], extras: Sequence[str] = ()) -> str:
         body.append([*(fmt_label(row.labels[c], c) for c in columns),
                      f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}", str(s["runs"]), over_seeds,
                      fmt(s["val_mean"], m), fmt_time(s["wall_time_s"]),
-                     *(fmt_extra(row.mean(key)) for key in extras)])
+                     *(fmt(row.mean(key), key) for key in extras)])
     return markdown_table(header, body)
 
 
@@ -328,9 +324,9 @@ def write_csv(rows: Sequence[Row], path: Path, extras: Sequence[str] = ()) -> No
         writer = csv.writer(f)
         writer.writerow([*columns, *stat_names, *extras, "run_dirs"])
         for row in rows:
-            stats = row.stats()
-            writer.writerow([*(row.labels[c] for c in columns), *("" if stats[k] is None else stats[k] for k in stat_names),
-                             *("" if row.mean(k) is None else row.mean(k) for k in extras),
+            values = {**row.stats(), **{key: row.mean(key) for key in extras}}
+            writer.writerow([*(row.labels[c] for c in columns),
+                             *("" if values[k] is None else values[k] for k in (*stat_names, *extras)),
                              ";".join(str(run.path) for run in row.runs)])
 
 
