@@ -47,11 +47,19 @@ def check_choice(key: str, value: Any, choices) -> None:
 
 
 def accepted_keys(target: Any) -> set[str] | None:
-    """Keyword names a callable accepts, or None if it takes ``**kwargs`` (anything goes)."""
-    params = inspect.signature(target).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    """Keyword names a callable accepts, or None if it takes ``**kwargs`` (anything goes).
+
+    A class whose ``__init__`` forwards ``**shared`` to its base (the learners do: shared
+    constructor arguments live once, in the base) accepts its own names plus the base's.
+    """
+    names: set[str] = set()
+    owners = [k for k in target.__mro__ if "__init__" in vars(k)] if inspect.isclass(target) else [target]
+    for owner in owners:
+        params = inspect.signature(owner.__init__ if inspect.isclass(owner) else owner).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 def check_keys(node: DictConfig, group: str, provided: tuple[str, ...] = ()) -> None:
@@ -92,7 +100,13 @@ def metric_name(task: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${monitor:${data.task}}`` -> val/mse or val/acc; ``${monitor_mode:...}`` -> min or max."""
+    """``${monitor:${data.task}}`` -> val/mse or val/acc; ``${monitor_mode:...}`` -> min or max;
+    ``${preset_row:KEY}`` -> the published row's value (:mod:`metaplus.presets`)."""
     if not OmegaConf.has_resolver("monitor"):
         OmegaConf.register_new_resolver("monitor", lambda task: f"val/{metric_name(task)}")
         OmegaConf.register_new_resolver("monitor_mode", lambda task: "min" if metric_name(task) == "mse" else "max")
+        # ModelCheckpoint keeps the top max(k, 1) validation checkpoints: the ensemble's members.
+        OmegaConf.register_new_resolver("checkpoints_to_keep", lambda k: max(int(k), 1))
+    from metaplus.presets import register  # presets import this module's errors
+
+    register()

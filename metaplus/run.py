@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaplus.config import check, check_int, instantiate_group
+from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
+from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.results import write_results
 
@@ -25,8 +27,10 @@ log = logging.getLogger("metaplus")
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, backbone, learner, loggers, callbacks and trainer (no training yet)."""
     check_int("seed", cfg.seed, 0)
-    check("ckpt_path", cfg.ckpt_path, cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file(),
-          "an existing checkpoint file or null")
+    check_int("ensemble_top_k", cfg.ensemble_top_k, 0)
+    check("ckpt_path", cfg.ckpt_path, cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file()
+          or (not cfg.train and Path(cfg.ckpt_path).is_dir()),
+          "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
@@ -59,18 +63,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         check_int("seed", cfg.seed, 0)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        preset_line = describe_preset(cfg)
         parts = build(cfg)
     except Exception:  # bad config or missing data: nothing half-written stays behind
         remove_if_empty(output_dir)
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
+    if trainer.is_global_zero:
+        print(preset_line, flush=True)
     log_config(parts["loggers"], cfg)
 
-    ckpt = cfg.ckpt_path
+    ckpt, ensemble = cfg.ckpt_path, []
+    if ckpt is not None and Path(ckpt).is_dir():  # evaluate a run's checkpoints: the best one (+ top-k)
+        ensemble = top_k_from_directory(Path(ckpt), max(cfg.ensemble_top_k, 1), cfg.monitor_mode)
+        ckpt = str(ensemble[0][0])
     if cfg.train:
         trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
+        if trainer.checkpoint_callback is not None:
+            ensemble = top_k_from_callback(trainer.checkpoint_callback, cfg.ensemble_top_k, cfg.monitor_mode)
     metrics: dict[str, Any] = {}
     if cfg.test:
         # The validation score of the evaluated checkpoint, then its test score on the fixed episodes.
@@ -78,12 +90,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         for stage in ("val", "test"):
             metrics.update(learner.eval_results.get(stage, {}))
+        if cfg.ensemble_top_k:
+            metrics.update(evaluate_ensemble(learner, datamodule, ensemble[:cfg.ensemble_top_k]))
     metrics["monitor"] = cfg.monitor
     metrics["best_checkpoint"] = str(ckpt) if ckpt else None
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
-                             extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch})
+                             extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                                    "preset": preset_info(cfg)})
         print_summary(cfg, metrics, path)
     finish_loggers(parts["loggers"], metrics)
     return metrics
@@ -113,5 +128,10 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
             n = int(metrics[f"{stage}/episodes"])
             lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
                          f"before adaptation {metrics[key + '_step0']:.4f})")
+    key = f"test/{metric}_ensemble"
+    if key in metrics:
+        k = len(metrics["test/ensemble_checkpoints"])
+        lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
+                     f"top {k} validation checkpoints)")
     lines.append(f"  results: {path}")
     print("\n".join(lines), flush=True)

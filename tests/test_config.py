@@ -38,7 +38,7 @@ def test_every_group_option_composes_and_instantiates(make_config, tmp_path, gro
     key = f"{group}={option}"
     overrides = [key, *COMPANIONS.get((group, option), [])]
     if (group, option) == ("data", "imagefolder"):
-        overrides += [f"data.root={tiny_image_folder(tmp_path / 'images')}", "data.image_size=8"]
+        overrides += [f"data.root={tiny_image_folder(tmp_path / 'images')}", "data.image_size=16"]
     if (group, option) == ("data", "miniimagenet") or "miniimagenet" in option:
         overrides += ["data.source.max_images_per_class=20"]  # decoding all 21,600 JPEGs is for benchmarks
     cfg = make_config(overrides)

@@ -70,3 +70,21 @@ def test_clone_module_is_graph_connected_and_shares_running_stats():
 def test_per_step_norm_module_types():
     model = Conv4(filters=4)
     assert sum(isinstance(m, PerStepBatchNorm2d) for m in model.modules()) == 4
+
+
+def test_xavier_init_matches_the_mamlpp_reference():
+    torch.manual_seed(0)
+    model = Conv4(input_shape=[1, 28, 28], output_dim=5, filters=64, init="xavier")
+    for layer in [b.conv for b in model.blocks] + [model.head]:
+        weight = layer.weight
+        fan_in = weight.shape[1] * weight[0, 0].numel()
+        fan_out = weight.shape[0] * weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert torch.count_nonzero(layer.bias) == 0
+        assert weight.abs().max() <= bound
+        # uniform on [-b, b] has std b / sqrt(3)
+        assert weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    default = Conv4(input_shape=[1, 28, 28], output_dim=5, filters=64)
+    assert torch.count_nonzero(default.head.bias) > 0  # PyTorch's default init draws the biases
+    with pytest.raises(ConfigError, match="init"):
+        Conv4(init="he")

@@ -331,7 +331,8 @@ def test_corrupt_image_names_the_file(tmp_path):
 def test_fixed_val_and_test_episodes_are_identical_across_datamodules(tmp_path, cache_dir):
     def batches(seed):
         cfg = compose_config([f"seed={seed}", "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}",
-                              "data.ways=20", "data.val_episodes=4", "data.test_episodes=4"], tmp_path / str(seed))
+                              "data.ways=20", "data.queries=5", "data.val_episodes=4", "data.test_episodes=4"],
+                             tmp_path / str(seed))
         datamodule = instantiate_group(cfg.data, "data")
         datamodule.setup()
         return [next(iter(loader())) for loader in (datamodule.val_dataloader, datamodule.test_dataloader,
@@ -363,3 +364,25 @@ def test_two_training_iterations_on_omniglot(tmp_path, cache_dir):
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["test/episodes"] == 4 and 0.0 <= metrics["test/acc"] <= 1.0
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+@needs_omniglot
+def test_mamlpp_rotation_augmentation_rotates_whole_training_classes(cache_dir):
+    common = dict(ways=5, shots=2, queries=3, root=str(OMNIGLOT), cache_dir=str(cache_dir))
+    plain = OmniglotTasks(**common, split="train")
+    rotated = OmniglotTasks(**common, split="train", augment_rotations=True)
+    seed = 11
+    a, b = plain.sample(torch.Generator().manual_seed(seed)), rotated.sample(torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    plain.sample(g)  # the augmentation draws its quarter turns after the episode itself
+    turns = torch.randint(0, 4, (5,), generator=g)
+    assert torch.equal(a.support_y, b.support_y) and torch.equal(a.support_classes, b.support_classes)
+    for label, k in enumerate(turns.tolist()):
+        for x_plain, y, x_rot in ((a.support_x, a.support_y, b.support_x), (a.query_x, a.query_y, b.query_x)):
+            rows = y == label
+            assert torch.equal(x_rot[rows], torch.rot90(x_plain[rows], k, dims=(-2, -1)))
+    assert set(turns.tolist()) != {0}, "this seed must rotate some class for the test to mean anything"
+    # validation and test episodes are never augmented: they stay the fixed published episodes
+    val_plain = OmniglotTasks(**common, split="val").sample(torch.Generator().manual_seed(seed))
+    val_aug = OmniglotTasks(**common, split="val", augment_rotations=True).sample(torch.Generator().manual_seed(seed))
+    assert torch.equal(val_plain.query_x, val_aug.query_x)

@@ -75,6 +75,22 @@ def test_test_metric_over_all_episodes_equals_single_process(make_config, tmp_pa
 
 
 @pytest.mark.slow
+def test_checkpoint_ensemble_under_ddp_equals_single_process(make_config, tmp_path):
+    """MAML++'s top-k ensemble split across 2 ranks counts each of the 11 episodes once and gives the
+    single-process figure on the same checkpoints; meta-gradient clipping runs under DDP too."""
+    from metaplus.run import run
+
+    train(*DDP, *TASKS, "trainer.max_epochs=3", "ensemble_top_k=2", "algo.grad_clip_value=0.5",
+          f"hydra.run.dir={tmp_path / 'ddp'}")
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert ddp["test/ensemble_episodes"] == 11 and len(ddp["test/ensemble_checkpoints"]) == 2
+    single = run(make_config([*QUICK, *TASKS, "ensemble_top_k=2", "train=false",
+                              f"ckpt_path={tmp_path / 'ddp' / 'checkpoints'}"]))
+    assert single["test/ensemble_checkpoints"] == ddp["test/ensemble_checkpoints"]
+    assert single["test/mse_ensemble"] == pytest.approx(ddp["test/mse_ensemble"], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_resume_from_a_ddp_checkpoint(tmp_path):
     first = tmp_path / "first"
     train(*DDP, *TASKS, "trainer.max_epochs=1", f"hydra.run.dir={first}")

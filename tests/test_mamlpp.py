@@ -237,7 +237,9 @@ def test_each_switch_alone_changes_only_its_own_piece(switch):
 
     plain, alone = shapes(conv_learner()), shapes(conv_learner(**{switch: True}))
     changed = {k for k, a, b in zip(("params", "buffers", "adapted"), plain, alone) if a != b}
-    expected = {"lslr": {"params"}, "bnrs": {"buffers"}, "bnwb": {"params", "adapted"}}.get(switch, set())
+    # BN weights/biases are never adapted in plain MAML (adapt_bn_affine=false, as the reference
+    # codes), so BNWB changes only the number of affine sets, not what the inner loop adapts.
+    expected = {"lslr": {"params"}, "bnrs": {"buffers"}, "bnwb": {"params"}}.get(switch, set())
     assert changed == expected
     if switch == "lslr":
         assert set(alone[0]) - set(plain[0]) == {f"inner_lrs.{k}" for k in conv_learner(lslr=True).lr_names.values()}
@@ -301,3 +303,42 @@ def test_bad_switch_values_name_their_key(make_config, override, key):
     backbone = instantiate(cfg.model, _convert_="all")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         instantiate_group(cfg.algo, "algo", backbone=backbone, task_type="regression")
+
+
+# -- the reference codes' details --------------------------------------------------------------
+def test_batch_norm_affine_is_not_adapted_unless_asked():
+    bn = {n for n, _ in conv_learner().backbone.named_parameters() if ".norm." in n}
+    assert bn and not bn & conv_learner().adapted_names(), "MAML (as Finn's and the MAML++ code) never adapts BN"
+    assert bn <= conv_learner(adapt_bn_affine=True).adapted_names()
+    assert not bn & conv_learner(adapt_bn_affine=True, bnwb=True).adapted_names(), "BNWB never adapts them"
+    # with BN frozen in the inner loop, an inner step leaves them unchanged but they still get a meta-gradient
+    learner = conv_learner()
+    task = image_task()
+    adapted = learner.adapt(task, 1, first_order=False)
+    before = dict(learner.backbone.named_parameters())
+    for name, p in adapted.named_parameters():
+        if name in bn:
+            assert torch.equal(p, before[name])
+    F.cross_entropy(adapted(task.query_x), task.query_y).backward()
+    assert all(before[n].grad is not None and before[n].grad.abs().sum() > 0 for n in bn)
+
+
+def test_inert_switches_are_named_at_start():
+    learner = MAML(Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4), "classification", inner_steps=2,
+                   da=True, da_epochs=50, msl=True, msl_epochs=15, bnrs=True, ca=True, meta_lr=1e-3,
+                   min_meta_lr=1e-3)
+    found = " | ".join(learner.inert_switches(max_epochs=20))
+    assert "algo.da=true with algo.da_epochs=50 >= trainer.max_epochs=20" in found
+    assert "algo.msl_epochs=15 > trainer.max_epochs=20" not in found and "algo.msl_epochs=15 > trainer.max_epochs=10" \
+        in " | ".join(learner.inert_switches(max_epochs=10))
+    assert "algo.bnrs=true with algo.bn_stats=batch" in found and "cosine schedule is constant" in found
+    quiet = MAML(Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4), "classification", inner_steps=2,
+                 da=True, da_epochs=5, msl=True, msl_epochs=10, bnrs=True, bn_stats="running")
+    assert quiet.inert_switches(max_epochs=20) == []
+
+
+def test_inert_da_warns_when_fit_starts(make_config):
+    cfg = make_config([*QUICK, "algo.da=true", "algo.da_epochs=3"])
+    parts = build(cfg)
+    with pytest.warns(UserWarning, match="algo.da_epochs=3 >= trainer.max_epochs=1"):
+        parts["trainer"].fit(parts["learner"], datamodule=parts["datamodule"])

@@ -20,7 +20,7 @@ SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 ALGO_KEYS = {  # algorithm-specific keys, as the real algo configs have them
     "maml": {"first_order": False, **{s: False for s in SWITCHES}},
     "fomaml": {"first_order": True, **{s: False for s in SWITCHES}},
-    "reptile": {"meta_lr_final": 0.0, "inner_optimizer": "sgd"},
+    "reptile": {"min_meta_lr": 0.0, "inner_optimizer": "sgd"},
     "pretrain": {"finetune": "head"},
 }
 
@@ -133,7 +133,7 @@ def test_algorithm_comparison_hides_algorithm_specific_keys_and_pivots_datasets(
             job += 1
     paths = report([tmp_path / "sweep"], out=tmp_path / "out", pivot="data")
     rows = read_csv(paths["csv"])
-    assert list(rows[0])[:2] == ["algo", "data"] and "algo.meta_lr_final" not in rows[0] and "msl" not in rows[0]
+    assert list(rows[0])[:2] == ["algo", "data"] and "algo.min_meta_lr" not in rows[0] and "msl" not in rows[0]
     assert [(r["algo"], r["data"]) for r in rows][:4] == [(a, "omniglot 20w1s") for a in ALGO_KEYS]
     text = paths["md"].read_text()
     pivot = text[text.index("## By data"):].splitlines()

@@ -115,7 +115,7 @@ def test_resumed_run_continues_the_schedule_and_matches_an_uninterrupted_one(tmp
     def learner():
         torch.manual_seed(1)
         return Reptile(TinyLinear(3).double(), "regression", inner_steps=2, inner_lr=0.05, meta_lr=1.0,
-                       meta_lr_final=0.2)
+                       min_meta_lr=0.2)
 
     whole = learner()
     fit(whole, tasks, dict(max_epochs=2))  # 4 meta-iterations per epoch
@@ -132,14 +132,14 @@ def test_resumed_run_continues_the_schedule_and_matches_an_uninterrupted_one(tmp
     resumed = learner()
     trainer = fit(resumed, tasks, dict(max_epochs=2), ckpt_path=str(ckpt))
     assert trainer.global_step == 8
-    # eps after 8 of 8 steps has reached meta_lr_final
+    # eps after 8 of 8 steps has reached min_meta_lr
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.2)
     torch.testing.assert_close(resumed.backbone.head.weight, whole.backbone.head.weight)
 
 
 def test_bad_final_step_size_fails_naming_the_key(make_config):
-    with pytest.raises(ConfigError, match="algo.meta_lr_final"):
-        build(make_config(["algo=reptile", "algo.meta_lr_final=2.0"]))
+    with pytest.raises(ConfigError, match="algo.min_meta_lr"):
+        build(make_config(["algo=reptile", "algo.min_meta_lr=2.0"]))
 
 
 def test_reptile_improves_adaptation_on_sinusoid(make_config, tmp_path):

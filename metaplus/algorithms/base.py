@@ -10,11 +10,14 @@ Subclasses override small hooks, not the loop:
 - ``inner_rule()``      how an inner gradient becomes an update (default: SGD with ``inner_lr``),
 - ``task_loss(task)``   the outer loss of one task (default: query loss after adaptation),
 - ``accumulate_task``   how that loss becomes gradients (Reptile replaces it),
-- ``extra_optimizer_groups`` / ``lr_scheduler`` for meta-parameters and outer schedules.
+- ``outer_optimizer`` (Adam; Reptile: SGD) and ``lr_scheduler``. Every learner has the outer schedule
+  ``lr_schedule`` = constant | cosine | linear down to ``min_meta_lr``, per epoch or per step, with an
+  optional warm-up, and meta-gradient clipping (``grad_clip_value`` / ``grad_clip_norm``).
 Validation and test are the same code for every algorithm (``evaluate_task``).
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.config import check, check_choice, check_int, check_positive, metric_name
+from metaplus.config import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.evaluation import EpisodeRecords, curve, summarise, unique_episodes
 from metaplus.inner import CloneAdapt, sgd
@@ -38,7 +41,31 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == y).float().mean()
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_INTERVALS = ("epoch", "step")
+
+
+def outer_lr_factor(t: int, total: int, schedule: str, floor: float, warmup: int = 0) -> float:
+    """The outer learning rate after ``t`` scheduler steps of ``total``, as a fraction of ``meta_lr``.
+
+    A linear warm-up over the first ``warmup`` steps, then ``constant`` (1), ``cosine`` (from 1 to
+    ``floor`` along half a cosine: MAML++'s CA) or ``linear`` (from 1 to ``floor``: Reptile's eps).
+    ``floor`` is ``min_meta_lr / meta_lr``; past ``total`` the schedule stays at its end value.
+    """
+    if t < warmup:
+        return (t + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min((t - warmup) / max(total - warmup, 1), 1.0)
+    if schedule == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 + (floor - 1.0) * progress
+
+
 class EpisodicLearner(L.LightningModule):
+    """The constructor arguments here are shared by every learner: subclasses declare only their
+    own and forward the rest (``**shared``), and the config checker reads both signatures."""
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -50,6 +77,12 @@ class EpisodicLearner(L.LightningModule):
         first_order: bool = False,
         name: str = "learner",
         inner_loop: Any = None,
+        lr_schedule: str = "constant",
+        min_meta_lr: float = 0.0,
+        lr_interval: str = "epoch",
+        warmup_steps: int = 0,
+        grad_clip_value: float | None = None,
+        grad_clip_norm: float | None = None,
     ):
         super().__init__()
         check_choice("task_type", task_type, {"regression", "classification"})
@@ -59,6 +92,14 @@ class EpisodicLearner(L.LightningModule):
         check_positive("inner_lr", inner_lr)
         check_positive("meta_lr", meta_lr)
         check("first_order", first_order, isinstance(first_order, bool), "true or false")
+        check_choice("lr_schedule", lr_schedule, set(LR_SCHEDULES))
+        check_choice("lr_interval", lr_interval, set(LR_INTERVALS))
+        check("min_meta_lr", min_meta_lr, isinstance(min_meta_lr, (int, float)) and not isinstance(min_meta_lr, bool)
+              and 0 <= min_meta_lr <= meta_lr, f"a number in [0, meta_lr={meta_lr}]")
+        check_int("warmup_steps", warmup_steps, 0)
+        for key, value in (("grad_clip_value", grad_clip_value), ("grad_clip_norm", grad_clip_norm)):
+            check(key, value, value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                and value > 0), "null (off) or a number > 0")
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
@@ -66,6 +107,9 @@ class EpisodicLearner(L.LightningModule):
         self.task_type, self.metric = task_type, metric_name(task_type)
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.inner_lr, self.meta_lr, self.first_order = inner_lr, meta_lr, first_order
+        self.lr_schedule, self.min_meta_lr, self.lr_interval = lr_schedule, float(min_meta_lr), lr_interval
+        self.warmup_steps = warmup_steps
+        self.grad_clip_value, self.grad_clip_norm = grad_clip_value, grad_clip_norm
         self.records: dict[str, EpisodeRecords] = {}
         self.eval_results: dict[str, dict] = {}
 
@@ -135,6 +179,8 @@ class EpisodicLearner(L.LightningModule):
                 f"train/loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
                 f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
                 f"(now {self.meta_lr}), or check the data for NaN values.")
+        self.clip_meta_gradient(optimizer)
+        self.log("train/meta_lr", optimizer.param_groups[0]["lr"], batch_size=n)
         optimizer.step()
         self.step_lr_schedulers("step")
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -151,16 +197,45 @@ class EpisodicLearner(L.LightningModule):
             if config.interval == interval:
                 config.scheduler.step()
 
+    def clip_meta_gradient(self, optimizer) -> None:
+        """Clamp the meta-gradient element-wise (``grad_clip_value``, as the MAML++ code on
+        mini-ImageNet) and/or rescale it to a maximal norm (``grad_clip_norm``). Runs after the
+        meta-batch's last backward, when DDP has averaged the gradients, so every rank clips alike;
+        Lightning's ``clip_gradients`` unscales mixed-precision gradients first."""
+        if self.grad_clip_value is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_value, gradient_clip_algorithm="value")
+        if self.grad_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
+
+    def outer_optimizer(self) -> torch.optim.Optimizer:
+        """The meta-optimizer: Adam over every parameter (meta-parameters such as learned rates too)."""
+        return torch.optim.Adam(self.parameters(), lr=self.meta_lr)
+
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.meta_lr)
+        optimizer = self.outer_optimizer()
         scheduler = self.lr_scheduler(optimizer)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_interval}}
+
+    def schedule_length(self) -> int:
+        """Scheduler steps in the whole run: epochs or meta-iterations, per ``lr_interval``."""
+        if self.lr_interval == "step":
+            return int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError("trainer.max_epochs", f"{epochs!r} is invalid: algo.lr_schedule={self.lr_schedule} "
+                                                    f"anneals over max_epochs, which must be an integer >= 1")
+        return epochs
 
     def lr_scheduler(self, optimizer):
-        """Outer learning-rate schedule stepped once per epoch; none by default."""
-        return None
+        """The outer schedule (``lr_schedule``, ``min_meta_lr``, ``warmup_steps``), stepped every
+        ``lr_interval``; none for a constant rate without warm-up."""
+        if self.lr_schedule == "constant" and not self.warmup_steps:
+            return None
+        total, floor = self.schedule_length(), self.min_meta_lr / self.meta_lr
+        schedule, warmup = self.lr_schedule, self.warmup_steps
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: outer_lr_factor(t, total, schedule, floor, warmup))
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
     def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
@@ -177,6 +252,19 @@ class EpisodicLearner(L.LightningModule):
         with torch.enable_grad():  # adaptation needs gradients even under validation/test
             self.adapt(task, steps, first_order=True, on_step=score_query)
         return torch.stack(losses), torch.stack(scores)
+
+    def adapted_prediction(self, task: Task, steps: int) -> Tensor:
+        """Query predictions after ``steps`` inner steps on the support set: the final step of
+        ``evaluate_task``, as one prediction (the checkpoint ensemble averages these)."""
+        with torch.enable_grad():
+            learner = self.adapt(task, steps, first_order=True)
+        with torch.no_grad():
+            return learner(task.query_x, step=max(steps - 1, 0))
+
+    def supports_checkpoint_ensemble(self) -> bool:
+        """Whether ``adapted_prediction`` works outside Lightning's evaluation loop (MT-net's masks
+        are drawn by per-batch hooks, so it does not)."""
+        return True
 
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         records = self.records.setdefault(stage, EpisodeRecords())

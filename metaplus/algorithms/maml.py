@@ -11,9 +11,12 @@ exactly one hook (``algo=mamlpp`` turns all six on):
 - ``bnwb`` per-step BN weights and biases  } configured once here; with ``bnwb`` the BN affine
   parameters are meta-learned only, never adapted  (``adapted_names``)
 - ``lslr`` a learned inner learning rate per parameter tensor and per step  (``inner_rule``)
-- ``ca``   cosine annealing of the outer learning rate to ``min_meta_lr``  (``lr_scheduler``)
+- ``ca``   cosine annealing of the outer learning rate to ``min_meta_lr``: the base learner's
+  ``lr_schedule=cosine``, switched on by its MAML++ name
 
-``bn_stats`` says how BN normalises: ``batch`` (batch statistics always, as the reference code:
+``adapt_bn_affine`` (default false, as Finn's and the MAML++ code) lets plain MAML adapt the batch-norm
+weights and biases in the inner loop; off, they are meta-learned only, so the MAML++ ablation rows
+differ in one switch at a time. ``bn_stats`` says how BN normalises: ``batch`` (batch statistics always, as the reference code:
 reproduces the published numbers) or ``running`` (evaluation uses the running statistics of the
 matching step: BNRS as the paper's text describes it). See :mod:`metaplus.nn.batchnorm`.
 """
@@ -26,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import ConfigError, check, check_choice, check_int, check_positive
+from metaplus.config import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
@@ -43,13 +46,7 @@ class MAML(EpisodicLearner):
         self,
         backbone: nn.Module,
         task_type: str,
-        inner_steps: int = 1,
-        test_inner_steps: int | None = None,
-        inner_lr: float = 0.01,
-        meta_lr: float = 1e-3,
-        first_order: bool = False,
         name: str = "maml",
-        inner_loop: Any = None,
         msl: bool = False,
         msl_epochs: int = 10,
         da: bool = False,
@@ -58,28 +55,28 @@ class MAML(EpisodicLearner):
         bnwb: bool = False,
         lslr: bool = False,
         ca: bool = False,
-        min_meta_lr: float = 1e-5,
         bn_stats: str = "batch",
+        adapt_bn_affine: bool = False,
+        **shared: Any,
     ):
-        super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
         switches = dict(msl=msl, da=da, bnrs=bnrs, bnwb=bnwb, lslr=lslr, ca=ca)
-        for key, value in switches.items():
+        for key, value in {**switches, "adapt_bn_affine": adapt_bn_affine}.items():
             check(key, value, isinstance(value, bool), "true or false")
+        if ca:  # CA is the base learner's cosine outer schedule, switched on by name
+            shared["lr_schedule"] = "cosine"
+        super().__init__(backbone, task_type, name=name, **shared)
         check_int("msl_epochs", msl_epochs, 0)
         check_int("da_epochs", da_epochs, 0)
-        check_positive("min_meta_lr", min_meta_lr)
-        check("min_meta_lr", min_meta_lr, min_meta_lr <= meta_lr, f"<= meta_lr ({meta_lr})")
         check_choice("bn_stats", bn_stats, set(STATS_MODES))
         self.switches = switches
         self.msl, self.msl_epochs, self.da, self.da_epochs = msl, msl_epochs, da, da_epochs
-        self.lslr, self.ca, self.min_meta_lr = lslr, ca, min_meta_lr
-        self.configure_backbone_batchnorm(inner_steps, bnrs, bnwb, bn_stats)
-        self.inner_lrs = self.make_inner_lrs(inner_steps, inner_lr) if lslr else None
+        self.lslr, self.ca, self.bn_stats = lslr, ca, bn_stats
+        self.configure_backbone_batchnorm(self.inner_steps, bnrs, bnwb, bn_stats, adapt_bn_affine)
+        self.inner_lrs = self.make_inner_lrs(self.inner_steps, self.inner_lr) if lslr else None
 
     # -- construction ---------------------------------------------------------------------------
-    def configure_backbone_batchnorm(self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str) -> None:
+    def configure_backbone_batchnorm(self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str,
+                                     adapt_bn_affine: bool) -> None:
         """BNRS/BNWB/bn_stats reshape the backbone's per-step BN layers, before the optimizer exists."""
         try:
             layers = configure_batchnorm(self.backbone, steps, per_step_stats=bnrs, per_step_affine=bnwb,
@@ -89,8 +86,10 @@ class MAML(EpisodicLearner):
         if (bnrs or bnwb or bn_stats != "batch") and not layers:
             rank_zero_warn(f"algo.bnrs/bnwb/bn_stats have no effect: {type(self.backbone).__name__} has "
                            f"no metaplus.nn.PerStepBatchNorm2d layer")
-        # BNWB: the per-step affine parameters are meta-learned only (the paper never adapts them).
-        self.frozen_in_inner_loop = batchnorm_parameter_names(self.backbone) if bnwb else set()
+        # The BN weights and biases are meta-learned only: Finn's MAML code and the MAML++ code never
+        # adapt them in the inner loop (adapt_bn_affine=true does, but never with BNWB's per-step sets).
+        frozen = bnwb or not adapt_bn_affine
+        self.frozen_in_inner_loop = batchnorm_parameter_names(self.backbone) if frozen else set()
 
     def make_inner_lrs(self, steps: int, inner_lr: float) -> nn.ParameterDict:
         """LSLR: one learning rate per adapted tensor and per step, registered here so Adam trains it."""
@@ -138,16 +137,30 @@ class MAML(EpisodicLearner):
         loss = (weights.to(losses[0]) * torch.stack(losses)).sum()
         return loss, self.score(predictions[-1], task.query_y).detach()
 
-    def lr_scheduler(self, optimizer):
-        if not self.ca:
-            return super().lr_scheduler(optimizer)
-        epochs = self.trainer.max_epochs
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError("trainer.max_epochs", f"{epochs!r} is invalid: algo.ca=true anneals over "
-                                                    f"max_epochs, which must be an integer >= 1")
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.min_meta_lr)
-
     # -- what a researcher wants to see --------------------------------------------------------
+    def on_fit_start(self) -> None:
+        for warning in self.inert_switches(self.trainer.max_epochs):
+            rank_zero_warn(warning)
+
+    def inert_switches(self, max_epochs: int | None) -> list[str]:
+        """Switches that are on but change nothing in this run, each named with the keys to change."""
+        found = []
+        if self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
+            found.append(f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
+                         f"training never reaches second order (the whole run is first order); lower "
+                         f"algo.da_epochs or set algo.da=false")
+        if self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
+            found.append(f"algo.msl_epochs={self.msl_epochs} > trainer.max_epochs={max_epochs}: the multi-step loss "
+                         f"never anneals to the final step within this run")
+        if self.switches["bnrs"] and self.bn_stats == "batch":
+            found.append("algo.bnrs=true with algo.bn_stats=batch: the per-step running statistics are kept (as the "
+                         "MAML++ code does) but never used to normalise, so BNRS does not change the results; "
+                         "algo.bn_stats=running uses them at evaluation")
+        if self.ca and self.min_meta_lr == self.meta_lr:
+            found.append(f"algo.ca=true with algo.min_meta_lr = algo.meta_lr = {self.meta_lr}: the cosine schedule is "
+                         f"constant (as MAML++'s released mini-ImageNet config)")
+        return found
+
     def on_train_epoch_start(self) -> None:
         self.log("train/derivative_order", 1.0 if self.training_first_order() else 2.0)
         if self.msl and self.inner_steps >= 1:

@@ -27,24 +27,11 @@ def rate_key(name: str) -> str:
 
 
 class MetaSGD(EpisodicLearner):
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task_type: str,
-        inner_steps: int = 1,
-        test_inner_steps: int | None = None,
-        inner_lr: float = 0.01,
-        meta_lr: float = 1e-3,
-        first_order: bool = False,
-        name: str = "metasgd",
-        inner_loop: Any = None,
-    ):
-        super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+    def __init__(self, backbone: nn.Module, task_type: str, name: str = "metasgd", **shared: Any):
+        super().__init__(backbone, task_type, name=name, **shared)
         adapted = self.adapted_names()
         self.inner_lrs = nn.ParameterDict({
-            rate_key(n): nn.Parameter(torch.full_like(p.detach(), inner_lr))
+            rate_key(n): nn.Parameter(torch.full_like(p.detach(), self.inner_lr))
             for n, p in backbone.named_parameters() if n in adapted})
 
     def inner_rule(self) -> UpdateRule:

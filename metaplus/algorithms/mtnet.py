@@ -84,13 +84,7 @@ class MTNet(EpisodicLearner):
         self,
         backbone: nn.Module,
         task_type: str,
-        inner_steps: int = 1,
-        test_inner_steps: int | None = None,
-        inner_lr: float = 0.01,
-        meta_lr: float = 1e-3,
-        first_order: bool = False,
         name: str = "mtnet",
-        inner_loop: Any = None,
         use_T: bool = True,
         use_M: bool = True,
         share_M: bool = True,
@@ -98,10 +92,9 @@ class MTNet(EpisodicLearner):
         temperature: float = 1.0,
         logit_init: float = 0.0,
         mask_seed: int = 0,
+        **shared: Any,
     ):
-        super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+        super().__init__(backbone, task_type, name=name, **shared)
         for key, value in dict(use_T=use_T, use_M=use_M, share_M=share_M).items():
             check(key, value, isinstance(value, bool), "true or false")
         check_choice("mask_per", mask_per, set(MASK_PER))
@@ -126,6 +119,9 @@ class MTNet(EpisodicLearner):
         self.fallback_rng = torch.Generator().manual_seed(mask_seed)
 
     # -- construction ---------------------------------------------------------------------------
+    def supports_checkpoint_ensemble(self) -> bool:
+        return False  # masks come from noise queued by the batch hooks of Lightning's loops
+
     def make_mask_logits(self, init: float) -> nn.ParameterDict:
         """zeta: one logit per output unit of each W (share_M) or per weight/bias entry; also maps every
         masked parameter to its logits (``mask_of``) and to its layer (``layer_of``)."""

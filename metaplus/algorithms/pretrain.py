@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import check_choice, check_int
+from metaplus.config import check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.nn import head_parameter_names
 
@@ -31,16 +31,15 @@ class Pretrain(EpisodicLearner):
         backbone: nn.Module,
         task_type: str,
         test_inner_steps: int = 10,
-        inner_lr: float = 0.01,
-        meta_lr: float = 1e-3,
         finetune: str = "head",
         name: str = "pretrain",
-        inner_loop: Any = None,
+        **shared: Any,
     ):
+        for key in ("inner_steps", "first_order"):  # fixed by what pre-training is
+            check(key, shared.get(key), key not in shared, "left out: pre-training has no inner loop")
         # inner_steps=0: training never adapts; only evaluation fine-tunes.
         super().__init__(backbone, task_type, inner_steps=0, test_inner_steps=test_inner_steps,
-                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+                         first_order=True, name=name, **shared)
         check_choice("finetune", finetune, {"head", "all"})
         self.finetune = finetune
         self.pretrain_head: nn.Module | None = None
@@ -122,3 +121,7 @@ class Pretrain(EpisodicLearner):
     def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
         self.reset_episode_head()
         return super().evaluate_task(task, steps)
+
+    def adapted_prediction(self, task: Task, steps: int) -> Tensor:
+        self.reset_episode_head()
+        return super().adapted_prediction(task, steps)

@@ -7,10 +7,10 @@ How it maps onto the episodic learner:
 - ``accumulate_task`` back-propagates the "pull" 0.5 * ||phi - stopgrad(W_b)||^2 / B, whose gradient is
   exactly (phi - W_b) / B. Going through autograd (rather than writing ``.grad`` by hand) keeps the
   base class's DDP gradient synchronisation: ranks average their shares of the meta-batch.
-- ``configure_optimizers`` uses plain SGD with lr = eps, so one optimizer step is the interpolation.
-  eps is annealed linearly per meta-iteration from ``meta_lr`` to ``meta_lr_final`` over the run
-  (LambdaLR, interval "step"); the scheduler state is in every checkpoint, so a resumed run continues
-  the schedule.
+- ``outer_optimizer`` is plain SGD with lr = eps, so one optimizer step is the interpolation.
+  eps follows the base learner's outer schedule, by default linear per meta-iteration from
+  ``meta_lr`` to ``min_meta_lr`` over the run (``lr_schedule: linear``, ``lr_interval: step``; cosine
+  or constant work too); the scheduler state is in every checkpoint, so a resumed run continues it.
 - The inner loop trains on the support set only by default (``train_on: support``), the condition it
   meets at test time; ``train_on: support_query`` trains on support and query points together, as the
   paper's code does (its training tasks have no separate query set). The query set of the training
@@ -59,27 +59,27 @@ class Reptile(EpisodicLearner):
         backbone: nn.Module,
         task_type: str,
         inner_steps: int = 10,
-        test_inner_steps: int | None = None,
-        inner_lr: float = 0.01,
         meta_lr: float = 1.0,
-        meta_lr_final: float = 0.0,
+        min_meta_lr: float = 0.0,
+        lr_schedule: str = "linear",
+        lr_interval: str = "step",
         inner_optimizer: str = "sgd",
         adam_betas: Sequence[float] = (0.0, 0.999),
         train_on: str = "support",
         name: str = "reptile",
-        inner_loop: Any = None,
+        **shared: Any,
     ):
-        super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-                         inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+        check("first_order", shared.get("first_order"), shared.get("first_order", True) is True,
+              "true (Reptile has no second-order variant)")
+        shared["first_order"] = True
+        super().__init__(backbone, task_type, inner_steps=inner_steps, meta_lr=meta_lr, min_meta_lr=min_meta_lr,
+                         lr_schedule=lr_schedule, lr_interval=lr_interval, name=name, **shared)
         check("inner_steps", inner_steps, inner_steps >= 1, "an integer >= 1 (Reptile needs an inner loop)")
-        check("meta_lr_final", meta_lr_final,
-              isinstance(meta_lr_final, (int, float)) and 0 <= meta_lr_final <= meta_lr, "a number in [0, meta_lr]")
         check_choice("inner_optimizer", inner_optimizer, {"sgd", "adam"})
         check("adam_betas", adam_betas, len(adam_betas) == 2 and all(0 <= b < 1 for b in adam_betas),
               "a pair [beta1, beta2] in [0, 1)")
         check_choice("train_on", train_on, {"support", "support_query"})
-        self.meta_lr_final, self.inner_optimizer = meta_lr_final, inner_optimizer
+        self.inner_optimizer = inner_optimizer
         self.adam_betas, self.train_on = tuple(adam_betas), train_on
 
     def inner_rule(self) -> UpdateRule:
@@ -105,14 +105,6 @@ class Reptile(EpisodicLearner):
             prediction = learner(task.query_x, step=self.inner_steps - 1)
             return self.loss_fn(prediction, task.query_y), self.score(prediction, task.query_y)
 
-    def outer_step_size(self, step: int, total: int) -> float:
-        """eps after ``step`` meta-iterations of ``total``: linear from meta_lr to meta_lr_final."""
-        fraction = min(step / max(total, 1), 1.0)
-        return self.meta_lr + (self.meta_lr_final - self.meta_lr) * fraction
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.meta_lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: self.outer_step_size(step, total) / self.meta_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def outer_optimizer(self) -> torch.optim.Optimizer:
+        # One SGD step with lr = eps on the pull's gradient (phi - W) is the interpolation.
+        return torch.optim.SGD(self.parameters(), lr=self.meta_lr)

@@ -44,6 +44,7 @@ class EpisodicDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        train_shots: int | None = None,
     ):
         super().__init__()
         check_choice("task", task, {"regression", "classification"})
@@ -55,12 +56,17 @@ class EpisodicDataModule(L.LightningDataModule):
         check_int("test_episodes", test_episodes, 1)
         check_int("output_dim", output_dim, 1)
         check_int("num_workers", num_workers, 0)
+        if train_shots is not None:
+            check_int("train_shots", train_shots, 1)
         if task == "classification":
             check_int("ways", ways, 2)
         check("input_shape", input_shape, len(input_shape) >= 1 and all(int(d) > 0 for d in input_shape),
               "a list of positive sizes")
         self.source_factory, self.name, self.task = source, name, task
         self.shots, self.queries, self.ways, self.root = shots, queries, ways, root
+        # Training tasks may have more labelled examples per class than test tasks (Reptile's
+        # few-shot setting trains on 10 or 15 per class and tests 1- or 5-shot).
+        self.train_shots = train_shots
         # Read by image sources through interpolation (``${data.split}``, ...); kept here so that
         # every documented ``data.*`` key is a checked constructor argument.
         self.split, self.image_size, self.download, self.cache_dir = split, image_size, download, cache_dir
@@ -76,7 +82,8 @@ class EpisodicDataModule(L.LightningDataModule):
         """The task source of ``split``, built once (image sources decode their data here)."""
         if split not in self.sources:
             try:
-                self.sources[split] = self.source_factory(split=split)
+                more = {"shots": self.train_shots} if split == "train" and self.train_shots else {}
+                self.sources[split] = self.source_factory(split=split, **more)
             except ConfigError as err:
                 raise err.within("data") from None
         return self.sources[split]

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import Tensor
 
 from metaplus.config import check, check_choice, check_int
+from metaplus.data.episodes import Task
 from metaplus.data.download import download_file, safe_extract_zip
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
                                   cache_key, cache_prefix, cached_class_images, decode_classes, file_identity, seeded_permutation)
@@ -59,12 +62,14 @@ class OmniglotTasks(ImageEpisodes):
         checksums: dict[str, str] | None = None,
         val_characters: int = 100,
         val_seed: int = 0,
+        augment_rotations: bool = False,
         split: str = "train",
     ):
         check_choice("source.class_split", class_split, set(SCHEMES))
         check_choice("split", split, {"train", "val", "test"})
         check_int("source.image_size", image_size, 1)
         check_int("source.val_characters", val_characters, 1)
+        check("source.augment_rotations", augment_rotations, isinstance(augment_rotations, bool), "true or false")
         check("source.root", root, root is not None, "the folder holding the Omniglot archives (data.root)")
         root_path = Path(root).expanduser()
         checksums = OFFICIAL_CHECKSUMS if checksums is None else checksums
@@ -76,6 +81,30 @@ class OmniglotTasks(ImageEpisodes):
             classes = background_evaluation_classes(root_path, split, val_characters, val_seed, image_size, cache_dir)
         data = build_split(root_path, classes, image_size, cache_dir)
         super().__init__(data, ways, shots, queries, split=split)
+        # MAML++'s training augmentation: training episodes only; val/test episodes stay fixed.
+        self.augment_rotations = augment_rotations and split == "train"
+
+    def sample(self, generator: torch.Generator) -> Task:
+        task = super().sample(generator)
+        if self.augment_rotations:
+            task = rotate_classes(task, self.ways, generator)
+        return task
+
+
+def rotate_classes(task: Task, ways: int, generator: torch.Generator) -> Task:
+    """Rotate all images of each class of the episode (support and query alike) by its own random
+    multiple of 90 degrees, counter-clockwise: the MAML++ code's Omniglot training augmentation."""
+    quarter_turns = torch.randint(0, 4, (ways,), generator=generator)
+
+    def rotate(x: Tensor, y: Tensor) -> Tensor:
+        out = x.clone()
+        for label, k in enumerate(quarter_turns.tolist()):
+            if k:
+                rows = y == label
+                out[rows] = torch.rot90(x[rows], k, dims=(-2, -1))
+        return out
+
+    return replace(task, support_x=rotate(task.support_x, task.support_y), query_x=rotate(task.query_x, task.query_y))
 
 
 # -- finding (or fetching) the data ----------------------------------------------------------------

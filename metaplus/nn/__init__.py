@@ -6,8 +6,9 @@ such as ANIL can find "the head" without knowing the architecture.
 """
 from metaplus.nn.batchnorm import PerStepBatchNorm2d, batchnorm_parameter_names, configure_batchnorm
 from metaplus.nn.conv4 import Conv4
+from metaplus.nn.init import initialise
 from metaplus.nn.mlp import MLP
 from metaplus.nn.params import head_parameter_names
 
 __all__ = ["Conv4", "MLP", "PerStepBatchNorm2d", "batchnorm_parameter_names", "configure_batchnorm",
-           "head_parameter_names"]
+           "head_parameter_names", "initialise"]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.nn.batchnorm import PerStepBatchNorm2d
+from metaplus.nn.init import INIT_SCHEMES, initialise
 
 ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu}
 
@@ -37,7 +38,7 @@ class Conv4(nn.Module):
     """Four conv blocks and a linear head; ``forward(x, step=0)`` with ``x`` of shape (B, *input_shape)."""
 
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), output_dim: int = 5, filters: int = 64,
-                 blocks: int = 4, activation: str = "relu"):
+                 blocks: int = 4, activation: str = "relu", init: str = "default"):
         super().__init__()
         check("input_shape", input_shape, len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
               "[channels, height, width] of positive integers")
@@ -45,6 +46,7 @@ class Conv4(nn.Module):
         check_int("filters", filters, 1)
         check_int("blocks", blocks, 1)
         check_choice("activation", activation, set(ACTIVATIONS))
+        check_choice("init", init, set(INIT_SCHEMES))
         channels, height, width = input_shape
         for _ in range(blocks):  # padded 3x3 conv keeps the size; the 2x2 pool floors it by half
             height, width = height // 2, width // 2
@@ -54,6 +56,7 @@ class Conv4(nn.Module):
         self.blocks = nn.ModuleList(ConvBlock(channels if i == 0 else filters, filters, activation)
                                     for i in range(blocks))
         self.head = nn.Linear(filters * height * width, output_dim)
+        initialise(self, init)
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
         for block in self.blocks:

@@ -1,0 +1,123 @@
+"""MAML++'s evaluation protocol: an ensemble of the top-k validation checkpoints (``ensemble_top_k``).
+
+Each of the k checkpoints with the best validation metric is loaded in turn and adapted on every
+fixed test episode's support set; the query predictions are averaged over the k adapted models
+(softmax probabilities for classification, outputs for regression) and the averaged prediction is
+scored. Reported beside the single best checkpoint's ``test/acc``: ``test/acc_ensemble``,
+``test/acc_ensemble_ci95`` (1.96 std / sqrt(n) over the episodes, as every other CI here) and
+``test/ensemble_checkpoints`` (file names, best first, with their validation scores).
+
+The test episodes are the ones ``trainer.test`` scores (same data seed and indices). Under DDP each
+rank takes every world-size-th episode and the per-episode results are gathered, so each episode is
+counted once; every rank returns the same figures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from metaplus.config import ConfigError
+from metaplus.data.episodes import EpisodeDataset
+from metaplus.evaluation import mean_ci95
+
+
+def checkpoint_score(path: Path) -> tuple[float | None, str | None]:
+    """(validation score, monitored metric) recorded by ModelCheckpoint in the checkpoint itself."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("current_score") is not None:
+            return float(state["current_score"]), state.get("monitor")
+    return None, None
+
+
+def rank_checkpoints(paths: list[Path], mode: str) -> list[tuple[Path, float]]:
+    """Checkpoints with a recorded validation score, best first (``mode``: max or min)."""
+    scored = [(p, checkpoint_score(p)[0]) for p in paths]
+    scored = [(p, s) for p, s in scored if s is not None]
+    return sorted(scored, key=lambda item: item[1], reverse=mode == "max")
+
+
+def top_k_from_directory(directory: Path, k: int, mode: str) -> list[tuple[Path, float]]:
+    """The k best checkpoints of a run's checkpoint directory (``last.ckpt`` only if it is scored
+    and not a copy of a best one)."""
+    paths = sorted(p for p in Path(directory).glob("*.ckpt") if p.name != "last.ckpt")
+    ranked = rank_checkpoints(paths, mode)
+    if not ranked:
+        raise ConfigError("ckpt_path", f"{directory} holds no checkpoint with a recorded validation score "
+                                       f"(best-*.ckpt files written by a metaplus run)")
+    return ranked[:k]
+
+
+def top_k_from_callback(callback, k: int, mode: str) -> list[tuple[Path, float]]:
+    """The k best checkpoints a ModelCheckpoint kept during fit (its ``best_k_models``)."""
+    kept = {Path(p): float(s) for p, s in callback.best_k_models.items()}
+    return sorted(kept.items(), key=lambda item: item[1], reverse=mode == "max")[:k]
+
+
+def _shard(n: int) -> tuple[range, int]:
+    if dist.is_available() and dist.is_initialized():
+        return range(dist.get_rank(), n, dist.get_world_size()), dist.get_world_size()
+    return range(n), 1
+
+
+def _gather(values: list[tuple[int, float, float]], world: int) -> list[tuple[int, float, float]]:
+    if world == 1:
+        return values
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, values)
+    return [item for part in gathered for item in part]
+
+
+def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]) -> dict[str, Any]:
+    """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes."""
+    if not learner.supports_checkpoint_ensemble():
+        raise ConfigError("ensemble_top_k", f"is not supported for algo={learner.hparams.get('name')} "
+                                            f"(its evaluation draws per-batch state); set ensemble_top_k=0")
+    if not checkpoints:
+        raise ConfigError("ensemble_top_k", "no validation checkpoint was kept: the run saved none")
+    source = datamodule.source("test")
+    dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+    episodes, world = _shard(len(dataset))
+    steps, device = learner.test_inner_steps, learner.device
+    summed: dict[int, torch.Tensor] = {}
+    targets: dict[int, torch.Tensor] = {}
+    classify = learner.task_type == "classification"
+    was_training = learner.training
+    learner.eval()
+    for path, _ in checkpoints:
+        state = torch.load(path, map_location=device, weights_only=True)["state_dict"]
+        learner.load_state_dict(state)
+        for i in episodes:
+            _, task = dataset[i]
+            task = type(task)(*(t.to(device) if t is not None else None for t in vars(task).values()))
+            prediction = learner.adapted_prediction(task, steps).detach()
+            prediction = F.softmax(prediction, dim=-1) if classify else prediction
+            summed[i] = summed[i] + prediction if i in summed else prediction
+            targets[i] = task.query_y
+    learner.train(was_training)
+    per_episode = []
+    for i in episodes:
+        mean = summed[i] / len(checkpoints)
+        if classify:
+            value = (mean.argmax(dim=-1) == targets[i]).float().mean().item()
+            loss = F.nll_loss(mean.clamp_min(1e-12).log(), targets[i]).item()
+        else:
+            value = loss = F.mse_loss(mean, targets[i]).item()
+        per_episode.append((i, value, loss))
+    rows = sorted(dict((i, (v, l)) for i, v, l in _gather(per_episode, world)).items())
+    values = torch.tensor([v for _, (v, _) in rows])
+    losses = torch.tensor([l for _, (_, l) in rows])
+    metric = learner.metric
+    m, ci = mean_ci95(values)
+    loss_mean, _ = mean_ci95(losses)
+    return {
+        f"test/{metric}_ensemble": m,
+        f"test/{metric}_ensemble_ci95": ci,
+        "test/loss_ensemble": loss_mean,
+        "test/ensemble_episodes": float(len(rows)),
+        "test/ensemble_checkpoints": [{"file": p.name, "val_score": round(s, 6)} for p, s in checkpoints],
+    }
