@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from metaplus.config import ConfigError
 from metaplus.nn import Conv4, PerStepBatchNorm2d, configure_batchnorm
+from metaplus.nn.init_from import split_init_from
 
 
 @pytest.mark.parametrize("shape, pooled", [([1, 28, 28], 1), ([3, 84, 84], 5)])
@@ -19,7 +20,7 @@ def test_output_and_head_sizes_follow_the_input_shape(shape, pooled):
 
 def test_config_derives_shapes_from_the_data_node(make_config):
     cfg = make_config(["model=conv4", "data.input_shape=[3,84,84]", "data.output_dim=7", "model.filters=4"])
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate(split_init_from(cfg.model)[0], _convert_="all")
     assert isinstance(model, Conv4) and model.head.out_features == 7 and model.head.in_features == 4 * 25
     assert model(torch.randn(2, 3, 84, 84)).shape == (2, 7)
 

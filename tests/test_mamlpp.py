@@ -14,6 +14,7 @@ from metaplus.algorithms import MAML
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data.episodes import Task
 from metaplus.nn import Conv4, PerStepBatchNorm2d
+from metaplus.nn.init_from import split_init_from
 from metaplus.run import build
 from metaplus.schedules import first_order_at, msl_weights
 
@@ -287,7 +288,7 @@ def test_mamlpp_is_maml_with_the_six_switches_on(make_config):
 def test_mamlpp_builds_on_conv4(make_config):
     cfg = make_config(["algo=mamlpp", "model=conv4", "data.input_shape=[1,28,28]", "data.output_dim=5",
                        "model.filters=4"])
-    backbone = instantiate(cfg.model, _convert_="all")
+    backbone = instantiate(split_init_from(cfg.model)[0], _convert_="all")
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type="classification")
     norms = [m for m in backbone.modules() if isinstance(m, PerStepBatchNorm2d)]
     assert all(m.weight.shape == (5, 4) and m.running_mean.shape == (5, 4) for m in norms)
@@ -300,7 +301,7 @@ def test_mamlpp_builds_on_conv4(make_config):
                                            ("algo.da_epochs=-1", "algo.da_epochs")])
 def test_bad_switch_values_name_their_key(make_config, override, key):
     cfg = make_config([override])
-    backbone = instantiate(cfg.model, _convert_="all")
+    backbone = instantiate(split_init_from(cfg.model)[0], _convert_="all")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         instantiate_group(cfg.algo, "algo", backbone=backbone, task_type="regression")
 

@@ -9,6 +9,7 @@ from metaplus.nn.conv4 import Conv4
 from metaplus.nn.init import initialise
 from metaplus.nn.mlp import MLP
 from metaplus.nn.params import head_parameter_names
+from metaplus.nn.resnet12 import ResNet12
 
 __all__ = ["Conv4", "MLP", "PerStepBatchNorm2d", "batchnorm_parameter_names", "configure_batchnorm",
-           "head_parameter_names", "initialise"]
+           "head_parameter_names", "initialise", "ResNet12"]

@@ -1,0 +1,144 @@
+"""CIFAR-FS and FC100: few-shot episodes from the official CIFAR-100 python release.
+
+Both read ``cifar-100-python/{train,test,meta}`` (https://www.cs.toronto.edu/~kriz/cifar.html, the
+"CIFAR-100 python version" archive ``cifar-100-python.tar.gz``, extracted) under ``root`` (or those
+three files directly in ``root``). Train and test pickles are pooled: the few-shot splits are by
+class, so each class has all its 600 images. The pickles are read with a restricted unpickler
+(:mod:`metaplus.data.safe_pickle`): only numpy arrays and plain data are accepted.
+
+Class splits (``data.split``):
+- ``cifarfs`` (Bertinetto et al. 2019): 64/16/20 fine classes, ``splits/cifarfs/*.txt``;
+- ``fc100`` (Oreshkin et al. 2018): 12/4/4 superclasses (60/20/20 fine classes), ``splits/fc100/*.txt``
+  lists superclasses; a split holds every fine class whose images carry one of its coarse labels.
+Images stay 32x32 (``image_size`` other than 32 resizes them, bilinear with antialiasing) and are
+normalised with CIFAR-100's per-channel mean/std. Each split is cached as uint8 under ``cache_dir``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from metaplus.config import check, check_choice, check_int
+from metaplus.data.class_splits import present_classes, read_split
+from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, cache_key,
+                                  cache_prefix, cached_class_images, file_identity)
+from metaplus.data.safe_pickle import load_pickle, text, text_keys
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+SCHEMES = ("cifarfs", "fc100")
+FILES = ("train", "test", "meta")
+HOW_TO_GET = ("download the CIFAR-100 python version (cifar-100-python.tar.gz) from "
+              "https://www.cs.toronto.edu/~kriz/cifar.html, extract it under data.root")
+
+
+class CifarTasks(ImageEpisodes):
+    def __init__(
+        self,
+        ways: int,
+        shots: int,
+        queries: int,
+        root: str,
+        class_split: str = "cifarfs",
+        image_size: int = 32,
+        cache_dir: str | None = None,
+        mean: Sequence[float] = CIFAR100_MEAN,
+        std: Sequence[float] = CIFAR100_STD,
+        max_classes: int | None = None,
+        max_images_per_class: int | None = None,
+        split: str = "train",
+    ):
+        check_choice("split", split, {"train", "val", "test"})
+        check_choice("source.class_split", class_split, set(SCHEMES))
+        check_int("source.image_size", image_size, 1)
+        check("source.root", root, root is not None, "the folder holding cifar-100-python/ (data.root)")
+        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
+            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        folder = release_folder(Path(root).expanduser())
+        paths = [folder / name for name in FILES]
+        key = cache_key(scheme=class_split, split=split, image_size=image_size, max_classes=max_classes,
+                        max_images=max_images_per_class, files=file_identity(paths, relative_to=folder))
+        prefix = cache_prefix(class_split, split, image_size, folder, max_classes=max_classes,
+                              max_images=max_images_per_class)
+        data = cached_class_images(cache_dir, prefix, key, lambda: build_split(
+            folder, class_split, split, image_size, max_classes, max_images_per_class))
+        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+
+
+def release_folder(root: Path) -> Path:
+    """``root/cifar-100-python`` or ``root`` itself, whichever holds train, test and meta."""
+    for folder in (root / "cifar-100-python", root):
+        if all((folder / name).is_file() for name in FILES):
+            return folder
+    raise DatasetNotFoundError(
+        f"CIFAR-100 not found: looked for {root / 'cifar-100-python'}/{{train,test,meta}} (and for those files in "
+        f"{root}), the official python release; {HOW_TO_GET}, or point data.root at its folder.")
+
+
+def read_release(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """Pooled images (N, 3, 32, 32) uint8, fine and coarse labels, fine and coarse class names."""
+    meta_path = folder / "meta"
+    meta = text_keys(load_pickle(meta_path), meta_path)
+    try:
+        fine_names = [text(n) for n in meta["fine_label_names"]]
+        coarse_names = [text(n) for n in meta["coarse_label_names"]]
+    except KeyError as err:
+        raise CorruptDatasetError(f"{meta_path} has no {err} entry: not the CIFAR-100 python release") from None
+    images, fine, coarse = [], [], []
+    for name in ("train", "test"):
+        path = folder / name
+        record = text_keys(load_pickle(path), path)
+        missing = {"data", "fine_labels", "coarse_labels"} - set(record)
+        if missing:
+            raise CorruptDatasetError(f"{path} lacks {sorted(missing)}: not the CIFAR-100 python release "
+                                      f"(CIFAR-10's files have 'labels' only)")
+        data = np.asarray(record["data"])
+        labels = np.asarray(record["fine_labels"], dtype=np.int64)
+        supers = np.asarray(record["coarse_labels"], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or not len(data) == len(labels) == len(supers):
+            raise CorruptDatasetError(f"{path}: 'data' must be (N, 3072) uint8 with N fine and coarse labels, got "
+                                      f"{data.dtype} {data.shape}, {len(labels)} and {len(supers)} labels")
+        if len(labels) and (labels.max() >= len(fine_names) or supers.max() >= len(coarse_names) or labels.min() < 0):
+            raise CorruptDatasetError(f"{path} has labels beyond the {len(fine_names)} classes named in {meta_path}")
+        images.append(data.reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue, row-major
+        fine.append(labels)
+        coarse.append(supers)
+    return np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), fine_names, coarse_names
+
+
+def build_split(folder: Path, scheme: str, split: str, image_size: int, max_classes: int | None,
+                max_images: int | None) -> ClassImages:
+    images, fine, coarse, fine_names, coarse_names = read_release(folder)
+    present = {fine_names[c] for c in np.unique(fine)}
+    if scheme == "cifarfs":
+        wanted = read_split("cifarfs", split)
+        unknown = sorted(set(wanted) - set(fine_names))
+        if unknown:
+            raise CorruptDatasetError(f"{folder / 'meta'} does not name the CIFAR-FS classes {unknown[:3]}: "
+                                      f"not the CIFAR-100 release")
+        classes = present_classes("cifarfs", split, sorted(wanted), present, folder)
+    else:
+        supers = read_split("fc100", split)
+        unknown = sorted(set(supers) - set(coarse_names))
+        if unknown:
+            raise CorruptDatasetError(f"{folder / 'meta'} does not name the FC100 superclasses {unknown[:3]}: "
+                                      f"not the CIFAR-100 release")
+        wanted_coarse = {coarse_names.index(s) for s in supers}
+        classes = sorted({fine_names[f] for f, c in zip(fine.tolist(), coarse.tolist()) if c in wanted_coarse})
+        if not classes:
+            raise CorruptDatasetError(f"{folder} holds no image of the FC100 '{split}' superclasses {supers}")
+    classes = classes[:max_classes]
+    rows, counts = [], []
+    for name in classes:
+        members = np.flatnonzero(fine == fine_names.index(name))[:max_images]  # train images first, then test
+        rows.append(members)
+        counts.append(len(members))
+    pixels = torch.from_numpy(images[np.concatenate(rows)])
+    if image_size != 32:
+        pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return ClassImages(pixels.contiguous(), torch.tensor(counts, dtype=torch.long), classes)

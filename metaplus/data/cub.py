@@ -1,0 +1,72 @@
+"""CUB-200-2011 (Wah et al. 2011) with the 100/50/50 class split of Chen et al. (2019).
+
+Reads the official archive's layout, ``root/CUB_200_2011/images/<NNN.Class_name>/*.jpg`` (or
+``root/images/...``): CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/,
+extracted. The split (``splits/cub/*.txt``, from "A Closer Look at Few-shot Classification"):
+the 200 class folders sorted by name, train = every even index, val = index % 4 == 1, test =
+index % 4 == 3. Images are resized to ``image_size`` squares (84 by default, ignoring the aspect
+ratio, as the usual few-shot pipelines' final resize), decoded once into a uint8 cache, and
+normalised with ImageNet's per-channel mean/std.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from metaplus.config import check, check_choice, check_int
+from metaplus.data.class_splits import present_classes, read_split
+from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, list_class_folders,
+                                  list_images, load_image_files)
+from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+
+HOW_TO_GET = ("download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
+              "(CaltechDATA), extract it under data.root")
+
+
+class CUBTasks(ImageEpisodes):
+    def __init__(
+        self,
+        ways: int,
+        shots: int,
+        queries: int,
+        root: str,
+        class_split: str = "chen",
+        image_size: int = 84,
+        cache_dir: str | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        max_classes: int | None = None,
+        max_images_per_class: int | None = None,
+        split: str = "train",
+    ):
+        check_choice("split", split, {"train", "val", "test"})
+        check_choice("source.class_split", class_split, {"chen"})
+        check_int("source.image_size", image_size, 1)
+        check("source.root", root, root is not None, "the folder holding CUB_200_2011/ (data.root)")
+        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
+            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        root_path = Path(root).expanduser()
+        images = images_folder(root_path)
+        found = {d.name for d in list_class_folders(images)}
+        every = set().union(*(read_split("cub", s) for s in ("train", "val", "test")))
+        strangers = sorted(found - every)
+        if strangers:
+            raise CorruptDatasetError(f"{images} holds folders that are not CUB-200-2011 classes: {strangers[:3]}"
+                                      f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})")
+        names = present_classes("cub", split, read_split("cub", split), found, images)[:max_classes]
+        classes = [(name, list_images(images / name)[:max_images_per_class]) for name in names]
+        empty = [name for name, files in classes if not files]
+        if empty:
+            raise CorruptDatasetError(f"{images}/{empty[0]} has no images ({len(empty)} empty class folders)")
+        data = load_image_files("cub", split, classes, root_path, "RGB", image_size, cache_dir,
+                                max_classes=max_classes, max_images_per_class=max_images_per_class)
+        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+
+
+def images_folder(root: Path) -> Path:
+    for folder in (root / "CUB_200_2011" / "images", root / "images"):
+        if folder.is_dir():
+            return folder
+    raise DatasetNotFoundError(
+        f"CUB-200-2011 not found: looked for {root / 'CUB_200_2011' / 'images'}/<NNN.Class_name>/*.jpg (and for "
+        f"{root / 'images'}/), the layout of the official archive; {HOW_TO_GET}, or point data.root at its folder.")
