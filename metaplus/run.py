@@ -82,11 +82,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics["best_checkpoint"] = str(ckpt) if ckpt else None
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
+        extra = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None}
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
-                             extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch})
+                             extra={k: v for k, v in extra.items() if v is not None})
         print_summary(cfg, metrics, path)
     finish_loggers(parts["loggers"], metrics)
     return metrics
+
+
+def run_warnings(trainer: L.Trainer) -> list[str]:
+    """What callbacks found wrong with the run (``run_warnings`` lists, e.g. metaplus.callbacks.Divergence)."""
+    return [w for callback in trainer.callbacks for w in getattr(callback, "run_warnings", [])]
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
