@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                  "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None}
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={k: v for k, v in extra.items() if v is not None})
-        print_summary(cfg, metrics, path)
+        print_summary(cfg, metrics, path, extra["warnings"])
     finish_loggers(parts["loggers"], metrics)
     return metrics
 
@@ -111,7 +111,7 @@ def remove_if_empty(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
     metric = "mse" if cfg.data.task == "regression" else "acc"
     lines = [f"metaplus | algo={cfg.algo.name} data={cfg.data.name} seed={cfg.seed}"]
     for stage in ("val", "test"):
@@ -120,5 +120,6 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
             n = int(metrics[f"{stage}/episodes"])
             lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
                          f"before adaptation {metrics[key + '_step0']:.4f})")
+    lines += [f"  WARNING: {warning}" for warning in warnings]
     lines.append(f"  results: {path}")
     print("\n".join(lines), flush=True)
