@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
 from metaplus.config import check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.evaluation import EpisodeRecords, curve, summarise, unique_episodes
@@ -161,6 +162,19 @@ class EpisodicLearner(L.LightningModule):
     def lr_scheduler(self, optimizer):
         """Outer learning-rate schedule stepped once per epoch; none by default."""
         return None
+
+    # -- use as a library (metaplus.load) -------------------------------------------------------
+    def adapt_to(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> AdaptedLearner:
+        """Adapt to one support set as evaluation does; ``.predict(x)`` on the result. See
+        :mod:`metaplus.algorithms.adapted`."""
+        return adapt_to(self, support_x, support_y, steps)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        if "backbone" not in kwargs:  # the backbone is a module, not a hyperparameter: say where it comes from
+            raise TypeError(f"{cls.__name__}.load_from_checkpoint needs backbone=... (rebuilt from the run's config); "
+                            f"use metaplus.load('{checkpoint_path}') instead, which rebuilds it from the run directory")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
     def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
