@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaplus.config import check, check_choice, check_int
 
@@ -221,3 +226,103 @@ class Divergence(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.above = state_dict.get("above", 0)
         self.run_warnings = list(state_dict.get("run_warnings", []))
+
+
+# -- restarts and preemption -----------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: each checkpoint is written to a temporary file in
+    its folder and renamed over the target (``os.replace``), so a run killed while saving leaves the
+    previous ``last.ckpt`` intact instead of half a file that the next resume cannot read.
+    Added to the trainer through ``trainer.plugins`` (conf/trainer/default.yaml)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class PreemptionCheckpoint(Callback):
+    """Leaves a resumable ``last.ckpt`` when the job is told to stop.
+
+    - SIGTERM (what ``kill``, ``scancel`` and SLURM preemption send first): Lightning finishes the
+      current training step and raises ``SIGTERMException``; this callback then saves the state to the
+      ``ModelCheckpoint``'s ``last.ckpt``, which the rerun resumes from (``resume: auto``).
+    - ``signals`` (default ``[SIGUSR2]``, the signal the submitit launcher sends ``signal_delay_s``
+      before the time limit): the signal is noted, the state is saved at the end of the current
+      training step, then the handler that was installed before (submitit's: requeue the job) runs.
+
+    A checkpoint saved inside an epoch resumes training correctly but not bit-exactly (the rest of
+    the epoch draws the epoch's first tasks again: Lightning cannot fast-forward a plain DataLoader);
+    the end-of-epoch ``last.ckpt`` (what a SIGKILL'd run resumes from) resumes exactly.
+    """
+
+    def __init__(self, signals: list[str] | None = None):
+        import signal as signal_module
+
+        names = ["SIGUSR2"] if signals is None else list(signals)
+        for name in names:
+            check("signals", name, isinstance(name, str) and hasattr(signal_module, name), "signal names such as SIGUSR2")
+        self.signal_numbers = [getattr(signal_module, name) for name in names]
+        self.previous: dict[int, Any] = {}
+        self.pending: int | None = None
+
+    def last_path(self, trainer) -> Path | None:
+        callback = trainer.checkpoint_callback
+        if callback is None or not callback.dirpath:
+            return None
+        return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+
+    def save(self, trainer, why: str) -> None:
+        path = self.last_path(trainer)
+        if path is None:
+            return
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            logging.getLogger("metaplus").warning(f"{why}: saved {path} at epoch {trainer.current_epoch}, step "
+                                                  f"{trainer.global_step}; rerun the same command in the same run "
+                                                  f"directory to resume (resume: auto)")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        import signal as signal_module
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for number in self.signal_numbers:
+            self.previous[number] = signal_module.getsignal(number)
+            signal_module.signal(number, self.note_signal)
+
+    def note_signal(self, signum, frame) -> None:
+        self.pending = signum  # acted on at the end of the current step: the state is consistent there
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.pending is None:
+            return
+        signum, self.pending = self.pending, None
+        self.save(trainer, f"signal {signum}")
+        previous = self.previous.get(signum)
+        if callable(previous):  # e.g. submitit's handler: checkpoint the job description and requeue it
+            previous(signum, None)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            self.save(trainer, "SIGTERM")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        import signal as signal_module
+
+        for number, handler in self.previous.items():
+            if handler is not None:
+                signal_module.signal(number, handler)
+        self.previous = {}

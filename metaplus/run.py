@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import check, check_int, instantiate_group
+from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.results import write_results
 
@@ -28,6 +28,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     check("ckpt_path", cfg.ckpt_path, cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file(),
           "an existing checkpoint file or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
+    check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
     datamodule.setup("fit" if cfg.train else "test")
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt = cfg.ckpt_path
     if cfg.train:
-        trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, trainer))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
     metrics: dict[str, Any] = {}
@@ -89,6 +90,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_summary(cfg, metrics, path, extra["warnings"])
     finish_loggers(parts["loggers"], metrics)
     return metrics
+
+
+def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``."""
+    callback = trainer.checkpoint_callback
+    if cfg.ckpt_path is not None or cfg.get("resume", "auto") == "never" or callback is None or not callback.dirpath:
+        return cfg.ckpt_path
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if not last.is_file():
+        return None
+    log.warning(f"resume: auto: continuing from {last} (resume=never starts over)")
+    return str(last)
 
 
 def run_warnings(trainer: L.Trainer) -> list[str]:
