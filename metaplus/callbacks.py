@@ -8,14 +8,24 @@ would continue from ``seed_everything``'s state after a resume instead of where 
 """
 from __future__ import annotations
 
+import logging
+import math
+import os
 import random
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from metaplus.config import check, check_choice, check_int
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -98,3 +108,221 @@ class WallClock(Callback):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.train_seconds = state_dict["train_seconds"]
+
+
+class DivergenceError(FloatingPointError):
+    """Raised by :class:`Divergence` with ``on_loss_ceiling: error``."""
+
+
+class Divergence(Callback):
+    """Says when a run went wrong although its numbers stay finite (NaN/inf already stop training in
+    ``EpisodicLearner.training_step``).
+
+    - Loss ceiling: ``train/loss`` above ``max_loss`` for ``patience`` consecutive training steps.
+      ``max_loss: auto`` is ``10 * ln(ways)`` for classification (cross-entropy at chance level is
+      ``ln(ways)``; a healthy run starts near it and goes down) and ``1e6`` for regression (an MSE far
+      beyond the targets' scale: sinusoid amplitudes are <= 5). ``on_loss_ceiling``: ``stop`` (default:
+      training ends, the last weights are evaluated and the warning is recorded), ``warn`` or ``error``.
+    - Chance level (classification): after at least ``chance_after_steps`` training steps, a validation
+      accuracy whose 95% CI contains ``1/ways`` means training never left chance level; the test
+      accuracy is checked the same way. ``on_chance``: ``warn`` (default) or ``stop``.
+
+    Every finding is warned loudly and kept in ``run_warnings``, which ``metaplus.run`` writes to
+    results.json (``warnings``) and prints in its summary.
+    """
+
+    def __init__(self, max_loss: float | str = "auto", patience: int = 3, on_loss_ceiling: str = "stop",
+                 chance_after_steps: int = 200, on_chance: str = "warn"):
+        check("max_loss", max_loss, max_loss == "auto" or (isinstance(max_loss, (int, float))
+                                                             and not isinstance(max_loss, bool) and max_loss > 0),
+              "'auto' or a number > 0")
+        check_int("patience", patience, 1)
+        check_choice("on_loss_ceiling", on_loss_ceiling, {"stop", "warn", "error"})
+        check_int("chance_after_steps", chance_after_steps, 0)
+        check_choice("on_chance", on_chance, {"stop", "warn"})
+        self.max_loss, self.patience, self.on_loss_ceiling = max_loss, patience, on_loss_ceiling
+        self.chance_after_steps, self.on_chance = chance_after_steps, on_chance
+        self.above = 0
+        self.run_warnings: list[str] = []
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def ways(trainer, pl_module) -> int | None:
+        if getattr(pl_module, "task_type", None) != "classification":
+            return None
+        ways = getattr(getattr(trainer, "datamodule", None), "ways", None)
+        return ways if isinstance(ways, int) and ways >= 2 else None
+
+    def ceiling(self, trainer, pl_module) -> float:
+        if self.max_loss != "auto":
+            return float(self.max_loss)
+        ways = self.ways(trainer, pl_module)
+        return 10.0 * math.log(ways) if ways else 1e6
+
+    def record(self, message: str) -> None:
+        if message in self.run_warnings:
+            return
+        self.run_warnings.append(message)
+        rank_zero_warn(message)
+        logging.getLogger("metaplus").warning(message)
+
+    # -- the checks ----------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is None:
+            return
+        ceiling = self.ceiling(trainer, pl_module)
+        self.above = self.above + 1 if float(loss) > ceiling else 0
+        if self.above < self.patience:
+            return
+        message = (f"divergence: train/loss {float(loss):.4g} above the ceiling {ceiling:.4g} for {self.above} "
+                   f"consecutive steps (epoch {trainer.current_epoch}, step {trainer.global_step}); training "
+                   f"diverged: lower algo.inner_lr (now {getattr(pl_module, 'inner_lr', '?')}) or algo.meta_lr "
+                   f"(now {getattr(pl_module, 'meta_lr', '?')}). The ceiling is callbacks.divergence.max_loss")
+        if self.on_loss_ceiling == "error":
+            raise DivergenceError(message)
+        if self.on_loss_ceiling == "stop":
+            message += "; training was stopped here"
+            trainer.should_stop = True
+        self.above = 0 if self.on_loss_ceiling == "warn" else self.above
+        self.record(message)
+
+    def at_chance(self, pl_module, stage: str, ways: int) -> str | None:
+        results = getattr(pl_module, "eval_results", {}).get(stage, {})
+        acc, ci = results.get(f"{stage}/acc"), results.get(f"{stage}/acc_ci95")
+        if acc is None or ci is None or not math.isfinite(acc):
+            return None
+        chance = 1.0 / ways
+        if abs(acc - chance) > ci + 1e-9:
+            return None
+        return (f"chance level: {stage}/acc {acc:.4f} ± {ci:.4f} (95% CI) contains chance level 1/{ways} = "
+                f"{chance:.4f}")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        ways = self.ways(trainer, pl_module)
+        if ways is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if trainer.global_step < self.chance_after_steps:
+            return
+        found = self.at_chance(pl_module, "val", ways)
+        if found is None:
+            return
+        message = (f"{found} after {trainer.global_step} training steps: training never left chance level "
+                   f"(check algo.inner_lr / algo.meta_lr and the data)")
+        if self.on_chance == "stop":
+            message += "; training was stopped here"
+            trainer.should_stop = True
+        self.record(message)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        ways = self.ways(trainer, pl_module)
+        found = self.at_chance(pl_module, "test", ways) if ways else None
+        if found is not None:
+            self.record(f"{found}: the test score is no better than guessing")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"above": self.above, "run_warnings": list(self.run_warnings)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.above = state_dict.get("above", 0)
+        self.run_warnings = list(state_dict.get("run_warnings", []))
+
+
+# -- restarts and preemption -----------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: each checkpoint is written to a temporary file in
+    its folder and renamed over the target (``os.replace``), so a run killed while saving leaves the
+    previous ``last.ckpt`` intact instead of half a file that the next resume cannot read.
+    Added to the trainer through ``trainer.plugins`` (conf/trainer/default.yaml)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class PreemptionCheckpoint(Callback):
+    """Leaves a resumable ``last.ckpt`` when the job is told to stop.
+
+    - SIGTERM (what ``kill``, ``scancel`` and SLURM preemption send first): Lightning finishes the
+      current training step and raises ``SIGTERMException``; this callback then saves the state to the
+      ``ModelCheckpoint``'s ``last.ckpt``, which the rerun resumes from (``resume: auto``).
+    - ``signals`` (default ``[SIGUSR2]``, the signal the submitit launcher sends ``signal_delay_s``
+      before the time limit): the signal is noted, the state is saved at the end of the current
+      training step, then the handler that was installed before (submitit's: requeue the job) runs.
+
+    A checkpoint saved inside an epoch resumes training correctly but not bit-exactly (the rest of
+    the epoch draws the epoch's first tasks again: Lightning cannot fast-forward a plain DataLoader);
+    the end-of-epoch ``last.ckpt`` (what a SIGKILL'd run resumes from) resumes exactly.
+    """
+
+    def __init__(self, signals: list[str] | None = None):
+        import signal as signal_module
+
+        names = ["SIGUSR2"] if signals is None else list(signals)
+        for name in names:
+            check("signals", name, isinstance(name, str) and hasattr(signal_module, name), "signal names such as SIGUSR2")
+        self.signal_numbers = [getattr(signal_module, name) for name in names]
+        self.previous: dict[int, Any] = {}
+        self.pending: int | None = None
+
+    def last_path(self, trainer) -> Path | None:
+        callback = trainer.checkpoint_callback
+        if callback is None or not callback.dirpath:
+            return None
+        return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+
+    def save(self, trainer, why: str) -> None:
+        path = self.last_path(trainer)
+        if path is None:
+            return
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            logging.getLogger("metaplus").warning(f"{why}: saved {path} at epoch {trainer.current_epoch}, step "
+                                                  f"{trainer.global_step}; rerun the same command in the same run "
+                                                  f"directory to resume (resume: auto)")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        import signal as signal_module
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for number in self.signal_numbers:
+            self.previous[number] = signal_module.getsignal(number)
+            signal_module.signal(number, self.note_signal)
+
+    def note_signal(self, signum, frame) -> None:
+        self.pending = signum  # acted on at the end of the current step: the state is consistent there
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.pending is None:
+            return
+        signum, self.pending = self.pending, None
+        self.save(trainer, f"signal {signum}")
+        previous = self.previous.get(signum)
+        if callable(previous):  # e.g. submitit's handler: checkpoint the job description and requeue it
+            previous(signum, None)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            self.save(trainer, "SIGTERM")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        import signal as signal_module
+
+        for number, handler in self.previous.items():
+            if handler is not None:
+                signal_module.signal(number, handler)
+        self.previous = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -59,7 +59,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Callback]:
-    callbacks = [instantiate_group(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items()]
+    callbacks = [instantiate_group(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items()
+                 if node is not None]
+    if (cfg.get("trainer") or {}).get("enable_progress_bar") is False:
+        # Lightning refuses a progress-bar callback when the bar is off: the switch alone turns it off.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if with_loggers:  # the outer learning rate is worth seeing whenever something records it
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     return callbacks

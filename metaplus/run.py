@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import check, check_int, instantiate_group
+from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
@@ -33,6 +33,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
           or (not cfg.train and Path(cfg.ckpt_path).is_dir()),
           "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
+    check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
     datamodule.setup("fit" if cfg.train else "test")
@@ -82,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ensemble = top_k_from_directory(Path(ckpt), max(cfg.ensemble_top_k, 1), cfg.monitor_mode)
         ckpt = str(ensemble[0][0])
     if cfg.train:
-        trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, trainer))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
         if trainer.checkpoint_callback is not None:
@@ -100,12 +101,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics["best_checkpoint"] = str(ckpt) if ckpt else None
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
+        extra = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None}
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
-                             extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch,
-                                    "preset": preset_info(cfg)})
-        print_summary(cfg, metrics, path)
+                             extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None})
+        print_summary(cfg, metrics, path, extra["warnings"])
     finish_loggers(parts["loggers"], metrics)
     return metrics
+
+
+def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``."""
+    callback = trainer.checkpoint_callback
+    if cfg.ckpt_path is not None or cfg.get("resume", "auto") == "never" or callback is None or not callback.dirpath:
+        return cfg.ckpt_path
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if not last.is_file():
+        return None
+    log.warning(f"resume: auto: continuing from {last} (resume=never starts over)")
+    return str(last)
+
+
+def run_warnings(trainer: L.Trainer) -> list[str]:
+    """What callbacks found wrong with the run (``run_warnings`` lists, e.g. metaplus.callbacks.Divergence)."""
+    return [w for callback in trainer.callbacks for w in getattr(callback, "run_warnings", [])]
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
@@ -123,7 +142,7 @@ def remove_if_empty(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
     metric = "mse" if cfg.data.task == "regression" else "acc"
     lines = [f"metaplus | algo={cfg.algo.name} data={cfg.data.name} seed={cfg.seed}"]
     for stage in ("val", "test"):
@@ -137,5 +156,6 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path) -> None:
         k = len(metrics["test/ensemble_checkpoints"])
         lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
                      f"top {k} validation checkpoints)")
+    lines += [f"  WARNING: {warning}" for warning in warnings]
     lines.append(f"  results: {path}")
     print("\n".join(lines), flush=True)

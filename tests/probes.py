@@ -24,3 +24,17 @@ class FirstStepProbe(Callback):
         grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         torch.save({"indices": self.indices, "grads": grads, "world_size": trainer.world_size},
                    self.path / f"rank{trainer.global_rank}.pt")
+
+
+class Pace(Callback):
+    """Slows training down (``seconds`` per step) and writes the number of finished steps to
+    ``<output_dir>/steps.txt``, so a test can signal a run at a known point of an epoch."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(self.seconds)
+        Path(trainer.default_root_dir, "steps.txt").write_text(str(trainer.global_step))

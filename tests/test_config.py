@@ -14,7 +14,7 @@ COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("trainer", "ddp"): ["data.
 NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}
 
 
-def tiny_image_folder(root: Path, classes: int = 32, images: int = 17) -> Path:
+def tiny_image_folder(root: Path, classes: int = 40, images: int = 17) -> Path:
     from PIL import Image
 
     for c in range(classes):

@@ -6,6 +6,8 @@ cached under pytest's cache folder so that only the first session pays for decod
 """
 from __future__ import annotations
 
+import hashlib
+
 import zipfile
 from pathlib import Path
 
@@ -136,8 +138,8 @@ def test_impossible_episodes_fail_naming_the_key():
 
 
 def test_normalisation_uses_per_channel_mean_and_std(tmp_path):
-    root = make_class_folders(tmp_path / "rgb", classes=6, per_class=3, mode="RGB")
-    source = ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", ratios=[0.34, 0.33, 0.33], image_size=12,
+    root = make_class_folders(tmp_path / "rgb", classes=12, per_class=3, mode="RGB")
+    source = ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", ratios=[0.5, 0.25, 0.25], image_size=12,
                               mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0], split="train")
     raw = source.data.images[:1].float() / 255
     expected = (raw - torch.tensor([0.5, 0.25, 0.0]).view(3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(3, 1, 1)
@@ -297,15 +299,48 @@ def test_miniimagenet_folder_that_disagrees_with_its_csv_fails(tmp_path):
 # -- image folders ---------------------------------------------------------------------------------
 def test_imagefolder_ratio_split_is_seeded_disjoint_and_complete(tmp_path):
     root = make_class_folders(tmp_path / "set", classes=10, per_class=3, mode="L")
-    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="ratios", ratios=[0.6, 0.2, 0.2],
+    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="ratios", ratios=[0.5, 0.25, 0.25],
                 image_size=8, channels=1, cache_dir=str(tmp_path / "cache"))
     names = {s: ImageFolderTasks(**args, split=s).class_names for s in ("train", "val", "test")}
-    assert [len(names[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    # Independently: sha256("<seed>/<name>") as a fraction of 2**64, cut at the cumulative ratios.
+    expected = {"train": [], "val": [], "test": []}
+    for c in range(10):
+        u = int(hashlib.sha256(f"0/class{c:02d}".encode()).hexdigest()[:16], 16) / 2**64
+        expected["train" if u < 0.5 else "val" if u < 0.75 else "test"].append(f"class{c:02d}")
+    assert names == expected
     assert sorted(names["train"] + names["val"] + names["test"]) == [f"class{c:02d}" for c in range(10)]
     assert ImageFolderTasks(**args, split="val").class_names == names["val"]
     other_seed = {s: ImageFolderTasks(**args, split_seed=1, split=s).class_names for s in ("train", "val", "test")}
     assert other_seed != names
-    assert ImageFolderTasks(**args, split="train").data.images.shape == (18, 1, 8, 8)
+    assert ImageFolderTasks(**args, split="train").data.images.shape == (3 * len(names["train"]), 1, 8, 8)
+
+
+def test_imagefolder_adding_a_class_keeps_every_other_class_in_its_split(tmp_path):
+    root = make_class_folders(tmp_path / "set", classes=24, per_class=2, mode="L")
+    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="ratios", image_size=8, channels=1)
+    before = {s: set(ImageFolderTasks(**args, split=s).class_names) for s in ("train", "val", "test")}
+    make_class_folders(tmp_path / "extra", classes=1, per_class=2, mode="L")
+    (tmp_path / "extra" / "class00").rename(root / "aaa_new_class")  # sorts first: shifts every index
+    after = {s: set(ImageFolderTasks(**args, split=s).class_names) for s in ("train", "val", "test")}
+    for split in before:
+        assert before[split] <= after[split], f"a class left the {split} split when one class was added"
+    assert sum(len(after[s]) for s in after) == 25 and sum(len(after[s] - before[s]) for s in after) == 1
+
+
+def test_imagefolder_reports_skipped_files_and_empty_folders_in_one_warning(tmp_path, recwarn):
+    root = make_class_folders(tmp_path / "set", classes=12, per_class=2, mode="L")
+    (root / "class03" / "notes.txt").write_text("not an image")
+    (root / "class05" / "labels.csv").write_text("x")
+    (root / "empty_class").mkdir()
+    (root / "only_text").mkdir()
+    (root / "only_text" / "readme.md").write_text("x")
+    ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", image_size=8, channels=1, split="train")
+    messages = [str(w.message) for w in recwarn if "image folder" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert ("skipped 3 entries that are not images (class03/notes.txt, class05/labels.csv, only_text/readme.md) "
+            "and 2 class folders without images (empty_class, only_text)") in messages[0]
+    ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", image_size=8, channels=1, split="test")
+    assert len([w for w in recwarn if "image folder" in str(w.message)]) == 1, "the val/test sources do not repeat it"
 
 
 def test_imagefolder_split_by_folders(tmp_path):

@@ -145,3 +145,59 @@ def test_safe_archive_is_extracted(tmp_path):
     assert sorted(p.name for p in moved) == ["other.txt", "top"]
     assert (tmp_path / "target" / "top" / "a" / "b.txt").read_text() == "hello"
     assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["other.txt", "top"]
+
+
+# -- refused data stays refused (issue 16) ----------------------------------------------------------
+def add_member(archive: Path, member: str, symlink: bool = False) -> Path:
+    """Append one unsafe member to an otherwise valid Omniglot archive."""
+    with zipfile.ZipFile(archive, "a") as zf:
+        info = zipfile.ZipInfo(member)
+        if symlink:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd" if symlink else "pwned")
+    return archive
+
+
+def test_a_refused_download_is_refused_again_by_the_identical_rerun(tmp_path, serve):
+    mirror = tmp_path / "mirror"
+    add_member(make_omniglot_zip(mirror, "images_background", alphabets=1, characters=2), "../escape.png")
+    make_omniglot_zip(mirror, "images_evaluation", alphabets=1, characters=2)
+    url = serve(mirror)
+    root = tmp_path / "data" / "omniglot"
+    settings = dict(root=str(root), download=True, url=url, checksums={}, class_split="background_evaluation",
+                    val_characters=1, split="train")
+    for attempt in range(2):  # the first run and its identical rerun fail alike
+        with pytest.raises(UnsafeArchiveError, match=r"images_background\.zip: archive member '\.\./escape\.png'"):
+            OmniglotTasks(2, 1, 2, **settings)
+        assert not (root / "images_background.zip").exists(), "a refused archive does not stay in data.root"
+        assert (root / ".refused" / "images_background.zip").is_file(), "it is kept aside for inspection"
+    assert not (tmp_path / "data" / "escape.png").exists()
+
+
+def test_a_download_with_a_wrong_checksum_is_refused_again_by_the_rerun(tmp_path, serve):
+    mirror = tmp_path / "mirror"
+    make_omniglot_zip(mirror, "images_background", alphabets=1, characters=2)
+    url = serve(mirror)
+    root = tmp_path / "omniglot"
+    for attempt in range(2):
+        with pytest.raises(DownloadError, match="does not match its checksum"):
+            ensure_part(root, "images_background", download=True, url=url,
+                        checksums={"images_background.zip": "sha256:" + "0" * 64})
+        assert not (root / "images_background.zip").exists()
+
+
+@pytest.mark.parametrize("member, symlink", [("images_background/../../escape.png", False),
+                                             ("/abs/escape.png", False),
+                                             ("images_background/a/character01/link.png", True)])
+def test_an_unsafe_member_in_an_archive_read_in_place_fails(tmp_path, member, symlink):
+    root = tmp_path / "omniglot"
+    add_member(make_omniglot_zip(root, "images_background", alphabets=2, characters=2), member, symlink)
+    make_omniglot_zip(root, "images_evaluation", alphabets=1, characters=2)
+    with pytest.raises(UnsafeArchiveError, match=rf"images_background\.zip: archive member '{member}'"):
+        OmniglotTasks(2, 1, 2, root=str(root), class_split="background_evaluation", val_characters=1, split="train")
+    # The same archive without the unsafe member is read (the check refuses only what it must).
+    root2 = tmp_path / "clean"
+    make_omniglot_zip(root2, "images_background", alphabets=2, characters=2)
+    make_omniglot_zip(root2, "images_evaluation", alphabets=1, characters=2)
+    source = OmniglotTasks(2, 1, 2, root=str(root2), class_split="background_evaluation", val_characters=1, split="train")
+    assert source.num_classes == 3

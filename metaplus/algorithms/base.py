@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
 from metaplus.config import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.evaluation import EpisodeRecords, curve, summarise, unique_episodes
@@ -236,6 +237,19 @@ class EpisodicLearner(L.LightningModule):
         total, floor = self.schedule_length(), self.min_meta_lr / self.meta_lr
         schedule, warmup = self.lr_schedule, self.warmup_steps
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: outer_lr_factor(t, total, schedule, floor, warmup))
+
+    # -- use as a library (metaplus.load) -------------------------------------------------------
+    def adapt_to(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> AdaptedLearner:
+        """Adapt to one support set as evaluation does; ``.predict(x)`` on the result. See
+        :mod:`metaplus.algorithms.adapted`."""
+        return adapt_to(self, support_x, support_y, steps)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        if "backbone" not in kwargs:  # the backbone is a module, not a hyperparameter: say where it comes from
+            raise TypeError(f"{cls.__name__}.load_from_checkpoint needs backbone=... (rebuilt from the run's config); "
+                            f"use metaplus.load('{checkpoint_path}') instead, which rebuilds it from the run directory")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
     def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:

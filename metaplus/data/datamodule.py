@@ -88,6 +88,12 @@ class EpisodicDataModule(L.LightningDataModule):
                 raise err.within("data") from None
         return self.sources[split]
 
+    def class_lists(self) -> dict[str, list[str]]:
+        """The classes of every split built so far, for sources whose split depends on the data found
+        (``record_classes = True``, e.g. image folders): run.py records them in results.json."""
+        return {split: list(source.class_names) for split, source in self.sources.items()
+                if getattr(source, "record_classes", False)}
+
     def setup(self, stage: str | None = None) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SPLITS)
         for split in needed:

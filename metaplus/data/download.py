@@ -84,14 +84,33 @@ def member_target(info: zipfile.ZipInfo, target: Path) -> Path:
     return resolved
 
 
+def check_members(zf: zipfile.ZipFile, archive: Path, target: Path) -> list[zipfile.ZipInfo]:
+    """Every member of ``zf`` checked as :func:`member_target` does; the error names the archive."""
+    members = zf.infolist()
+    for info in members:
+        try:
+            member_target(info, target)
+        except UnsafeArchiveError as err:
+            raise UnsafeArchiveError(f"{archive}: {err}") from None
+    return members
+
+
+def quarantine(path: Path) -> Path:
+    """Move a refused file into ``.refused/`` beside it (replacing an older refused copy); return where."""
+    path = Path(path)
+    folder = path.parent / ".refused"
+    folder.mkdir(exist_ok=True)
+    moved = folder / path.name
+    os.replace(path, moved)
+    return moved
+
+
 def safe_extract_zip(archive: Path, target: Path) -> list[Path]:
     """Extract ``archive`` into ``target`` after checking every member; return the top-level entries."""
     target = Path(target).resolve()
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as zf:
-        members = zf.infolist()
-        for info in members:  # validate everything before writing anything
-            member_target(info, target)
+        members = check_members(zf, archive, target)  # validate everything before writing anything
         staging = Path(tempfile.mkdtemp(dir=target, prefix=".extract-"))
         try:
             for info in members:

@@ -2,25 +2,46 @@
 
 Two ways to split classes into train/val/test (``data.split``):
 - ``folders``: ``root/{train,val,test}/<class>/<image>``, the split given by the folders;
-- ``ratios``: ``root/<class>/<image>``; the sorted class names are shuffled with ``split_seed`` and
-  cut by ``ratios`` (train, val, test fractions), so the split is the same on every machine;
+- ``ratios``: ``root/<class>/<image>``; each class goes to the split its name hashes to:
+  ``u = sha256("<split_seed>/<class name>")`` read as a number in [0, 1), train if
+  ``u < ratios[0]``, val if ``u < ratios[0] + ratios[1]``, else test. A class's split depends on its
+  own name only, so adding or removing a class folder never moves another class (a seeded shuffle
+  of the whole list would reshuffle almost every split), and the split is the same on every machine.
+  Split sizes follow the ratios in expectation, not exactly;
 - ``auto`` (default): ``folders`` when ``root/train`` exists, else ``ratios``.
 Images are converted to ``channels`` (1: grey, 3: RGB), resized to ``image_size`` squares, decoded
-once into a uint8 cache, and normalised with ``mean``/``std`` per channel.
+once into a uint8 cache, and normalised with ``mean``/``std`` per channel (:func:`preprocessing`).
+
+Files in class folders that are not images, and class folders without images, are skipped and
+reported in one warning line. Each source's class list is recorded in results.json
+(``data_classes``, via :meth:`EpisodicDataModule.class_lists`).
 """
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from metaplus.config import check, check_choice, check_int
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, folder_classes,
-                                  load_image_files, seeded_permutation)
+from metaplus.data.images import (IMAGE_SUFFIXES, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
+                                  Preprocessing, folder_classes, list_class_folders, load_image_files)
 
 SPLITS = ("train", "val", "test")
 
 
+def preprocessing(image_size: int = 84, channels: int = 3, mean: Sequence[float] = (0.5,),
+                  std: Sequence[float] = (0.5,)) -> Preprocessing:
+    """An image folder's input: grey (``channels=1``) or RGB, resized to ``image_size`` (Lanczos),
+    ``(x / 255 - mean) / std``. The sources decode and normalise with it; ``metaplus.load(...).preprocess``
+    is it."""
+    return Preprocessing("RGB" if channels == 3 else "L", image_size, mean=tuple(mean), std=tuple(std))
+
+
 class ImageFolderTasks(ImageEpisodes):
+    # The datamodule records this source's classes in results.json (the split is data-dependent).
+    record_classes = True
+
     def __init__(
         self,
         ways: int,
@@ -43,6 +64,7 @@ class ImageFolderTasks(ImageEpisodes):
         check_choice("source.class_split", class_split, {"auto", "folders", "ratios"})
         check_choice("source.channels", channels, {1, 3})
         check_int("source.image_size", image_size, 1)
+        check_int("source.split_seed", split_seed, 0)
         check("source.ratios", ratios, len(ratios) == 3 and all(r > 0 for r in ratios) and abs(sum(ratios) - 1) < 1e-6,
               "three positive fractions (train, val, test) summing to 1")
         check("source.root", root, root is not None, "the image folder (data.root)")
@@ -56,10 +78,11 @@ class ImageFolderTasks(ImageEpisodes):
             classes = split_folder(root_path, split, max_classes, max_images_per_class)
         else:
             classes = ratio_split(root_path, split, ratios, split_seed, max_classes, max_images_per_class)
-        data = load_image_files("imagefolder", split, classes, root_path, "RGB" if channels == 3 else "L", image_size,
-                                cache_dir, class_split=class_split, ratios=list(ratios), split_seed=split_seed,
+        prep = preprocessing(image_size, channels, mean, std)
+        data = load_image_files("imagefolder", split, classes, root_path, prep.mode, prep.size, cache_dir,
+                                class_split=class_split, ratios=list(ratios), split_seed=split_seed,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
 
 
 def split_folder(root: Path, split: str, max_classes, max_images) -> list:
@@ -67,21 +90,61 @@ def split_folder(root: Path, split: str, max_classes, max_images) -> list:
     if not folder.is_dir():
         raise DatasetNotFoundError(f"split '{split}' not found: looked for {folder}/<class>/<image> (data.split=folders); "
                                    f"use data.split=ratios to split the classes of {root} by ratio instead")
+    warn_skipped(folder)
     classes = folder_classes(folder, max_classes, max_images)
     if not classes:
         raise CorruptDatasetError(f"{folder} holds no <class>/<image> files")
     return classes
 
 
+def hash_fraction(name: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, class name) alone, the same on every machine and Python."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_of(name: str, ratios: Sequence[float], seed: int) -> str:
+    """The split a class named ``name`` belongs to under ``data.split=ratios``."""
+    u = hash_fraction(name, seed)
+    return "train" if u < ratios[0] else "val" if u < ratios[0] + ratios[1] else "test"
+
+
 def ratio_split(root: Path, split: str, ratios: Sequence[float], seed: int, max_classes, max_images) -> list:
+    warn_skipped(root)
     classes = folder_classes(root, max_classes, max_images)
-    n = len(classes)
-    n_train, n_val = round(ratios[0] * n), round(ratios[1] * n)
-    sizes = (n_train, n_val, n - n_train - n_val)
-    if min(sizes) < 1:
-        raise CorruptDatasetError(f"{root} has {n} class folders with images: too few to split by ratios {list(ratios)} "
-                                  f"into train/val/test (sizes {sizes})")
-    order = seeded_permutation(n, seed)
-    start = sum(sizes[: SPLITS.index(split)])
-    chosen = sorted(order[start : start + sizes[SPLITS.index(split)]])
-    return [classes[i] for i in chosen]
+    sizes = {s: 0 for s in SPLITS}
+    chosen = []
+    for name, files in classes:
+        where = split_of(name, ratios, seed)
+        sizes[where] += 1
+        if where == split:
+            chosen.append((name, files))
+    if min(sizes.values()) < 1:
+        raise CorruptDatasetError(f"{root} has {len(classes)} class folders with images: hashing their names with "
+                                  f"split_seed={seed} by ratios {list(ratios)} leaves a split empty (sizes {sizes}); "
+                                  f"add classes, try another data.source.split_seed, or lay the folder out as "
+                                  f"train/ val/ test/ (data.split=folders)")
+    return chosen
+
+
+_REPORTED: set[str] = set()  # the train, val and test sources scan the same folder: warn once per content
+
+
+def warn_skipped(folder: Path) -> None:
+    """One warning line naming the files that are not images and the class folders without images."""
+    skipped, empty = [], []
+    for class_folder in list_class_folders(folder):
+        entries = [p for p in class_folder.iterdir() if not p.name.startswith(".")]
+        images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += [f"{class_folder.name}/{p.name}" for p in entries if p not in images]
+        if not images:
+            empty.append(class_folder.name)
+    if not skipped and not empty:
+        return
+    message = (f"image folder {folder}: skipped {len(skipped)} entries that are not images "
+               f"({', '.join(sorted(skipped)[:5])}{', ...' if len(skipped) > 5 else ''}) and "
+               f"{len(empty)} class folders without images ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); "
+               f"images end in {' '.join(IMAGE_SUFFIXES)}")
+    if message not in _REPORTED:
+        _REPORTED.add(message)
+        warnings.warn(message, stacklevel=2)

@@ -45,24 +45,91 @@ class CorruptImageError(CorruptDatasetError):
 
 
 # -- decoding --------------------------------------------------------------------------------------
-def decode_image(data: bytes | Path, name: str, mode: str, size: int, invert: bool = False) -> Tensor:
+def decode_image(data: bytes | Path | Image.Image, name: str, mode: str, size: int, invert: bool = False) -> Tensor:
     """One image as uint8 ``[C, size, size]`` (mode ``L``: C=1, ``RGB``: C=3).
 
-    ``data`` is the file's bytes (archive members) or its path; ``name`` is what an error reports.
-    Resampling uses Lanczos, as the MAML reference code does for Omniglot.
+    ``data`` is the file's bytes (archive members), its path, or an already opened PIL image; ``name``
+    is what an error reports. Resampling uses Lanczos, as the MAML reference code does for Omniglot.
     """
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.LANCZOS)
-            array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        if isinstance(data, Image.Image):
+            array = _pixels(data, mode, size)
+        else:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+                array = _pixels(image, mode, size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"cannot decode image {name}: {err}. The file is damaged or not an image; "
                                 f"replace it (re-download or re-extract the dataset).") from None
     channels = len(mode)
     array = array.view(size, size, channels).permute(2, 0, 1).contiguous()
     return 255 - array if invert else array
+
+
+def _pixels(image: Image.Image, mode: str, size: int) -> Tensor:
+    image = image.convert(mode)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.LANCZOS)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+
+
+def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` of shape ``[C or 1, 1, 1]`` with ``x_float = x_uint8 * scale + shift``,
+    i.e. ``(x / 255 - mean) / std`` per channel: the one formula every image source uses."""
+    scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
+    shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0 * scale
+    return scale, shift
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns an image into a network input, exactly as a source prepared its training data:
+    decode to ``mode`` (``L`` grey / ``RGB``), resize to ``size`` squares (Lanczos), optionally invert
+    (Omniglot: strokes 1, paper 0), then ``(x / 255 - mean) / std`` per channel.
+
+    Each image source builds its own with a module-level ``preprocessing(...)`` function and decodes
+    and normalises its data with it; ``metaplus.load`` exposes the same object as
+    ``learner.preprocess``. Calling it on one image or a list of images (PIL images, paths, or file
+    bytes; or uint8 tensors ``[C, size, size]`` / ``[N, C, size, size]`` already decoded by it) gives
+    a float tensor ``[N, C, size, size]``.
+    """
+
+    mode: str
+    size: int
+    invert: bool = False
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        # Keys named as the sources' config keys: a bad value reads ``data.source.std=...``.
+        check("source.mode", self.mode, self.mode in ("L", "RGB"), "'L' or 'RGB'")
+        check_int("source.image_size", self.size, 1)
+        channels = len(self.mode)
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            check(f"source.{key}", values, len(values) in (1, channels), f"a list of 1 or {channels} numbers")
+        check("source.std", self.std, all(s > 0 for s in self.std), "positive numbers")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def decode(self, image: bytes | Path | str | Image.Image, name: str | None = None) -> Tensor:
+        """uint8 ``[C, size, size]`` as stored in the source's cache."""
+        if isinstance(image, str):
+            image = Path(image)
+        return decode_image(image, name or str(image if isinstance(image, Path) else type(image).__name__),
+                            self.mode, self.size, self.invert)
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """uint8 ``[..., C, H, W]`` -> float, as the episodes the learner was trained on."""
+        scale, shift = normalisation(self.mean, self.std)
+        return pixels.float() * scale + shift
+
+    def __call__(self, images) -> Tensor:
+        if isinstance(images, Tensor):
+            check("images", images.dtype, images.dtype == torch.uint8,
+                  "uint8 pixels decoded by this preprocessing (or PIL images / paths)")
+            return self.normalise(images if images.dim() == 4 else images.unsqueeze(0))
+        if isinstance(images, (bytes, str, Path, Image.Image)):
+            images = [images]
+        return self.normalise(torch.stack([self.decode(image) for image in images]))
 
 
 @dataclass
@@ -239,8 +306,7 @@ class ImageEpisodes:
         # x_float = x_uint8 * scale + shift, as whole [C, H, W] planes: in-place ops on equal shapes
         # are several times faster than broadcasting a per-channel [C, 1, 1] on the CPU.
         plane = data.images.shape[1:]
-        scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
-        shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0 * scale
+        scale, shift = normalisation(mean, std)
         self.scale, self.shift = scale.expand(plane).contiguous(), shift.expand(plane).contiguous()
 
     @property

@@ -15,14 +15,21 @@ from pathlib import Path
 from typing import Sequence
 
 from metaplus.config import check, check_choice, check_int
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, folder_classes,
-                                  load_image_files)
+from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, Preprocessing,
+                                  folder_classes, load_image_files)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HOW_TO_GET = ("mini-ImageNet has no official download (ImageNet's terms of access apply): build it from "
               "ILSVRC-2012 with Ravi & Larochelle's split files (https://github.com/twitter/meta-learning-lstm, "
               "data/miniImagenet/{train,val,test}.csv) and point data.root at the folder")
+
+
+def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+    """mini-ImageNet's input: RGB, resized to ``image_size`` (Lanczos), ``(x / 255 - mean) / std``.
+    The sources decode and normalise with it; ``metaplus.load(...).preprocess`` is it."""
+    return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std))
 
 
 class MiniImageNetTasks(ImageEpisodes):
@@ -50,9 +57,10 @@ class MiniImageNetTasks(ImageEpisodes):
             check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
         root_path = Path(root).expanduser()
         classes = split_classes(root_path, split, download, max_classes, max_images_per_class)
-        data = load_image_files("miniimagenet", split, classes, root_path, "RGB", image_size, cache_dir,
+        prep = preprocessing(image_size, mean, std)
+        data = load_image_files("miniimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
 
 
 def split_classes(root: Path, split: str, download: bool, max_classes: int | None,

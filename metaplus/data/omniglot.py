@@ -31,9 +31,9 @@ from torch import Tensor
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.episodes import Task
-from metaplus.data.download import download_file, safe_extract_zip
+from metaplus.data.download import UnsafeArchiveError, check_members, download_file, quarantine, safe_extract_zip
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  cache_key, cache_prefix, cached_class_images, decode_classes, file_identity, seeded_permutation)
+                                  Preprocessing, cache_key, cache_prefix, cached_class_images, decode_classes, file_identity, seeded_permutation)
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OFFICIAL_CHECKSUMS = {  # MD5s of the official archives (as published by torchvision's Omniglot)
@@ -44,6 +44,12 @@ SPLITS_URL = "https://raw.githubusercontent.com/jakesnell/prototypical-networks/
 PARTS = ("images_background", "images_evaluation")
 SCHEMES = ("vinyals", "background_evaluation")
 SPLIT_LINE = re.compile(r"^([^/]+/character\d+)/rot(000|090|180|270)$")
+
+
+def preprocessing(image_size: int = 28) -> Preprocessing:
+    """Omniglot's input: grey, resized to ``image_size`` (Lanczos), inverted (strokes 1, paper 0), x / 255.
+    The sources decode with it; ``metaplus.load(...).preprocess`` is it."""
+    return Preprocessing("L", image_size, invert=True)
 
 
 class OmniglotTasks(ImageEpisodes):
@@ -80,7 +86,8 @@ class OmniglotTasks(ImageEpisodes):
         else:
             classes = background_evaluation_classes(root_path, split, val_characters, val_seed, image_size, cache_dir)
         data = build_split(root_path, classes, image_size, cache_dir)
-        super().__init__(data, ways, shots, queries, split=split)
+        prep = preprocessing(image_size)
+        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
         # MAML++'s training augmentation: training episodes only; val/test episodes stay fixed.
         self.augment_rotations = augment_rotations and split == "train"
 
@@ -118,7 +125,12 @@ def ensure_part(root: Path, part: str, download: bool, url: str, checksums: dict
             f"archive {part}.zip. Set data.download=true to fetch it from {url}/{part}.zip, or download it from "
             f"https://github.com/brendenlake/omniglot and point data.root (now {root}) at its folder.")
     download_file(f"{url.rstrip('/')}/{part}.zip", archive, checksums.get(f"{part}.zip"))
-    safe_extract_zip(archive, root)
+    try:
+        safe_extract_zip(archive, root)
+    except (UnsafeArchiveError, zipfile.BadZipFile) as err:
+        # Left in place, the next run would find the archive and read it: move it out of data.root.
+        moved = quarantine(archive)
+        raise type(err)(f"{err} (the refused archive was moved to {moved})") from None
 
 
 def split_file(root: Path, split: str, download: bool, splits_url: str) -> Path:
@@ -223,7 +235,8 @@ class PartReader:
 
     def decode(self, image_size: int) -> ClassImages:
         try:
-            return decode_classes(self.classes(), self.read, self.describe, "L", image_size, invert=True)
+            prep = preprocessing(image_size)
+            return decode_classes(self.classes(), self.read, self.describe, prep.mode, prep.size, invert=prep.invert)
         finally:
             if self._zip is not None:
                 self._zip.close()
@@ -236,6 +249,8 @@ class PartReader:
             except (zipfile.BadZipFile, OSError) as err:
                 raise CorruptDatasetError(f"{self.archive} is not a readable zip archive ({err}); delete it and set "
                                           f"data.download=true, or fetch it again from {OFFICIAL_URL}/{self.part}.zip") from None
+            # Read in place, never extracted: still refuse what extraction would refuse.
+            check_members(self._zip, self.archive, self.archive.parent.resolve())
             names = [n for n in self._zip.namelist() if n.endswith(".png")]
             relative = [n.split("/", 1)[1] for n in names if n.startswith(f"{self.part}/")]
         else:

@@ -1,0 +1,162 @@
+"""Use a trained learner as a library: ``metaplus.load(run_dir_or_ckpt)``.
+
+    import metaplus
+    learner = metaplus.load("outputs/runs/2026-12-02_12-00-00_maml_omniglot")   # or a .ckpt path
+    support = learner.preprocess(["a0.png", "b0.png", ...])   # exactly the training preprocessing
+    adapted = learner.adapt_to(support, torch.tensor([0, 1, ...]))
+    labels = adapted.predict(learner.preprocess(query_files))   # score the query SET in one call
+
+:func:`load` finds the checkpoint (a run directory's best checkpoint as results.json names it, else
+``checkpoints/last.ckpt``; or a ``.ckpt`` path inside a run directory), rebuilds backbone and learner
+from the run's own config (results.json's ``config``, else Hydra's ``.hydra/config.yaml``), loads the
+weights and returns the learner in evaluation mode on ``device``, with
+- ``learner.config``: the run's config (an OmegaConf DictConfig),
+- ``learner.preprocess(images)``: the data source's own :class:`metaplus.data.images.Preprocessing`
+  (Omniglot: grey, 28 px, inverted; mini-ImageNet: 84 px, ImageNet mean/std; image folders: their
+  settings); sources without images (sinusoid, polynomial) get a float-tensor conversion,
+- ``learner.adapt_to(x, y, steps=None)`` -> :class:`metaplus.algorithms.adapted.AdaptedLearner`.
+
+:func:`fixed_episodes` yields the run's own fixed validation/test episodes, e.g. to check a loaded
+learner against results.json.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from metaplus.algorithms.base import EpisodicLearner
+from metaplus.config import check_choice, instantiate_group, register_resolvers
+from metaplus.data.episodes import Task
+from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
+
+
+class RunNotFoundError(FileNotFoundError):
+    """No checkpoint or no config where :func:`load` looked; the message lists where that was."""
+
+
+def load(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu",
+         bn_stats: str | None = None) -> EpisodicLearner:
+    """The trained learner of a run directory or checkpoint file, ready for ``adapt_to``/``predict``.
+
+    ``bn_stats``: ``None`` keeps the run's batch-norm mode; ``"running"`` normalises with the stored
+    running statistics (only where the run kept them: ``algo.bn_stats=running`` or ``algo.bnrs=true``),
+    so predictions no longer depend on the batch; ``"batch"`` uses batch statistics always.
+    """
+    ckpt, run_dir = find_checkpoint(Path(run_dir_or_ckpt))
+    cfg = run_config(run_dir)
+    backbone = instantiate_group(cfg.model, "model")
+    learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=cfg.data.task)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    build_checkpoint_only_parts(learner, state)
+    learner.load_state_dict(state)
+    learner.to(device).eval()
+    if bn_stats is not None:
+        set_batchnorm_stats(learner, bn_stats)
+    learner.config = cfg
+    learner.checkpoint_path = ckpt
+    learner.preprocess = preprocessing(cfg)
+    return learner
+
+
+# -- finding the run -----------------------------------------------------------------------------------
+def find_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(checkpoint, run directory) of a run directory or of a checkpoint file inside one."""
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return path, run_dir
+    if not path.is_dir():
+        raise RunNotFoundError(f"{path} is neither a run directory nor a checkpoint file")
+    looked = []
+    results = path / "results.json"
+    if results.is_file():
+        best = json.loads(results.read_text()).get("best_checkpoint")
+        if best:
+            # results.json may name it by an absolute path of the machine that trained: fall back to
+            # the file of that name in this run directory (a copied or moved run).
+            for candidate in (Path(best), path / "checkpoints" / Path(best).name):
+                if candidate.is_file():
+                    return candidate, path
+                looked.append(str(candidate))
+    last = path / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last, path
+    looked.append(str(last))
+    raise RunNotFoundError(f"no checkpoint in run directory {path}: looked for {', '.join(looked)}")
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's config: results.json's (resolved) ``config``, else Hydra's ``.hydra/config.yaml``."""
+    register_resolvers()
+    results = run_dir / "results.json"
+    if results.is_file():
+        config = json.loads(results.read_text()).get("config")
+        if config:
+            return OmegaConf.create(config)
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if not hydra_config.is_file():
+        raise RunNotFoundError(f"no config for the run in {run_dir}: looked for {results} ('config') and "
+                               f"{hydra_config}; load needs the run directory the checkpoint was written in")
+    cfg = OmegaConf.load(hydra_config)
+    with open_dict(cfg):  # Hydra's runtime values are not available outside the run: fill them in
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.root_dir = os.getcwd()
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def build_checkpoint_only_parts(learner: EpisodicLearner, state: dict) -> None:
+    """Parts a learner builds from its datamodule during ``setup`` (the pre-training baseline's
+    all-classes head), rebuilt from the checkpoint's shapes."""
+    weight = state.get("pretrain_head.weight")
+    build = getattr(learner, "build_pretrain_head", None)
+    if weight is not None and build is not None and getattr(learner, "pretrain_head", None) is None:
+        build(weight.shape[0])
+
+
+def set_batchnorm_stats(learner: EpisodicLearner, mode: str) -> None:
+    check_choice("bn_stats", mode, set(STATS_MODES))
+    layers = per_step_batchnorms(learner.backbone)
+    if mode == "running":
+        missing = [name for name, layer in layers.items() if layer.running_mean is None]
+        if not layers or missing:
+            raise ValueError("bn_stats='running' needs running statistics, and this run kept none "
+                             f"({'no per-step batch-norm layer' if not layers else 'layers ' + ', '.join(missing)}): "
+                             "it trained with algo.bn_stats=batch and algo.bnrs=false, so its predictions depend "
+                             "on the batch; score whole query sets with predict(), as evaluation does")
+    for layer in layers.values():
+        layer.stats = mode
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def preprocessing(cfg: DictConfig) -> Callable:
+    """The run's data source's ``preprocessing(...)`` (its module-level function), called with the
+    matching keys of ``data.source``; a float-tensor conversion for sources without images."""
+    source = cfg.data.get("source")
+    target = source.get("_target_") if source is not None else None
+    module = importlib.import_module(target.rsplit(".", 1)[0]) if target else None
+    make = getattr(module, "preprocessing", None)
+    if make is None:
+        return lambda x: torch.as_tensor(x, dtype=torch.float32)
+    accepted = inspect.signature(make).parameters
+    return make(**{key: value for key, value in source.items() if key in accepted})
+
+
+def fixed_episodes(config: DictConfig, split: str = "test", episodes: int | None = None) -> Iterator[Task]:
+    """The run's fixed ``split`` episodes (the ones results.json scores), one :class:`Task` at a time."""
+    check_choice("split", split, {"val", "test"})
+    datamodule = instantiate_group(config.data, "data")
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    seen = 0
+    for batch in loader:
+        for b in range(len(batch)):
+            if episodes is not None and seen >= episodes:
+                return
+            yield batch[b]
+            seen += 1

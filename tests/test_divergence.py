@@ -1,0 +1,116 @@
+"""Runs that went wrong say so (issue 16): a loss ceiling and chance-level accuracy, as a callback.
+
+``algo.inner_lr=1e6`` trains at an enormous but finite loss; before, such a run exited 0 with
+``test/acc 0.200 ± 0.000`` and no word. Now training stops at the ceiling, results.json lists the
+warnings and the printed summary repeats them; a healthy run has none.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import QUICK, shared_data_dir
+from metaplus.callbacks import Divergence, DivergenceError
+from metaplus.config import ConfigError
+from metaplus.run import run
+from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
+
+DATA = shared_data_dir()
+OMNIGLOT = DATA / "omniglot" if DATA else None
+needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
+                                    reason="shared Omniglot absent (set $METAPLUS_DATA)")
+TINY = [*QUICK, "model=conv4", "model.filters=8", "data.batches_per_epoch=6", "data.meta_batch_size=2",
+        "algo.test_inner_steps=1"]
+
+
+def pattern_folder(root, classes: int = 40, images: int = 5, size: int = 16):
+    """Grey class folders whose images are a class pattern plus noise (constant images would leave
+    batch norm nothing to normalise and every loss at ln(ways))."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        pattern = rng.integers(0, 256, (size, size))
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(images):
+            pixels = np.clip(pattern + rng.normal(0, 30, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / f"class{c:02d}" / f"{i}.png")
+    return root
+
+
+def check_diverged(out, capsys, ways: int) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    ceiling = 10 * math.log(ways)
+    assert any(w.startswith("divergence: train/loss") and f"above the ceiling {ceiling:.4g}" in w
+               and "training was stopped here" in w for w in results["warnings"]), results["warnings"]
+    assert results["global_step"] == 3, "stopped after patience=3 steps above the ceiling, not after 6"
+    assert any(w.startswith("chance level: test/acc") and f"1/{ways} = {1 / ways:.4f}" in w
+               for w in results["warnings"]), results["warnings"]
+    printed = capsys.readouterr().out
+    assert "WARNING: divergence: train/loss" in printed and "WARNING: chance level: test/acc" in printed
+    return results
+
+
+@needs_omniglot
+def test_huge_inner_lr_on_omniglot_is_reported(tmp_path, capsys, cache_dir):  # noqa: F811
+    out = tmp_path / "omniglot"
+    with pytest.warns(UserWarning, match="divergence: train/loss"):
+        run_config = [*TINY, "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}",
+                      "algo.inner_lr=1e6", "data.val_episodes=4", "data.test_episodes=4"]
+        from conftest import compose_config
+        run(compose_config(run_config, out))
+    check_diverged(out, capsys, ways=5)
+
+
+def test_huge_inner_lr_on_an_image_folder_is_reported_and_a_healthy_run_is_not(tmp_path, capsys):
+    from conftest import compose_config
+
+    root = pattern_folder(tmp_path / "images")
+    folder = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",
+              "data.shots=1", "data.queries=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    out = tmp_path / "diverged"
+    with pytest.warns(UserWarning, match="divergence: train/loss"):
+        run(compose_config([*TINY, *folder, "algo.inner_lr=1e6"], out))
+    results = check_diverged(out, capsys, ways=5)
+    # the image folder's classes are recorded per split, as the hash of their names assigns them
+    assert sorted(sum(results["data_classes"].values(), [])) == [f"class{c:02d}" for c in range(40)]
+    healthy = tmp_path / "healthy"
+    # healthy: 1-shot fine-tuning of even a barely trained Conv-4 separates these classes
+    run(compose_config([*TINY, *folder, "algo.inner_lr=0.4", "algo.test_inner_steps=5", "data.test_episodes=20"],
+                       healthy))
+    assert json.loads((healthy / "results.json").read_text())["warnings"] == []
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_chance_level_validation_is_warned_after_enough_steps(tmp_path, capsys):
+    """A learner that cannot learn (meta_lr tiny, no inner steps) stays at chance on validation."""
+    from conftest import compose_config
+
+    root = pattern_folder(tmp_path / "images")
+    folder = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",
+              "data.shots=1", "data.queries=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    base = [*TINY, *folder, "algo.inner_steps=0", "algo.test_inner_steps=0", "algo.meta_lr=1e-12", "algo.min_meta_lr=1e-12",
+            "data.val_episodes=40", "data.test_episodes=40"]
+    run(compose_config([*base, "callbacks.divergence.chance_after_steps=6"], tmp_path / "late"))
+    warnings = json.loads((tmp_path / "late" / "results.json").read_text())["warnings"]
+    assert any(w.startswith("chance level: val/acc") and "after 6 training steps" in w for w in warnings), warnings
+    run(compose_config([*base, "callbacks.divergence.chance_after_steps=7"], tmp_path / "early"))
+    warnings = json.loads((tmp_path / "early" / "results.json").read_text())["warnings"]
+    assert not any(w.startswith("chance level: val/acc") for w in warnings), "too few steps to judge"
+
+
+def test_loss_ceiling_modes_and_bad_values(make_config, tmp_path):
+    with pytest.raises(DivergenceError, match="above the ceiling 0.001"):
+        run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.on_loss_ceiling=error"],
+                        output_dir=tmp_path / "err"))
+    metrics = run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.patience=1",
+                               "callbacks.divergence.on_loss_ceiling=warn"], output_dir=tmp_path / "warn"))
+    results = json.loads((tmp_path / "warn" / "results.json").read_text())
+    assert results["global_step"] == 3 and len(results["warnings"]) == 3, "warn: every step is reported, none stops"
+    with pytest.raises(ConfigError, match="max_loss"):
+        Divergence(max_loss=-1)
+    with pytest.raises(ConfigError, match="on_loss_ceiling"):
+        Divergence(on_loss_ceiling="ignore")
