@@ -24,3 +24,16 @@ class FirstStepProbe(Callback):
         grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         torch.save({"indices": self.indices, "grads": grads, "world_size": trainer.world_size},
                    self.path / f"rank{trainer.global_rank}.pt")
+
+
+class EvalResultsProbe(Callback):
+    """Saves, per rank, the learner's ``eval_results`` (what results.json gets) after each evaluation."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_test_end(self, trainer, pl_module):
+        self.path.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(pl_module.eval_results), self.path / f"rank{trainer.global_rank}.pt")
+
+    on_validation_end = on_test_end

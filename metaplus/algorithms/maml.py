@@ -50,6 +50,7 @@ class MAML(EpisodicLearner):
         first_order: bool = False,
         name: str = "maml",
         inner_loop: Any = None,
+        eval_curve: str = "test",
         msl: bool = False,
         msl_epochs: int = 10,
         da: bool = False,
@@ -63,7 +64,7 @@ class MAML(EpisodicLearner):
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, eval_curve=eval_curve)
         switches = dict(msl=msl, da=da, bnrs=bnrs, bnwb=bnwb, lslr=lslr, ca=ca)
         for key, value in switches.items():
             check(key, value, isinstance(value, bool), "true or false")

@@ -38,10 +38,11 @@ class MetaSGD(EpisodicLearner):
         first_order: bool = False,
         name: str = "metasgd",
         inner_loop: Any = None,
+        eval_curve: str = "test",
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, eval_curve=eval_curve)
         adapted = self.adapted_names()
         self.inner_lrs = nn.ParameterDict({
             rate_key(n): nn.Parameter(torch.full_like(p.detach(), inner_lr))

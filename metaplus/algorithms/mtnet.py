@@ -91,6 +91,7 @@ class MTNet(EpisodicLearner):
         first_order: bool = False,
         name: str = "mtnet",
         inner_loop: Any = None,
+        eval_curve: str = "test",
         use_T: bool = True,
         use_M: bool = True,
         share_M: bool = True,
@@ -101,7 +102,7 @@ class MTNet(EpisodicLearner):
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, eval_curve=eval_curve)
         for key, value in dict(use_T=use_T, use_M=use_M, share_M=share_M).items():
             check(key, value, isinstance(value, bool), "true or false")
         check_choice("mask_per", mask_per, set(MASK_PER))

@@ -36,11 +36,12 @@ class Pretrain(EpisodicLearner):
         finetune: str = "head",
         name: str = "pretrain",
         inner_loop: Any = None,
+        eval_curve: str = "test",
     ):
         # inner_steps=0: training never adapts; only evaluation fine-tunes.
         super().__init__(backbone, task_type, inner_steps=0, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, eval_curve=eval_curve)
         check_choice("finetune", finetune, {"head", "all"})
         self.finetune = finetune
         self.pretrain_head: nn.Module | None = None
@@ -119,6 +120,6 @@ class Pretrain(EpisodicLearner):
                 for p in self.backbone.head.parameters():
                     p.zero_()
 
-    def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
+    def evaluate_task(self, task: Task, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
         self.reset_episode_head()
-        return super().evaluate_task(task, steps)
+        return super().evaluate_task(task, steps, per_step)

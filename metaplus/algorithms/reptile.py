@@ -68,10 +68,11 @@ class Reptile(EpisodicLearner):
         train_on: str = "support",
         name: str = "reptile",
         inner_loop: Any = None,
+        eval_curve: str = "test",
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, eval_curve=eval_curve)
         check("inner_steps", inner_steps, inner_steps >= 1, "an integer >= 1 (Reptile needs an inner loop)")
         check("meta_lr_final", meta_lr_final,
               isinstance(meta_lr_final, (int, float)) and 0 <= meta_lr_final <= meta_lr, "a number in [0, meta_lr]")
