@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={"global_step": trainer.global_step, "epochs": trainer.current_epoch})
         print_summary(cfg, metrics, path)
-    finish_loggers(parts["loggers"], metrics)
+    finish_loggers(parts["loggers"], metrics, learner)
     return metrics
 
 
