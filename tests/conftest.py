@@ -93,3 +93,38 @@ def wandb_records(path: Path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def recompute_test_metric(cfg: DictConfig, ckpt_path: str) -> tuple[float, float]:
+    """The test metric of a checkpoint and its value before adaptation, recomputed independently of
+    metaplus's evaluation code: the checkpoint's weights in a freshly built learner, the same fixed
+    test episodes, adaptation by the learner's inner loop, then plain formulas (mean squared error,
+    fraction of arg-max hits) averaged over the episodes. For learners whose evaluation is plain
+    adaptation (MAML family, ANIL, Meta-SGD, Reptile), not MT-net's sampled masks or pre-training."""
+    import lightning as L
+    import torch
+
+    from metaplus.data.episodes import EpisodeDataset
+    from metaplus.run import build
+
+    L.seed_everything(cfg.seed, verbose=False)
+    parts = build(cfg)
+    learner, datamodule = parts["learner"], parts["datamodule"]
+    learner.load_state_dict(torch.load(ckpt_path, weights_only=False)["state_dict"])
+    learner.eval()
+    episodes = EpisodeDataset(datamodule.source("test"), datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+
+    def metric(prediction, y):
+        if learner.task_type == "regression":
+            return ((prediction.double() - y.double()) ** 2).mean().item()
+        return (prediction.argmax(dim=1) == y).double().mean().item()
+
+    after, before = [], []
+    for i in range(len(episodes)):
+        task = episodes[i][1]
+        with torch.no_grad():
+            before.append(metric(learner.backbone(task.query_x, step=0), task.query_y))
+        adapted = learner.adapt(task, learner.test_inner_steps, first_order=True)
+        with torch.no_grad():
+            after.append(metric(adapted(task.query_x, step=max(learner.test_inner_steps - 1, 0)), task.query_y))
+    return sum(after) / len(after), sum(before) / len(before)
