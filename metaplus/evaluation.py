@@ -2,16 +2,41 @@
 
 Every algorithm is scored by the same code: adapt on each episode's support set, score its query
 set, then aggregate over the fixed episodes with :func:`summarise` (mean, 1.96*std/sqrt(n)).
-Episodes are keyed by index so that, under DDP, episodes that the distributed sampler padded or
-duplicated are counted exactly once.
+
+The per-episode scores are torchmetrics' (:func:`episode_score`); the per-episode curves are kept
+in an :class:`EpisodeCurves` metric whose states torchmetrics concatenates across DDP ranks. On top
+of it, two thin pieces torchmetrics does not have: episodes are keyed by index so that episodes the
+distributed sampler padded or duplicated are counted exactly once (:func:`unique_episodes`), and the
+population-std normal interval of the MAML papers (:func:`mean_ci95`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional import mean_squared_error
+from torchmetrics.functional.classification import multiclass_accuracy
+from torchmetrics.utilities import dim_zero_cat
+
+from metaplus.config import check_choice
+
+# Which evaluations score the query set after every inner step (the adaptation curve); the others
+# score it only before adaptation (step 0) and after the last step.
+EVAL_CURVES = {"none": (), "test": ("test",), "all": ("val", "test")}
+
+
+def check_eval_curve(value: str) -> None:
+    check_choice("eval_curve", value, set(EVAL_CURVES))
+
+
+def episode_score(task_type: str, prediction: Tensor, target: Tensor) -> Tensor:
+    """The reported metric of one episode's predictions: MSE (regression) or accuracy (classification,
+    the fraction of arg-max predictions that hit the label)."""
+    if task_type == "regression":
+        return mean_squared_error(prediction, target)
+    return multiclass_accuracy(prediction, target, num_classes=prediction.shape[-1], average="micro")
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -25,21 +50,29 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-@dataclass
-class EpisodeRecords:
-    """Per-episode curves gathered during one evaluation: value after 0..K inner steps."""
+class EpisodeCurves(Metric):
+    """Per-episode query loss and metric at the scored inner steps, keyed by the episode's index.
 
-    index: list[Tensor] = field(default_factory=list)
-    loss: list[Tensor] = field(default_factory=list)
-    metric: list[Tensor] = field(default_factory=list)
+    The three states are lists concatenated across ranks by torchmetrics' sync (``dist_reduce_fx="cat"``,
+    uneven sizes allowed); :meth:`compute` returns ``(index, loss, metric)`` with one row per distinct
+    episode, sorted by index.
+    """
 
-    def add(self, index: Tensor, loss_curve: Tensor, metric_curve: Tensor) -> None:
-        self.index.append(index.reshape(1))
-        self.loss.append(loss_curve.detach().reshape(1, -1))
-        self.metric.append(metric_curve.detach().reshape(1, -1))
+    full_state_update = False
 
-    def stacked(self) -> tuple[Tensor, Tensor, Tensor]:
-        return torch.cat(self.index), torch.cat(self.loss), torch.cat(self.metric)
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("loss", default=[], dist_reduce_fx="cat")
+        self.add_state("metric", default=[], dist_reduce_fx="cat")
+
+    def update(self, index: Tensor, loss_curve: Tensor, metric_curve: Tensor) -> None:
+        self.index.append(index.detach().reshape(1).long())
+        self.loss.append(loss_curve.detach().float().reshape(1, -1))
+        self.metric.append(metric_curve.detach().float().reshape(1, -1))
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        return unique_episodes(dim_zero_cat(self.index), dim_zero_cat(self.loss), dim_zero_cat(self.metric))
 
 
 def unique_episodes(index: Tensor, *curves: Tensor) -> tuple[Tensor, ...]:
@@ -53,7 +86,8 @@ def unique_episodes(index: Tensor, *curves: Tensor) -> tuple[Tensor, ...]:
 
 def summarise(stage: str, metric: str, loss: Tensor, values: Tensor) -> dict[str, float]:
     """Metrics named as logged: ``{stage}/loss``, ``{stage}/{metric}``, ``{stage}/{metric}_ci95``
-    (final step), plus ``{stage}/{metric}_step0`` (before any adaptation)."""
+    (final step), plus ``{stage}/{metric}_step0`` (before any adaptation). Column 0 of ``loss`` and
+    ``values`` is before adaptation, the last column after the last inner step."""
     m, ci = mean_ci95(values[:, -1])
     loss_mean, loss_ci = mean_ci95(loss[:, -1])
     m0, _ = mean_ci95(values[:, 0])

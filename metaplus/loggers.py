@@ -1,7 +1,9 @@
 """Loggers and callbacks from the ``logger`` and ``callbacks`` config groups.
 
 W&B runs get the resolved config, tags (algorithm, dataset, user tags) and, inside a Hydra multirun,
-a group named after the sweep directory, so a dashboard groups a sweep without manual work.
+a group named after the sweep directory, so a dashboard groups a sweep without manual work. At the
+end of a run its summary holds the final metrics and :func:`dashboard` logs the adaptation curve,
+learned inner learning rates and MT-net mask fractions of the evaluated checkpoint.
 """
 from __future__ import annotations
 
@@ -78,12 +80,52 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
             logger.experiment.config.update({"tags": run_tags(cfg)}, allow_val_change=True)
 
 
+def summary_metrics(metrics: dict) -> dict:
+    """The numbers of results.json that a run's W&B summary shows (test metric, CI, step 0, episodes,
+    ``test/acc_ensemble`` when an ensemble was evaluated, MT-net fractions, ...)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def dashboard(metrics: dict, learner=None) -> dict:
+    """W&B objects for the run's dashboard, keyed as logged: the adaptation curve of the evaluated
+    checkpoint as a line plot (``{stage}/adaptation_curve``, one per stage that computed it), the
+    learned per-layer per-step inner learning rates (``inner_lr/table``, MAML++ LSLR) and MT-net's
+    update fractions per layer (``mtnet/update_fraction_table`` and a bar chart)."""
+    import wandb
+
+    panels: dict = {}
+    for key, curve in metrics.items():
+        if not key.endswith("_by_step") or "_ci95_" in key:
+            continue
+        stage, metric = key[: -len("_by_step")].split("/", 1)
+        cis = metrics.get(f"{stage}/{metric}_ci95_by_step") or [0.0] * len(curve)
+        table = wandb.Table(columns=["inner_step", metric, "ci95", "low", "high"],
+                            data=[[k, m, c, m - c, m + c] for k, (m, c) in enumerate(zip(curve, cis))])
+        panels[f"{stage}/adaptation_curve"] = wandb.plot.line(
+            table, "inner_step", metric, title=f"{stage} {metric} against inner steps (evaluated checkpoint)")
+    rates = getattr(learner, "learned_inner_lrs", lambda: {})()
+    rows = [[name.split("/")[1], int(name.rsplit("/step", 1)[1]), value] for name, value in rates.items()
+            if not name.startswith("inner_lr/mean/")]
+    if rows:
+        panels["inner_lr/table"] = wandb.Table(columns=["parameter", "step", "inner_lr"], data=rows)
+    fractions = [[key.rsplit("/", 1)[1], value] for key, value in metrics.items()
+                 if key.startswith("mtnet/update_fraction/") and isinstance(value, float)]
+    if fractions:
+        table = wandb.Table(columns=["layer", "update_fraction"], data=fractions)
+        panels["mtnet/update_fraction_table"] = table
+        panels["mtnet/update_fraction_bar"] = wandb.plot.bar(table, "layer", "update_fraction",
+                                                             title="MT-net: fraction of units the masks update")
+    return panels
+
+
 @rank_zero_only
-def finish_loggers(loggers: list[Logger], metrics: dict) -> None:
-    """Record the final metrics in each W&B run's summary and close it (one W&B run per job, also in
-    a multirun that executes several jobs in one process)."""
+def finish_loggers(loggers: list[Logger], metrics: dict, learner=None) -> None:
+    """Record the final metrics in each W&B run's summary, log the dashboard's plots and tables of
+    the evaluated checkpoint (:func:`dashboard`) and close the run (one W&B run per job, also in a
+    multirun that executes several jobs in one process)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            logger.experiment.summary.update(summary)
-            logger.experiment.finish()
+            experiment = logger.experiment
+            experiment.log(dashboard(metrics, learner))
+            experiment.summary.update(summary_metrics(metrics))
+            experiment.finish()

@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None})
         print_summary(cfg, metrics, path, extra["warnings"])
-    finish_loggers(parts["loggers"], metrics)
+    finish_loggers(parts["loggers"], metrics, learner)
     return metrics
 
 

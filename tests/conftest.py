@@ -63,3 +63,68 @@ def make_config(tmp_path):
 QUICK = ["logger=none", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=3", "data.meta_batch_size=4",
          "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
          "~callbacks.progress_bar"]
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline run's ``.wandb`` file, decoded with W&B's own protobuf schema
+    (``wandb.proto.wandb_internal_pb2.Record``). The file is a LevelDB-style log, as W&B writes it: a
+    7-byte header (":W&B", magic 0xBEE1, version), then 32 KiB blocks of chunks, each with a 7-byte
+    header (CRC32, little-endian length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4). wandb >= 0.2x reads
+    this file in its Go core (wandb-core) only, so no Python reader ships with the package."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, records, pending = Path(path).read_bytes(), 32768, [], b""
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    pos = 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is zero padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def recompute_test_metric(cfg: DictConfig, ckpt_path: str) -> tuple[float, float]:
+    """The test metric of a checkpoint and its value before adaptation, recomputed independently of
+    metaplus's evaluation code: the checkpoint's weights in a freshly built learner, the same fixed
+    test episodes, adaptation by the learner's inner loop, then plain formulas (mean squared error,
+    fraction of arg-max hits) averaged over the episodes. For learners whose evaluation is plain
+    adaptation (MAML family, ANIL, Meta-SGD, Reptile), not MT-net's sampled masks or pre-training."""
+    import lightning as L
+    import torch
+
+    from metaplus.data.episodes import EpisodeDataset
+    from metaplus.run import build
+
+    L.seed_everything(cfg.seed, verbose=False)
+    parts = build(cfg)
+    learner, datamodule = parts["learner"], parts["datamodule"]
+    learner.load_state_dict(torch.load(ckpt_path, weights_only=False)["state_dict"])
+    learner.eval()
+    episodes = EpisodeDataset(datamodule.source("test"), datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+
+    def metric(prediction, y):
+        if learner.task_type == "regression":
+            return ((prediction.double() - y.double()) ** 2).mean().item()
+        return (prediction.argmax(dim=1) == y).double().mean().item()
+
+    after, before = [], []
+    for i in range(len(episodes)):
+        task = episodes[i][1]
+        with torch.no_grad():
+            before.append(metric(learner.backbone(task.query_x, step=0), task.query_y))
+        adapted = learner.adapt(task, learner.test_inner_steps, first_order=True)
+        with torch.no_grad():
+            after.append(metric(adapted(task.query_x, step=max(learner.test_inner_steps - 1, 0)), task.query_y))
+    return sum(after) / len(after), sum(before) / len(before)

@@ -38,3 +38,16 @@ class Pace(Callback):
 
         time.sleep(self.seconds)
         Path(trainer.default_root_dir, "steps.txt").write_text(str(trainer.global_step))
+
+
+class EvalResultsProbe(Callback):
+    """Saves, per rank, the learner's ``eval_results`` (what results.json gets) after each evaluation."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_test_end(self, trainer, pl_module):
+        self.path.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(pl_module.eval_results), self.path / f"rank{trainer.global_rank}.pt")
+
+    on_validation_end = on_test_end

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, REPO, compose_config, shared_data_dir
+from conftest import QUICK, REPO, compose_config, recompute_test_metric, shared_data_dir
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
 from metaplus.data.imagefolder import ImageFolderTasks
@@ -163,7 +163,11 @@ def test_omniglot_vinyals_split_on_the_shared_data(cache_dir):
     assert torch.equal(train.data.of_class(1), torch.rot90(train.data.of_class(0), 1, dims=(-2, -1)))
     task = train.sample(torch.Generator().manual_seed(0))
     assert task.support_x.shape == (5, 1, 28, 28) and task.query_x.shape == (25, 1, 28, 28)
-    assert 0 <= task.support_x.min() and task.support_x.max() <= 1
+    pixels = task.support_x * 255  # each support image is a cached uint8 image scaled by 1/255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-4)
+    cached = train.data.images.flatten(1)
+    for image in pixels.round().to(torch.uint8).flatten(1):
+        assert bool((cached == image).all(dim=1).any())
     assert task.support_x.mean() < 0.5, "strokes are 1 on a 0 background (inverted, as in MAML)"
 
 
@@ -396,8 +400,13 @@ def test_two_training_iterations_on_omniglot(tmp_path, cache_dir):
     model = ["model=conv4", "model.filters=8"] if (REPO / "conf" / "model" / "conv4.yaml").is_file() else ["model=mlp"]
     overrides = [*QUICK, "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}", *model,
                  "data.batches_per_epoch=2", "data.meta_batch_size=2", "data.val_episodes=4", "data.test_episodes=4"]
-    metrics = run(compose_config(overrides, tmp_path / "run"))
-    assert metrics["test/episodes"] == 4 and 0.0 <= metrics["test/acc"] <= 1.0
+    cfg = compose_config(overrides, tmp_path / "run")
+    metrics = run(cfg)
+    assert metrics["test/episodes"] == 4
+    # the fraction of arg-max hits over the 4 fixed episodes, recomputed from the checkpoint
+    after, before = recompute_test_metric(cfg, metrics["best_checkpoint"])
+    assert metrics["test/acc"] == pytest.approx(after, abs=1e-6)
+    assert metrics["test/acc_step0"] == pytest.approx(before, abs=1e-6)
     assert (tmp_path / "run" / "results.json").is_file()
 
 

@@ -265,6 +265,22 @@ def test_mtnet_experiment_configs_compose_for_mtnet_and_maml(experiment, tmp_pat
         assert cfg.algo.name == algo
 
 
+def hand_update_fractions(ckpt_path) -> dict[str, float]:
+    """P(M = 1) per layer from the checkpoint's mask logits: the mean of sigmoid(logit) over the
+    layer's entries (weights and bias pooled), and over every entry (``all``)."""
+    checkpoint = torch.load(ckpt_path, weights_only=False)
+    shared = checkpoint["hyper_parameters"]["share_M"]  # one logit per unit, keyed by layer; else per parameter
+    per_layer: dict[str, list] = {}
+    for key, logits in checkpoint["state_dict"].items():
+        if key.startswith("mask_logits."):
+            name = key[len("mask_logits."):].replace("__", ".")
+            layer = name if shared else name.rsplit(".", 1)[0]
+            per_layer.setdefault(layer, []).append(torch.sigmoid(logits.double()).flatten())
+    out = {f"mtnet/update_fraction/{layer}": float(torch.cat(v).mean()) for layer, v in per_layer.items()}
+    out["mtnet/update_fraction/all"] = float(torch.cat([torch.cat(v) for v in per_layer.values()]).mean())
+    return out
+
+
 def test_mtnet_trains_on_sinusoid_and_reports_update_fractions(tmp_path):
     out = tmp_path / "run"
     cfg = compose_config(QUICK + ["algo=mtnet", "data=sinusoid", "model=mlp", "data.batches_per_epoch=4"], out)
@@ -272,8 +288,10 @@ def test_mtnet_trains_on_sinusoid_and_reports_update_fractions(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     layers = ("body.0", "body.2", "head", "all")
     for key in [f"mtnet/update_fraction/{layer}" for layer in layers] + ["test/mse"]:
-        assert 0 <= saved[key] < float("inf") and saved[key] == metrics[key], key
-    assert all(0 <= saved[f"mtnet/update_fraction/{layer}"] <= 1 for layer in layers)
+        assert saved[key] == metrics[key], key
+    fractions = hand_update_fractions(metrics["best_checkpoint"])  # float64 here, float32 in the learner
+    assert {k: saved[k] for k in fractions} == pytest.approx(fractions, rel=1e-6)
+    assert fractions.keys() == {f"mtnet/update_fraction/{layer}" for layer in layers}
     assert saved["tnet/transform_change/head"] > 0  # the outer loop moved T
     assert saved["global_step"] == 4
 
@@ -287,5 +305,8 @@ def test_mtnet_trains_a_conv4_on_omniglot(tmp_path, request):
                                   "algo.test_inner_steps=2", "data.val_episodes=4", "data.test_episodes=4",
                                   f"data.cache_dir={cache}"], out)
     metrics = run(cfg)
-    assert 0 <= metrics["test/acc"] <= 1
+    # 4 episodes of 5 ways x 2 queries: each episode's accuracy is k/10, their mean a multiple of 1/40
+    assert metrics["test/acc"] * 40 == pytest.approx(round(metrics["test/acc"] * 40), abs=1e-6)
+    fractions = hand_update_fractions(metrics["best_checkpoint"])
+    assert {k: metrics[k] for k in fractions} == pytest.approx(fractions, rel=1e-6)
     assert {f"mtnet/update_fraction/blocks.{i}.conv" for i in range(4)} | {"mtnet/update_fraction/head"} <= metrics.keys()

@@ -217,8 +217,12 @@ def test_tiny_ablation_on_omniglot_gives_one_row_per_variant(tmp_path):
     rows = read_csv(report([sweep])["csv"])
     assert [r["variant"] for r in rows] == ["maml", "maml+lslr", "mamlpp"]
     assert [[r[s] for s in SWITCHES] for r in rows] == [["False"] * 6, ["False"] * 4 + ["True", "False"], ["True"] * 6]
-    for row in rows:
-        assert 0.0 <= float(row["test_mean"]) <= 1.0 and row["runs"] == "1"
+    for job, (variant, row) in enumerate(zip(variants, rows)):  # each row is its run's results.json
+        results = json.loads((sweep / f"{job}_{variant}" / "results.json").read_text())
+        assert float(row["test_mean"]) == pytest.approx(results["test/acc"], rel=1e-9) and row["runs"] == "1"
+        assert float(row["test_ci95"]) == pytest.approx(results["test/acc_ci95"], rel=1e-9)
+        # 4 episodes x 5 ways x 1 query (the experiment's setting): the mean accuracy is a multiple of 1/20
+        assert results["test/acc"] * 20 == pytest.approx(round(results["test/acc"] * 20), abs=1e-6)
 
 
 @pytest.mark.slow

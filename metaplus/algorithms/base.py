@@ -27,19 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchmetrics import MeanMetric
+
 from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
 from metaplus.config import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
-from metaplus.evaluation import EpisodeRecords, curve, summarise, unique_episodes
+from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
 from metaplus.inner import CloneAdapt, sgd
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf: stop at once with the step and the likely culprits."""
-
-
-def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(dim=-1) == y).float().mean()
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -84,6 +82,7 @@ class EpisodicLearner(L.LightningModule):
         warmup_steps: int = 0,
         grad_clip_value: float | None = None,
         grad_clip_norm: float | None = None,
+        eval_curve: str = "test",
     ):
         super().__init__()
         check_choice("task_type", task_type, {"regression", "classification"})
@@ -101,6 +100,7 @@ class EpisodicLearner(L.LightningModule):
         for key, value in (("grad_clip_value", grad_clip_value), ("grad_clip_norm", grad_clip_norm)):
             check(key, value, value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                                 and value > 0), "null (off) or a number > 0")
+        check_eval_curve(eval_curve)
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
@@ -111,7 +111,11 @@ class EpisodicLearner(L.LightningModule):
         self.lr_schedule, self.min_meta_lr, self.lr_interval = lr_schedule, float(min_meta_lr), lr_interval
         self.warmup_steps = warmup_steps
         self.grad_clip_value, self.grad_clip_norm = grad_clip_value, grad_clip_norm
-        self.records: dict[str, EpisodeRecords] = {}
+        self.eval_curve = eval_curve
+        # torchmetrics does the metric bookkeeping: per-episode curves gathered across DDP ranks,
+        # and the meta-batch means of the training loss and metric.
+        self.episode_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
+        self.train_means = nn.ModuleDict({key: MeanMetric() for key in ("loss", self.metric)})
         self.eval_results: dict[str, dict] = {}
 
     # -- hooks for subclasses ------------------------------------------------------------------
@@ -122,9 +126,7 @@ class EpisodicLearner(L.LightningModule):
 
     def score(self, prediction: Tensor, target: Tensor) -> Tensor:
         """The reported metric of one prediction: MSE (regression) or accuracy (classification)."""
-        if self.task_type == "regression":
-            return F.mse_loss(prediction, target)
-        return accuracy(prediction, target)
+        return episode_score(self.task_type, prediction, target)
 
     def adapted_names(self) -> set[str]:
         return {n for n, p in self.backbone.named_parameters() if p.requires_grad}
@@ -184,8 +186,11 @@ class EpisodicLearner(L.LightningModule):
         self.log("train/meta_lr", optimizer.param_groups[0]["lr"], batch_size=n)
         optimizer.step()
         self.step_lr_schedulers("step")
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log(f"train/{self.metric}", torch.stack(metrics).mean(), prog_bar=self.metric == "acc", batch_size=n)
+        # Logged per step: the mean over this meta-batch's tasks (MeanMetric's forward value).
+        self.train_means["loss"](torch.stack(losses))
+        self.train_means[self.metric](torch.stack(metrics))
+        self.log("train/loss", self.train_means["loss"], prog_bar=True, batch_size=n)
+        self.log(f"train/{self.metric}", self.train_means[self.metric], prog_bar=self.metric == "acc", batch_size=n)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -252,8 +257,15 @@ class EpisodicLearner(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
-    def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
-        """Query loss and metric after 0, 1, ..., ``steps`` inner steps (first order: no outer grad)."""
+    def curve_at(self, stage: str) -> bool:
+        """Whether ``stage`` ("val"/"test") scores the query set after every inner step (``eval_curve``)."""
+        return stage in EVAL_CURVES[self.eval_curve]
+
+    def evaluate_task(self, task: Task, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
+        """Query loss and metric before adaptation and after ``steps`` inner steps (first order: no
+        outer grad). ``per_step=True``: after every step, ``steps + 1`` values (0, 1, ..., steps);
+        ``per_step=False``: two values, before adaptation and after the last step, and the query set is
+        scored only those two times."""
         losses, scores = [], []
 
         def score_query(learner: nn.Module, step: int) -> None:
@@ -262,9 +274,16 @@ class EpisodicLearner(L.LightningModule):
                 losses.append(self.loss_fn(prediction, task.query_y))
                 scores.append(self.score(prediction, task.query_y))
 
+        def score_last(learner: nn.Module, step: int) -> None:
+            if step == steps - 1:
+                score_query(learner, step)
+
         score_query(self.backbone, -1)
-        with torch.enable_grad():  # adaptation needs gradients even under validation/test
-            self.adapt(task, steps, first_order=True, on_step=score_query)
+        if steps == 0 and not per_step:  # nothing to adapt: the last step is step 0
+            losses, scores = losses * 2, scores * 2
+        elif steps > 0:
+            with torch.enable_grad():  # adaptation needs gradients even under validation/test
+                self.adapt(task, steps, first_order=True, on_step=score_query if per_step else score_last)
         return torch.stack(losses), torch.stack(scores)
 
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
@@ -281,30 +300,31 @@ class EpisodicLearner(L.LightningModule):
         return True
 
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
-        records = self.records.setdefault(stage, EpisodeRecords())
+        curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
         for b in range(len(batch)):
-            loss, metric = self.evaluate_task(batch[b], self.test_inner_steps)
-            records.add(batch.index[b], loss, metric)
+            loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=with_curve)
+            curves.update(batch.index[b], loss, metric)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        records = self.records.pop(stage, None)
-        if records is None or not records.index:
+        curves = self.episode_curves[stage]
+        if curves.update_count == 0:
             return
-        index, loss, values = records.stacked()
-        if self.trainer.world_size > 1:  # every rank gathers all episodes, so all log the same value
-            index, loss, values = (self.all_gather(t).flatten(0, 1) for t in (index, loss, values))
-        index, loss, values = unique_episodes(index, loss, values)
+        # Under DDP torchmetrics gathers every rank's episodes, so every rank logs the same value.
+        _, loss, values = curves.compute()
+        curves.reset()
         diverged = int((~torch.isfinite(values[:, -1])).sum())
         if diverged:  # adaptation blew up (inner lr too large for this many test steps): say so
             rank_zero_warn(f"{stage}: adaptation diverged (non-finite {self.metric}) on {diverged} of "
-                           f"{values.shape[0]} episodes after {values.shape[1] - 1} inner steps; the {stage} "
+                           f"{values.shape[0]} episodes after {self.test_inner_steps} inner steps; the {stage} "
                            f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps.")
         summary = summarise(stage, self.metric, loss, values)
         for key, value in summary.items():
             self.log(key, value, prog_bar=key == f"{stage}/{self.metric}", sync_dist=False)
-        by_step, ci_by_step = curve(values)
-        self.eval_results[stage] = {**summary, f"{stage}/{self.metric}_by_step": by_step,
-                                    f"{stage}/{self.metric}_ci95_by_step": ci_by_step}
+        self.eval_results[stage] = dict(summary)
+        if self.curve_at(stage):  # the adaptation curve exists only where it was computed
+            by_step, ci_by_step = curve(values)
+            self.eval_results[stage].update({f"{stage}/{self.metric}_by_step": by_step,
+                                             f"{stage}/{self.metric}_ci95_by_step": ci_by_step})
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -118,9 +118,9 @@ class Pretrain(EpisodicLearner):
                 for p in self.backbone.head.parameters():
                     p.zero_()
 
-    def evaluate_task(self, task: Task, steps: int) -> tuple[Tensor, Tensor]:
+    def evaluate_task(self, task: Task, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
         self.reset_episode_head()
-        return super().evaluate_task(task, steps)
+        return super().evaluate_task(task, steps, per_step)
 
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
         self.reset_episode_head()
