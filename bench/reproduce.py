@@ -13,7 +13,8 @@ composes the published setting; nothing published is re-specified here) plus the
 
 * Budget scaling (``--budget-min`` minutes of training per run): a short calibration run measures
   the seconds per meta-iteration and per validation episode of the row on this machine with this
-  many threads (cached in bench/results/reproduction/calibration.json). The preset's number of
+  many threads, measured again by every invocation (the load of a shared machine moves; the latest
+  measurement is kept in bench/results/reproduction/calibration.json). The preset's number of
   epochs is kept, because MSL, cosine annealing and derivative-order annealing are scheduled in
   epochs, and ``data.batches_per_epoch`` shrinks so that epochs x batches (plus validations) fit 90 %
   of the budget; ``+trainer.max_time`` = the budget is the safety net. When the budget holds less
@@ -72,6 +73,7 @@ VAL_SHARE = 0.15            # at most this share of the budget goes to validatio
 PLAN_SHARE = 0.9            # iterations are planned for this share of the budget; max_time = the budget
 TEST_EPISODES = 600
 QUICK_BUDGET_MIN = 2.0
+DEFAULT_BUDGET_MIN = 30.0
 
 
 # -- the registry ------------------------------------------------------------------------------------
@@ -155,6 +157,7 @@ GROUPS: dict[str, list[str]] = {
     "quick": ["maml_sinusoid_5shot", "maml_omniglot_5w1s"],
     "cpu": list(ROWS),
 }
+GROUP_SEEDS = {"quick": 1}  # the quick group proves the pipeline: one seed per row
 # Time-to-accuracy: (row, minutes of training) read off the validation curves.
 TIME_TO_ACCURACY = [("maml_omniglot_5w1s", 10), ("maml_omniglot_5w1s", 30),
                     ("maml_miniimagenet_5w1s", 30), ("maml_miniimagenet_5w1s", 60)]
@@ -548,7 +551,7 @@ def row_record(row: Row, summaries: list[dict], root: Path = RUNS) -> dict:
     if row.recorded:
         return {**record, **recorded_mtnet(row)}
     if not summaries:
-        return {**record, "status": "not run", "command": command_for(row, None)}
+        return {**record, "status": "not run", "command": command_for(row, DEFAULT_BUDGET_MIN)}
     tests = [s["test"] for s in summaries]
     cis = [s["test_ci95"] for s in summaries]
     mean, std = mean_std(tests)
@@ -567,8 +570,9 @@ def row_record(row: Row, summaries: list[dict], root: Path = RUNS) -> dict:
         "ours_ensemble": ensemble_mean, "ours_ensemble_ci95": ensemble_ci, "ours_ensemble_std_over_seeds": ensemble_std,
         "compared": "ensemble" if compared is ensemble_mean and row.ensemble else "best checkpoint",
         "seeds": [s["seed"] for s in summaries],
-        "test_episodes": summaries[0].get("test_episodes"),
+        "test_episodes": int(summaries[0]["test_episodes"]) if summaries[0].get("test_episodes") else None,
         "iterations_per_seed": iterations,
+        "planned_iterations_per_seed": [(s.get("plan") or {}).get("planned_iterations") for s in summaries],
         "iterations_fraction_of_paper": statistics.fmean(iterations) / row.paper_iterations,
         "train_minutes_per_seed": [round(s["train_s"] / 60, 2) if s.get("train_s") else None for s in summaries],
         "wall_minutes_per_seed": [round(s["wall_time_s"] / 60, 2) for s in summaries],
@@ -648,6 +652,7 @@ def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
     records = {row.name: row_record(row, summaries[row.name], root) for row in rows}
     all_summaries = {name: load_summaries(ROWS[name], root) for name, _ in TIME_TO_ACCURACY}
     return {"rows": list(records.values()), "time_to_accuracy": time_to_accuracy(all_summaries),
+            "calibration": load_calibration() if root == RUNS else {},
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
                          "max_validations": MAX_VALIDATIONS, "val_share": VAL_SHARE, "plan_share": PLAN_SHARE,
                          "ci": "1.96 * std / sqrt(episodes), mean over seeds of each seed's CI"}}
@@ -708,6 +713,9 @@ def render_markdown(report: dict) -> str:
         gap = "" if r["gap"] is None else f" ({r['gap'] * (100 if metric == 'acc' else 1):+.{2 if metric == 'acc' else 3}f})"
         verdict = {True: "yes", False: "no", None: "no paper value"}[r["reproduced"]] + gap
         its = f"{fmt_iterations(statistics.fmean(r['iterations_per_seed']))} / {fmt_iterations(r['paper_iterations'])}"
+        planned = [p for p in r.get("planned_iterations_per_seed") or [] if p]
+        if planned and statistics.fmean(r["iterations_per_seed"]) < statistics.fmean(planned):
+            its += f" (planned {fmt_iterations(statistics.fmean(planned))}: max_time stopped it)"
         budget = f"{r['budget_min']:g} min" if isinstance(r["budget_min"], (int, float)) else "paper budget"
         minutes = [m for m in r["train_minutes_per_seed"] if m is not None]
         if minutes:
@@ -731,14 +739,39 @@ def render_markdown(report: dict) -> str:
             why = (f"not reached (longest run trained {t['longest_train_min']:.1f} min)"
                    if t["status"] == "not reached" and t.get("longest_train_min") is not None else t["status"])
             out.append(f"| {t['row']} | {t['minutes']} | {why} | | `{t['command']}` |")
-    out += ["", "## Curves", "", "Validation metric against training time, one line per seed: "
+    out += ["", "## How a budget is spent", "",
+            "Each seed is `python train.py algo=A data=D data.ways=W data.shots=S seed=K` (the pair's preset "
+            "composes the published setting) plus the budget overrides recorded in the JSON (`overrides`). A "
+            "calibration run (a few meta-iterations and validation episodes, side by side with the other jobs) "
+            "measures seconds per meta-iteration and per validation episode; the preset's epochs are kept "
+            "(MSL, cosine and derivative-order schedules count epochs) and `data.batches_per_epoch` shrinks so "
+            f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget, with `+trainer.max_time` = "
+            f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes, at most {MAX_VALIDATIONS} "
+            f"times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. A budget below one "
+            "iteration per epoch trains fewer epochs of one iteration (the epoch schedules are then cut). "
+            f"Test: {TEST_EPISODES} fixed episodes, outside the budget.", ""]
+    calibration = report.get("calibration") or {}
+    if calibration:
+        out += ["Latest calibrations (s / meta-iteration and ms / validation episode depend on the machine's load "
+                "at the time, given as the 1-minute load average):", "",
+                "| device | row | s / iteration | ms / val episode | load average | date |", "|---|---|---|---|---|---|"]
+        for device, entries in sorted(calibration.items()):
+            for name, c in sorted(entries.items()):
+                load = f"{c['load_average']:.1f}" if c.get("load_average") is not None else "–"
+                out.append(f"| {device} | {name} | {c['s_per_iteration']:.3f} | {c['s_per_val_episode'] * 1000:.0f} | "
+                           f"{load} | {c.get('date', '–')} |")
+        out.append("")
+    out += ["## Curves", "", "Validation metric against training time, one line per seed: "
             "![curves](../bench/results/reproduction/curves.png)", "",
             "## Regenerate", "", "One command per row (from the repository root; `--jobs 2` runs two at once, "
             "each with OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume):", ""]
     out += [f"- {r['row']}: `{r['command']}`" for r in report["rows"]]
-    out += ["", "The papers' full budgets (a GPU; prints the cost of each row first): "
-            "`python bench/reproduce.py --rows cpu --paper-budget`. Re-render this page from the run directories: "
-            "`python bench/reproduce.py --report-only`.", ""]
+    out += ["", "The papers' full budgets, meant for a GPU (`trainer=gpu` when CUDA is there; it prints first one "
+            "cost line per row, meta-iterations × s/iteration measured by a calibration on that device, then runs "
+            "unattended, resumable): `python bench/reproduce.py --rows cpu --paper-budget` "
+            "(`--estimate-only` prints the costs and stops). No GPU figure is quoted on this page: none has been "
+            "measured yet. Re-render this page from the run directories: `python bench/reproduce.py --report-only`.",
+            ""]
     return "\n".join(out)
 
 
@@ -763,6 +796,7 @@ def plot_curves(report: dict, root: Path, path: Path) -> bool:
                         marker=".", label=f"seed {s['seed']}")
         if r["paper"] is not None:
             ax.axhline(r["paper"] * (100 if metric == "acc" else 1), color="grey", ls="--", lw=1, label="paper")
+        ax.set_xlim(left=0)
         ax.set(title=r["row"], xlabel="training time (min)", ylabel=f"val {'acc (%)' if metric == 'acc' else 'mse'}")
         if metric == "mse":
             ax.set_yscale("log")
@@ -803,7 +837,7 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
     if args.paper_budget:
         return [], {"paper_budget": True, "iterations": schedule.iterations}
     budget_s = args.budget_min * 60
-    timing = calibrate(row, trainer, threads, force=args.recalibrate)
+    timing = calibrate(row, trainer, threads, force=not args.reuse_calibration)
     plan = plan_budget(schedule, timing, budget_s)
     record = {"budget_min": args.budget_min, "s_per_iteration": timing.s_per_iteration,
               "s_per_val_episode": timing.s_per_val_episode, "timing": timing.source,
@@ -848,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", default="quick", help="a group (quick, cpu) or a comma list of row names")
     parser.add_argument("--budget-min", type=float, default=None,
                         help=f"training minutes per run (default: {QUICK_BUDGET_MIN:g} for quick, else 30)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 1..N for every row (default: the row's own)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds 1..N for every row (default: the row's own; 1 for the quick group)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with OMP_NUM_THREADS = cores / jobs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     parser.add_argument("--paper-budget", action="store_true", help="the papers' full budgets (meant for a GPU)")
@@ -856,7 +891,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                         "is available, else default)")
     parser.add_argument("--estimate-only", action="store_true", help="with --paper-budget: print the costs, run nothing")
     parser.add_argument("--no-calibrate", action="store_true", help="estimates from cached measurements only")
-    parser.add_argument("--recalibrate", action="store_true", help="measure again even when cached")
+    parser.add_argument("--reuse-calibration", action="store_true",
+                        help="plan with the cached measurement of this device when there is one (default: measure "
+                             "again, since the s/iteration of a shared machine moves with its load)")
     parser.add_argument("--report-only", action="store_true", help="re-render the JSON and markdown, run nothing")
     args = parser.parse_args(argv)
 
@@ -866,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_report(everything)
         return
     if args.budget_min is None:
-        args.budget_min = QUICK_BUDGET_MIN if args.rows == "quick" else 30.0
+        args.budget_min = QUICK_BUDGET_MIN if args.rows == "quick" else DEFAULT_BUDGET_MIN
     if args.trainer is None:
         args.trainer = "default"
         if args.paper_budget:
@@ -878,9 +915,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         estimate_paper_budget(rows, args, args.trainer, threads)
         if args.estimate_only:
             return
+    def seeds_of(row: Row) -> range:
+        return range(1, (args.seeds or GROUP_SEEDS.get(args.rows) or row.seeds) + 1)
+
     pending = []
     for row in (r for r in rows if not r.recorded):
-        if all(seed_state(run_dir(row, s)) == "done" for s in range(1, (args.seeds or row.seeds) + 1)):
+        if all(seed_state(run_dir(row, s)) == "done" for s in seeds_of(row)):
             print(f"{row.name}: done, skipped", flush=True)
         else:
             pending.append(row)
@@ -890,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = list(pool.map(lambda row: prepare_row(row, schedules[row.name], args, args.trainer, threads),
                                  pending))
     jobs = [(row, seed, budget, plan) for row, (budget, plan) in zip(pending, prepared)
-            for seed in range(1, (args.seeds or row.seeds) + 1)]
+            for seed in seeds_of(row)]
     failures = []
 
     def work(job):
