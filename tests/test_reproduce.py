@@ -1,0 +1,209 @@
+"""bench/reproduce.py (issue 12): the registry composes through the presets, the budget arithmetic,
+resume/skip on fake run directories, and the JSON/markdown built from fake results.json files."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import reproduce as rp
+from metaplus.presets import applied_row, row_name
+from conftest import compose_config
+
+
+# -- the registry composes through the presets ---------------------------------------------------------
+@pytest.mark.parametrize("name", list(rp.ROWS))
+def test_each_row_composes_its_preset_and_published_row(name):
+    row = rp.ROWS[name]
+    cfg = compose_config(row.overrides)
+    assert cfg.preset.name == row.preset
+    requested, applied = applied_row(cfg)
+    assert requested == applied == row_name(cfg.data)  # the paper published this very row
+    assert (cfg.algo.name, cfg.data.name, cfg.data.shots) == (row.algo, row.data, row.shots)
+    if row.ways is not None:
+        assert cfg.data.ways == row.ways
+    # The registry's paper budget is the preset's epochs x iterations.
+    assert cfg.trainer.max_epochs * cfg.data.batches_per_epoch == row.paper_iterations
+
+
+def test_schedules_and_derivative_orders_read_from_the_presets():
+    maml20 = rp.preset_schedule(rp.ROWS["maml_omniglot_20w1s"])
+    assert (maml20.epochs, maml20.batches_per_epoch, maml20.test_inner_steps) == (120, 500, 10)
+    assert maml20.derivative_order == "second"
+    assert rp.preset_schedule(rp.ROWS["fomaml_miniimagenet_5w1s"]).derivative_order == "first"
+    assert rp.preset_schedule(rp.ROWS["reptile_omniglot_5w1s"]).derivative_order == "first (Reptile)"
+    mamlpp = rp.preset_schedule(rp.ROWS["mamlpp_omniglot_5w1s"])  # released configs: da_epochs 0
+    assert (mamlpp.epochs, mamlpp.derivative_order, mamlpp.test_inner_steps) == (100, "second", 5)
+
+
+def test_groups_and_unknown_rows():
+    assert [r.name for r in rp.select_rows("quick")] == ["maml_sinusoid_5shot", "maml_omniglot_5w1s"]
+    assert len(rp.select_rows("cpu")) == len(rp.ROWS) == 14
+    assert [r.name for r in rp.select_rows("anil_omniglot_20w1s,quick,anil_omniglot_20w1s")] == \
+        ["anil_omniglot_20w1s", "maml_sinusoid_5shot", "maml_omniglot_5w1s"]
+    with pytest.raises(SystemExit, match="maml_omniglot_1w1s"):
+        rp.select_rows("maml_omniglot_1w1s")
+
+
+# -- budget scaling ------------------------------------------------------------------------------------
+OMNIGLOT = rp.Schedule(epochs=120, batches_per_epoch=500, preset="maml_omniglot", derivative_order="second",
+                       test_inner_steps=10)
+
+
+def test_budget_keeps_the_epochs_and_shrinks_the_iterations():
+    # 30 min, 1 s/iteration, 20 ms per validation episode: a validation of 100 episodes = 2 s;
+    # 15 % of 1800 s affords 135 of them -> capped at 20; (0.9 * 1800 - 20 * 2) / 1 = 1580 iterations,
+    # 1580 // 120 epochs = 13 per epoch; the smallest divisor d of 120 with 120 / d <= 20 is 6.
+    plan = rp.plan_budget(OMNIGLOT, rp.Timing(1.0, 0.02), 1800)
+    assert (plan.epochs, plan.batches_per_epoch, plan.val_every, plan.validations) == (120, 13, 6, 20)
+    assert plan.planned_iterations == 1560 and plan.planned_val_s == pytest.approx(40.0)
+    assert plan.schedule_complete
+    assert rp.budget_overrides(plan, OMNIGLOT, 1800) == [
+        "data.batches_per_epoch=13", "trainer.check_val_every_n_epoch=6", "data.val_episodes=100",
+        "+trainer.max_time=00:00:30:00"]
+
+
+def test_expensive_validation_gets_fewer_validations():
+    # One validation = 100 * 0.5 s = 50 s; 15 % of 1800 s = 270 s affords 5; (1620 - 250) / 1 = 1370
+    # iterations -> 11 per epoch; 120 / d <= 5 -> d = 24.
+    plan = rp.plan_budget(OMNIGLOT, rp.Timing(1.0, 0.5), 1800)
+    assert (plan.batches_per_epoch, plan.val_every, plan.validations) == (11, 24, 5)
+
+
+def test_budget_below_one_iteration_per_epoch_cuts_the_epochs():
+    # 300 s, 5 s/iteration, a 50 s validation (none affordable -> 1): (270 - 50) / 5 = 44 iterations < 120.
+    plan = rp.plan_budget(OMNIGLOT, rp.Timing(5.0, 0.5), 300)
+    assert (plan.epochs, plan.batches_per_epoch, plan.val_every, plan.validations) == (44, 1, 44, 1)
+    assert not plan.schedule_complete
+    assert rp.budget_overrides(plan, OMNIGLOT, 300)[:2] == ["trainer.max_epochs=44", "data.batches_per_epoch=1"]
+
+
+def test_budget_never_exceeds_the_paper_iterations():
+    plan = rp.plan_budget(OMNIGLOT, rp.Timing(0.001, 0.001), 3600)
+    assert (plan.batches_per_epoch, plan.planned_iterations) == (500, 60_000)
+
+
+def test_validation_interval_and_max_time():
+    assert rp.validation_interval(70, 20) == 5      # 4 does not divide 70
+    assert rp.validation_interval(100, 20) == 5
+    assert rp.validation_interval(7, 3) == 7        # a prime: only the last epoch
+    assert rp.max_time(1800) == "00:00:30:00"
+    assert rp.max_time(90_061.2) == "01:01:01:02"
+
+
+def test_max_time_key_composes_into_the_trainer(make_config):
+    cfg = make_config(["algo=maml", "data=sinusoid", "+trainer.max_time=00:00:30:00"])
+    assert cfg.trainer.max_time == "00:00:30:00"
+
+
+# -- resume / skip on fake run directories ---------------------------------------------------------------
+def fake_results(directory: Path, *, seed: int, test: float, ci: float, val: float, metric: str = "acc",
+                 ensemble: float | None = None, curve: list[tuple[float, float]] = (), step: int = 600,
+                 algo: dict | None = None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    results = {f"test/{metric}": test, f"test/{metric}_ci95": ci, f"val/{metric}": val, "test/episodes": 600,
+               "global_step": step, "epochs": 120, "wall_time_s": 1900.0, "seed": seed,
+               "preset": {"name": "x"}, "config": {"algo": algo or {"name": "maml", "first_order": False}}}
+    if ensemble is not None:
+        results.update({f"test/{metric}_ensemble": ensemble, f"test/{metric}_ensemble_ci95": ci / 2})
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "csv").mkdir(exist_ok=True)
+    with (directory / "csv" / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "step", f"val/{metric}", "time/train_s"])
+        writer.writeheader()
+        for epoch, (seconds, value) in enumerate(curve):  # Lightning logs the two on separate lines
+            writer.writerow({"epoch": epoch, "step": epoch, f"val/{metric}": value})
+            writer.writerow({"epoch": epoch, "step": epoch, "time/train_s": seconds})
+
+
+def test_done_seed_is_skipped_and_interrupted_one_resumes(tmp_path, monkeypatch):
+    row = rp.ROWS["maml_sinusoid_5shot"]
+    calls = []
+
+    def fake_train(overrides, threads, log):
+        calls.append(list(overrides))
+        directory = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).split("=", 1)[1])
+        fake_results(directory, seed=1, test=1.0, ci=0.1, val=1.1, metric="mse", curve=[(10.0, 2.0)])
+
+    monkeypatch.setattr(rp, "run_train", fake_train)
+    done = rp.run_dir(row, 1, tmp_path)
+    fake_results(done, seed=1, test=1.0, ci=0.1, val=1.1, metric="mse")
+    assert rp.run_seed(row, 1, ["data.batches_per_epoch=3"], "default", 1, {}, tmp_path) == "done"
+    assert calls == []
+
+    interrupted = rp.run_dir(row, 2, tmp_path)
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (interrupted / "csv").mkdir()
+    (interrupted / "csv" / "metrics.csv").write_text("epoch,time/train_s\n0,5.0\n")
+    first_launch = ["algo=maml", f"hydra.run.dir={interrupted}", "data.batches_per_epoch=7"]
+    (interrupted / "plan.json").write_text(json.dumps({"overrides": first_launch, "threads": 1, "plan": {}}))
+    assert rp.seed_state(interrupted) == "resume"
+    # A new budget does not change a resumed run: it continues with its first launch's overrides.
+    assert rp.run_seed(row, 2, ["data.batches_per_epoch=99"], "default", 1, {}, tmp_path) == "resume"
+    assert calls[-1] == first_launch + [f"ckpt_path={interrupted / 'checkpoints' / 'last.ckpt'}"]
+    assert (interrupted / "csv" / "metrics.before-resume0.csv").read_text() == "epoch,time/train_s\n0,5.0\n"
+    assert (interrupted / "summary.json").is_file()
+
+    fresh = rp.run_dir(row, 3, tmp_path)
+    assert rp.run_seed(row, 3, ["data.batches_per_epoch=3"], "default", 1, {"budget_min": 2}, tmp_path) == "new"
+    assert calls[-1][:4] == ["algo=maml", "data=sinusoid", "data.shots=5", "seed=3"]
+    assert "data.batches_per_epoch=3" in calls[-1] and "data.test_episodes=600" in calls[-1]
+    assert not any(o.startswith("ckpt_path=") for o in calls[-1])
+    assert json.loads((fresh / "plan.json").read_text())["overrides"] == calls[-1]
+
+
+# -- JSON and markdown from fake results ------------------------------------------------------------------
+def test_report_from_fake_results(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (test, ci) in enumerate([(0.97, 0.010), (0.98, 0.012), (0.99, 0.014)], start=1):
+        directory = rp.run_dir(rp.ROWS["maml_omniglot_5w1s"], seed, root)
+        fake_results(directory, seed=seed, test=test, ci=ci, val=test + 0.005, step=6000,
+                     curve=[(300.0, 0.90), (600.0, 0.95), (1200.0, 0.96), (1800.0, 0.97)])
+        (directory / "plan.json").write_text(json.dumps({"overrides": ["algo=maml"], "threads": 1,
+                                                         "plan": {"budget_min": 30}}))
+    fake_results(rp.run_dir(rp.ROWS["mamlpp_omniglot_5w1s"], 1, root), seed=1, test=0.99, ci=0.004, val=0.99,
+                 ensemble=0.995, algo={"name": "mamlpp", "da": True, "da_epochs": 0}, curve=[(60.0, 0.9)])
+    fake_results(rp.run_dir(rp.ROWS["maml_sinusoid_5shot"], 1, root), seed=1, test=1.2, ci=0.1, val=1.0,
+                 metric="mse", curve=[(60.0, 1.5)])
+    fake_results(rp.run_dir(rp.ROWS["maml_sinusoid_10shot"], 1, root), seed=1, test=0.5, ci=0.05, val=0.5,
+                 metric="mse")
+    report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
+    rows = {r["row"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+
+    maml = rows["maml_omniglot_5w1s"]
+    assert maml["ours"] == pytest.approx(0.98) and maml["ours_ci95"] == pytest.approx(0.012)
+    assert maml["ours_std_over_seeds"] == pytest.approx(0.01)          # sample std of .97 .98 .99
+    assert maml["reproduced"] is False                                 # 0.98 < 0.987 - 0.004
+    assert maml["gap"] == pytest.approx(-0.007)
+    assert maml["iterations_per_seed"] == [6000] * 3 and maml["iterations_fraction_of_paper"] == pytest.approx(0.1)
+    assert maml["seeds"] == [1, 2, 3] and maml["budget_min"] == 30 and maml["derivative_order"] == "second"
+    assert maml["train_minutes_per_seed"] == [30.0] * 3
+
+    mamlpp = rows["mamlpp_omniglot_5w1s"]  # the paper reports the ensemble: 0.995 >= 0.9947 (no CI)
+    assert (mamlpp["ours_ensemble"], mamlpp["compared"], mamlpp["reproduced"]) == (0.995, "ensemble", True)
+    assert mamlpp["ours_ensemble_ci95"] == pytest.approx(0.002) and mamlpp["ours_std_over_seeds"] is None
+    assert rows["maml_sinusoid_5shot"]["reproduced"] is True           # 1.2 <= 1.13 + 0.18
+    assert rows["maml_sinusoid_10shot"]["reproduced"] is None          # no paper value
+    assert rows["anil_omniglot_20w1s"]["status"] == "not run"
+    assert rows["anil_omniglot_20w1s"]["command"].startswith("python bench/reproduce.py --rows anil_omniglot_20w1s")
+    mtnet = rows["mtnet_polynomial_10shot"]                            # from bench/results/mtnet_polynomial_60k
+    assert mtnet["update_fraction_by_order"] == {"0": 0.685, "1": 0.84, "2": 0.893} and mtnet["reproduced"] is True
+
+    times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
+    # 10 min from the 30-min runs' curves: best val within 600 s = 0.95, each seed's test - val = -0.005
+    assert times[("maml_omniglot_5w1s", 10)]["test_acc"] == pytest.approx(0.945)
+    assert times[("maml_omniglot_5w1s", 10)]["method"] == "val curve + (test - val)"
+    # 30 min: the 30-min runs' own tests, mean of .97 .98 .99
+    assert times[("maml_omniglot_5w1s", 30)]["test_acc"] == pytest.approx(0.98)
+    assert times[("maml_omniglot_5w1s", 30)]["method"] == "test of a 30-min run"
+    assert times[("maml_miniimagenet_5w1s", 60)]["status"] == "not run"
+
+    md = (tmp_path / "r.md").read_text()
+    assert "| maml omniglot 5w1s | 98.70 ± 0.40 | 98.00 ± 1.20 | 1.00 (3) | no (-0.70) | 6.0k / 60.0k | 30 min" in md
+    assert "| mamlpp omniglot 5w1s | 99.47 | 99.50 ± 0.20 (99.00 ± 0.40) |" in md
+    assert "| anil omniglot 20w1s | 96.20 ± 0.50 | not run |" in md
+    assert "| maml_omniglot_5w1s | 10 | 94.50 | 3 | val curve + (test - val) |" in md
+    assert str(tmp_path) not in md and (root / "curves.png").is_file()
