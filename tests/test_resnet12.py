@@ -180,6 +180,15 @@ def test_per_step_running_statistics_are_kept_per_step():
     assert not torch.allclose(norm.running_mean[0], norm.running_mean[1])
 
 
+def test_lslr_learns_a_rate_per_tensor_and_step():
+    learner = MAML(tiny_resnet(), "classification", inner_steps=2, inner_lr=0.1, lslr=True).double()
+    assert set(learner.lr_names) == {n for n, _ in learner.backbone.named_parameters()}
+    rates = learner.inner_lrs[learner.lr_names["blocks.2.shortcut.weight"]]
+    assert rates.shape == (2,) and torch.allclose(rates, torch.full((2,), 0.1, dtype=rates.dtype))
+    grad = torch.autograd.grad(learner.task_loss(image_task())[0], rates)[0]
+    assert bool((grad != 0).all()), "both steps' rates of the shortcut conv get an outer gradient"
+
+
 # -- ANIL and MT-nets --------------------------------------------------------------------------------
 def test_anil_finds_the_head_and_adapts_only_it():
     model = tiny_resnet()
