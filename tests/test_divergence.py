@@ -10,6 +10,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import QUICK, shared_data_dir
 from metaplus.callbacks import Divergence, DivergenceError
@@ -100,6 +101,16 @@ def test_chance_level_validation_is_warned_after_enough_steps(tmp_path, capsys):
     run(compose_config([*base, "callbacks.divergence.chance_after_steps=7"], tmp_path / "early"))
     warnings = json.loads((tmp_path / "early" / "results.json").read_text())["warnings"]
     assert not any(w.startswith("chance level: val/acc") for w in warnings), "too few steps to judge"
+
+
+def test_an_accuracy_of_exactly_chance_with_zero_spread_is_at_chance():
+    """float32 episode accuracies of 1/5 average to 0.20000000298, CI 0: still chance level."""
+    class Learner:
+        eval_results = {"test": {"test/acc": float(torch.tensor(0.2)), "test/acc_ci95": 0.0}}
+
+    assert Divergence().at_chance(Learner(), "test", 5).startswith("chance level: test/acc 0.2000 ± 0.0000")
+    Learner.eval_results["test"]["test/acc"] = 0.2001
+    assert Divergence().at_chance(Learner(), "test", 5) is None
 
 
 def test_loss_ceiling_modes_and_bad_values(make_config, tmp_path):

@@ -173,3 +173,29 @@ def test_missing_runs_and_lightning_s_loader_fail_helpfully(sinusoid_run, tmp_pa
     shutil.copy(ckpt, lone)
     with pytest.raises(RunNotFoundError, match="no config for the run"):
         metaplus.load(lone)
+
+
+@pytest.mark.parametrize("module", ["miniimagenet", "imagefolder"])
+def test_each_image_source_prepares_its_data_with_its_preprocessing(tmp_path, module):
+    """``<source>.preprocessing(...)`` on a file equals what the source trains on for that file."""
+    import importlib
+
+    from test_data_images import make_class_folders
+
+    make_class_folders(tmp_path / "set" / "val", classes=2, per_class=2, mode="RGB")
+    mean, std = [0.5, 0.25, 0.1], [0.2, 0.3, 0.4]
+    if module == "miniimagenet":
+        from metaplus.data.miniimagenet import MiniImageNetTasks
+        source = MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, mean=mean, std=std, split="val")
+    else:
+        from metaplus.data.imagefolder import ImageFolderTasks
+        (tmp_path / "set" / "train").mkdir()
+        source = ImageFolderTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, mean=mean, std=std, split="val")
+    prep = importlib.import_module(f"metaplus.data.{module}").preprocessing(image_size=12, mean=mean, std=std)
+    file = tmp_path / "set" / "val" / "class01" / "img00.png"
+    row = int(source.data.offsets[source.class_names.index("class01")])
+    assert torch.equal(prep(file)[0], source.images_at(torch.tensor([row]))[0])
+    # By hand: (x / 255 - mean) / std per channel of the 12x12 Lanczos-resized RGB image.
+    pixels = torch.tensor(np.asarray(Image.open(file).convert("RGB").resize((12, 12), Image.LANCZOS)), dtype=torch.float32)
+    expected = (pixels.permute(2, 0, 1) / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(prep(str(file))[0], expected, atol=1e-5)

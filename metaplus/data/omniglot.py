@@ -230,8 +230,17 @@ class PartReader:
 
     def identity(self) -> list:
         if self.use_zip:
+            self.check_members()  # also when a decoded cache exists: a refused archive is never used
             return file_identity([self.archive])
         return file_identity(sorted(self.folder.glob("*/*/*.png")), relative_to=self.folder)
+
+    def check_members(self) -> None:
+        """Read in place, never extracted: still refuse what extraction would refuse (UnsafeArchiveError)."""
+        try:
+            with zipfile.ZipFile(self.archive) as zf:
+                check_members(zf, self.archive, self.archive.parent.resolve())
+        except (zipfile.BadZipFile, OSError):
+            return  # reported with its remedy when the archive is decoded (classes())
 
     def decode(self, image_size: int) -> ClassImages:
         try:
@@ -249,7 +258,6 @@ class PartReader:
             except (zipfile.BadZipFile, OSError) as err:
                 raise CorruptDatasetError(f"{self.archive} is not a readable zip archive ({err}); delete it and set "
                                           f"data.download=true, or fetch it again from {OFFICIAL_URL}/{self.part}.zip") from None
-            # Read in place, never extracted: still refuse what extraction would refuse.
             check_members(self._zip, self.archive, self.archive.parent.resolve())
             names = [n for n in self._zip.namelist() if n.endswith(".png")]
             relative = [n.split("/", 1)[1] for n in names if n.startswith(f"{self.part}/")]
