@@ -303,30 +303,47 @@ COMMON = [f"data.test_episodes={TEST_EPISODES}", "logger=csv", "trainer.enable_p
 
 # -- calibration ---------------------------------------------------------------------------------------
 class CalibrationTimer(IterationTimer):
-    """bench.learners.IterationTimer's per-iteration times (the first, a warm-up, dropped) plus the
+    """bench.learners.IterationTimer's per-iteration wall times (the first, a warm-up, dropped) plus the
     seconds per validation episode (batch times over the episodes they held: the loader's set-up is not
-    counted), written to ``out`` when fit ends (the calibration run has no test)."""
+    counted), each also in CPU seconds of this process (what an unloaded core would take: on a shared
+    machine the wall time grows with the load, the CPU time does not), written to ``out`` when fit ends."""
 
     def __init__(self, out: str):
         super().__init__()
         self.out = Path(out)
-        self.val_started: float | None = None
-        self.val_seconds = 0.0
+        self.cpu_started: float | None = None
+        self.cpu_durations: list[float] = []
+        self.val_started: tuple[float, float] | None = None
+        self.val_seconds = self.val_cpu_seconds = 0.0
         self.val_episodes = 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.cpu_started = time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.cpu_started is not None:
+            self.cpu_durations.append(time.process_time() - self.cpu_started)
+            self.cpu_started = None
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.val_started = time.perf_counter()
+        self.val_started = (time.perf_counter(), time.process_time())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.val_started is not None:
-            self.val_seconds += time.perf_counter() - self.val_started
+            self.val_seconds += time.perf_counter() - self.val_started[0]
+            self.val_cpu_seconds += time.process_time() - self.val_started[1]
             self.val_episodes += len(batch)
             self.val_started = None
 
     def on_fit_end(self, trainer, pl_module):
-        timed = self.durations[1:] or self.durations
+        timed, cpu = self.durations[1:] or self.durations, self.cpu_durations[1:] or self.cpu_durations
+        episodes = max(self.val_episodes, 1)
         self.out.write_text(json.dumps({"s_per_iteration": statistics.fmean(timed), "iteration_times": self.durations,
-                                        "s_per_val_episode": self.val_seconds / max(self.val_episodes, 1),
+                                        "cpu_s_per_iteration": statistics.fmean(cpu),
+                                        "s_per_val_episode": self.val_seconds / episodes,
+                                        "cpu_s_per_val_episode": self.val_cpu_seconds / episodes,
                                         "val_episodes": self.val_episodes}))
 
 
@@ -371,7 +388,8 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> T
     measured = json.loads(out.read_text())
     timing = Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
     entry = {"s_per_iteration": timing.s_per_iteration, "s_per_val_episode": timing.s_per_val_episode,
-             "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
+             "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
+             "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
     with (CALIBRATION.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
@@ -752,14 +770,18 @@ def render_markdown(report: dict) -> str:
             f"Test: {TEST_EPISODES} fixed episodes, outside the budget.", ""]
     calibration = report.get("calibration") or {}
     if calibration:
-        out += ["Latest calibrations (s / meta-iteration and ms / validation episode depend on the machine's load "
-                "at the time, given as the 1-minute load average):", "",
-                "| device | row | s / iteration | ms / val episode | load average | date |", "|---|---|---|---|---|---|"]
+        out += ["Latest calibrations: wall seconds per meta-iteration and per validation episode (what the plan "
+                "uses; they grow with the machine's load, given as the 1-minute load average) and the CPU seconds of "
+                "the same work (about what an unloaded core takes):", "",
+                "| device | row | s / iteration | ms / val episode | CPU s / iteration | CPU ms / val episode | "
+                "load average | date |", "|---|---|---|---|---|---|---|---|"]
         for device, entries in sorted(calibration.items()):
             for name, c in sorted(entries.items()):
                 load = f"{c['load_average']:.1f}" if c.get("load_average") is not None else "–"
+                cpu_it = f"{c['cpu_s_per_iteration']:.3f}" if "cpu_s_per_iteration" in c else "–"
+                cpu_val = f"{c['cpu_s_per_val_episode'] * 1000:.0f}" if "cpu_s_per_val_episode" in c else "–"
                 out.append(f"| {device} | {name} | {c['s_per_iteration']:.3f} | {c['s_per_val_episode'] * 1000:.0f} | "
-                           f"{load} | {c.get('date', '–')} |")
+                           f"{cpu_it} | {cpu_val} | {load} | {c.get('date', '–')} |")
         out.append("")
     out += ["## Curves", "", "Validation metric against training time, one line per seed: "
             "![curves](../bench/results/reproduction/curves.png)", "",

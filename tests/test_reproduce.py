@@ -207,3 +207,23 @@ def test_report_from_fake_results(tmp_path):
     assert "| anil omniglot 20w1s | 96.20 ± 0.50 | not run |" in md
     assert "| maml_omniglot_5w1s | 10 | 94.50 | 3 | val curve + (test - val) |" in md
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
+
+
+def test_calibration_timer_drops_the_warm_up_and_averages_per_episode(tmp_path, monkeypatch):
+    wall = iter([0.0, 10.0, 10.0, 12.0, 12.0, 15.0, 20.0, 26.0, 26.0, 29.0])
+    cpu = iter([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 10.0, 13.0, 13.0, 16.0])
+    # The time module is shared, so bench.learners.IterationTimer reads the same fake wall clock.
+    monkeypatch.setattr(rp.time, "perf_counter", lambda: next(wall))
+    monkeypatch.setattr(rp.time, "process_time", lambda: next(cpu))
+    timer = rp.CalibrationTimer(str(tmp_path / "t.json"))
+    for i in range(3):
+        timer.on_train_batch_start(None, None, None, i)
+        timer.on_train_batch_end(None, None, None, None, i)
+    for i, episodes in enumerate([[0] * 4, [0] * 2]):  # a batch of 4 episodes, then 2
+        timer.on_validation_batch_start(None, None, episodes, i)
+        timer.on_validation_batch_end(None, None, None, episodes, i)
+    timer.on_fit_end(None, None)
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert out["iteration_times"] == [10.0, 2.0, 3.0]
+    assert out["s_per_iteration"] == 2.5 and out["cpu_s_per_iteration"] == 1.5   # warm-up dropped
+    assert out["s_per_val_episode"] == 1.5 and out["cpu_s_per_val_episode"] == 1.0  # 9 s and 6 s over 6 episodes
