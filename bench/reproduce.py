@@ -23,7 +23,8 @@ composes the published setting; nothing published is re-specified here) plus the
 * Validation: ``data.val_episodes=100`` fixed episodes (the CI of 100 episodes is ~2 points, enough to
   pick a checkpoint), every d epochs with d the smallest divisor of the epochs giving <= 20 validations
   (so the last epoch is validated, and MAML++'s top-5 ensemble has checkpoints to choose from);
-  fewer validations when 20 of them would take more than 15 % of the budget. Test: always
+  fewer validations when 20 of them would take more than 15 % of the budget, and fewer episodes (down
+  to 20) when not even 5 validations of 100 would fit (mini-ImageNet on a CPU). Test: always
   ``data.test_episodes=600`` fixed episodes (the papers' protocol).
 * Resumable: run (row, seed) lives in bench/results/reproduction/<row>/seed<k>/ (``hydra.run.dir``); a
   seed with results.json (or its summary) is skipped; one with checkpoints/last.ckpt and no results
@@ -69,6 +70,8 @@ CALIBRATION = RUNS / "calibration.json"
 
 VAL_EPISODES = 100          # per validation during a budgeted run (image and regression data alike)
 MAX_VALIDATIONS = 20
+MIN_VALIDATIONS = 5         # fewer validation episodes (not below MIN_VAL_EPISODES) rather than fewer than this
+MIN_VAL_EPISODES = 20
 VAL_SHARE = 0.15            # at most this share of the budget goes to validation
 PLAN_SHARE = 0.9            # iterations are planned for this share of the budget; max_time = the budget
 TEST_EPISODES = 600
@@ -241,6 +244,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class Plan:
+    val_episodes: int
     epochs: int                      # the preset's, unless the budget holds less than one iteration per epoch
     batches_per_epoch: int
     val_every: int                   # epochs between validations
@@ -262,10 +266,14 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
                 plan_share: float = PLAN_SHARE) -> Plan:
     """Keep the preset's epochs, shrink the iterations per epoch to the budget (never above the paper's).
 
-    Validations: as many as fit ``val_share`` of the budget, 1 to ``max_validations``. Iterations: what is
+    Validations: as many as fit ``val_share`` of the budget, 1 to ``max_validations``, of ``val_episodes``
+    episodes, fewer episodes (down to MIN_VAL_EPISODES) where 5 full ones would not fit. Iterations: what is
     left of ``plan_share`` of the budget. A budget below one iteration per epoch trains that many epochs
     of one iteration (the epoch-valued schedules are then cut, not compressed: schedule_complete false).
     """
+    if timing.s_per_val_episode > 0:  # an expensive evaluation: smaller validations, not fewer than 5 of them
+        fits = math.floor(val_share * budget_s / (MIN_VALIDATIONS * timing.s_per_val_episode))
+        val_episodes = max(MIN_VAL_EPISODES, min(val_episodes, fits))
     one_validation_s = val_episodes * timing.s_per_val_episode
     affordable = math.floor(val_share * budget_s / one_validation_s) if one_validation_s > 0 else max_validations
     wanted = min(max_validations, max(affordable, 1))
@@ -277,7 +285,7 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
     val_every = validation_interval(epochs, wanted)
     validations = epochs // val_every
     planned = epochs * batches
-    return Plan(epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
+    return Plan(val_episodes=val_episodes, epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
                 planned_iterations=planned, planned_train_s=planned * timing.s_per_iteration,
                 planned_val_s=validations * one_validation_s, schedule_complete=epochs == schedule.epochs)
 
@@ -294,7 +302,7 @@ def max_time(budget_s: float) -> str:
 def budget_overrides(plan: Plan, schedule: Schedule, budget_s: float) -> list[str]:
     epochs = [] if plan.epochs == schedule.epochs else [f"trainer.max_epochs={plan.epochs}"]
     return [*epochs, f"data.batches_per_epoch={plan.batches_per_epoch}", f"trainer.check_val_every_n_epoch={plan.val_every}",
-            f"data.val_episodes={VAL_EPISODES}", f"+trainer.max_time={max_time(budget_s)}"]
+            f"data.val_episodes={plan.val_episodes}", f"+trainer.max_time={max_time(budget_s)}"]
 
 
 COMMON = [f"data.test_episodes={TEST_EPISODES}", "logger=csv", "trainer.enable_progress_bar=false",
@@ -672,6 +680,7 @@ def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
     return {"rows": list(records.values()), "time_to_accuracy": time_to_accuracy(all_summaries),
             "calibration": load_calibration() if root == RUNS else {},
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
+                         "min_val_episodes": MIN_VAL_EPISODES, "min_validations": MIN_VALIDATIONS,
                          "max_validations": MAX_VALIDATIONS, "val_share": VAL_SHARE, "plan_share": PLAN_SHARE,
                          "ci": "1.96 * std / sqrt(episodes), mean over seeds of each seed's CI"}}
 
@@ -764,8 +773,10 @@ def render_markdown(report: dict) -> str:
             "measures seconds per meta-iteration and per validation episode; the preset's epochs are kept "
             "(MSL, cosine and derivative-order schedules count epochs) and `data.batches_per_epoch` shrinks so "
             f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget, with `+trainer.max_time` = "
-            f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes, at most {MAX_VALIDATIONS} "
-            f"times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. A budget below one "
+            f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes (fewer, down to "
+            f"{MIN_VAL_EPISODES}, where {MIN_VALIDATIONS} validations of {VAL_EPISODES} would not fit), at most "
+            f"{MAX_VALIDATIONS} times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. "
+            "A budget below one "
             "iteration per epoch trains fewer epochs of one iteration (the epoch schedules are then cut). "
             f"Test: {TEST_EPISODES} fixed episodes, outside the budget.", ""]
     calibration = report.get("calibration") or {}
@@ -867,7 +878,7 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
     print(f"{row.name}: {timing.s_per_iteration:.3f} s/iteration, {timing.s_per_val_episode * 1000:.0f} ms per "
           f"validation episode ({timing.source}) -> {plan.epochs} epochs x {plan.batches_per_epoch} iterations "
           f"(preset {schedule.epochs} x {schedule.batches_per_epoch}), {plan.validations} validation(s) every "
-          f"{plan.val_every} epoch(s), max_time {max_time(budget_s)}"
+          f"{plan.val_every} epoch(s) on {plan.val_episodes} episodes, max_time {max_time(budget_s)}"
           + ("" if plan.schedule_complete else f"; the budget holds fewer than one iteration per epoch: "
                                                f"{plan.epochs} of the preset's {schedule.epochs} epochs"), flush=True)
     return budget_overrides(plan, schedule, budget_s), record
