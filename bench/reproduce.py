@@ -23,7 +23,8 @@ composes the published setting; nothing published is re-specified here) plus the
 * Validation: ``data.val_episodes=100`` fixed episodes (the CI of 100 episodes is ~2 points, enough to
   pick a checkpoint), every d epochs with d the smallest divisor of the epochs giving <= 20 validations
   (so the last epoch is validated, and MAML++'s top-5 ensemble has checkpoints to choose from);
-  fewer validations when 20 of them would take more than 15 % of the budget. Test: always
+  fewer validations when 20 of them would take more than 15 % of the budget, and fewer episodes (down
+  to 20) when not even 5 validations of 100 would fit (mini-ImageNet on a CPU). Test: always
   ``data.test_episodes=600`` fixed episodes (the papers' protocol).
 * Resumable: run (row, seed) lives in bench/results/reproduction/<row>/seed<k>/ (``hydra.run.dir``); a
   seed with results.json (or its summary) is skipped; one with checkpoints/last.ckpt and no results
@@ -69,6 +70,8 @@ CALIBRATION = RUNS / "calibration.json"
 
 VAL_EPISODES = 100          # per validation during a budgeted run (image and regression data alike)
 MAX_VALIDATIONS = 20
+MIN_VALIDATIONS = 5         # fewer validation episodes (not below MIN_VAL_EPISODES) rather than fewer than this
+MIN_VAL_EPISODES = 20
 VAL_SHARE = 0.15            # at most this share of the budget goes to validation
 PLAN_SHARE = 0.9            # iterations are planned for this share of the budget; max_time = the budget
 TEST_EPISODES = 600
@@ -241,6 +244,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class Plan:
+    val_episodes: int
     epochs: int                      # the preset's, unless the budget holds less than one iteration per epoch
     batches_per_epoch: int
     val_every: int                   # epochs between validations
@@ -262,10 +266,14 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
                 plan_share: float = PLAN_SHARE) -> Plan:
     """Keep the preset's epochs, shrink the iterations per epoch to the budget (never above the paper's).
 
-    Validations: as many as fit ``val_share`` of the budget, 1 to ``max_validations``. Iterations: what is
+    Validations: as many as fit ``val_share`` of the budget, 1 to ``max_validations``, of ``val_episodes``
+    episodes, fewer episodes (down to MIN_VAL_EPISODES) where 5 full ones would not fit. Iterations: what is
     left of ``plan_share`` of the budget. A budget below one iteration per epoch trains that many epochs
     of one iteration (the epoch-valued schedules are then cut, not compressed: schedule_complete false).
     """
+    if timing.s_per_val_episode > 0:  # an expensive evaluation: smaller validations, not fewer than 5 of them
+        fits = math.floor(val_share * budget_s / (MIN_VALIDATIONS * timing.s_per_val_episode))
+        val_episodes = max(MIN_VAL_EPISODES, min(val_episodes, fits))
     one_validation_s = val_episodes * timing.s_per_val_episode
     affordable = math.floor(val_share * budget_s / one_validation_s) if one_validation_s > 0 else max_validations
     wanted = min(max_validations, max(affordable, 1))
@@ -277,7 +285,7 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
     val_every = validation_interval(epochs, wanted)
     validations = epochs // val_every
     planned = epochs * batches
-    return Plan(epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
+    return Plan(val_episodes=val_episodes, epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
                 planned_iterations=planned, planned_train_s=planned * timing.s_per_iteration,
                 planned_val_s=validations * one_validation_s, schedule_complete=epochs == schedule.epochs)
 
@@ -294,7 +302,7 @@ def max_time(budget_s: float) -> str:
 def budget_overrides(plan: Plan, schedule: Schedule, budget_s: float) -> list[str]:
     epochs = [] if plan.epochs == schedule.epochs else [f"trainer.max_epochs={plan.epochs}"]
     return [*epochs, f"data.batches_per_epoch={plan.batches_per_epoch}", f"trainer.check_val_every_n_epoch={plan.val_every}",
-            f"data.val_episodes={VAL_EPISODES}", f"+trainer.max_time={max_time(budget_s)}"]
+            f"data.val_episodes={plan.val_episodes}", f"+trainer.max_time={max_time(budget_s)}"]
 
 
 COMMON = [f"data.test_episodes={TEST_EPISODES}", "logger=csv", "trainer.enable_progress_bar=false",
@@ -303,30 +311,47 @@ COMMON = [f"data.test_episodes={TEST_EPISODES}", "logger=csv", "trainer.enable_p
 
 # -- calibration ---------------------------------------------------------------------------------------
 class CalibrationTimer(IterationTimer):
-    """bench.learners.IterationTimer's per-iteration times (the first, a warm-up, dropped) plus the
+    """bench.learners.IterationTimer's per-iteration wall times (the first, a warm-up, dropped) plus the
     seconds per validation episode (batch times over the episodes they held: the loader's set-up is not
-    counted), written to ``out`` when fit ends (the calibration run has no test)."""
+    counted), each also in CPU seconds of this process (what an unloaded core would take: on a shared
+    machine the wall time grows with the load, the CPU time does not), written to ``out`` when fit ends."""
 
     def __init__(self, out: str):
         super().__init__()
         self.out = Path(out)
-        self.val_started: float | None = None
-        self.val_seconds = 0.0
+        self.cpu_started: float | None = None
+        self.cpu_durations: list[float] = []
+        self.val_started: tuple[float, float] | None = None
+        self.val_seconds = self.val_cpu_seconds = 0.0
         self.val_episodes = 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.cpu_started = time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.cpu_started is not None:
+            self.cpu_durations.append(time.process_time() - self.cpu_started)
+            self.cpu_started = None
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.val_started = time.perf_counter()
+        self.val_started = (time.perf_counter(), time.process_time())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.val_started is not None:
-            self.val_seconds += time.perf_counter() - self.val_started
+            self.val_seconds += time.perf_counter() - self.val_started[0]
+            self.val_cpu_seconds += time.process_time() - self.val_started[1]
             self.val_episodes += len(batch)
             self.val_started = None
 
     def on_fit_end(self, trainer, pl_module):
-        timed = self.durations[1:] or self.durations
+        timed, cpu = self.durations[1:] or self.durations, self.cpu_durations[1:] or self.cpu_durations
+        episodes = max(self.val_episodes, 1)
         self.out.write_text(json.dumps({"s_per_iteration": statistics.fmean(timed), "iteration_times": self.durations,
-                                        "s_per_val_episode": self.val_seconds / max(self.val_episodes, 1),
+                                        "cpu_s_per_iteration": statistics.fmean(cpu),
+                                        "s_per_val_episode": self.val_seconds / episodes,
+                                        "cpu_s_per_val_episode": self.val_cpu_seconds / episodes,
                                         "val_episodes": self.val_episodes}))
 
 
@@ -371,7 +396,8 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> T
     measured = json.loads(out.read_text())
     timing = Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
     entry = {"s_per_iteration": timing.s_per_iteration, "s_per_val_episode": timing.s_per_val_episode,
-             "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
+             "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
+             "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
     with (CALIBRATION.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
@@ -654,6 +680,7 @@ def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
     return {"rows": list(records.values()), "time_to_accuracy": time_to_accuracy(all_summaries),
             "calibration": load_calibration() if root == RUNS else {},
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
+                         "min_val_episodes": MIN_VAL_EPISODES, "min_validations": MIN_VALIDATIONS,
                          "max_validations": MAX_VALIDATIONS, "val_share": VAL_SHARE, "plan_share": PLAN_SHARE,
                          "ci": "1.96 * std / sqrt(episodes), mean over seeds of each seed's CI"}}
 
@@ -746,20 +773,26 @@ def render_markdown(report: dict) -> str:
             "measures seconds per meta-iteration and per validation episode; the preset's epochs are kept "
             "(MSL, cosine and derivative-order schedules count epochs) and `data.batches_per_epoch` shrinks so "
             f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget, with `+trainer.max_time` = "
-            f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes, at most {MAX_VALIDATIONS} "
-            f"times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. A budget below one "
+            f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes (fewer, down to "
+            f"{MIN_VAL_EPISODES}, where {MIN_VALIDATIONS} validations of {VAL_EPISODES} would not fit), at most "
+            f"{MAX_VALIDATIONS} times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. "
+            "A budget below one "
             "iteration per epoch trains fewer epochs of one iteration (the epoch schedules are then cut). "
             f"Test: {TEST_EPISODES} fixed episodes, outside the budget.", ""]
     calibration = report.get("calibration") or {}
     if calibration:
-        out += ["Latest calibrations (s / meta-iteration and ms / validation episode depend on the machine's load "
-                "at the time, given as the 1-minute load average):", "",
-                "| device | row | s / iteration | ms / val episode | load average | date |", "|---|---|---|---|---|---|"]
+        out += ["Latest calibrations: wall seconds per meta-iteration and per validation episode (what the plan "
+                "uses; they grow with the machine's load, given as the 1-minute load average) and the CPU seconds of "
+                "the same work (about what an unloaded core takes):", "",
+                "| device | row | s / iteration | ms / val episode | CPU s / iteration | CPU ms / val episode | "
+                "load average | date |", "|---|---|---|---|---|---|---|---|"]
         for device, entries in sorted(calibration.items()):
             for name, c in sorted(entries.items()):
                 load = f"{c['load_average']:.1f}" if c.get("load_average") is not None else "–"
+                cpu_it = f"{c['cpu_s_per_iteration']:.3f}" if "cpu_s_per_iteration" in c else "–"
+                cpu_val = f"{c['cpu_s_per_val_episode'] * 1000:.0f}" if "cpu_s_per_val_episode" in c else "–"
                 out.append(f"| {device} | {name} | {c['s_per_iteration']:.3f} | {c['s_per_val_episode'] * 1000:.0f} | "
-                           f"{load} | {c.get('date', '–')} |")
+                           f"{cpu_it} | {cpu_val} | {load} | {c.get('date', '–')} |")
         out.append("")
     out += ["## Curves", "", "Validation metric against training time, one line per seed: "
             "![curves](../bench/results/reproduction/curves.png)", "",
@@ -845,7 +878,7 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
     print(f"{row.name}: {timing.s_per_iteration:.3f} s/iteration, {timing.s_per_val_episode * 1000:.0f} ms per "
           f"validation episode ({timing.source}) -> {plan.epochs} epochs x {plan.batches_per_epoch} iterations "
           f"(preset {schedule.epochs} x {schedule.batches_per_epoch}), {plan.validations} validation(s) every "
-          f"{plan.val_every} epoch(s), max_time {max_time(budget_s)}"
+          f"{plan.val_every} epoch(s) on {plan.val_episodes} episodes, max_time {max_time(budget_s)}"
           + ("" if plan.schedule_complete else f"; the budget holds fewer than one iteration per epoch: "
                                                f"{plan.epochs} of the preset's {schedule.epochs} epochs"), flush=True)
     return budget_overrides(plan, schedule, budget_s), record

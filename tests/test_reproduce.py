@@ -73,11 +73,24 @@ def test_expensive_validation_gets_fewer_validations():
 
 
 def test_budget_below_one_iteration_per_epoch_cuts_the_epochs():
-    # 300 s, 5 s/iteration, a 50 s validation (none affordable -> 1): (270 - 50) / 5 = 44 iterations < 120.
+    # 300 s, 5 s/iteration, 0.5 s per validation episode: 5 validations of 100 would not fit 15 % (45 s),
+    # so 45 / (5 * 0.5) = 18 -> 20 episodes (the floor); 10 s each, 4 affordable; (270 - 40) / 5 = 46
+    # iterations < 120 epochs -> 46 epochs of 1; divisors of 46 with 46 / d <= 4: d = 23.
     plan = rp.plan_budget(OMNIGLOT, rp.Timing(5.0, 0.5), 300)
-    assert (plan.epochs, plan.batches_per_epoch, plan.val_every, plan.validations) == (44, 1, 44, 1)
+    assert (plan.val_episodes, plan.epochs, plan.batches_per_epoch, plan.val_every, plan.validations) == \
+        (20, 46, 1, 23, 2)
     assert not plan.schedule_complete
-    assert rp.budget_overrides(plan, OMNIGLOT, 300)[:2] == ["trainer.max_epochs=44", "data.batches_per_epoch=1"]
+    assert rp.budget_overrides(plan, OMNIGLOT, 300) == [
+        "trainer.max_epochs=46", "data.batches_per_epoch=1", "trainer.check_val_every_n_epoch=23",
+        "data.val_episodes=20", "+trainer.max_time=00:00:05:00"]
+
+
+def test_expensive_validation_shrinks_the_episodes_to_keep_five_validations():
+    # mini-ImageNet-like: 60 min, 10 s/iteration, 6 s per episode: 0.15 * 3600 / (5 * 6) = 18 -> 20
+    # episodes = 120 s per validation, 540 / 120 = 4 affordable; (3240 - 480) / 10 = 276 iterations,
+    # 276 // 120 = 2 per epoch; 120 / d <= 4 -> d = 30.
+    plan = rp.plan_budget(OMNIGLOT, rp.Timing(10.0, 6.0), 3600)
+    assert (plan.val_episodes, plan.batches_per_epoch, plan.val_every, plan.validations) == (20, 2, 30, 4)
 
 
 def test_budget_never_exceeds_the_paper_iterations():
@@ -207,3 +220,23 @@ def test_report_from_fake_results(tmp_path):
     assert "| anil omniglot 20w1s | 96.20 ± 0.50 | not run |" in md
     assert "| maml_omniglot_5w1s | 10 | 94.50 | 3 | val curve + (test - val) |" in md
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
+
+
+def test_calibration_timer_drops_the_warm_up_and_averages_per_episode(tmp_path, monkeypatch):
+    wall = iter([0.0, 10.0, 10.0, 12.0, 12.0, 15.0, 20.0, 26.0, 26.0, 29.0])
+    cpu = iter([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 10.0, 13.0, 13.0, 16.0])
+    # The time module is shared, so bench.learners.IterationTimer reads the same fake wall clock.
+    monkeypatch.setattr(rp.time, "perf_counter", lambda: next(wall))
+    monkeypatch.setattr(rp.time, "process_time", lambda: next(cpu))
+    timer = rp.CalibrationTimer(str(tmp_path / "t.json"))
+    for i in range(3):
+        timer.on_train_batch_start(None, None, None, i)
+        timer.on_train_batch_end(None, None, None, None, i)
+    for i, episodes in enumerate([[0] * 4, [0] * 2]):  # a batch of 4 episodes, then 2
+        timer.on_validation_batch_start(None, None, episodes, i)
+        timer.on_validation_batch_end(None, None, None, episodes, i)
+    timer.on_fit_end(None, None)
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert out["iteration_times"] == [10.0, 2.0, 3.0]
+    assert out["s_per_iteration"] == 2.5 and out["cpu_s_per_iteration"] == 1.5   # warm-up dropped
+    assert out["s_per_val_episode"] == 1.5 and out["cpu_s_per_val_episode"] == 1.0  # 9 s and 6 s over 6 episodes
