@@ -112,7 +112,10 @@ def test_notebook_runs_renders_plots_and_prints_computed_numbers(path: Path):
     rendered = sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", []))
     assert rendered >= images, f"{path.name} rendered {rendered} plots, expected {images}"
 
-    expected = json.loads(notebook.cells[-1].outputs[-1]["text"].strip().splitlines()[-1])
+    check_output = "".join(o.get("text", "") for o in notebook.cells[-1].outputs
+                           if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    assert check_output.strip(), f"{path.name}: the check cell printed nothing: {notebook.cells[-1].outputs}"
+    expected = json.loads(check_output.strip().splitlines()[-1])
     notebook.cells.pop()
     text = printed_text(notebook)
     for pattern, value in expected.items():
