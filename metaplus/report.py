@@ -337,14 +337,13 @@ def row_name(row: Row) -> str:
 
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     """Bars = test metric (mean over seeds), error bars = CI95 over test episodes, dots = seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    # A bare Figure draws to the file without pyplot: no global backend switch, so a notebook that calls
+    # report() keeps showing its own plots inline.
+    from matplotlib.figure import Figure
 
     metrics = list(dict.fromkeys(row.metric for row in rows))
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.7 * len(rows) + 2), 4.0 * len(metrics)),
-                             squeeze=False)
+    fig = Figure(figsize=(max(6.0, 0.7 * len(rows) + 2), 4.0 * len(metrics)))
+    axes = fig.subplots(len(metrics), 1, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         mine = [row for row in rows if row.metric == metric]
         stats = [row.stats() for row in mine]
@@ -365,7 +364,6 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     axes[0, 0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def default_out(sources: Sequence[str | Path], found: Sequence[Path]) -> Path:

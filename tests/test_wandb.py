@@ -105,3 +105,27 @@ def test_mtnet_fractions_and_ensemble_figure_reach_the_dashboard():
     assert "mtnet/update_fraction_bar" in panels and "inner_lr/table" not in panels
     from metaplus.loggers import summary_metrics
     assert summary_metrics({**metrics, "best_checkpoint": "x", "test/acc_by_step": [0.1]}) == metrics
+
+
+def test_wandb_sweep_grid_is_the_ablation_grid_and_every_job_composes(tmp_path):
+    """conf/wandb/sweep_mamlpp_ablation.yaml: each grid point is a valid train.py command line."""
+    import itertools
+
+    import yaml
+
+    from conftest import CONF, compose_config
+
+    sweep = yaml.safe_load((CONF / "wandb" / "sweep_mamlpp_ablation.yaml").read_text())
+    assert sweep["program"] == "train.py" and sweep["method"] == "grid"
+    assert "${args_no_hyphens}" in sweep["command"] and "experiment=ablation_mamlpp" in sweep["command"]
+    params = sweep["parameters"]
+    hydra_grid = compose_config(["experiment=ablation_mamlpp"], tmp_path)  # the Hydra multirun's grid, for comparison
+    multirun = yaml.safe_load((CONF / "experiment" / "ablation_mamlpp.yaml").read_text())
+    assert params["ablation"]["values"] == multirun["hydra"]["sweeper"]["params"]["ablation"].split(",")
+    fixed = [a for a in sweep["command"] if "=" in a and not a.startswith("${")]
+    assert params["seed"]["values"] == [1, 2, 3]
+    for ablation, seed in zip(params["ablation"]["values"], itertools.cycle(params["seed"]["values"])):
+        cfg = compose_config([*fixed, f"ablation={ablation}", f"seed={seed}"], tmp_path / f"{ablation}{seed}")
+        assert cfg.seed == seed and cfg.algo.lslr == (ablation in ("lslr", "mamlpp"))
+        assert cfg.data.ways == hydra_grid.data.ways and "wandb" in cfg.logger
+    assert sweep["metric"]["name"] == hydra_grid.monitor
