@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaplus.config import check, check_int, instantiate_group
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.results import write_results
+from metaplus.threads import configure_run_threads
 
 log = logging.getLogger("metaplus")
 
@@ -58,6 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     try:
         check_int("seed", cfg.seed, 0)
+        configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         parts = build(cfg)
     except Exception:  # bad config or missing data: nothing half-written stays behind
