@@ -60,10 +60,12 @@ class MAML(EpisodicLearner):
         ca: bool = False,
         min_meta_lr: float = 1e-5,
         bn_stats: str = "batch",
+        engine: str = "l2l",
+        chunk_size: int | None = None,
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, engine=engine, chunk_size=chunk_size)
         switches = dict(msl=msl, da=da, bnrs=bnrs, bnwb=bnwb, lslr=lslr, ca=ca)
         for key, value in switches.items():
             check(key, value, isinstance(value, bool), "true or false")
@@ -123,6 +125,9 @@ class MAML(EpisodicLearner):
         if not self.msl or self.inner_steps < 1 or self.current_epoch >= self.msl_epochs:
             return None
         return msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)
+
+    def query_step_weights(self) -> Tensor | None:
+        return self.current_msl_weights()
 
     def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
         weights = self.current_msl_weights()

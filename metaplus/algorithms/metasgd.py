@@ -38,10 +38,12 @@ class MetaSGD(EpisodicLearner):
         first_order: bool = False,
         name: str = "metasgd",
         inner_loop: Any = None,
+        engine: str = "l2l",
+        chunk_size: int | None = None,
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, engine=engine, chunk_size=chunk_size)
         adapted = self.adapted_names()
         self.inner_lrs = nn.ParameterDict({
             rate_key(n): nn.Parameter(torch.full_like(p.detach(), inner_lr))

@@ -80,6 +80,8 @@ def straight_through_mask(logits: Tensor, noise: Tensor, temperature: float) -> 
 
 
 class MTNet(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -91,6 +93,7 @@ class MTNet(EpisodicLearner):
         first_order: bool = False,
         name: str = "mtnet",
         inner_loop: Any = None,
+        engine: str = "l2l",
         use_T: bool = True,
         use_M: bool = True,
         share_M: bool = True,
@@ -101,7 +104,7 @@ class MTNet(EpisodicLearner):
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=first_order, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, engine=engine)
         for key, value in dict(use_T=use_T, use_M=use_M, share_M=share_M).items():
             check(key, value, isinstance(value, bool), "true or false")
         check_choice("mask_per", mask_per, set(MASK_PER))

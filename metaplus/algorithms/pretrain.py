@@ -26,6 +26,8 @@ from metaplus.nn import head_parameter_names
 
 
 class Pretrain(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -36,11 +38,12 @@ class Pretrain(EpisodicLearner):
         finetune: str = "head",
         name: str = "pretrain",
         inner_loop: Any = None,
+        engine: str = "l2l",
     ):
         # inner_steps=0: training never adapts; only evaluation fine-tunes.
         super().__init__(backbone, task_type, inner_steps=0, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, engine=engine)
         check_choice("finetune", finetune, {"head", "all"})
         self.finetune = finetune
         self.pretrain_head: nn.Module | None = None

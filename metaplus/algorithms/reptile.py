@@ -54,6 +54,8 @@ def adam(lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8) ->
 
 
 class Reptile(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -68,10 +70,11 @@ class Reptile(EpisodicLearner):
         train_on: str = "support",
         name: str = "reptile",
         inner_loop: Any = None,
+        engine: str = "l2l",
     ):
         super().__init__(backbone, task_type, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
                          inner_lr=inner_lr, meta_lr=meta_lr, first_order=True, name=name,
-                         inner_loop=inner_loop)
+                         inner_loop=inner_loop, engine=engine)
         check("inner_steps", inner_steps, inner_steps >= 1, "an integer >= 1 (Reptile needs an inner loop)")
         check("meta_lr_final", meta_lr_final,
               isinstance(meta_lr_final, (int, float)) and 0 <= meta_lr_final <= meta_lr, "a number in [0, meta_lr]")
