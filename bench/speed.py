@@ -16,7 +16,11 @@ else once), then one Adam step. No cloning, no second order, no inner update.
     eval_fraction = val_episodes x (s per validation episode) / (batches_per_epoch x s/iteration)
 
 at the setting's own ``data.val_episodes`` and ``data.batches_per_epoch``: the time validation adds
-to each epoch, as a fraction of the epoch's training time.
+to each epoch, as a fraction of the epoch's training time. Each time is measured twice: wall clock
+(``s_per_iteration``, ``floor_s``, ``ratio_to_floor``, ``eval_fraction``) and the process's CPU time
+(``cpu_*``), which on a CPU shared with other jobs is the steadier of the two (it does not count
+waiting for a core); ``--engine both --first-order-row`` adds the default engine run first order,
+which separates the machinery's overhead from the cost of the second-order terms.
 
     python bench/speed.py --quick                     # a subset, a few minutes on 1 CPU thread
     python bench/speed.py --engine both --iterations 3
@@ -161,28 +165,43 @@ def child(args) -> None:
 def time_training(trainer, learner, datamodule, sync) -> dict:
     import lightning as L
 
-    train_times, val_times = [], []
+    train, val = Clock(sync), Clock(sync)
 
     class Timer(L.Callback):
         def on_train_batch_start(self, *args):
-            sync()
-            self.start = time.perf_counter()
+            train.start()
 
         def on_train_batch_end(self, *args):
-            sync()
-            train_times.append(time.perf_counter() - self.start)
+            train.stop()
 
         def on_validation_batch_start(self, trainer, module, batch, *args):
-            sync()
-            self.start, self.episodes = time.perf_counter(), len(batch)
+            val.start(per=len(batch))
 
         def on_validation_batch_end(self, *args):
-            sync()
-            val_times.append((time.perf_counter() - self.start) / self.episodes)
+            val.stop()
 
     trainer.callbacks.append(Timer())
     trainer.fit(learner, datamodule=datamodule)
-    return {"train_times": train_times, "val_episode_times": val_times}
+    return {"train_times": train.wall, "train_cpu_times": train.cpu,
+            "val_episode_times": val.wall, "val_episode_cpu_times": val.cpu}
+
+
+class Clock:
+    """Wall time and this process's CPU time (all its threads) of each interval, divided by ``per``.
+    On a CPU shared with other jobs the CPU time is the steadier measure: it does not count the time
+    the process waits for a core (on a GPU it counts only the host's share)."""
+
+    def __init__(self, sync):
+        self.sync, self.wall, self.cpu = sync, [], []
+
+    def start(self, per: int = 1) -> None:
+        self.sync()
+        self.per, self.t0, self.c0 = per, time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.sync()
+        self.wall.append((time.perf_counter() - self.t0) / self.per)
+        self.cpu.append((time.process_time() - self.c0) / self.per)
 
 
 def time_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
@@ -196,11 +215,10 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
                 else torch.autocast(device.type, enabled=False))
     batches = iter(datamodule.train_dataloader())
-    times = []
+    clock = Clock(sync)
     for _ in range(iterations + 1):
         batch = next(batches)
-        sync()
-        start = time.perf_counter()
+        clock.start()
         optimizer.zero_grad()
         for b in range(len(batch)):
             task = batch[b]
@@ -211,9 +229,9 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
                 for step in range(steps - query_passes, steps):
                     learner.loss_fn(backbone(qx, step=step), qy).backward()
         optimizer.step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return {"train_times": times, "query_passes": query_passes, "support_passes": steps}
+        clock.stop()
+    return {"train_times": clock.wall, "train_cpu_times": clock.cpu, "query_passes": query_passes,
+            "support_passes": steps}
 
 
 # -- the parent -----------------------------------------------------------------------------------
@@ -237,16 +255,20 @@ def steady(times: list[float]) -> float:
 
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
     floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
-    floor_s = steady(floor["train_times"])
+    floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
     rows = []
     for engine in engines:
         train = run_child("train", setting, engine, args)
-        s_it = steady(train["train_times"])
-        val_s = steady(train["val_episode_times"])
+        s_it, cpu_it = steady(train["train_times"]), steady(train["train_cpu_times"])
+        val_s, val_cpu = steady(train["val_episode_times"]), steady(train["val_episode_cpu_times"])
+        epoch = train["batches_per_epoch"]
         rows.append({
             "setting": setting, "engine": engine, "s_per_iteration": round(s_it, 3), "floor_s": round(floor_s, 3),
             "ratio_to_floor": round(s_it / floor_s, 3), "peak_rss_gb": train["peak_rss_gb"],
-            "eval_fraction": round(train["val_episodes"] * val_s / (train["batches_per_epoch"] * s_it), 3),
+            "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
+            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
+            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+            "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
             "s_per_val_episode": round(val_s, 3), "val_episodes": train["val_episodes"],
             "batches_per_epoch": train["batches_per_epoch"], "meta_batch": train["meta_batch"],
             "floor_peak_rss_gb": floor["peak_rss_gb"], "iterations_timed": len(train["train_times"]) - 1,
@@ -254,17 +276,19 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
             **({"peak_gpu_gb": train["peak_gpu_gb"], "floor_peak_gpu_gb": floor["peak_gpu_gb"]}
                if "peak_gpu_gb" in train else {}),
         })
-        print(f"{setting:36s} {engine:8s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
-              f"RSS {train['peak_rss_gb']:5.2f} GB  eval {rows[-1]['eval_fraction']:.1%}", flush=True)
+        print(f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
+              f"(CPU time x{cpu_it / floor_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
+              f"eval {rows[-1]['eval_fraction']:.1%}", flush=True)
     return rows
 
 
 def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
-    lines = ["| setting | engine | s/iteration | floor s | ratio to floor | peak RSS GB | eval fraction |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | engine | s/iteration | floor s | ratio to floor | CPU-time ratio | peak RSS GB | "
+             "eval fraction |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {r['floor_s']:.3f} | "
-                     f"{r['ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | {r['eval_fraction']:.1%} |")
+                     f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
+                     f"{r['eval_fraction']:.1%} |")
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
 
@@ -299,21 +323,24 @@ def main() -> None:
     engines = ["l2l", "batched"] if args.engine == "both" else [args.engine]
     engines += ["l2l_first_order"] if args.first_order_row and "l2l_first_order" not in engines else []
     settings = args.settings or (QUICK_SETTINGS if args.quick else list(SETTINGS))
+    device = "cuda" if args.gpu else "cpu"
+    note = (f"Measured in one run by `python bench/speed.py {' '.join(sys.argv[1:])}` on {device}, "
+            f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "speed" if not args.gpu else "speed_gpu"
     rows, skipped = [], {}
     for setting in settings:
         reason = missing_reason(setting)
         if reason:
             skipped[setting] = reason
             print(f"{setting}: skipped ({reason})", flush=True)
-            continue
-        rows += measure_setting(setting, engines, args)
-    device = "cuda" if args.gpu else "cpu"
-    note = (f"Measured in one run by `python bench/speed.py {' '.join(sys.argv[1:])}` on {device}, "
-            f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "speed" if not args.gpu else "speed_gpu"
-    (RESULTS / f"{name}.json").write_text(json.dumps({"note": note, "skipped": skipped, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(rows, skipped, note))
+        else:
+            rows += measure_setting(setting, engines, args)
+        # Saved after every setting: an interrupted run keeps the rows it measured (and says so).
+        done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
+        (RESULTS / f"{name}.json").write_text(
+            json.dumps({"note": note + done, "skipped": skipped, "rows": rows}, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(rows, skipped, note + done))
     print(f"saved bench/results/{name}.json and {name}.md")
 
 
