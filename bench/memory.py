@@ -92,21 +92,28 @@ def hold_all_graphs(learner) -> None:
     learner.training_step = training_step
 
 
-def measure(meta_batch: int, iterations: int, mode: str) -> dict:
-    out = REPO / "outputs" / "bench" / f"memory-{mode}-{meta_batch}-{time.strftime('%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(meta_batch), "--iterations", str(iterations),
-                             "--mode", mode, "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, env={**os.environ, "WANDB_MODE": "offline"})
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Run ``command`` in a fresh process from the repository root; return its peak RSS in GB, read
+    by the parent with ``os.wait4`` (the child's own high-water mark, children of it excluded)."""
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(proc.stderr.read().decode()[-3000:])
+    return round(usage.ru_maxrss / 1024**2, 3)
+
+
+def measure(meta_batch: int, iterations: int, mode: str) -> dict:
+    out = REPO / "outputs" / "bench" / f"memory-{mode}-{meta_batch}-{time.strftime('%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    peak_rss_gb = run_measured([sys.executable, __file__, "--child", str(meta_batch), "--iterations", str(iterations),
+                                "--mode", mode, "--out", str(out)])
     timing = json.loads((out / "timing.json").read_text())
     steady = timing["times"][1:] or timing["times"]
     return {"mode": mode, "meta_batch": meta_batch, "iterations_timed": len(steady),
             "s_per_iteration": round(sum(steady) / len(steady), 3),
             "s_per_task": round(sum(steady) / len(steady) / meta_batch, 3),
-            "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 3),
+            "peak_rss_gb": peak_rss_gb,
             "rss_before_training_gb": round(timing["rss_before_kb"] / 1024**2, 3), "torch_threads": timing["threads"]}
 
 

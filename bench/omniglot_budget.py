@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from metaplus.threads import available_cores, decide_threads  # noqa: E402 (after the path is set)
 RESULTS = REPO / "bench" / "results"
 
 # The MAML paper's Omniglot settings (1 step of 0.4 for 5-way, 5 steps of 0.1 for 20-way) and MAML++'s
@@ -48,8 +50,8 @@ def run_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
                  "trainer.max_epochs=100000", f"+trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00",
                  f"data.val_episodes={args.val_episodes}", f"data.test_episodes={args.test_episodes}",
                  "algo.msl_epochs=10", "logger=csv", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-                 f"hydra.run.dir={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "offline"}
+                 f"hydra.run.dir={out}", f"threads={args.threads}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{algo} {ways}-way seed {seed} failed:\n{proc.stderr[-3000:]}")
@@ -105,11 +107,14 @@ def main() -> None:
     parser.add_argument("--val-episodes", type=int, default=100)
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--queries", type=int, default=5, help="query images per class")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: OMP_NUM_THREADS, else cores / --jobs)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at once; with 2, MAML and MAML++ of one seed share the CPU side by side")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
+    args.threads, why = decide_threads(args.threads, os.environ, available_cores(), args.jobs)
+    print(f"threads: {args.threads} per run ({why})", flush=True)
     sweep = REPO / "outputs" / "bench" / f"omniglot-budget{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Seed-major order: with --jobs 2 the two algorithms of one (ways, seed) run concurrently, so
     # both see the same machine load and the budget comparison stays fair.

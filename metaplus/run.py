@@ -21,6 +21,7 @@ from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import init_backbone_from, split_init_from
 from metaplus.results import write_results
+from metaplus.threads import configure_run_threads
 
 log = logging.getLogger("metaplus")
 
@@ -67,6 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     try:
         check_int("seed", cfg.seed, 0)
+        configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         preset_line = describe_preset(cfg)
         parts = build(cfg)

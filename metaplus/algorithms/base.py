@@ -33,7 +33,7 @@ from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
 from metaplus.config import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
-from metaplus.inner import CloneAdapt, sgd
+from metaplus.inner import make_engine, sgd
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -83,6 +83,8 @@ class EpisodicLearner(L.LightningModule):
         grad_clip_value: float | None = None,
         grad_clip_norm: float | None = None,
         eval_curve: str = "test",
+        engine: str = "l2l",
+        chunk_size: int | None = None,
     ):
         super().__init__()
         check_choice("task_type", task_type, {"regression", "classification"})
@@ -104,7 +106,10 @@ class EpisodicLearner(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
-        self.inner = inner_loop if inner_loop is not None else CloneAdapt()
+        self.inner = inner_loop if inner_loop is not None else make_engine(engine, chunk_size)
+        if getattr(self.inner, "batched", False) and not self.supports_batched_engine:
+            raise ConfigError("engine", f"{engine!r} is invalid for {type(self).__name__}: its training step is "
+                                        f"not a query loss after adaptation; use engine=l2l")
         self.task_type, self.metric = task_type, metric_name(task_type)
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.inner_lr, self.meta_lr, self.first_order = inner_lr, meta_lr, first_order
@@ -119,6 +124,10 @@ class EpisodicLearner(L.LightningModule):
         self.eval_results: dict[str, dict] = {}
 
     # -- hooks for subclasses ------------------------------------------------------------------
+    #: False where training is not "query loss after adaptation" (Reptile, MT-net, pretrain): such a
+    #: learner refuses ``engine=batched``, which computes exactly that loss for a whole meta-batch.
+    supports_batched_engine = True
+
     def loss_fn(self, prediction: Tensor, target: Tensor) -> Tensor:
         if self.task_type == "regression":
             return F.mse_loss(prediction, target)
@@ -154,11 +163,32 @@ class EpisodicLearner(L.LightningModule):
         prediction = learner(task.query_x, step=max(self.inner_steps - 1, 0))
         return self.loss_fn(prediction, task.query_y), self.score(prediction, task.query_y).detach()
 
+    def query_step_weights(self) -> Tensor | None:
+        """Weights of the query losses after each inner step (None: the last step only). MAML's MSL
+        answers here for the batched engine; the per-task path reads it in ``task_loss``."""
+        return None
+
     def accumulate_task(self, task: Task, weight: float) -> tuple[Tensor, Tensor]:
         """Add this task's share of the meta-gradient to ``.grad``; return its (loss, metric)."""
         loss, metric = self.task_loss(task)
         self.manual_backward(loss * weight)
         return loss.detach(), metric
+
+    def accumulate_batched(self, batch: TaskBatch) -> tuple[list[Tensor], list[Tensor]]:
+        """The batched engine's training path: each chunk of tasks' outer losses in one call, one
+        backward per chunk (so memory grows with the chunk); returns per-task (losses, metrics)."""
+        n, losses, metrics = len(batch), [], []
+        for chunk in self.inner.chunks(n):
+            with self.gradient_sync(last=chunk.stop >= n):
+                loss, prediction = self.inner.query_losses(
+                    self.backbone, batch.support_x[chunk], batch.support_y[chunk], batch.query_x[chunk],
+                    batch.query_y[chunk], loss_fn=self.loss_fn, steps=self.inner_steps,
+                    adapted=self.adapted_names(), rule=self.inner_rule(),
+                    first_order=self.training_first_order(), step_weights=self.query_step_weights())
+                self.manual_backward(loss.sum() / n)
+            losses += list(loss.detach())
+            metrics += [self.score(p, y).detach() for p, y in zip(prediction, batch.query_y[chunk])]
+        return losses, metrics
 
     # -- training ------------------------------------------------------------------------------
     def gradient_sync(self, last: bool):
@@ -171,11 +201,14 @@ class EpisodicLearner(L.LightningModule):
         optimizer.zero_grad()
         n = len(batch)
         losses, metrics = [], []
-        for b in range(n):
-            with self.gradient_sync(last=b == n - 1):
-                loss, metric = self.accumulate_task(batch[b], 1.0 / n)
-            losses.append(loss)
-            metrics.append(metric)
+        if getattr(self.inner, "batched", False):  # algo.engine=batched: whole chunks of tasks per call
+            losses, metrics = self.accumulate_batched(batch)
+        else:
+            for b in range(n):
+                with self.gradient_sync(last=b == n - 1):
+                    loss, metric = self.accumulate_task(batch[b], 1.0 / n)
+                losses.append(loss)
+                metrics.append(metric)
         loss = torch.stack(losses).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

@@ -123,6 +123,9 @@ class MAML(EpisodicLearner):
             return None
         return msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)
 
+    def query_step_weights(self) -> Tensor | None:
+        return self.current_msl_weights()
+
     def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
         weights = self.current_msl_weights()
         if weights is None:

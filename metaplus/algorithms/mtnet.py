@@ -80,6 +80,8 @@ def straight_through_mask(logits: Tensor, noise: Tensor, temperature: float) -> 
 
 
 class MTNet(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -26,6 +26,8 @@ from metaplus.nn import head_parameter_names
 
 
 class Pretrain(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,

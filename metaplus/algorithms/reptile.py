@@ -54,6 +54,8 @@ def adam(lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8) ->
 
 
 class Reptile(EpisodicLearner):
+    supports_batched_engine = False  # algo.engine=batched computes query losses after adaptation only
+
     def __init__(
         self,
         backbone: nn.Module,

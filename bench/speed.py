@@ -1,0 +1,348 @@
+"""Benchmark (issue 13): time per meta-iteration against the compute floor, peak memory, and the
+share of an epoch that validation costs, for the published few-shot settings, in one run.
+
+For every setting of :data:`SETTINGS` and every engine (``algo.engine=l2l|batched``), a fresh child
+process trains through the real Lightning Trainer (one warm-up meta-iteration dropped, then
+``--iterations`` timed ones, each from ``on_train_batch_start`` to ``on_train_batch_end``), then
+validates a few episodes (first batch dropped as warm-up); its peak RSS is read by the parent
+(``bench/memory.run_measured``, ``os.wait4``).
+
+The compute floor (one more child per setting) runs the same backbone (same convolutions, same BN
+configuration) on the same meta-batches with no meta-learning machinery: per task, one plain
+forward/backward on the support set per inner step, then a forward/backward on the query set once
+per query loss the learner takes (every step while MAML++'s multi-step loss is on, as at epoch 0,
+else once), then one Adam step. No cloning, no second order, no inner update.
+
+    eval_fraction = val_episodes x (s per validation episode) / (batches_per_epoch x s/iteration)
+
+at the setting's own ``data.val_episodes`` and ``data.batches_per_epoch``: the time validation adds
+to each epoch, as a fraction of the epoch's training time. Each time is measured twice: wall clock
+(``s_per_iteration``, ``floor_s``, ``ratio_to_floor``, ``eval_fraction``) and the process's CPU time
+(``cpu_*``), which on a CPU shared with other jobs is the steadier of the two (it does not count
+waiting for a core); ``--engine both --first-order-row`` adds the default engine run first order,
+which separates the machinery's overhead from the cost of the second-order terms.
+
+    python bench/speed.py --quick                     # a subset, a few minutes on 1 CPU thread
+    python bench/speed.py --engine both --iterations 3
+    python bench/speed.py --gpu --engine both         # CUDA: device cuda, synchronised timers
+    python bench/speed.py --gpu --precision bf16-mixed
+
+Writes bench/results/speed.json (one row per setting and engine) and speed.md. mini-ImageNet is
+read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content does not change the
+cost of an iteration, and decoding all 60,000 images would dominate a quick run).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.memory import run_measured  # noqa: E402 (after the path is set)
+
+RESULTS = REPO / "bench" / "results"
+MINI_IMAGES_PER_CLASS = 40
+
+# One table of settings: name -> (description, overrides). Explicit values of the published settings
+# (REFERENCE.md), so the benchmark measures them even if an experiment's defaults move.
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "mamlpp_omniglot_5w1s": (
+        "MAML++ Omniglot 5w1s (released config): Conv-4 64 leaky ReLU, 1 query/class, meta-batch 8, "
+        "5 second-order steps",
+        ["experiment=mamlpp_omniglot_5w1s", "model.filters=64", "model.activation=leaky_relu", "data.ways=5",
+         "data.shots=1", "data.queries=1", "data.meta_batch_size=8", "algo.inner_steps=5", "algo.da=false"]),
+    "mamlpp_omniglot_5w1s_q15_mb16": (
+        "MAML++ Omniglot 5w1s, 15 queries/class, meta-batch 16 (issue 13's measured case)",
+        ["experiment=mamlpp_omniglot_5w1s", "model.filters=64", "model.activation=leaky_relu", "data.ways=5",
+         "data.shots=1", "data.queries=15", "data.meta_batch_size=16", "algo.inner_steps=5", "algo.da=false"]),
+    "maml_omniglot_20w1s": (
+        "MAML Omniglot 20w1s: Conv-4 64 ReLU, 1 query/class (MAML's code), meta-batch 16, 5 second-order steps",
+        ["experiment=omniglot_20w1s", "model.filters=64", "data.ways=20", "data.shots=1", "data.queries=1",
+         "data.meta_batch_size=16", "algo.inner_steps=5", "algo.first_order=false"]),
+    "mamlpp_miniimagenet_5w1s": (
+        "MAML++ mini-ImageNet 5w1s: Conv-4 48 leaky ReLU, 15 queries/class, meta-batch 2, 5 second-order steps",
+        ["experiment=mamlpp_miniimagenet_5w1s", "model.filters=48", "model.activation=leaky_relu", "data.ways=5",
+         "data.shots=1", "data.queries=15", "data.meta_batch_size=2", "algo.inner_steps=5", "algo.da=false",
+         f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}"]),
+    "mamlpp_miniimagenet_5w1s_resnet12": (
+        "MAML++ mini-ImageNet 5w1s with ResNet-12 (meta-batch 2, 5 second-order steps, 15 queries/class)",
+        ["experiment=mamlpp_miniimagenet_5w1s", "model=resnet12", "data.ways=5", "data.shots=1", "data.queries=15",
+         "data.meta_batch_size=2", "algo.inner_steps=5", "algo.da=false",
+         f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}"]),
+}
+QUICK_SETTINGS = ["mamlpp_omniglot_5w1s", "mamlpp_miniimagenet_5w1s"]
+# What each row's engine means. l2l_first_order is a diagnostic: the default engine with the inner
+# gradients detached (first order), which separates the machinery's overhead from the cost of the
+# second-order terms when compared with the floor.
+ENGINES = {"l2l": ["algo.engine=l2l"], "batched": ["algo.engine=batched"],
+           "l2l_first_order": ["algo.engine=l2l", "algo.first_order=true"]}
+MEASURE = ["logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+           "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false",
+           "trainer.num_sanity_val_steps=0"]
+
+
+def missing_reason(setting: str) -> str | None:
+    """Why a setting cannot run in this checkout (its backbone does not exist yet), else None."""
+    if "resnet12" in setting:
+        if not hasattr(importlib.import_module("metaplus.nn"), "ResNet12"):
+            return "metaplus.nn.ResNet12 does not exist in this checkout"
+        if not (REPO / "conf" / "model" / "resnet12.yaml").is_file():
+            return "conf/model/resnet12.yaml does not exist in this checkout"
+    return None
+
+
+# -- the child processes -------------------------------------------------------------------------
+def compose(overrides: list[str], out: Path):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from metaplus.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def device_overrides(args) -> list[str]:
+    extra = ["trainer.accelerator=gpu", "trainer.devices=1"] if args.gpu else ["trainer.accelerator=cpu"]
+    return extra + ([f"trainer.precision={args.precision}"] if args.precision else [])
+
+
+def child(args) -> None:
+    """One measurement inside a fresh process: ``train`` (an engine) or ``floor``; JSON to args.out."""
+    import lightning as L
+    import torch
+
+    from metaplus.run import build
+    from metaplus.threads import configure_threads
+
+    threads = configure_threads(args.threads, processes=1)
+    _, overrides = SETTINGS[args.setting]
+    preset = compose(overrides, args.out)  # the setting's own epoch size and validation episodes
+    per_epoch, val_episodes = int(preset.data.batches_per_epoch), int(preset.data.val_episodes)
+    cuda = args.gpu and torch.cuda.is_available()
+    if args.gpu and not cuda:
+        raise SystemExit("--gpu: torch.cuda.is_available() is False on this machine")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    measure = [*MEASURE, *device_overrides(args), f"data.batches_per_epoch={args.iterations + 1}",
+               f"+trainer.limit_val_batches={args.val_batches + 1 if args.child == 'train' else 0}",
+               f"+data.eval_batch_size={args.val_batch_size}"]
+    if args.child == "train":
+        measure += ENGINES[args.engine]
+    cfg = compose([*overrides, *measure], args.out)
+    L.seed_everything(0)
+    parts = build(cfg)
+    learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]
+    record = {"threads": threads, "batches_per_epoch": per_epoch, "val_episodes": val_episodes,
+              "meta_batch": int(cfg.data.meta_batch_size), "device": "cuda" if cuda else "cpu"}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    if args.child == "train":
+        record.update(time_training(trainer, learner, datamodule, sync))
+    else:
+        record.update(time_floor(learner, datamodule, args.iterations, torch.device("cuda" if cuda else "cpu"),
+                                 sync, cfg.trainer.get("precision")))
+    if cuda:
+        record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+    (args.out / "speed.json").write_text(json.dumps(record))
+
+
+def time_training(trainer, learner, datamodule, sync) -> dict:
+    import lightning as L
+
+    train, val = Clock(sync), Clock(sync)
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, *args):
+            train.start()
+
+        def on_train_batch_end(self, *args):
+            train.stop()
+
+        def on_validation_batch_start(self, trainer, module, batch, *args):
+            val.start(per=len(batch))
+
+        def on_validation_batch_end(self, *args):
+            val.stop()
+
+    trainer.callbacks.append(Timer())
+    trainer.fit(learner, datamodule=datamodule)
+    return {"train_times": train.wall, "train_cpu_times": train.cpu,
+            "val_episode_times": val.wall, "val_episode_cpu_times": val.cpu}
+
+
+class Clock:
+    """Wall time and this process's CPU time (all its threads) of each interval, divided by ``per``.
+    On a CPU shared with other jobs the CPU time is the steadier measure: it does not count the time
+    the process waits for a core (on a GPU it counts only the host's share)."""
+
+    def __init__(self, sync):
+        self.sync, self.wall, self.cpu = sync, [], []
+
+    def start(self, per: int = 1) -> None:
+        self.sync()
+        self.per, self.t0, self.c0 = per, time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.sync()
+        self.wall.append((time.perf_counter() - self.t0) / self.per)
+        self.cpu.append((time.process_time() - self.c0) / self.per)
+
+
+def time_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
+    """The same backbone on the same meta-batches: plain forward/backward passes, one Adam step."""
+    import torch
+
+    backbone = learner.backbone.to(device)
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
+    steps = max(learner.inner_steps, 1)
+    query_passes = steps if learner.query_step_weights() is not None else 1
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
+                else torch.autocast(device.type, enabled=False))
+    batches = iter(datamodule.train_dataloader())
+    clock = Clock(sync)
+    for _ in range(iterations + 1):
+        batch = next(batches)
+        clock.start()
+        optimizer.zero_grad()
+        for b in range(len(batch)):
+            task = batch[b]
+            sx, sy, qx, qy = (t.to(device) for t in (task.support_x, task.support_y, task.query_x, task.query_y))
+            with autocast:
+                for step in range(steps):
+                    learner.loss_fn(backbone(sx, step=step), sy).backward()
+                for step in range(steps - query_passes, steps):
+                    learner.loss_fn(backbone(qx, step=step), qy).backward()
+        optimizer.step()
+        clock.stop()
+    return {"train_times": clock.wall, "train_cpu_times": clock.cpu, "query_passes": query_passes,
+            "support_passes": steps}
+
+
+# -- the parent -----------------------------------------------------------------------------------
+def run_child(kind: str, setting: str, engine: str, args) -> dict:
+    out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else engine}-{time.strftime('%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "--child", kind, "--setting", setting, "--engine", engine,
+               "--out", str(out), "--iterations", str(args.iterations), "--val-batches", str(args.val_batches),
+               "--val-batch-size", str(args.val_batch_size), "--threads", str(args.threads)]
+    command += (["--gpu"] if args.gpu else []) + (["--precision", args.precision] if args.precision else [])
+    peak = run_measured(command)
+    record = json.loads((out / "speed.json").read_text())
+    record["peak_rss_gb"] = peak
+    return record
+
+
+def steady(times: list[float]) -> float:
+    """Mean without the first (warm-up) measurement."""
+    return statistics.fmean(times[1:] or times)
+
+
+def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
+    floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
+    floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
+    rows = []
+    for engine in engines:
+        train = run_child("train", setting, engine, args)
+        s_it, cpu_it = steady(train["train_times"]), steady(train["train_cpu_times"])
+        val_s, val_cpu = steady(train["val_episode_times"]), steady(train["val_episode_cpu_times"])
+        epoch = train["batches_per_epoch"]
+        rows.append({
+            "setting": setting, "engine": engine, "s_per_iteration": round(s_it, 3), "floor_s": round(floor_s, 3),
+            "ratio_to_floor": round(s_it / floor_s, 3), "peak_rss_gb": train["peak_rss_gb"],
+            "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
+            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
+            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+            "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
+            "s_per_val_episode": round(val_s, 3), "val_episodes": train["val_episodes"],
+            "batches_per_epoch": train["batches_per_epoch"], "meta_batch": train["meta_batch"],
+            "floor_peak_rss_gb": floor["peak_rss_gb"], "iterations_timed": len(train["train_times"]) - 1,
+            "threads": train["threads"], "device": train["device"], "precision": args.precision or "32-true",
+            **({"peak_gpu_gb": train["peak_gpu_gb"], "floor_peak_gpu_gb": floor["peak_gpu_gb"]}
+               if "peak_gpu_gb" in train else {}),
+        })
+        print(f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
+              f"(CPU time x{cpu_it / floor_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
+              f"eval {rows[-1]['eval_fraction']:.1%}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
+    lines = ["| setting | engine | s/iteration | floor s | ratio to floor | CPU-time ratio | peak RSS GB | "
+             "eval fraction |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {r['floor_s']:.3f} | "
+                     f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
+                     f"{r['eval_fraction']:.1%} |")
+    lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), help="default: all (--quick: a subset)")
+    parser.add_argument("--engine", choices=[*ENGINES, "both"], default="both")
+    parser.add_argument("--first-order-row", action="store_true",
+                        help="also time the l2l engine first order (machinery overhead without second-order terms)")
+    parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_SETTINGS)}; 2 timed iterations")
+    parser.add_argument("--iterations", type=int, default=None, help="timed meta-iterations after one warm-up")
+    parser.add_argument("--val-batches", type=int, default=None, help="timed validation batches after one warm-up")
+    parser.add_argument("--val-batch-size", type=int, default=2, help="episodes per validation batch")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS, else all cores)")
+    parser.add_argument("--gpu", action="store_true", help="train on cuda (timers synchronise the device)")
+    parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed")
+    parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
+    parser.add_argument("--child", choices=["train", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.iterations is None:
+        args.iterations = 2 if args.quick else 4
+    if args.val_batches is None:
+        args.val_batches = 1 if args.quick else 3
+    if args.child:
+        return child(args)
+    from metaplus.threads import available_cores, decide_threads
+
+    args.threads, why = decide_threads(args.threads, os.environ, available_cores(), 1)
+    engines = ["l2l", "batched"] if args.engine == "both" else [args.engine]
+    engines += ["l2l_first_order"] if args.first_order_row and "l2l_first_order" not in engines else []
+    settings = args.settings or (QUICK_SETTINGS if args.quick else list(SETTINGS))
+    device = "cuda" if args.gpu else "cpu"
+    note = (f"Measured in one run by `python bench/speed.py {' '.join(sys.argv[1:])}` on {device}, "
+            f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "speed" if not args.gpu else "speed_gpu"
+    rows, skipped = [], {}
+    for setting in settings:
+        reason = missing_reason(setting)
+        if reason:
+            skipped[setting] = reason
+            print(f"{setting}: skipped ({reason})", flush=True)
+        else:
+            rows += measure_setting(setting, engines, args)
+        # Saved after every setting: an interrupted run keeps the rows it measured (and says so).
+        done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
+        (RESULTS / f"{name}.json").write_text(
+            json.dumps({"note": note + done, "skipped": skipped, "rows": rows}, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(rows, skipped, note + done))
+    print(f"saved bench/results/{name}.json and {name}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""How many torch threads a training process gets: its share of the cores, unless the user chose.
+
+Several processes that each take torch's default (one thread per core) oversubscribe the CPU: two
+training processes on two cores ran 4x slower than one (issue 13). Every process that trains (a
+single run, each rank of a DDP run, each parallel job of ``hydra/launcher=submitit_local``, each
+job of a bench script's ``--jobs``) therefore takes ``cores // processes`` threads, where
+``processes`` is how many such processes share this machine's cores. The user's choice wins:
+the ``threads`` config key first, then ``OMP_NUM_THREADS`` (torch already honours it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from metaplus.config import ConfigError, check
+
+log = logging.getLogger("metaplus")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: respects taskset, cgroups cpusets, SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decide_threads(configured: Any, environ: Mapping[str, str], cores: int, processes: int) -> tuple[int, str]:
+    """(threads, why). ``configured`` is the ``threads`` key (None = not set)."""
+    if configured is not None:
+        check("threads", configured,
+              isinstance(configured, int) and not isinstance(configured, bool) and configured >= 1,
+              "null (cores / processes) or an integer >= 1")
+        return configured, "config key threads"
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp:
+        if not omp.isdigit() or int(omp) < 1:
+            raise ConfigError("OMP_NUM_THREADS", f"{omp!r} is invalid: must be an integer >= 1")
+        return int(omp), "OMP_NUM_THREADS"
+    processes = max(int(processes), 1)
+    return max(cores // processes, 1), f"{cores} cores / {processes} processes"
+
+
+def trainer_processes(trainer_cfg: Mapping[str, Any], environ: Mapping[str, str]) -> int:
+    """Processes Lightning starts on this node for one run: ``devices`` of them (DDP), else one.
+    Under ``srun`` each task already has its own cores (its affinity mask), so it counts as one."""
+    if int(environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return 1
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return max(devices, 1)
+    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+        return max(len(devices), 1)
+    return 1  # "auto" and friends: one process on CPU, and no way to know more before the trainer exists
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this Hydra multirun run at once: all of the sweep (capped by the sweeper's
+    ``max_batch_size``) under the ``submitit_local`` launcher, one under the basic launcher
+    (sequential) or outside a multirun. The sweep's size is read from the ``multirun.yaml`` Hydra
+    writes into the sweep directory before launching."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return 1
+    hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.get("launcher") or {}
+    if hydra_cfg.get("mode") != RunMode.MULTIRUN or not str(launcher.get("_target_", "")).endswith("LocalLauncher"):
+        return 1
+    size = sweep_size(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    # The sweeper hands the launcher at most max_batch_size jobs at once; submitit's local executor
+    # starts all it is handed.
+    batch = (hydra_cfg.get("sweeper") or {}).get("max_batch_size")
+    return max(min(size, int(batch)) if batch else size, 1)
+
+
+def sweep_size(multirun_yaml: Path) -> int:
+    """Number of jobs of the sweep recorded in ``multirun.yaml`` (product of the swept values)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if not multirun_yaml.is_file():
+        return 1
+    overrides = list(OmegaConf.load(multirun_yaml).hydra.overrides.task)
+    size = 1
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            size *= len(list(override.sweep_iterator()))
+    return size
+
+
+def configure_threads(configured: Any = None, processes: int = 1,
+                      environ: Mapping[str, str] | None = None) -> int:
+    """Decide, apply (``torch.set_num_threads``) and log ``threads: N (why)``; return N."""
+    environ = os.environ if environ is None else environ
+    threads, why = decide_threads(configured, environ, available_cores(), processes)
+    torch.set_num_threads(threads)
+    # Exported so the processes this one starts inherit the decision: Lightning's DDP launcher would
+    # otherwise set its own OMP_NUM_THREADS (cpu_count // processes) and reset this process's threads.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    log.info("threads: %d (%s)", threads, why)
+    return threads
+
+
+def configure_run_threads(cfg: Mapping[str, Any]) -> int:
+    """The run's threads: its Lightning processes times the multirun's parallel jobs share the cores."""
+    processes = trainer_processes(cfg.get("trainer", {}), os.environ) * parallel_jobs()
+    return configure_threads(cfg.get("threads"), processes)

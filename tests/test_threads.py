@@ -1,0 +1,100 @@
+"""Each training process gets its share of the cores (metaplus.threads), unless the user chose."""
+import logging
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import QUICK
+from metaplus.config import ConfigError
+from metaplus.threads import decide_threads, sweep_size, trainer_processes
+
+
+@pytest.mark.parametrize("configured, environ, cores, processes, expected", [
+    (None, {}, 2, 1, (2, "2 cores / 1 processes")),                        # one run takes every core
+    (None, {}, 2, 2, (1, "2 cores / 2 processes")),                        # CPU DDP, 2 ranks on 2 cores
+    (None, {}, 16, 3, (5, "16 cores / 3 processes")),                      # floor of the share
+    (None, {}, 2, 4, (1, "2 cores / 4 processes")),                        # never fewer than one
+    (None, {"OMP_NUM_THREADS": "3"}, 16, 4, (3, "OMP_NUM_THREADS")),       # the user's variable wins
+    (None, {"OMP_NUM_THREADS": ""}, 8, 2, (4, "8 cores / 2 processes")),   # empty = not set
+    (6, {"OMP_NUM_THREADS": "3"}, 16, 4, (6, "config key threads")),       # the key wins over everything
+])
+def test_decision_table(configured, environ, cores, processes, expected):
+    assert decide_threads(configured, environ, cores, processes) == expected
+
+
+@pytest.mark.parametrize("configured", [0, -1, 1.5, True, "4"])
+def test_bad_threads_key_fails_naming_it(configured):
+    with pytest.raises(ConfigError, match="threads"):
+        decide_threads(configured, {}, 2, 1)
+
+
+def test_bad_omp_num_threads_fails_naming_it():
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
+        decide_threads(None, {"OMP_NUM_THREADS": "many"}, 2, 1)
+
+
+def test_processes_of_a_run_follow_the_trainer():
+    assert trainer_processes({"devices": 1}, {}) == 1
+    assert trainer_processes({"strategy": "ddp", "accelerator": "cpu", "devices": 2}, {}) == 2
+    assert trainer_processes({"devices": [0, 1, 2]}, {}) == 3
+    assert trainer_processes({"devices": "auto"}, {}) == 1
+    assert trainer_processes({"devices": 4}, {"SLURM_NTASKS": "8"}) == 1  # srun gives each task its cores
+
+
+def test_sweep_size_is_the_product_of_the_swept_values(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['seed=1,2,3', 'algo=maml,fomaml', 'data.shots=5', 'x=range(0,4)']\n")
+    assert sweep_size(tmp_path / "multirun.yaml") == 3 * 2 * 4
+    assert sweep_size(tmp_path / "missing.yaml") == 1
+
+
+def test_a_real_run_trains_with_the_decided_threads(make_config, monkeypatch, caplog, tmp_path):
+    """OMP_NUM_THREADS unset, threads=null, one process: the run's torch threads are all the cores
+    (as decided and logged); threads=1 then gives one. Read inside training by a callback."""
+    from metaplus.run import run
+    from metaplus.threads import available_cores
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("metaplus.run.build_callbacks", lambda cfg, with_loggers: [Probe()])
+    before = torch.get_num_threads()
+    try:
+        for key, expected in (("null", available_cores()), ("1", 1)):
+            seen.clear()
+            with caplog.at_level(logging.INFO, logger="metaplus"):
+                run(make_config([*QUICK, f"threads={key}", "test=false"], tmp_path / key))
+            assert seen and set(seen) == {expected}
+            assert f"threads: {expected} (" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_submitit_local_jobs_share_the_cores(tmp_path):
+    """Inside a job of ``-m hydra/launcher=submitit_local seed=1,2,3``: three jobs run at once
+    (the sweeper's max_batch_size caps them); under the basic launcher they run one after another."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from conftest import CONF
+    from metaplus.threads import parallel_jobs
+
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['seed=1,2,3', 'data.shots=5']\n")
+    for launcher, expected in (("submitit_local", 3), ("submitit_local hydra.sweeper.max_batch_size=2", 2),
+                               ("basic", 1)):
+        GlobalHydra.instance().clear()
+        name, *extra = launcher.split()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"hydra/launcher={name}", *extra], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode, cfg.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        assert parallel_jobs() == expected, launcher
