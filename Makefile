@@ -9,7 +9,9 @@ STAMP := $(VENV)/.metaplus-installed
 # `make train` is the main job: MAML's published sinusoid setting (the default algo=maml data=sinusoid
 # preset) at 2,000 of the paper's 70,000 meta-iterations, so that it ends in a few minutes on a CPU.
 # `make train ARGS="..."` replaces this budget with your overrides (ARGS="" runs the full preset).
+# `make test` takes its own pytest arguments in TEST_ARGS, so that the training budget never reaches pytest.
 ARGS ?= trainer.max_epochs=2
+TEST_ARGS ?=
 
 .PHONY: setup train test test-all bench clean
 setup: $(STAMP)
@@ -29,10 +31,10 @@ train: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py $(ARGS)
 
 test: setup
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(TEST_ARGS)
 
 test-all: setup
-	WANDB_MODE=offline $(PY) -m pytest $(ARGS)
+	WANDB_MODE=offline $(PY) -m pytest $(TEST_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
