@@ -32,6 +32,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from metaplus.config import instantiate_group, register_resolvers  # noqa: E402
 from metaplus.data.episodes import Task  # noqa: E402
+from metaplus.nn.init_from import build_backbone  # noqa: E402
 
 PRESETS = {
     "maml_omniglot_5w1s": "omniglot_5w1s",
@@ -92,7 +93,7 @@ def measure(name: str, experiment: str, iterations: int, episodes: int) -> dict:
     cfg = compose_preset(experiment)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    backbone = instantiate_group(cfg.model, "model")
+    backbone = build_backbone(cfg.model)
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=cfg.data.task)
     s_iter = time_iterations(learner, cfg, iterations, generator)
     curve = time_val_episodes(learner, cfg, episodes, True, generator)

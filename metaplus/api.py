@@ -35,6 +35,7 @@ from metaplus.algorithms.base import EpisodicLearner
 from metaplus.config import check_choice, instantiate_group, register_resolvers
 from metaplus.data.episodes import Task
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
+from metaplus.nn.init_from import build_backbone
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -51,7 +52,7 @@ def load(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu",
     """
     ckpt, run_dir = find_checkpoint(Path(run_dir_or_ckpt))
     cfg = run_config(run_dir)
-    backbone = instantiate_group(cfg.model, "model")
+    backbone = build_backbone(cfg.model, initialise=False)  # the checkpoint holds the weights
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=cfg.data.task)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     build_checkpoint_only_parts(learner, state)

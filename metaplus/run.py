@@ -19,7 +19,7 @@ from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
-from metaplus.nn.init_from import init_backbone_from, split_init_from
+from metaplus.nn.init_from import build_backbone
 from metaplus.results import write_results
 from metaplus.threads import configure_run_threads
 
@@ -38,10 +38,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
     datamodule.setup("fit" if cfg.train else "test")
-    model_cfg, init_from = split_init_from(cfg.model)  # model.init_from is ours, not the backbone's
-    backbone = instantiate_group(model_cfg, "model")
-    if init_from is not None:  # before the learner reshapes per-step BN or inserts T-net layers
-        init_backbone_from(backbone, init_from)
+    backbone = build_backbone(cfg.model)
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_loggers=bool(loggers))

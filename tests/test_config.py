@@ -11,7 +11,8 @@ from metaplus.data.images import DatasetNotFoundError
 from metaplus.run import build, run
 
 # Options that need a particular companion to make sense (an image backbone needs image data).
-COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("trainer", "ddp"): ["data.meta_batch_size=24"]}
+COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("model", "resnet12"): ["data=omniglot"],
+              ("trainer", "ddp"): ["data.meta_batch_size=24"]}
 NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}
 NOT_SHIPPED = {"cifarfs", "fc100", "tieredimagenet", "cub"}
 

@@ -123,11 +123,11 @@ def test_trains_and_tests_under_ddp(name, tmp_path):
 # -- which learners get DDP's unused-parameter search (no processes needed) ----------------------------
 def learner_for(make_config, overrides):
     from metaplus.config import instantiate_group
-    from metaplus.nn.init_from import split_init_from
+    from metaplus.nn.init_from import build_backbone
 
     cfg = make_config(overrides)
     datamodule = instantiate_group(cfg.data, "data")
-    backbone = instantiate_group(split_init_from(cfg.model)[0], "model")
+    backbone = build_backbone(cfg.model)
     return instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
 
 

@@ -104,10 +104,11 @@ def learner_gradient(learner, task):
     return dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))
 
 
-@pytest.mark.parametrize("bnwb", [False, True])
-def test_second_order_maml_gradient_matches_an_independent_computation(bnwb):
+@pytest.mark.parametrize("bnwb,adapt_bn_affine", [(False, False), (False, True), (True, False)])
+def test_second_order_maml_gradient_matches_an_independent_computation(bnwb, adapt_bn_affine):
     steps, alpha = 2, 0.3
-    learner = MAML(tiny_resnet(), "classification", inner_steps=steps, inner_lr=alpha, bnwb=bnwb, bnrs=bnwb).double()
+    learner = MAML(tiny_resnet(), "classification", inner_steps=steps, inner_lr=alpha, bnwb=bnwb, bnrs=bnwb,
+                   adapt_bn_affine=adapt_bn_affine).double()
     norm = learner.backbone.blocks[1].norm2
     assert norm.weight.shape == ((steps, 3) if bnwb else (3,))
     if bnwb:  # distinct per-step affine sets, so using the wrong step's set would show
@@ -119,7 +120,11 @@ def test_second_order_maml_gradient_matches_an_independent_computation(bnwb):
     task = image_task()
     got = learner_gradient(learner, task)
     adapted = learner.adapted_names()
-    assert (len(adapted) == 16 + 2) if bnwb else (len(adapted) == len(got))  # BNWB: BN is meta-learned only
+    # 12 convs + 3 shortcut convs + head weight/bias; BN's weight/bias are meta-learned only unless
+    # adapt_bn_affine (as in Finn's and the MAML++ code)
+    convs_and_head = {n for n in got if "norm" not in n}
+    assert len(convs_and_head) == 16 + 2
+    assert adapted == (set(got) if adapt_bn_affine else convs_and_head)
     expected = functional_meta_gradient(learner.backbone, task, alpha, steps, adapted)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10, msg=name)
@@ -182,7 +187,8 @@ def test_per_step_running_statistics_are_kept_per_step():
 
 def test_lslr_learns_a_rate_per_tensor_and_step():
     learner = MAML(tiny_resnet(), "classification", inner_steps=2, inner_lr=0.1, lslr=True).double()
-    assert set(learner.lr_names) == {n for n, _ in learner.backbone.named_parameters()}
+    # one rate per adapted tensor: every conv, shortcut and the head; batch-norm affines are not adapted
+    assert set(learner.lr_names) == {n for n, _ in learner.backbone.named_parameters() if "norm" not in n}
     rates = learner.inner_lrs[learner.lr_names["blocks.2.shortcut.weight"]]
     assert rates.shape == (2,) and torch.allclose(rates, torch.full((2,), 0.1, dtype=rates.dtype))
     grad = torch.autograd.grad(learner.task_loss(image_task())[0], rates)[0]

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from metaplus.config import ConfigError
+from metaplus.config import ConfigError, instantiate_group
 
 log = logging.getLogger("metaplus")
 KEY = "init_from"
@@ -40,6 +40,16 @@ def split_init_from(node: DictConfig) -> tuple[DictConfig, str | None]:
     resolved = OmegaConf.to_container(node, resolve=True)
     value = resolved.pop(KEY)
     return OmegaConf.create(resolved), (None if value is None else str(value))
+
+
+def build_backbone(model_cfg: DictConfig, initialise: bool = True) -> nn.Module:
+    """The backbone of ``model_cfg``, started from ``model.init_from`` when ``initialise`` (a new run)
+    and left fresh otherwise (loading a trained run, whose checkpoint holds the weights)."""
+    node, init_from = split_init_from(model_cfg)
+    backbone = instantiate_group(node, "model")
+    if initialise and init_from is not None:  # before the learner reshapes per-step BN or inserts T-net layers
+        init_backbone_from(backbone, init_from)
+    return backbone
 
 
 def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
