@@ -128,3 +128,21 @@ def recompute_test_metric(cfg: DictConfig, ckpt_path: str) -> tuple[float, float
         with torch.no_grad():
             after.append(metric(adapted(task.query_x, step=max(learner.test_inner_steps - 1, 0)), task.query_y))
     return sum(after) / len(after), sum(before) / len(before)
+
+
+def trained_vs_untrained(make_config, tmp_path, overrides: list[str], metric: str) -> tuple[dict, float]:
+    """A short run's metrics and the same untrained learner's ``metric`` on the same fixed test episodes.
+
+    The trained run's ``metric`` and its value before adaptation are first checked against
+    ``recompute_test_metric`` (plain formulas on the checkpoint), so a margin asserted on them is a
+    margin between independently computed numbers, not between two outputs of the code under test."""
+    from metaplus.run import build, run
+
+    cfg = make_config(overrides, output_dir=tmp_path / "trained")
+    trained = run(cfg)
+    after, before = recompute_test_metric(cfg, trained["best_checkpoint"])
+    assert trained[metric] == pytest.approx(after, rel=1e-5, abs=1e-7), (metric, trained[metric], after)
+    assert trained[f"{metric}_step0"] == pytest.approx(before, rel=1e-5, abs=1e-7), (metric, "step 0")
+    parts = build(make_config(overrides, output_dir=tmp_path / "untrained"))
+    parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
+    return trained, parts["learner"].eval_results["test"][metric]

@@ -11,25 +11,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import QUICK, shared_data_dir
+from conftest import QUICK, shared_data_dir, trained_vs_untrained
 from metaplus.algorithms import Reptile
 from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
-from metaplus.run import build, run
+from metaplus.run import build
 
 
 DATA = shared_data_dir()
 needs_omniglot = pytest.mark.skipif(DATA is None or not (DATA / "omniglot" / "images_background.zip").is_file(),
                                     reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
-
-
-def trained_vs_untrained(make_config, tmp_path, overrides, metric):
-    """Post-adaptation test metric after a short run, and of the same untrained model on the same episodes."""
-    trained = run(make_config(overrides, output_dir=tmp_path / "trained"))
-    parts = build(make_config(overrides, output_dir=tmp_path / "untrained"))
-    parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
-    return trained, parts["learner"].eval_results["test"][metric]
 
 
 class TinyLinear(nn.Module):
