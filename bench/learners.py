@@ -30,6 +30,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from metaplus.results import portable
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 ALGOS = "maml,fomaml,anil,reptile,metasgd,pretrain"
@@ -117,7 +119,7 @@ def publish(dataset: str, sweep: Path, command: list[str]) -> Path:
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = add_timing_column((sweep / "report.md").read_text(), timings(sweep))
-    md += "\nCommand (from the repository root, OMP_NUM_THREADS=1):\n\n    " + " ".join(command[1:]) + "\n"
+    md += "\nCommand (from the repository root, OMP_NUM_THREADS=1):\n\n    " + " ".join(portable(command[1:])) + "\n"
     target = RESULTS / f"learners_{dataset}.md"
     target.write_text(md.replace("report.png", f"learners_{dataset}.png"))
     shutil.copy(sweep / "report.csv", RESULTS / f"learners_{dataset}.csv")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from metaplus.results import portable_path  # noqa: E402 (after the path is set)
 from metaplus.threads import available_cores, decide_threads  # noqa: E402 (after the path is set)
 RESULTS = REPO / "bench" / "results"
 
@@ -58,7 +59,7 @@ def run_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
     results = json.loads((out / "results.json").read_text())
     return {"algo": algo, "ways": ways, "seed": seed, "curve": val_curve(out / "csv" / "metrics.csv"),
             "test_acc": results["test/acc"], "test_acc_ci95": results["test/acc_ci95"],
-            "meta_iterations": results["global_step"], "wall_time_s": results["wall_time_s"], "run_dir": str(out)}
+            "meta_iterations": results["global_step"], "wall_time_s": results["wall_time_s"], "run_dir": portable_path(str(out))}
 
 
 def report_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from metaplus.results import portable_path
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
@@ -45,7 +47,7 @@ def train(algo: str, iterations: int, shots: int, out: Path, threads: int) -> di
         "mse_10step": results["test/mse_by_step"][10], "ci95_10step": results["test/mse_ci95_by_step"][10],
         "curve": results["test/mse_by_step"], "wall_time_s": round(time.time() - start, 1),
         "s_per_iteration": round(results["wall_time_s"] / iterations, 4),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "run_dir": str(out),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "run_dir": portable_path(str(out)),
     }
 
 

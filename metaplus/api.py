@@ -36,6 +36,7 @@ from metaplus.config import check_choice, instantiate_group, register_resolvers
 from metaplus.data.episodes import Task
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
 from metaplus.nn.init_from import build_backbone
+from metaplus.results import expand_portable
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -79,9 +80,9 @@ def find_checkpoint(path: Path) -> tuple[Path, Path]:
     if results.is_file():
         best = json.loads(results.read_text()).get("best_checkpoint")
         if best:
-            # results.json may name it by an absolute path of the machine that trained: fall back to
-            # the file of that name in this run directory (a copied or moved run).
-            for candidate in (Path(best), path / "checkpoints" / Path(best).name):
+            # results.json names it relative to the run directory (older runs: by an absolute path of the
+            # machine that trained, so fall back to the file of that name in this run directory).
+            for candidate in (path / best, path / "checkpoints" / Path(best).name):
                 if candidate.is_file():
                     return candidate, path
                 looked.append(str(candidate))
@@ -98,8 +99,8 @@ def run_config(run_dir: Path) -> DictConfig:
     results = run_dir / "results.json"
     if results.is_file():
         config = json.loads(results.read_text()).get("config")
-        if config:
-            return OmegaConf.create(config)
+        if config:  # its paths are portable (metaplus.results.portable): expand $METAPLUS_DATA again
+            return OmegaConf.create(expand_portable(config))
     hydra_config = run_dir / ".hydra" / "config.yaml"
     if not hydra_config.is_file():
         raise RunNotFoundError(f"no config for the run in {run_dir}: looked for {results} ('config') and "

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from metaplus.results import portable_path
+
 SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 # Keys that differ between runs without making them different experiments.
 IGNORED = ("seed", "*.seed", "paths.*", "ckpt_path", "*dirpath", "*save_dir", "*default_root_dir", "*output_dir",
@@ -327,7 +329,7 @@ def write_csv(rows: Sequence[Row], path: Path, extras: Sequence[str] = ()) -> No
             values = {**row.stats(), **{key: row.mean(key) for key in extras}}
             writer.writerow([*(row.labels[c] for c in columns),
                              *("" if values[k] is None else values[k] for k in (*stat_names, *extras)),
-                             ";".join(str(run.path) for run in row.runs)])
+                             ";".join(portable_path(str(run.path)) for run in row.runs)])
 
 
 def row_name(row: Row) -> str:
@@ -391,7 +393,7 @@ def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: 
     write_csv(rows, paths["csv"], extras)
     write_plot(rows, paths["png"], title)
     parts = [f"# {title}", "",
-             f"{len(runs)} runs, {len(rows)} rows, from {', '.join(map(str, sources))}. "
+             f"{len(runs)} runs, {len(rows)} rows, from {', '.join(portable_path(str(s)) for s in sources)}. "
              "Test metric of the evaluated checkpoint on the fixed test episodes, ± 95% CI over episodes "
              "(1.96·std/√n), both averaged over seeds; `mean ± std over seeds` is given when a row has "
              "several seeds (sample std).", "", main_table(rows, extras), ""]

@@ -1,6 +1,6 @@
 """Image sources: Omniglot, mini-ImageNet and image folders, their caches, episodes and errors.
 
-Real-data tests read /work/shared/data (or $METAPLUS_DATA) and are skipped when it is absent; the
+Real-data tests read $METAPLUS_DATA (or ../shared/data beside the repository) and are skipped when it is absent; the
 formats are also tested on tiny synthetic image sets written to tmp_path. Decoded real data is
 cached under pytest's cache folder so that only the first session pays for decoding.
 """

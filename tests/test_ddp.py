@@ -69,7 +69,7 @@ def test_test_metric_over_all_episodes_equals_single_process(make_config, tmp_pa
 
     train(*DDP, *TASKS, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'ddp'}")
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    single = run(make_config([*QUICK, *TASKS, "train=false", f"ckpt_path={ddp['best_checkpoint']}"]))
+    single = run(make_config([*QUICK, *TASKS, "train=false", f"ckpt_path={tmp_path / 'ddp' / ddp['best_checkpoint']}"]))
     assert single["test/mse"] == pytest.approx(ddp["test/mse"], rel=1e-5)
     assert single["test/episodes"] == ddp["test/episodes"] == 11
 

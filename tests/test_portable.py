@@ -1,0 +1,70 @@
+"""Reports and results never embed absolute paths of the machine that made them."""
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, REPO
+from metaplus.results import expand_portable, portable, portable_path
+from metaplus.run import run
+
+# An absolute path of some machine: a slash-rooted path under one of the usual top-level folders.
+ABSOLUTE = re.compile(r"(?<![\w.~$])/(?:work|home|root|tmp|Users|mnt|scratch|check|var|opt|data)/[\w.-]")
+
+
+def test_portable_path_rules(tmp_path, monkeypatch):
+    run_dir, data = tmp_path / "run", tmp_path / "datasets"
+    monkeypatch.setenv("METAPLUS_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(str(run_dir / "checkpoints" / "best.ckpt"), run_dir) == "checkpoints/best.ckpt"
+    assert portable_path(str(run_dir), run_dir) == "."
+    assert portable_path(str(data / "omniglot"), run_dir) == "$METAPLUS_DATA/omniglot"
+    assert portable_path(str(tmp_path / "elsewhere" / "x.yaml"), run_dir) == "elsewhere/x.yaml"
+    assert portable_path(f"hydra.sweep.dir={tmp_path / 'sweeps'}") == "hydra.sweep.dir=sweeps"
+    assert portable_path("/") == "/" and portable_path("val/acc") == "val/acc" and portable_path(3) == 3
+    nested = {"a": [str(run_dir / "f"), {"b": str(data)}], "c": 1.5}
+    assert portable(nested, run_dir) == {"a": ["f", {"b": "$METAPLUS_DATA"}], "c": 1.5}
+    assert expand_portable({"root": "$METAPLUS_DATA/omniglot", "x": ["$METAPLUS_DATAX"]}) == \
+        {"root": f"{data}/omniglot", "x": ["$METAPLUS_DATAX"]}
+
+
+def strings(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from strings(value)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_results_json_holds_no_absolute_path_and_loads_back(make_config, tmp_path):
+    import metaplus
+
+    out = tmp_path / "run"
+    metrics = run(make_config([*QUICK, "ensemble_top_k=0"], output_dir=out))
+    saved = json.loads((out / "results.json").read_text())
+    absolute = [s for s in strings(saved) if s.startswith(os.sep) and len(s) > 1]
+    assert absolute == [], f"results.json embeds absolute paths: {absolute}"
+    assert (out / saved["best_checkpoint"]).resolve() == Path(metrics["best_checkpoint"]).resolve()
+    learner = metaplus.load(out)  # the run is found from its relative names
+    assert learner.checkpoint_path.resolve() == Path(metrics["best_checkpoint"]).resolve()
+
+
+def test_committed_reports_hold_no_absolute_path():
+    tracked = subprocess.run(["git", "ls-files", "bench/results", "docs", "notebooks", "README.md"], cwd=REPO,
+                             capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    offenders = []
+    for name in tracked.stdout.split():
+        path = REPO / name
+        if path.suffix in {".png", ".ckpt", ".pt"} or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        offenders += [f"{name}: {m.group(0)}" for m in ABSOLUTE.finditer(text)]
+    assert offenders == [], offenders[:10]
