@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 from metaplus.config import register_resolvers
 
@@ -34,6 +35,29 @@ def shared_data_dir() -> Path | None:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
+
+
+DATA = shared_data_dir()
+OMNIGLOT = DATA / "omniglot" if DATA else None
+needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
+                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
+
+
+class TinyLinear(nn.Module):
+    """f(x) = x w (no bias): the linear least-squares model of the hand-derived inner-loop tests."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.head = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, x, step=0):
+        return self.head(x)
+
+
+def quadratic_terms(x, y):
+    """(A, b) of L(w) = mean((x w - y)^2): grad L = A w - b with A = 2/n x^T x, b = 2/n x^T y."""
+    n = x.shape[0]
+    return 2.0 / n * x.T @ x, 2.0 / n * x.T @ y
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:

@@ -4,14 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import QUICK, shared_data_dir, trained_vs_untrained
+from conftest import DATA, QUICK, needs_omniglot, trained_vs_untrained
 from metaplus.algorithms import ANIL, MAML
 from metaplus.data.episodes import Task
-
-
-DATA = shared_data_dir()
-needs_omniglot = pytest.mark.skipif(DATA is None or not (DATA / "omniglot" / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
 
 
 class TinyNet(nn.Module):

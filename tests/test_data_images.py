@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, REPO, compose_config, recompute_test_metric, shared_data_dir
+from conftest import DATA, OMNIGLOT, QUICK, REPO, compose_config, needs_omniglot, recompute_test_metric
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
 from metaplus.data.imagefolder import ImageFolderTasks
@@ -23,11 +23,7 @@ from metaplus.data.images import ClassImages, CorruptDatasetError, CorruptImageE
 from metaplus.data.miniimagenet import MiniImageNetTasks
 from metaplus.data.omniglot import OmniglotTasks
 
-DATA = shared_data_dir()
-OMNIGLOT = DATA / "omniglot" if DATA else None
 MINI = DATA / "miniimagenet" if DATA else None
-needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
 needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),
                                 reason="shared mini-ImageNet val split absent (set $METAPLUS_DATA or provide ../shared/data/miniimagenet)")
 

@@ -12,16 +12,12 @@ import math
 import pytest
 import torch
 
-from conftest import QUICK, shared_data_dir
+from conftest import OMNIGLOT, QUICK, needs_omniglot
 from metaplus.callbacks import Divergence, DivergenceError
 from metaplus.config import ConfigError
 from metaplus.run import run
 from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
 
-DATA = shared_data_dir()
-OMNIGLOT = DATA / "omniglot" if DATA else None
-needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA)")
 TINY = [*QUICK, "model=conv4", "model.filters=8", "data.batches_per_epoch=6", "data.meta_batch_size=2",
         "algo.test_inner_steps=1"]
 

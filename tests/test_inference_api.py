@@ -19,16 +19,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import metaplus
-from conftest import QUICK, compose_config, shared_data_dir
+from conftest import OMNIGLOT, QUICK, compose_config
 from metaplus.algorithms import MAML
 from metaplus.api import RunNotFoundError, fixed_episodes
 from metaplus.run import run
 from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
 
-DATA = shared_data_dir()
-OMNIGLOT = DATA / "omniglot" if DATA else None
-needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA)")
 # MAML++ with 2 inner steps: per-step BN weights (bnwb) make the step index matter, bnrs keeps
 # per-step running statistics (for bn_stats="running").
 OMNIGLOT_RUN = [*QUICK, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "model=conv4",

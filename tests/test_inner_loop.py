@@ -9,23 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import TinyLinear, quadratic_terms
 from metaplus.algorithms import MAML
 from metaplus.data.episodes import Task
 from metaplus.inner import CloneAdapt, sgd
-
-class TinyLinear(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.head = nn.Linear(dim, 1, bias=False)
-
-    def forward(self, x, step=0):
-        return self.head(x)
-
-
-def quadratic_terms(x, y):
-    n = x.shape[0]
-    return 2.0 / n * x.T @ x, 2.0 / n * x.T @ y
-
 
 @pytest.fixture
 def problem():

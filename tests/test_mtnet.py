@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import QUICK, compose_config, shared_data_dir
+from conftest import QUICK, compose_config, needs_omniglot
 from metaplus.algorithms import MAML, MTNet
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, TaskBatch
@@ -20,10 +20,6 @@ from metaplus.nn.transform import Transformed, insert_transforms, transform_para
 from metaplus.run import run
 
 SURE = 30.0  # |logit| beyond the clamped logistic noise (|noise| <= 13.9): the mask value is certain
-DATA = shared_data_dir()
-OMNIGLOT = DATA / "omniglot" if DATA else None
-needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
 
 
 def regression_task(seed: int = 0, dim: int = 1, shots: int = 6, queries: int = 8) -> Task:

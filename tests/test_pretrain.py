@@ -7,15 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, shared_data_dir
+from conftest import DATA, QUICK, needs_omniglot
 from metaplus.algorithms import Pretrain
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP
 from metaplus.run import build, run
-
-DATA = shared_data_dir()
-needs_omniglot = pytest.mark.skipif(DATA is None or not (DATA / "omniglot" / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
 
 
 def rand(g, *shape):

@@ -8,34 +8,14 @@ import copy
 import lightning as L
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import QUICK, shared_data_dir, trained_vs_untrained
+from conftest import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
 from metaplus.algorithms import Reptile
 from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.run import build
-
-
-DATA = shared_data_dir()
-needs_omniglot = pytest.mark.skipif(DATA is None or not (DATA / "omniglot" / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
-
-
-class TinyLinear(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.head = nn.Linear(dim, 1, bias=False)
-
-    def forward(self, x, step=0):
-        return self.head(x)
-
-
-def quadratic_terms(x, y):
-    n = x.shape[0]
-    return 2.0 / n * x.T @ x, 2.0 / n * x.T @ y
 
 
 def random_tasks(count, seed=2, dim=3):

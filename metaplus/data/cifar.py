@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, cache_key,
-                                  cache_prefix, cached_class_images, file_identity)
+from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
+                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
+                                  file_identity)
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -56,8 +57,7 @@ class CifarTasks(ImageEpisodes):
         check_choice("source.class_split", class_split, set(SCHEMES))
         check_int("source.image_size", image_size, 1)
         check("source.root", root, root is not None, "the folder holding cifar-100-python/ (data.root)")
-        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
-            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        check_subset_limits(max_classes, max_images_per_class)
         folder = release_folder(Path(root).expanduser())
         paths = [folder / name for name in FILES]
         key = cache_key(scheme=class_split, split=split, image_size=image_size, max_classes=max_classes,

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, list_class_folders,
-                                  list_images, load_image_files)
+from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
+                                  check_subset_limits, list_class_folders, list_images, load_image_files)
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 
 HOW_TO_GET = ("download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
@@ -43,8 +43,7 @@ class CUBTasks(ImageEpisodes):
         check_choice("source.class_split", class_split, {"chen"})
         check_int("source.image_size", image_size, 1)
         check("source.root", root, root is not None, "the folder holding CUB_200_2011/ (data.root)")
-        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
-            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        check_subset_limits(max_classes, max_images_per_class)
         root_path = Path(root).expanduser()
         images = images_folder(root_path)
         found = {d.name for d in list_class_folders(images)}

@@ -256,6 +256,12 @@ def load_image_files(dataset: str, what: str, classes: Sequence[tuple[str, Seque
                                lambda: decode_classes(classes, lambda p: p, str, mode, image_size))
 
 
+def check_subset_limits(max_classes: int | None, max_images_per_class: int | None) -> None:
+    """``source.max_classes`` / ``source.max_images_per_class`` (a subset for benchmarks and tests)."""
+    for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
+        check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+
+
 def folder_classes(folder: Path, max_classes: int | None = None,
                    max_images_per_class: int | None = None) -> list[tuple[str, list[Path]]]:
     """``folder/<class>/<image>`` -> [(class, [images])] sorted by name, optionally only the first ones."""

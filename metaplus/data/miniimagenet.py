@@ -16,7 +16,7 @@ from typing import Sequence
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, Preprocessing,
-                                  folder_classes, load_image_files)
+                                  check_subset_limits, folder_classes, load_image_files)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,8 +53,7 @@ class MiniImageNetTasks(ImageEpisodes):
         check_choice("source.class_split", class_split, {"ravi"})  # the CSVs / folders define the split
         check_int("source.image_size", image_size, 1)
         check("source.root", root, root is not None, "the mini-ImageNet folder (data.root)")
-        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
-            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        check_subset_limits(max_classes, max_images_per_class)
         root_path = Path(root).expanduser()
         classes = split_classes(root_path, split, download, max_classes, max_images_per_class)
         prep = preprocessing(image_size, mean, std)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split, split_path
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, cache_key,
-                                  cache_prefix, cached_class_images, decode_image, file_identity, folder_classes,
-                                  list_class_folders, load_image_files)
+from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
+                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
+                                  decode_image, file_identity, folder_classes, list_class_folders,
+                                  load_image_files)
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
@@ -57,8 +58,7 @@ class TieredImageNetTasks(ImageEpisodes):
         check_choice("source.class_split", class_split, {"ren"})
         check_int("source.image_size", image_size, 1)
         check("source.root", root, root is not None, "the tieredImageNet folder (data.root)")
-        for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
-            check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        check_subset_limits(max_classes, max_images_per_class)
         root_path = Path(root).expanduser()
         folder, labels = root_path / split, root_path / f"{split}_labels.pkl"
         images = [p for p in (root_path / f"{split}_images.npz", root_path / f"{split}_images_png.pkl") if p.is_file()]
