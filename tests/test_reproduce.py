@@ -114,13 +114,15 @@ def test_max_time_key_composes_into_the_trainer(make_config):
 # -- resume / skip on fake run directories ---------------------------------------------------------------
 def fake_results(directory: Path, *, seed: int, test: float, ci: float, val: float, metric: str = "acc",
                  ensemble: float | None = None, curve: list[tuple[float, float]] = (), step: int = 600,
-                 algo: dict | None = None) -> None:
+                 algo: dict | None = None, by_step: list[float] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     results = {f"test/{metric}": test, f"test/{metric}_ci95": ci, f"val/{metric}": val, "test/episodes": 600,
                "global_step": step, "epochs": 120, "wall_time_s": 1900.0, "seed": seed,
                "preset": {"name": "x"}, "config": {"algo": algo or {"name": "maml", "first_order": False}}}
     if ensemble is not None:
         results.update({f"test/{metric}_ensemble": ensemble, f"test/{metric}_ensemble_ci95": ci / 2})
+    if by_step is not None:  # the test curve: value after 0, 1, ... inner steps (the last one is `test`)
+        results.update({f"test/{metric}_by_step": by_step, f"test/{metric}_ci95_by_step": [ci * 2] * len(by_step)})
     (directory / "results.json").write_text(json.dumps(results))
     (directory / "csv").mkdir(exist_ok=True)
     with (directory / "csv" / "metrics.csv").open("w", newline="") as handle:
@@ -179,8 +181,11 @@ def test_report_from_fake_results(tmp_path):
                                                          "plan": {"budget_min": 30}}))
     fake_results(rp.run_dir(rp.ROWS["mamlpp_omniglot_5w1s"], 1, root), seed=1, test=0.99, ci=0.004, val=0.99,
                  ensemble=0.995, algo={"name": "mamlpp", "da": True, "da_epochs": 0}, curve=[(60.0, 0.9)])
-    fake_results(rp.run_dir(rp.ROWS["maml_sinusoid_5shot"], 1, root), seed=1, test=1.2, ci=0.1, val=1.0,
-                 metric="mse", curve=[(60.0, 1.5)])
+    # The paper's MAML 5-shot figure adapts in 1 step: step 1 of the curve (1.4) is compared, not test (0.5).
+    fake_results(rp.run_dir(rp.ROWS["maml_sinusoid_5shot"], 1, root), seed=1, test=0.5, ci=0.1, val=1.0,
+                 metric="mse", curve=[(60.0, 1.5)], by_step=[3.0, 1.4, 0.9, 0.5])
+    fake_results(rp.run_dir(rp.ROWS["metasgd_sinusoid_5shot"], 1, root), seed=1, test=0.5, ci=0.1, val=1.0,
+                 metric="mse")  # no test curve kept: nothing to compare
     fake_results(rp.run_dir(rp.ROWS["maml_sinusoid_10shot"], 1, root), seed=1, test=0.5, ci=0.05, val=0.5,
                  metric="mse")
     report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
@@ -198,7 +203,15 @@ def test_report_from_fake_results(tmp_path):
     mamlpp = rows["mamlpp_omniglot_5w1s"]  # the paper reports the ensemble: 0.995 >= 0.9947 (no CI)
     assert (mamlpp["ours_ensemble"], mamlpp["compared"], mamlpp["reproduced"]) == (0.995, "ensemble", True)
     assert mamlpp["ours_ensemble_ci95"] == pytest.approx(0.002) and mamlpp["ours_std_over_seeds"] is None
-    assert rows["maml_sinusoid_5shot"]["reproduced"] is True           # 1.2 <= 1.13 + 0.18
+    sinusoid = rows["maml_sinusoid_5shot"]
+    assert sinusoid["ours_at_paper_test_steps"] == {"steps": 1, "ours": 1.4, "ours_std_over_seeds": None,
+                                                    "ours_ci95": pytest.approx(0.2)}
+    assert sinusoid["reproduced"] is False and sinusoid["gap"] == pytest.approx(1.4 - 1.13)  # 1.4 > 1.13 + 0.18
+    assert sinusoid["ours"] == 0.5 and "after 1 inner step" in sinusoid["compared"]
+    assert rows["metasgd_sinusoid_5shot"]["reproduced"] is None and rows["metasgd_sinusoid_5shot"]["gap"] is None
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| maml sinusoid 5-shot | 1.130 ± 0.180 | 1.400 ± 0.200 after 1 step(s) (0.500 ± 0.100) |" in markdown
+    assert "not compared" in markdown
     assert rows["maml_sinusoid_10shot"]["reproduced"] is None          # no paper value
     assert rows["anil_omniglot_20w1s"]["status"] == "not run"
     assert rows["anil_omniglot_20w1s"]["command"].startswith("python bench/reproduce.py --rows anil_omniglot_20w1s")
