@@ -593,13 +593,13 @@ def row_record(row: Row, summaries: list[dict], root: Path = RUNS) -> dict:
     at_steps = None
     if row.paper_test_steps is not None:
         # Without the test curve (a summary written before it was kept) nothing is compared.
-        curves = [(s.get("test_by_step") or [])[row.paper_test_steps:row.paper_test_steps + 1] for s in summaries]
-        curve_cis = [(s.get("test_ci95_by_step") or [])[row.paper_test_steps:row.paper_test_steps + 1]
-                     for s in summaries]
-        if all(curves) and all(curve_cis):
-            at_steps = {"steps": row.paper_test_steps, "ours": mean_std([c[0] for c in curves])[0],
-                        "ours_std_over_seeds": mean_std([c[0] for c in curves])[1],
-                        "ours_ci95": statistics.fmean(c[0] for c in curve_cis)}
+        k = row.paper_test_steps
+        points = [((s.get("test_by_step") or [])[k:k + 1], (s.get("test_ci95_by_step") or [])[k:k + 1])
+                  for s in summaries]
+        if all(value and ci for value, ci in points):
+            step_mean, step_std = mean_std([value[0] for value, _ in points])
+            at_steps = {"steps": k, "ours": step_mean, "ours_std_over_seeds": step_std,
+                        "ours_ci95": statistics.fmean(ci[0] for _, ci in points)}
     ensemble = [s["test_ensemble"] for s in summaries if s.get("test_ensemble") is not None]
     ensemble_mean, ensemble_std = mean_std(ensemble)
     ensemble_ci = statistics.fmean(s["test_ensemble_ci95"] for s in summaries
@@ -767,7 +767,7 @@ def render_markdown(report: dict) -> str:
             k = r["ours_at_paper_test_steps"]
             ours = f"{fmt_value(k['ours'], metric, k['ours_ci95'])} after {k['steps']} step(s) ({ours})"
             std = fmt_value(k["ours_std_over_seeds"], metric)
-        elif r.get("ours_at_paper_test_steps") is None and "inner step" in str(r.get("compared")):
+        elif r["row"] in ROWS and ROWS[r["row"]].paper_test_steps is not None:
             ours = f"{ours} (no test curve kept: not compared)"
         gap = "" if r["gap"] is None else f" ({r['gap'] * (100 if metric == 'acc' else 1):+.{2 if metric == 'acc' else 3}f})"
         verdict = ({True: "yes", False: "no"}[r["reproduced"]] if r["reproduced"] is not None else
