@@ -13,6 +13,15 @@ forward/backward on the support set per inner step, then a forward/backward on t
 per query loss the learner takes (every step while MAML++'s multi-step loss is on, as at epoch 0,
 else once), then one Adam step. No cloning, no second order, no inner update.
 
+That floor cannot be reached by second-order MAML: the second-order terms are extra convolutions
+(the backward of the backward), about as many again. So a second floor, the *meta floor*, computes
+the same meta-gradient as the learner (the same derivative order, inner steps, adapted tensors and
+query losses) in the fewest lines torch allows: a dict of tensors, ``torch.func.functional_call``,
+``torch.autograd.grad(create_graph=...)``, ``p - lr * g``, one backward, one Adam step; no
+learn2learn clone, no Lightning loop, no update rule hooks, no metrics. ``ratio_to_meta_floor`` is
+what the framework's machinery costs (the target <= 1.1); ``ratio_to_floor`` adds the price of the
+derivative order.
+
     eval_fraction = val_episodes x (s per validation episode) / (batches_per_epoch x s/iteration)
 
 at the setting's own ``data.val_episodes`` and ``data.batches_per_epoch``: the time validation adds
@@ -154,6 +163,9 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     if args.child == "train":
         record.update(time_training(trainer, learner, datamodule, sync))
+    elif args.child == "meta_floor":
+        record.update(time_meta_floor(learner, datamodule, args.iterations, torch.device("cuda" if cuda else "cpu"),
+                                      sync, cfg.trainer.get("precision")))
     else:
         record.update(time_floor(learner, datamodule, args.iterations, torch.device("cuda" if cuda else "cpu"),
                                  sync, cfg.trainer.get("precision")))
@@ -234,9 +246,55 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
             "support_passes": steps}
 
 
+def meta_floor_loss(learner, backbone, task, device):
+    """One task's meta-loss as the learner defines it (derivative order, inner steps, adapted tensors,
+    MSL's per-step query weights), written out by hand with torch.func; tests/test_speed_bench.py
+    checks that its gradient is the learner's meta-gradient."""
+    import torch
+    from torch.func import functional_call
+
+    steps, first_order = max(learner.inner_steps, 1), learner.training_first_order()
+    adapted = [name for name, _ in backbone.named_parameters() if name in learner.adapted_names()]
+    weights = learner.query_step_weights()  # MSL's per-step weights, or None: the last step only
+    sx, sy, qx, qy = (t.to(device) for t in (task.support_x, task.support_y, task.query_x, task.query_y))
+    params = dict(backbone.named_parameters())
+    query_loss = 0.0
+    for step in range(steps):
+        loss = learner.loss_fn(functional_call(backbone, params, (sx,), {"step": step}), sy)
+        grads = torch.autograd.grad(loss, [params[n] for n in adapted], create_graph=not first_order)
+        params = {**params, **{n: params[n] - learner.inner_lr * g for n, g in zip(adapted, grads)}}
+        if weights is not None or step == steps - 1:
+            weight = 1.0 if weights is None else float(weights[step])
+            query_loss = query_loss + weight * learner.loss_fn(functional_call(backbone, params, (qx,), {"step": step}), qy)
+    return query_loss
+
+
+def time_meta_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
+    """The learner's meta-gradient written out by hand: the cost without the framework's machinery."""
+    import torch
+
+    backbone = learner.backbone.to(device)
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
+                else torch.autocast(device.type, enabled=False))
+    batches = iter(datamodule.train_dataloader())
+    clock = Clock(sync)
+    for _ in range(iterations + 1):
+        batch = next(batches)
+        clock.start()
+        optimizer.zero_grad()
+        for b in range(len(batch)):
+            with autocast:
+                loss = meta_floor_loss(learner, backbone, batch[b], device)
+            loss.backward()
+        optimizer.step()
+        clock.stop()
+    return {"train_times": clock.wall, "train_cpu_times": clock.cpu, "first_order": learner.training_first_order()}
+
+
 # -- the parent -----------------------------------------------------------------------------------
 def run_child(kind: str, setting: str, engine: str, args) -> dict:
-    out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else engine}-{time.strftime('%H%M%S')}"
+    out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else f'{kind}-{engine}'}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, __file__, "--child", kind, "--setting", setting, "--engine", engine,
                "--out", str(out), "--iterations", str(args.iterations), "--val-batches", str(args.val_batches),
@@ -256,8 +314,14 @@ def steady(times: list[float]) -> float:
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
     floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
     floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
+    meta_floors = {}  # per derivative order: the l2l_first_order row has its own meta floor
     rows = []
     for engine in engines:
+        order = "first_order" if "algo.first_order=true" in ENGINES[engine] else "default"
+        if order not in meta_floors:
+            meta_floors[order] = run_child("meta_floor", setting, engine, args)
+        meta = meta_floors[order]
+        meta_s, meta_cpu = steady(meta["train_times"]), steady(meta["train_cpu_times"])
         train = run_child("train", setting, engine, args)
         s_it, cpu_it = steady(train["train_times"]), steady(train["train_cpu_times"])
         val_s, val_cpu = steady(train["val_episode_times"]), steady(train["val_episode_cpu_times"])
@@ -268,6 +332,9 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
             "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
             "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
             "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
+            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3),
+            "meta_floor_peak_rss_gb": meta["peak_rss_gb"], "meta_floor_first_order": meta["first_order"],
             "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
             "s_per_val_episode": round(val_s, 3), "val_episodes": train["val_episodes"],
             "batches_per_epoch": train["batches_per_epoch"], "meta_batch": train["meta_batch"],
@@ -277,16 +344,20 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
                if "peak_gpu_gb" in train else {}),
         })
         print(f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
-              f"(CPU time x{cpu_it / floor_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
+              f"(CPU time x{cpu_it / floor_cpu:5.2f})  meta floor {meta_s:7.3f} s x{s_it / meta_s:5.2f} "
+              f"(CPU time x{cpu_it / meta_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
               f"eval {rows[-1]['eval_fraction']:.1%}", flush=True)
     return rows
 
 
 def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
-    lines = ["| setting | engine | s/iteration | floor s | ratio to floor | CPU-time ratio | peak RSS GB | "
-             "eval fraction |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | engine | s/iteration | meta floor s | ratio to meta floor | CPU-time ratio | floor s | "
+             "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {r['floor_s']:.3f} | "
+        meta = (f"{r['meta_floor_s']:.3f} | {r['ratio_to_meta_floor']:.2f} | {r['cpu_ratio_to_meta_floor']:.2f}"
+                if "meta_floor_s" in r else "n/a | n/a | n/a")
+        lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {meta} | {r['floor_s']:.3f} | "
                      f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
                      f"{r['eval_fraction']:.1%} |")
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
@@ -307,7 +378,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="train on cuda (timers synchronise the device)")
     parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed")
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
-    parser.add_argument("--child", choices=["train", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["train", "floor", "meta_floor"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,0 +1,57 @@
+"""bench/speed.py's meta floor computes the learner's own meta-gradient.
+
+The meta floor is the benchmark's measure of what the framework's machinery costs (learn2learn
+clones, the update-rule hook, Lightning's loop): the same meta-gradient written out by hand with
+torch.func. It only measures that if it computes the same thing, so its gradients are compared
+with the learn2learn engine's, in float64, for plain second-order MAML, first order, and MAML++ at
+epoch 0 (multi-step loss, per-step batch norm, LSLR at its initial rates).
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import test_batched_engine as engine_tests
+from metaplus.algorithms import MAML
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.speed import meta_floor_loss  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+CASES = {
+    "maml_second_order": dict(),
+    "fomaml": dict(first_order=True),
+    "mamlpp_epoch0": dict(msl=True, lslr=True, bnrs=True, bnwb=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_meta_floor_gradient_is_the_learners_meta_gradient(case):
+    make = lambda engine: MAML(engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1, engine=engine,
+                               **CASES[case])
+    batch = engine_tests.image_batch()
+    expected = {n.removeprefix("backbone."): g
+                for n, g in engine_tests.meta_gradients(make, batch, "l2l").items() if n.startswith("backbone.")}
+
+    torch.manual_seed(0)
+    learner = engine_tests.at_epoch(make("l2l").double(), 0)
+    for b in range(len(batch)):
+        (meta_floor_loss(learner, learner.backbone, batch[b], torch.device("cpu")) / len(batch)).backward()
+    got = {n: p.grad for n, p in learner.backbone.named_parameters() if p.grad is not None}
+
+    assert expected and got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-8, msg=lambda m: f"{name}: {m}")
+
+
+def test_meta_floor_differs_when_the_derivative_order_differs():
+    """The comparison above can fail: first- and second-order meta-gradients are not equal."""
+    batch = engine_tests.image_batch()
+    grads = {}
+    for first_order in (False, True):
+        torch.manual_seed(0)
+        learner = engine_tests.at_epoch(MAML(engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1,
+                                             first_order=first_order).double(), 0)
+        meta_floor_loss(learner, learner.backbone, batch[0], torch.device("cpu")).backward()
+        grads[first_order] = learner.backbone.head.weight.grad.clone()
+    assert not torch.allclose(grads[False], grads[True], rtol=1e-4)
