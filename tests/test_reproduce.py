@@ -226,6 +226,7 @@ def test_report_from_fake_results(tmp_path):
     assert times[("maml_omniglot_5w1s", 30)]["test_acc"] == pytest.approx(0.98)
     assert times[("maml_omniglot_5w1s", 30)]["method"] == "test of a 30-min run"
     assert times[("maml_miniimagenet_5w1s", 60)]["status"] == "not run"
+    assert report["targets"][0]["reached"] is True                     # 0.98 >= 0.97 within 30 min
 
     md = (tmp_path / "r.md").read_text()
     assert "| maml omniglot 5w1s | 98.70 ± 0.40 | 98.00 ± 1.20 | 1.00 (3) | no (-0.70) | 6.0k / 60.0k | 30 min" in md
@@ -233,6 +234,19 @@ def test_report_from_fake_results(tmp_path):
     assert "| anil omniglot 20w1s | 96.20 ± 0.50 | not run |" in md
     assert "| maml_omniglot_5w1s | 10 | 94.50 | 3 | val curve + (test - val) |" in md
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
+
+
+def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
+    summaries = {"maml_omniglot_5w1s": [{"train_s": 1200.0, "global_step": 400, "test": 0.94, "threads": 1},
+                                        {"train_s": 1800.0, "global_step": 600, "test": 0.96, "threads": 1}]}
+    times = [{"row": "maml_omniglot_5w1s", "minutes": 30, "test_acc": 0.95, "status": "run"}]
+    (target,) = rp.target_limits(summaries, times)
+    assert target["reached"] is False and target["s_per_iteration"] == pytest.approx(3.0)
+    assert target["iterations_in_budget"] == pytest.approx(600) and target["iterations_trained"] == 500
+    assert target["hours_for_paper_iterations"] == pytest.approx(60_000 * 3.0 / 3600)
+    text = rp.render_markdown({"rows": [], "time_to_accuracy": [], "targets": [target]})
+    assert "not reached (95.00 %)" in text and "3.00 s per meta-iteration" in text and "50 h" in text
+    assert rp.target_limits({}, [])[0]["reached"] is None                  # no run: nothing claimed
 
 
 def test_calibration_timer_drops_the_warm_up_and_averages_per_episode(tmp_path, monkeypatch):
