@@ -35,6 +35,8 @@ which separates the machinery's overhead from the cost of the second-order terms
     python bench/speed.py --engine both --iterations 3
     python bench/speed.py --gpu --engine both         # CUDA: device cuda, synchronised timers
     python bench/speed.py --gpu --precision bf16-mixed
+    python bench/speed.py --reference-code DIR        # + the MAML++ reference code's rows (a clone of
+                                                      #   github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch)
 
 Writes bench/results/speed.json (one row per setting and engine) and speed.md. mini-ImageNet is
 read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content does not change the
@@ -86,6 +88,16 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
          f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}"]),
 }
 QUICK_SETTINGS = ["mamlpp_omniglot_5w1s", "mamlpp_miniimagenet_5w1s"]
+# The MAML++ reference code on the same episode shapes (bench/reference_mamlpp.py; its own network,
+# the same Conv-4 and switches), timed when --reference-code or METAPLUS_MAMLPP_REFERENCE names it.
+REFERENCE_SHAPES: dict[str, list[str]] = {
+    "mamlpp_omniglot_5w1s": ["--ways", "5", "--shots", "1", "--queries", "1", "--meta-batch", "8", "--steps", "5",
+                             "--filters", "64", "--image-shape", "1,28,28"],
+    "mamlpp_omniglot_5w1s_q15_mb16": ["--ways", "5", "--shots", "1", "--queries", "15", "--meta-batch", "16",
+                                      "--steps", "5", "--filters", "64", "--image-shape", "1,28,28"],
+    "mamlpp_miniimagenet_5w1s": ["--ways", "5", "--shots", "1", "--queries", "15", "--meta-batch", "2",
+                                 "--steps", "5", "--filters", "48", "--image-shape", "3,84,84"],
+}
 # What each row's engine means. l2l_first_order is a diagnostic: the default engine with the inner
 # gradients detached (first order), which separates the machinery's overhead from the cost of the
 # second-order terms when compared with the floor.
@@ -307,8 +319,24 @@ def run_child(kind: str, setting: str, engine: str, args) -> dict:
 
 
 def steady(times: list[float]) -> float:
-    """Mean without the first (warm-up) measurement."""
-    return statistics.fmean(times[1:] or times)
+    """Median without the first (warm-up) measurement. The median, because a process that takes on
+    gigabytes page-faults them during its first iterations (seconds of system time in the reference
+    code at meta-batch 16), a start-up cost a long run does not pay per iteration."""
+    return statistics.median(times[1:] or times)
+
+
+def run_reference(setting: str, args) -> dict:
+    """The MAML++ reference code on the setting's shapes, in a child whose peak RSS the parent reads."""
+    out = REPO / "outputs" / "bench" / f"speed-{setting}-reference-{time.strftime('%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    # --warmup 0: every iteration is reported and steady() drops the first, as for our own rows.
+    command = [sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(args.reference_code),
+               *REFERENCE_SHAPES[setting], "--iterations", str(args.iterations + 1), "--warmup", "0",
+               "--threads", str(args.threads), "--out", str(out / "speed.json")]
+    peak = run_measured(command)
+    record = json.loads((out / "speed.json").read_text())
+    record["peak_rss_gb"] = peak
+    return record
 
 
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
@@ -347,6 +375,24 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
               f"(CPU time x{cpu_it / floor_cpu:5.2f})  meta floor {meta_s:7.3f} s x{s_it / meta_s:5.2f} "
               f"(CPU time x{cpu_it / meta_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
               f"eval {rows[-1]['eval_fraction']:.1%}", flush=True)
+    if args.reference_code and setting in REFERENCE_SHAPES:
+        ref = run_reference(setting, args)
+        s_it, cpu_it = steady(ref["train_times"]), steady(ref["train_cpu_times"])
+        meta = meta_floors.get("default") or run_child("meta_floor", setting, "l2l", args)
+        meta_s, meta_cpu = steady(meta["train_times"]), steady(meta["train_cpu_times"])
+        rows.append({
+            "setting": setting, "engine": "mamlpp_reference", "s_per_iteration": round(s_it, 3),
+            "floor_s": round(floor_s, 3), "ratio_to_floor": round(s_it / floor_s, 3),
+            "peak_rss_gb": ref["peak_rss_gb"], "eval_fraction": None,
+            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
+            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
+            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3),
+            "iterations_timed": len(ref["train_times"]) - 1, "threads": ref["threads"], "device": "cpu",
+            "reference_commit": ref.get("code_commit"),
+        })
+        print(f"{setting:32s} {'mamlpp_reference':15s} {s_it:7.3f} s/it  (CPU time x{cpu_it / meta_cpu:5.2f} the meta "
+              f"floor)  RSS {ref['peak_rss_gb']:5.2f} GB", flush=True)
     return rows
 
 
@@ -359,9 +405,24 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
                 if "meta_floor_s" in r else "n/a | n/a | n/a")
         lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {meta} | {r['floor_s']:.3f} | "
                      f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
-                     f"{r['eval_fraction']:.1%} |")
+                     f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} |")
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def public_command(argv: list[str], reference_code) -> list[str]:
+    """The command line as the saved note shows it: the reference code's directory is this machine's
+    path, so the note names the variable that holds it instead."""
+    out = []
+    for arg in argv:
+        if reference_code is not None and arg == str(reference_code):
+            arg = "$METAPLUS_MAMLPP_REFERENCE"
+        elif arg.startswith("--reference-code="):
+            arg = "--reference-code=$METAPLUS_MAMLPP_REFERENCE"
+        out.append(arg)
+    if reference_code is not None and not any(a.startswith("--reference-code") for a in argv):
+        out.append("(reference code from $METAPLUS_MAMLPP_REFERENCE)")
+    return out
 
 
 def main() -> None:
@@ -377,6 +438,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     parser.add_argument("--gpu", action="store_true", help="train on cuda (timers synchronise the device)")
     parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed")
+    parser.add_argument("--reference-code", type=Path, default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
+                        help="directory of the MAML++ reference code: adds its rows (bench/reference_mamlpp.py)")
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
     parser.add_argument("--child", choices=["train", "floor", "meta_floor"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
@@ -390,12 +453,17 @@ def main() -> None:
         return child(args)
     from metaplus.threads import available_cores, decide_threads
 
+    if args.reference_code is not None and not (Path(args.reference_code) / "few_shot_learning_system.py").is_file():
+        raise SystemExit(f"--reference-code / METAPLUS_MAMLPP_REFERENCE: no few_shot_learning_system.py in "
+                         f"{args.reference_code}; get the MAML++ reference code with "
+                         "`git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch`")
     args.threads, why = decide_threads(args.threads, os.environ, available_cores(), 1)
     engines = ["l2l", "batched"] if args.engine == "both" else [args.engine]
     engines += ["l2l_first_order"] if args.first_order_row and "l2l_first_order" not in engines else []
     settings = args.settings or (QUICK_SETTINGS if args.quick else list(SETTINGS))
     device = "cuda" if args.gpu else "cpu"
-    note = (f"Measured in one run by `python bench/speed.py {' '.join(sys.argv[1:])}` on {device}, "
+    argv = public_command(sys.argv[1:], args.reference_code)
+    note = (f"Measured in one run by `python bench/speed.py {' '.join(argv)}` on {device}, "
             f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "speed" if not args.gpu else "speed_gpu"

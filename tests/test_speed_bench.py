@@ -55,3 +55,24 @@ def test_meta_floor_differs_when_the_derivative_order_differs():
         meta_floor_loss(learner, learner.backbone, batch[0], torch.device("cpu")).backward()
         grads[first_order] = learner.backbone.head.weight.grad.clone()
     assert not torch.allclose(grads[False], grads[True], rtol=1e-4)
+
+
+def test_saved_command_names_no_path_of_this_machine():
+    from bench.speed import public_command
+
+    ref = Path("/somewhere/mamlpp_ref")
+    assert public_command(["--quick", "--reference-code", str(ref)], ref) == [
+        "--quick", "--reference-code", "$METAPLUS_MAMLPP_REFERENCE"]
+    assert public_command([f"--reference-code={ref}"], ref) == ["--reference-code=$METAPLUS_MAMLPP_REFERENCE"]
+    assert public_command(["--quick"], ref) == ["--quick", "(reference code from $METAPLUS_MAMLPP_REFERENCE)"]
+    assert public_command(["--quick"], None) == ["--quick"]
+
+
+def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(tmp_path, capsys):
+    from bench import reference_mamlpp
+
+    with pytest.raises(SystemExit) as exit_info:
+        reference_mamlpp.main(["--code", str(tmp_path), "--out", str(tmp_path / "out.json")])
+    message = str(exit_info.value.code)
+    assert str(tmp_path) in message and "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
+    assert not (tmp_path / "out.json").exists()
