@@ -163,7 +163,7 @@ def child(args) -> None:
     measure = [*MEASURE, *device_overrides(args), f"data.batches_per_epoch={args.iterations + 1}",
                f"+trainer.limit_val_batches={args.val_batches + 1 if args.child == 'train' else 0}",
                f"+data.eval_batch_size={args.val_batch_size}"]
-    if args.child == "train":
+    if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
     cfg = compose([*overrides, *measure], args.out)
     L.seed_everything(0)
@@ -228,14 +228,12 @@ class Clock:
         self.cpu.append((time.process_time() - self.c0) / self.per)
 
 
-def time_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
-    """The same backbone on the same meta-batches: plain forward/backward passes, one Adam step."""
+def time_plain_loop(learner, datamodule, iterations: int, device, sync, precision, task_backward) -> dict:
+    """The floors' training loop: ``task_backward(backbone, task)`` per task, one Adam step per meta-batch."""
     import torch
 
     backbone = learner.backbone.to(device)
     optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
-    steps = max(learner.inner_steps, 1)
-    query_passes = steps if learner.query_step_weights() is not None else 1
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
                 else torch.autocast(device.type, enabled=False))
     batches = iter(datamodule.train_dataloader())
@@ -245,17 +243,27 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
         clock.start()
         optimizer.zero_grad()
         for b in range(len(batch)):
-            task = batch[b]
-            sx, sy, qx, qy = (t.to(device) for t in (task.support_x, task.support_y, task.query_x, task.query_y))
             with autocast:
-                for step in range(steps):
-                    learner.loss_fn(backbone(sx, step=step), sy).backward()
-                for step in range(steps - query_passes, steps):
-                    learner.loss_fn(backbone(qx, step=step), qy).backward()
+                task_backward(backbone, batch[b])
         optimizer.step()
         clock.stop()
-    return {"train_times": clock.wall, "train_cpu_times": clock.cpu, "query_passes": query_passes,
-            "support_passes": steps}
+    return {"train_times": clock.wall, "train_cpu_times": clock.cpu}
+
+
+def time_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
+    """The same backbone on the same meta-batches: plain forward/backward passes, one Adam step."""
+    steps = max(learner.inner_steps, 1)
+    query_passes = steps if learner.query_step_weights() is not None else 1
+
+    def plain_passes(backbone, task):
+        sx, sy, qx, qy = (t.to(device) for t in (task.support_x, task.support_y, task.query_x, task.query_y))
+        for step in range(steps):
+            learner.loss_fn(backbone(sx, step=step), sy).backward()
+        for step in range(steps - query_passes, steps):
+            learner.loss_fn(backbone(qx, step=step), qy).backward()
+
+    return {**time_plain_loop(learner, datamodule, iterations, device, sync, precision, plain_passes),
+            "query_passes": query_passes, "support_passes": steps}
 
 
 def meta_floor_loss(learner, backbone, task, device):
@@ -283,25 +291,11 @@ def meta_floor_loss(learner, backbone, task, device):
 
 def time_meta_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
     """The learner's meta-gradient written out by hand: the cost without the framework's machinery."""
-    import torch
+    def meta_backward(backbone, task):
+        meta_floor_loss(learner, backbone, task, device).backward()
 
-    backbone = learner.backbone.to(device)
-    optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
-                else torch.autocast(device.type, enabled=False))
-    batches = iter(datamodule.train_dataloader())
-    clock = Clock(sync)
-    for _ in range(iterations + 1):
-        batch = next(batches)
-        clock.start()
-        optimizer.zero_grad()
-        for b in range(len(batch)):
-            with autocast:
-                loss = meta_floor_loss(learner, backbone, batch[b], device)
-            loss.backward()
-        optimizer.step()
-        clock.stop()
-    return {"train_times": clock.wall, "train_cpu_times": clock.cpu, "first_order": learner.training_first_order()}
+    return {**time_plain_loop(learner, datamodule, iterations, device, sync, precision, meta_backward),
+            "first_order": learner.training_first_order()}
 
 
 # -- the parent -----------------------------------------------------------------------------------
@@ -412,9 +406,12 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
 
 def public_command(argv: list[str], reference_code) -> list[str]:
     """The command line as the saved note shows it: the reference code's directory is this machine's
-    path, so the note names the variable that holds it instead."""
-    out = []
+    path, so the note names the variable that holds it instead; ``--note``'s text follows the command."""
+    out, skip = [], False
     for arg in argv:
+        if skip or arg.startswith("--note"):  # the note follows the command in full
+            skip = arg == "--note"
+            continue
         if reference_code is not None and arg == str(reference_code):
             arg = "$METAPLUS_MAMLPP_REFERENCE"
         elif arg.startswith("--reference-code="):
@@ -440,6 +437,8 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed")
     parser.add_argument("--reference-code", type=Path, default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
                         help="directory of the MAML++ reference code: adds its rows (bench/reference_mamlpp.py)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved rows of the settings not measured now (their note is kept too)")
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
     parser.add_argument("--child", choices=["train", "floor", "meta_floor"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
@@ -467,7 +466,17 @@ def main() -> None:
             f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "speed" if not args.gpu else "speed_gpu"
-    rows, skipped = [], {}
+    rows, skipped, kept, earlier = [], {}, [], ""
+    if args.merge and (RESULTS / f"{name}.json").is_file():
+        # Re-measure some settings and keep the others' rows, each with the command that measured it.
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        measured = set(engines) | ({"mamlpp_reference"} if args.reference_code else set())
+        kept = [r for r in saved["rows"] if not (r["setting"] in settings and r["engine"] in measured)]
+        skipped = {k: v for k, v in saved.get("skipped", {}).items() if k not in settings}
+        earlier = saved["note"] + (f" Then the rows of {', '.join(settings)} x {', '.join(sorted(measured))} were "
+                                   "measured again: ")
+    note = earlier + note
+    order = {setting: i for i, setting in enumerate(SETTINGS)}
     for setting in settings:
         reason = missing_reason(setting)
         if reason:
@@ -478,8 +487,10 @@ def main() -> None:
         # Saved after every setting: an interrupted run keeps the rows it measured (and says so).
         done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
         (RESULTS / f"{name}.json").write_text(
-            json.dumps({"note": note + done, "skipped": skipped, "rows": rows}, indent=2) + "\n")
-        (RESULTS / f"{name}.md").write_text(markdown(rows, skipped, note + done))
+            json.dumps({"note": note + done, "skipped": skipped, "rows": sorted(kept + rows, key=lambda r: order[r["setting"]])},
+                       indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(sorted(kept + rows, key=lambda r: order[r["setting"]]), skipped,
+                                                     note + done))
     print(f"saved bench/results/{name}.json and {name}.md")
 
 

@@ -66,6 +66,7 @@ def test_saved_command_names_no_path_of_this_machine():
     assert public_command([f"--reference-code={ref}"], ref) == ["--reference-code=$METAPLUS_MAMLPP_REFERENCE"]
     assert public_command(["--quick"], ref) == ["--quick", "(reference code from $METAPLUS_MAMLPP_REFERENCE)"]
     assert public_command(["--quick"], None) == ["--quick"]
+    assert public_command(["--note", "load 3", "--quick", "--note=x"], None) == ["--quick"]
 
 
 def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(tmp_path, capsys):
