@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -98,8 +99,10 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> float
     proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(proc.stderr.read().decode()[-3000:])
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        raise RuntimeError(proc.stderr.read().decode()[-3000:] + f"\n{how}")
     return round(usage.ru_maxrss / 1024**2, 3)
 
 

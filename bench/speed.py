@@ -299,6 +299,21 @@ def time_meta_floor(learner, datamodule, iterations: int, device, sync, precisio
 
 
 # -- the parent -----------------------------------------------------------------------------------
+class ChildFailed(RuntimeError):
+    """A measuring child process died (its stderr's end, or the signal that killed it, says why)."""
+
+
+def measured(command: list[str], what: str) -> float:
+    """run_measured, with a failure named by what was measured and how the child ended."""
+    try:
+        return run_measured(command)
+    except RuntimeError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        oom = " (SIGKILL with no error: most likely the kernel's out-of-memory killer, see dmesg)" \
+            if lines and lines[-1] == "killed by SIGKILL" else ""
+        raise ChildFailed(f"the {what} child failed: {lines[-1] if lines else 'no output'}{oom}") from error
+
+
 def run_child(kind: str, setting: str, engine: str, args) -> dict:
     out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else f'{kind}-{engine}'}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +321,7 @@ def run_child(kind: str, setting: str, engine: str, args) -> dict:
                "--out", str(out), "--iterations", str(args.iterations), "--val-batches", str(args.val_batches),
                "--val-batch-size", str(args.val_batch_size), "--threads", str(args.threads)]
     command += (["--gpu"] if args.gpu else []) + (["--precision", args.precision] if args.precision else [])
-    peak = run_measured(command)
+    peak = measured(command, kind if kind == "floor" else f"{kind} {engine}")
     record = json.loads((out / "speed.json").read_text())
     record["peak_rss_gb"] = peak
     return record
@@ -327,7 +342,7 @@ def run_reference(setting: str, args) -> dict:
     command = [sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(args.reference_code),
                *REFERENCE_SHAPES[setting], "--iterations", str(args.iterations + 1), "--warmup", "0",
                "--threads", str(args.threads), "--out", str(out / "speed.json")]
-    peak = run_measured(command)
+    peak = measured(command, "MAML++ reference code")
     record = json.loads((out / "speed.json").read_text())
     record["peak_rss_gb"] = peak
     return record
@@ -483,7 +498,11 @@ def main() -> None:
             skipped[setting] = reason
             print(f"{setting}: skipped ({reason})", flush=True)
         else:
-            rows += measure_setting(setting, engines, args)
+            try:
+                rows += measure_setting(setting, engines, args)
+            except ChildFailed as failure:  # one setting's failure (e.g. out of memory) keeps the others
+                skipped[setting] = str(failure)
+                print(f"{setting}: skipped ({failure})", flush=True)
         # Saved after every setting: an interrupted run keeps the rows it measured (and says so).
         done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
         (RESULTS / f"{name}.json").write_text(

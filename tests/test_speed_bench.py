@@ -77,3 +77,12 @@ def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(t
     message = str(exit_info.value.code)
     assert str(tmp_path) in message and "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_killed_child_names_the_signal_and_the_measurement():
+    from bench.speed import ChildFailed, measured
+
+    with pytest.raises(ChildFailed, match=r"the floor child failed: killed by SIGKILL \(SIGKILL with no error"):
+        measured([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], "floor")
+    with pytest.raises(ChildFailed, match="the train l2l child failed: exit status 3$"):
+        measured([sys.executable, "-c", "raise SystemExit(3)"], "train l2l")
