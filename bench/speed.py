@@ -505,11 +505,10 @@ def main() -> None:
                 print(f"{setting}: skipped ({failure})", flush=True)
         # Saved after every setting: an interrupted run keeps the rows it measured (and says so).
         done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
+        table = sorted(kept + rows, key=lambda r: order[r["setting"]])  # stable: engines keep their order
         (RESULTS / f"{name}.json").write_text(
-            json.dumps({"note": note + done, "skipped": skipped, "rows": sorted(kept + rows, key=lambda r: order[r["setting"]])},
-                       indent=2) + "\n")
-        (RESULTS / f"{name}.md").write_text(markdown(sorted(kept + rows, key=lambda r: order[r["setting"]]), skipped,
-                                                     note + done))
+            json.dumps({"note": note + done, "skipped": skipped, "rows": table}, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(table, skipped, note + done))
     print(f"saved bench/results/{name}.json and {name}.md")
 
 
