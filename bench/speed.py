@@ -348,6 +348,17 @@ def run_reference(setting: str, args) -> dict:
     return record
 
 
+def ratio_fields(s_it: float, cpu_it: float, floor: dict, meta: dict) -> dict:
+    """A row's time against both floors, wall clock and CPU time (engine and reference rows alike)."""
+    floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
+    meta_s, meta_cpu = steady(meta["train_times"]), steady(meta["train_cpu_times"])
+    return {"s_per_iteration": round(s_it, 3), "floor_s": round(floor_s, 3), "ratio_to_floor": round(s_it / floor_s, 3),
+            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
+            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
+            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3)}
+
+
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
     floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
     floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
@@ -388,15 +399,10 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
         ref = run_reference(setting, args)
         s_it, cpu_it = steady(ref["train_times"]), steady(ref["train_cpu_times"])
         meta = meta_floors.get("default") or run_child("meta_floor", setting, "l2l", args)
-        meta_s, meta_cpu = steady(meta["train_times"]), steady(meta["train_cpu_times"])
+        meta_cpu = steady(meta["train_cpu_times"])
         rows.append({
-            "setting": setting, "engine": "mamlpp_reference", "s_per_iteration": round(s_it, 3),
-            "floor_s": round(floor_s, 3), "ratio_to_floor": round(s_it / floor_s, 3),
+            "setting": setting, "engine": "mamlpp_reference", **ratio_fields(s_it, cpu_it, floor, meta),
             "peak_rss_gb": ref["peak_rss_gb"], "eval_fraction": None,
-            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
-            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
-            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
-            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3),
             "iterations_timed": len(ref["train_times"]) - 1, "threads": ref["threads"], "device": "cpu",
             "reference_commit": ref.get("code_commit"),
         })
