@@ -375,13 +375,9 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
         val_s, val_cpu = steady(train["val_episode_times"]), steady(train["val_episode_cpu_times"])
         epoch = train["batches_per_epoch"]
         rows.append({
-            "setting": setting, "engine": engine, "s_per_iteration": round(s_it, 3), "floor_s": round(floor_s, 3),
-            "ratio_to_floor": round(s_it / floor_s, 3), "peak_rss_gb": train["peak_rss_gb"],
+            "setting": setting, "engine": engine, **ratio_fields(s_it, cpu_it, floor, meta),
+            "peak_rss_gb": train["peak_rss_gb"],
             "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
-            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
-            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
-            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
-            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3),
             "meta_floor_peak_rss_gb": meta["peak_rss_gb"], "meta_floor_first_order": meta["first_order"],
             "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
             "s_per_val_episode": round(val_s, 3), "val_episodes": train["val_episodes"],
