@@ -4,6 +4,7 @@ one JSON and one markdown table, regenerable by one command.
     python bench/reproduce.py --rows quick                     # 2 tiny rows end to end, a few minutes
     python bench/reproduce.py --rows cpu --budget-min 30 --jobs 2    # every row, 30 min of training each
     python bench/reproduce.py --rows maml_omniglot_5w1s,mamlpp_omniglot_5w1s --budget-min 60 --seeds 1
+    python bench/reproduce.py --rows time                      # time-to-accuracy runs (MAML mini-ImageNet, 60 min)
     python bench/reproduce.py --rows cpu --paper-budget         # the papers' full budgets (GPU: trainer=gpu)
     python bench/reproduce.py --rows cpu --paper-budget --estimate-only    # only the cost estimates
     python bench/reproduce.py --report-only                     # re-render from the run directories
@@ -51,7 +52,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -106,6 +107,9 @@ class Row:
     paper_test_steps: int | None = None
     note: str = ""
     recorded: str | None = None      # a row taken from an existing benchmark instead of run here
+    # A time-to-accuracy run (TIME_ROWS): the table row it measures, always trained for budget_min minutes.
+    time_of: str | None = None
+    budget_min: float | None = None
 
     @property
     def overrides(self) -> list[str]:
@@ -163,12 +167,20 @@ ROWS: dict[str, Row] = {row.name: row for row in [
              "polynomial order 0 < 1 < 2"),
 ]}
 
+# Time-to-accuracy runs longer than their table row's (which stays at the budget of its other rows):
+# the same preset trained for a fixed time, its own directory, tested on the same 600 episodes.
+TIME_ROWS: dict[str, Row] = {row.name: row for row in [
+    replace(ROWS["maml_miniimagenet_5w1s"], name="maml_miniimagenet_5w1s_60min", seeds=1,
+            time_of="maml_miniimagenet_5w1s", budget_min=60.0),
+]}
+
 GROUPS: dict[str, list[str]] = {
     "quick": ["maml_sinusoid_5shot", "maml_omniglot_5w1s"],
     "cpu": list(ROWS),
+    "time": list(TIME_ROWS),
 }
 GROUP_SEEDS = {"quick": 1}  # the quick group proves the pipeline: one seed per row
-# Time-to-accuracy: (row, minutes of training) read off the validation curves.
+# Time-to-accuracy: (row, minutes of training), from the row's runs and its TIME_ROWS runs.
 TIME_TO_ACCURACY = [("maml_omniglot_5w1s", 10), ("maml_omniglot_5w1s", 30),
                     ("maml_miniimagenet_5w1s", 30), ("maml_miniimagenet_5w1s", 60)]
 # Targets set for this machine (issue 12): (row, minutes of training, test accuracy).
@@ -180,12 +192,12 @@ def select_rows(spec: str) -> list[Row]:
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part in GROUPS:
             names += GROUPS[part]
-        elif part in ROWS:
+        elif part in ROWS or part in TIME_ROWS:
             names.append(part)
         else:
             raise SystemExit(f"--rows: unknown row or group {part!r}; groups: {', '.join(GROUPS)}; "
-                             f"rows: {', '.join(ROWS)}")
-    return [ROWS[n] for n in dict.fromkeys(names)]
+                             f"rows: {', '.join([*ROWS, *TIME_ROWS])}")
+    return [ROWS.get(n) or TIME_ROWS[n] for n in dict.fromkeys(names)]
 
 
 # -- the preset's schedule, composed exactly as train.py does ---------------------------------------
@@ -561,6 +573,9 @@ def load_summaries(row: Row, root: Path = RUNS) -> list[dict]:
 def command_for(row: Row, budget_min: float | None, seeds: int | None = None) -> str:
     if row.recorded:
         return MTNET_POLY_COMMAND
+    timed = next((t for t in TIME_ROWS.values() if t.time_of == row.name and t.budget_min == budget_min), None)
+    if timed is not None:
+        return f"python bench/reproduce.py --rows {timed.name} --seeds {seeds or timed.seeds}"
     budget = f"--budget-min {budget_min:g}" if budget_min else "--paper-budget"
     return f"python bench/reproduce.py --rows {row.name} {budget} --seeds {seeds or row.seeds}"
 
@@ -669,8 +684,8 @@ def recorded_mtnet(row: Row) -> dict:
 def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
     """Test accuracy after t minutes, per seed, then averaged over the seeds that reach t.
 
-    A run whose budget was t minutes gives its final test directly ("test of a t-min run"). A longer run
-    gives an estimate ("val curve"): the best validation accuracy reached within t minutes of training
+    A run whose budget was t minutes gives its final test directly ("test of a t-min run"). Where no run
+    had that budget, a longer run gives an estimate ("val curve"): the best validation accuracy reached within t minutes of training
     (``time/train_s``, validation excluded) shifted by the run's own test - validation difference of its
     evaluated checkpoint (runs are tested once, at the end). A shorter run does not reach t.
     """
@@ -678,13 +693,11 @@ def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
     for name, minutes in TIME_TO_ACCURACY:
         entry: dict[str, Any] = {"row": name, "minutes": minutes}
         seeds = summaries.get(name, [])
-        tests, methods = [], set()
-        for s in seeds:
+        direct = [s for s in seeds if ((s.get("plan") or {}).get("budget_min") or 0) == minutes]
+        tests, methods = [s["test"] for s in direct], {f"test of a {minutes}-min run"} if direct else set()
+        for s in seeds if not direct else []:  # an estimate only where no run was tested at that time
             curve = s.get("curve") or []
-            if ((s.get("plan") or {}).get("budget_min") or 0) == minutes:
-                tests.append(s["test"])
-                methods.add(f"test of a {minutes}-min run")
-            elif curve and curve[-1][0] >= minutes * 60 and s.get("val") is not None:
+            if curve and curve[-1][0] >= minutes * 60 and s.get("val") is not None:
                 best = max(v for t, v in curve if t <= minutes * 60)
                 tests.append(best + (s["test"] - s["val"]))
                 methods.add("val curve + (test - val)")
@@ -731,7 +744,9 @@ def target_limits(summaries: dict[str, list[dict]], times: list[dict]) -> list[d
 def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
     summaries = {row.name: load_summaries(row, root) for row in rows}
     records = {row.name: row_record(row, summaries[row.name], root) for row in rows}
-    all_summaries = {name: load_summaries(ROWS[name], root) for name, _ in TIME_TO_ACCURACY}
+    all_summaries = {name: [s for row in [ROWS[name], *(t for t in TIME_ROWS.values() if t.time_of == name)]
+                            for s in load_summaries(row, root)]
+                     for name, _ in TIME_TO_ACCURACY}
     times = time_to_accuracy(all_summaries)
     return {"rows": list(records.values()), "time_to_accuracy": times,
             "targets": target_limits(all_summaries, times),
@@ -955,10 +970,11 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
     """The budget overrides of a row and their plan (printed and recorded in plan.json)."""
     if args.paper_budget:
         return [], {"paper_budget": True, "iterations": schedule.iterations}
-    budget_s = args.budget_min * 60
+    budget_min = row.budget_min or args.budget_min
+    budget_s = budget_min * 60
     timing = calibrate(row, trainer, threads, force=not args.reuse_calibration)
     plan = plan_budget(schedule, timing, budget_s)
-    record = {"budget_min": args.budget_min, "s_per_iteration": timing.s_per_iteration,
+    record = {"budget_min": budget_min, "s_per_iteration": timing.s_per_iteration,
               "s_per_val_episode": timing.s_per_val_episode, "timing": timing.source,
               "preset_epochs": schedule.epochs, "preset_batches_per_epoch": schedule.batches_per_epoch, **asdict(plan)}
     print(f"{row.name}: {timing.s_per_iteration:.3f} s/iteration, {timing.s_per_val_episode * 1000:.0f} ms per "
@@ -998,7 +1014,7 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="quick", help="a group (quick, cpu) or a comma list of row names")
+    parser.add_argument("--rows", default="quick", help="a group (quick, cpu, time) or a comma list of row names")
     parser.add_argument("--budget-min", type=float, default=None,
                         help=f"training minutes per run (default: {QUICK_BUDGET_MIN:g} for quick, else 30)")
     parser.add_argument("--seeds", type=int, default=None,
@@ -1018,6 +1034,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows = select_rows(args.rows)
     everything = list(ROWS.values())
+    for row in rows:  # a time-to-accuracy row is defined by its training time: nothing may change it
+        if row.budget_min and (args.paper_budget or args.budget_min not in (None, row.budget_min)):
+            raise SystemExit(f"{row.name} always trains {row.budget_min:g} min (it measures {row.time_of} after "
+                             f"that time); drop --budget-min/--paper-budget or run {row.time_of} instead")
     if args.report_only:
         write_report(everything)
         return
