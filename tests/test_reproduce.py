@@ -236,6 +236,34 @@ def test_report_from_fake_results(tmp_path):
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
 
 
+def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path):
+    """MAML mini-ImageNet: its table row trained 30 min, its time row 60; each time point is a direct test."""
+    timed = rp.TIME_ROWS["maml_miniimagenet_5w1s_60min"]
+    assert (timed.time_of, timed.budget_min, timed.overrides) == ("maml_miniimagenet_5w1s", 60.0,
+                                                                  rp.ROWS["maml_miniimagenet_5w1s"].overrides)
+    assert rp.select_rows("time") == [timed] and timed.name not in [r.name for r in rp.select_rows("cpu")]
+    root = tmp_path / "runs"
+    for row, minutes, test in [(rp.ROWS["maml_miniimagenet_5w1s"], 30, 0.31), (timed, 60, 0.36)]:
+        directory = rp.run_dir(row, 1, root)
+        fake_results(directory, seed=1, test=test, ci=0.006, val=test + minutes / 3000,
+                     curve=[(600.0, 0.25), (1800.0, 0.32), (3600.0, 0.37)][: minutes // 30 + 1])
+        (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
+                                                         "plan": {"budget_min": minutes}}))
+    report = rp.build_report(rp.ROWS.values(), root)
+    times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
+    # 30 min: the 30-min run's test (the 60-min run's curve estimate, 0.32 - 0.02, is not mixed in)
+    assert (times[("maml_miniimagenet_5w1s", 30)]["test_acc"], times[("maml_miniimagenet_5w1s", 30)]["seeds"]) == \
+        (pytest.approx(0.31), 1)
+    assert times[("maml_miniimagenet_5w1s", 60)]["test_acc"] == pytest.approx(0.36)
+    assert times[("maml_miniimagenet_5w1s", 60)]["method"] == "test of a 60-min run"
+    (row,) = [r for r in report["rows"] if r["row"] == "maml_miniimagenet_5w1s"]
+    assert row["ours"] == pytest.approx(0.31) and row["budget_min"] == 30    # the table row is not averaged in
+    assert rp.command_for(rp.ROWS["maml_miniimagenet_5w1s"], 60) == \
+        "python bench/reproduce.py --rows maml_miniimagenet_5w1s_60min --seeds 1"
+    with pytest.raises(SystemExit, match="always trains 60 min"):
+        rp.main(["--rows", "time", "--budget-min", "30"])
+
+
 def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
     summaries = {"maml_omniglot_5w1s": [{"train_s": 1200.0, "global_step": 400, "test": 0.94, "threads": 1},
                                         {"train_s": 1800.0, "global_step": 600, "test": 0.96, "threads": 1}]}
