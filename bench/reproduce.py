@@ -839,7 +839,9 @@ def render_markdown(report: dict) -> str:
         out += ["", "Notes:", "", *notes]
     out += ["", "## Time to accuracy on this machine", "",
             "Test accuracy on the 600 fixed episodes after *t* minutes of training. From a run whose budget was "
-            "*t*: its final test. From a longer run: the best validation accuracy (100 fixed episodes) reached "
+            "*t* (the row's own runs, or a time-to-accuracy run of the same preset in its own directory: "
+            f"{', '.join(f'`{name}`' for name in TIME_ROWS)}, `--rows time`): its final test. Where no run had "
+            "that budget, from a longer run: the best validation accuracy (100 fixed episodes) reached "
             "within *t* minutes of training (`time/train_s`, validation time excluded) plus that run's own "
             "test − validation difference of its evaluated checkpoint (runs are tested once, at the end).",
             "", "| row | t (min) | test acc (%) | seeds | derived from |", "|---|---|---|---|---|"]
@@ -900,6 +902,8 @@ def render_markdown(report: dict) -> str:
             "## Regenerate", "", "One command per row (from the repository root; `--jobs 2` runs two at once, "
             "each with OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume):", ""]
     out += [f"- {r['row']}: `{r['command']}`" for r in report["rows"]]
+    out += [f"- {row.name} (time to accuracy): `{command_for(ROWS[row.time_of], row.budget_min)}`"
+            for row in TIME_ROWS.values()]
     out += ["", "The papers' full budgets, meant for a GPU (`trainer=gpu` when CUDA is there; it prints first one "
             "cost line per row, meta-iterations × s/iteration measured by a calibration on that device, then runs "
             "unattended, resumable): `python bench/reproduce.py --rows cpu --paper-budget` "
@@ -923,11 +927,14 @@ def plot_curves(report: dict, root: Path, path: Path) -> bool:
     fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
     for ax, r in zip(axes.flat, rows):
         metric = "acc" if r["metric"] == "acc" else "mse"
-        for s in load_summaries(ROWS[r["row"]], root):
+        runs = [(f"seed {s['seed']}", s) for s in load_summaries(ROWS[r["row"]], root)]
+        runs += [(f"seed {s['seed']}, {t.budget_min:g}-min run", s) for t in TIME_ROWS.values()
+                 if t.time_of == r["row"] for s in load_summaries(t, root)]
+        for label, s in runs:
             if s.get("curve"):
                 xs, ys = zip(*s["curve"])
                 ax.plot([x / 60 for x in xs], [y * (100 if metric == "acc" else 1) for y in ys], alpha=0.85,
-                        marker=".", label=f"seed {s['seed']}")
+                        marker=".", label=label)
         if r["paper"] is not None:
             ax.axhline(r["paper"] * (100 if metric == "acc" else 1), color="grey", ls="--", lw=1, label="paper")
         ax.set_xlim(left=0)

@@ -249,8 +249,12 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
                      curve=[(600.0, 0.25), (1800.0, 0.32), (3600.0, 0.37)][: minutes // 30 + 1])
         (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
                                                          "plan": {"budget_min": minutes}}))
-    report = rp.build_report(rp.ROWS.values(), root)
+    report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
     times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
+    md = (tmp_path / "r.md").read_text()
+    assert "| maml_miniimagenet_5w1s | 60 | 36.00 | 1 | test of a 60-min run |" in md
+    assert "- maml_miniimagenet_5w1s_60min (time to accuracy): `python bench/reproduce.py --rows " \
+           "maml_miniimagenet_5w1s_60min --seeds 1`" in md
     # 30 min: the 30-min run's test (the 60-min run's curve estimate, 0.32 - 0.02, is not mixed in)
     assert (times[("maml_miniimagenet_5w1s", 30)]["test_acc"], times[("maml_miniimagenet_5w1s", 30)]["seeds"]) == \
         (pytest.approx(0.31), 1)
