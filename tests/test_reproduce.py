@@ -232,7 +232,7 @@ def test_report_from_fake_results(tmp_path):
     assert "| maml omniglot 5w1s | 98.70 ± 0.40 | 98.00 ± 1.20 | 1.00 (3) | no (-0.70) | 6.0k / 60.0k | 30 min" in md
     assert "| mamlpp omniglot 5w1s | 99.47 | 99.50 ± 0.20 (99.00 ± 0.40) |" in md
     assert "| anil omniglot 20w1s | 96.20 ± 0.50 | not run |" in md
-    assert "| maml_omniglot_5w1s | 10 | 94.50 | 3 | val curve + (test - val) |" in md
+    assert "| maml_omniglot_5w1s | 10 | 94.50 | 10.0 | 3 | val curve + (test - val) |" in md
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
 
 
@@ -246,13 +246,14 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
     for row, minutes, test in [(rp.ROWS["maml_miniimagenet_5w1s"], 30, 0.31), (timed, 60, 0.36)]:
         directory = rp.run_dir(row, 1, root)
         fake_results(directory, seed=1, test=test, ci=0.006, val=test + minutes / 3000,
-                     curve=[(600.0, 0.25), (1800.0, 0.32), (3600.0, 0.37)][: minutes // 30 + 1])
+                     curve=[(600.0, 0.25), (1800.0, 0.32), (2000.0, 0.37)][: minutes // 30 + 1])
         (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
                                                          "plan": {"budget_min": minutes}}))
     report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
     times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
     md = (tmp_path / "r.md").read_text()
-    assert "| maml_miniimagenet_5w1s | 60 | 36.00 | 1 | test of a 60-min run |" in md
+    # The 60-min run trained 2000 s of its hour (validations, rounding): said next to its figure.
+    assert "| maml_miniimagenet_5w1s | 60 | 36.00 | 33.3 | 1 | test of a 60-min run |" in md
     assert "- maml_miniimagenet_5w1s_60min (time to accuracy): `python bench/reproduce.py --rows " \
            "maml_miniimagenet_5w1s_60min --seeds 1`" in md
     # 30 min: the 30-min run's test (the 60-min run's curve estimate, 0.32 - 0.02, is not mixed in)
