@@ -15,7 +15,8 @@ composes the published setting; nothing published is re-specified here) plus the
 * Budget scaling (``--budget-min`` minutes of training per run): a short calibration run measures
   the seconds per meta-iteration and per validation episode of the row on this machine with this
   many threads, measured again by every invocation (the load of a shared machine moves; the latest
-  measurement is kept in bench/results/reproduction/calibration.json). The preset's number of
+  measurement is kept in bench/results/reproduction/calibration.json). On a CPU the plan uses the
+  calibration's CPU seconds, which the load of other jobs does not inflate (see ``timing_of``). The preset's number of
   epochs is kept, because MSL, cosine annealing and derivative-order annealing are scheduled in
   epochs, and ``data.batches_per_epoch`` shrinks so that epochs x batches (plus validations) fit 90 %
   of the budget; ``+trainer.max_time`` = the budget is the safety net. When the budget holds less
@@ -170,6 +171,10 @@ ROWS: dict[str, Row] = {row.name: row for row in [
 # Time-to-accuracy runs longer than their table row's (which stays at the budget of its other rows):
 # the same preset trained for a fixed time, its own directory, tested on the same 600 episodes.
 TIME_ROWS: dict[str, Row] = {row.name: row for row in [
+    replace(ROWS["maml_omniglot_5w1s"], name="maml_omniglot_5w1s_10min", seeds=1,
+            time_of="maml_omniglot_5w1s", budget_min=10.0),
+    replace(ROWS["maml_omniglot_5w1s"], name="maml_omniglot_5w1s_30min", seeds=1,
+            time_of="maml_omniglot_5w1s", budget_min=30.0),
     replace(ROWS["maml_miniimagenet_5w1s"], name="maml_miniimagenet_5w1s_60min", seeds=1,
             time_of="maml_miniimagenet_5w1s", budget_min=60.0),
 ]}
@@ -396,12 +401,24 @@ def load_calibration() -> dict[str, Any]:
     return json.loads(CALIBRATION.read_text()) if CALIBRATION.is_file() else {}
 
 
+def timing_of(measured: dict[str, Any], key: str) -> Timing:
+    """The seconds a plan is made of. On a CPU, the CPU time of the calibrating process where it was
+    recorded: the wall time of a calibration taken while other work shares the cores grows with that load
+    (1.3-1.7x in calibration.json, taken at load averages 2.4-3.5 on 2 cores), and a plan made of it trained well under its budget
+    (the MAML mini-ImageNet 60-min run: 33 min). max_time still ends a run whose budget the wall clock
+    spends first. Older entries without CPU times, and GPUs (asynchronous: their CPU time is not the
+    iteration's), are planned on wall time."""
+    if key.startswith("cpu:") and measured.get("cpu_s_per_iteration"):
+        return Timing(measured["cpu_s_per_iteration"], measured["cpu_s_per_val_episode"], f"measured CPU time ({key})")
+    return Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
+
+
 def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> Timing:
     """Seconds per meta-iteration and per validation episode of the row, measured once per device."""
     key = device_key(trainer, threads)
     cached = load_calibration().get(key, {}).get(row.name)
     if cached and not force:
-        return Timing(cached["s_per_iteration"], cached["s_per_val_episode"], f"measured ({key})")
+        return timing_of(cached, key)
     iterations = CALIBRATION_ITERATIONS.get(row.data, 6)
     val_episodes = CALIBRATION_VAL_EPISODES.get(row.data, 20)
     work = RUNS / "_calibration" / f"{row.name}-{os.getpid()}"
@@ -415,7 +432,7 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> T
                  f"+callbacks.calibration.out={out}", f"trainer={trainer}", f"hydra.run.dir={work}"]
     run_train(overrides, threads, work / "stdout.log")
     measured = json.loads(out.read_text())
-    timing = Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
+    timing = timing_of(measured, key)
     entry = {"s_per_iteration": timing.s_per_iteration, "s_per_val_episode": timing.s_per_val_episode,
              "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
              "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
@@ -573,11 +590,17 @@ def load_summaries(row: Row, root: Path = RUNS) -> list[dict]:
 def command_for(row: Row, budget_min: float | None, seeds: int | None = None) -> str:
     if row.recorded:
         return MTNET_POLY_COMMAND
-    timed = next((t for t in TIME_ROWS.values() if t.time_of == row.name and t.budget_min == budget_min), None)
-    if timed is not None:
-        return f"python bench/reproduce.py --rows {timed.name} --seeds {seeds or timed.seeds}"
     budget = f"--budget-min {budget_min:g}" if budget_min else "--paper-budget"
     return f"python bench/reproduce.py --rows {row.name} {budget} --seeds {seeds or row.seeds}"
+
+
+def time_command(name: str, minutes: float) -> str:
+    """The command behind a time-to-accuracy point: its time row's where one trains that long, else the
+    table row's at that budget (the table row's own command never names a time row)."""
+    timed = next((t for t in TIME_ROWS.values() if t.time_of == name and t.budget_min == minutes), None)
+    if timed is not None:
+        return f"python bench/reproduce.py --rows {timed.name} --seeds {timed.seeds}"
+    return command_for(ROWS[name], minutes)
 
 
 def reproduced(row: Row, ours: float | None) -> bool | None:
@@ -694,6 +717,10 @@ def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
         entry: dict[str, Any] = {"row": name, "minutes": minutes}
         seeds = summaries.get(name, [])
         direct = [s for s in seeds if ((s.get("plan") or {}).get("budget_min") or 0) == minutes]
+        # A time row measures t itself (planned on this machine's CPU time): it replaces the table row's
+        # runs of the same budget, whose older plans could train well under t.
+        timed = [s for s in direct if s.get("row") in TIME_ROWS]
+        direct = timed or direct
         tests, methods = [s["test"] for s in direct], {f"test of a {minutes}-min run"} if direct else set()
         # Minutes actually trained behind each figure: a t-min budget also pays validations and the plan's
         # rounding, so a run can train well under t (stated next to the figure, not hidden by the label).
@@ -711,7 +738,7 @@ def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
         else:
             longest = max((s["curve"][-1][0] / 60 for s in seeds if s.get("curve")), default=None)
             entry.update({"status": "not reached" if seeds else "not run", "longest_train_min": longest,
-                          "command": command_for(ROWS[name], minutes)})
+                          "command": time_command(name, minutes)})
         table.append(entry)
     return table
 
@@ -880,7 +907,10 @@ def render_markdown(report: dict) -> str:
             "Each seed is `python train.py algo=A data=D data.ways=W data.shots=S seed=K` (the pair's preset "
             "composes the published setting) plus the budget overrides recorded in the JSON (`overrides`). A "
             "calibration run (a few meta-iterations and validation episodes, side by side with the other jobs) "
-            "measures seconds per meta-iteration and per validation episode; the preset's epochs are kept "
+            "measures seconds per meta-iteration and per validation episode (on a CPU the plan uses its CPU "
+            "seconds: the wall seconds of a calibration taken beside other jobs grow with their load; plans whose "
+            "`timing` in plan.json reads `measured (...)` rather than `measured CPU time (...)` were made on wall "
+            "seconds and trained under their budget, as the trained minutes show); the preset's epochs are kept "
             "(MSL, cosine and derivative-order schedules count epochs) and `data.batches_per_epoch` shrinks so "
             f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget, with `+trainer.max_time` = "
             f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes (fewer, down to "
@@ -891,9 +921,9 @@ def render_markdown(report: dict) -> str:
             f"Test: {TEST_EPISODES} fixed episodes, outside the budget.", ""]
     calibration = report.get("calibration") or {}
     if calibration:
-        out += ["Latest calibrations: wall seconds per meta-iteration and per validation episode (what the plan "
-                "uses; they grow with the machine's load, given as the 1-minute load average) and the CPU seconds of "
-                "the same work (about what an unloaded core takes):", "",
+        out += ["Latest calibrations: wall seconds per meta-iteration and per validation episode (they grow with "
+                "the machine's load, given as the 1-minute load average) and the CPU seconds of the same work (about "
+                "what an unloaded core takes; what a CPU plan uses where it is recorded):", "",
                 "| device | row | s / iteration | ms / val episode | CPU s / iteration | CPU ms / val episode | "
                 "load average | date |", "|---|---|---|---|---|---|---|---|"]
         for device, entries in sorted(calibration.items()):
@@ -909,7 +939,7 @@ def render_markdown(report: dict) -> str:
             "## Regenerate", "", "One command per row (from the repository root; `--jobs 2` runs two at once, "
             "each with OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume):", ""]
     out += [f"- {r['row']}: `{r['command']}`" for r in report["rows"]]
-    out += [f"- {row.name} (time to accuracy): `{command_for(ROWS[row.time_of], row.budget_min)}`"
+    out += [f"- {row.name} (time to accuracy): `{time_command(row.time_of, row.budget_min)}`"
             for row in TIME_ROWS.values()]
     out += ["", "The papers' full budgets, meant for a GPU (`trainer=gpu` when CUDA is there; it prints first one "
             "cost line per row, meta-iterations × s/iteration measured by a calibration on that device, then runs "
@@ -1014,8 +1044,9 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
             if entry is None:
                 print(f"{row.name}: {schedule.iterations} iterations x ? s (no measurement; drop --no-calibrate)")
                 continue
-            timing = Timing(entry["s_per_iteration"], entry["s_per_val_episode"],
-                            f"measured on {kind}" + ("" if kind == key else f", not on this device ({key})"))
+            measured = timing_of(entry, kind)
+            timing = replace(measured, source=measured.source.replace(f"({kind})", f"on {kind}")
+                             + ("" if kind == key else f", not on this device ({key})"))
         else:
             timing = calibrate(row, trainer, threads)
         val_s = schedule.epochs * 200 * timing.s_per_val_episode  # the data's val_episodes, every epoch

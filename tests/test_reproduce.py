@@ -241,7 +241,7 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
     timed = rp.TIME_ROWS["maml_miniimagenet_5w1s_60min"]
     assert (timed.time_of, timed.budget_min, timed.overrides) == ("maml_miniimagenet_5w1s", 60.0,
                                                                   rp.ROWS["maml_miniimagenet_5w1s"].overrides)
-    assert rp.select_rows("time") == [timed] and timed.name not in [r.name for r in rp.select_rows("cpu")]
+    assert timed in rp.select_rows("time") and timed.name not in [r.name for r in rp.select_rows("cpu")]
     root = tmp_path / "runs"
     for row, minutes, test in [(rp.ROWS["maml_miniimagenet_5w1s"], 30, 0.31), (timed, 60, 0.36)]:
         directory = rp.run_dir(row, 1, root)
@@ -263,10 +263,52 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
     assert times[("maml_miniimagenet_5w1s", 60)]["method"] == "test of a 60-min run"
     (row,) = [r for r in report["rows"] if r["row"] == "maml_miniimagenet_5w1s"]
     assert row["ours"] == pytest.approx(0.31) and row["budget_min"] == 30    # the table row is not averaged in
-    assert rp.command_for(rp.ROWS["maml_miniimagenet_5w1s"], 60) == \
+    assert rp.time_command("maml_miniimagenet_5w1s", 60) == \
         "python bench/reproduce.py --rows maml_miniimagenet_5w1s_60min --seeds 1"
+    assert rp.command_for(rp.ROWS["maml_miniimagenet_5w1s"], 60) == \
+        "python bench/reproduce.py --rows maml_miniimagenet_5w1s --budget-min 60 --seeds 1"
     with pytest.raises(SystemExit, match="always trains 60 min"):
+        rp.main(["--rows", "maml_miniimagenet_5w1s_60min", "--budget-min", "30"])
+    with pytest.raises(SystemExit, match="maml_omniglot_5w1s_10min always trains 10 min"):
         rp.main(["--rows", "time", "--budget-min", "30"])
+
+
+def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
+    """MAML Omniglot 5w1s: 30-min table runs (an older plan) and a 30-min time row: the time row's test is
+    the 30-min point, the table row keeps its own three seeds, the 10-min time row gives 10 min directly."""
+    root = tmp_path / "runs"
+    runs = [(rp.ROWS["maml_omniglot_5w1s"], seed, 30, 0.94, 700.0) for seed in (1, 2, 3)]
+    runs += [(rp.TIME_ROWS["maml_omniglot_5w1s_30min"], 1, 30, 0.96, 1650.0),
+             (rp.TIME_ROWS["maml_omniglot_5w1s_10min"], 1, 10, 0.91, 540.0)]
+    for row, seed, minutes, test, train_s in runs:
+        directory = rp.run_dir(row, seed, root)
+        fake_results(directory, seed=seed, test=test, ci=0.008, val=test, curve=[(train_s, test)])
+        (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
+                                                         "plan": {"budget_min": minutes}}))
+    report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
+    times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
+    assert (times[("maml_omniglot_5w1s", 30)]["test_acc"], times[("maml_omniglot_5w1s", 30)]["seeds"]) == \
+        (pytest.approx(0.96), 1)
+    assert times[("maml_omniglot_5w1s", 10)]["test_acc"] == pytest.approx(0.91)
+    assert times[("maml_omniglot_5w1s", 10)]["method"] == "test of a 10-min run"
+    (row,) = [r for r in report["rows"] if r["row"] == "maml_omniglot_5w1s"]
+    assert row["ours"] == pytest.approx(0.94) and row["seeds"] == [1, 2, 3]
+    assert row["command"] == "python bench/reproduce.py --rows maml_omniglot_5w1s --budget-min 30 --seeds 3"
+
+
+def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_time():
+    loaded = {"s_per_iteration": 3.0, "s_per_val_episode": 0.3, "cpu_s_per_iteration": 2.0,
+              "cpu_s_per_val_episode": 0.2}
+    assert rp.timing_of(loaded, "cpu:2cores:1threads") == \
+        rp.Timing(2.0, 0.2, "measured CPU time (cpu:2cores:1threads)")
+    gpu = rp.timing_of(loaded, "gpu:NVIDIA H200")
+    assert (gpu.s_per_iteration, gpu.s_per_val_episode) == (3.0, 0.3)
+    older = {"s_per_iteration": 3.0, "s_per_val_episode": 0.3}
+    assert rp.timing_of(older, "cpu:2cores:1threads") == rp.Timing(3.0, 0.3, "measured (cpu:2cores:1threads)")
+    # a 30-min budget planned on CPU time holds more iterations than one planned on the loaded wall time
+    wall = rp.plan_budget(OMNIGLOT, rp.timing_of(loaded, "gpu:x"), 1800)
+    cpu = rp.plan_budget(OMNIGLOT, rp.timing_of(loaded, "cpu:2cores:1threads"), 1800)
+    assert cpu.planned_iterations > wall.planned_iterations
 
 
 def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
