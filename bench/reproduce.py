@@ -22,6 +22,9 @@ composes the published setting; nothing published is re-specified here) plus the
   of the budget; ``+trainer.max_time`` = the budget is the safety net. When the budget holds less
   than one meta-iteration per epoch, the run trains that many epochs of one iteration
   (``trainer.max_epochs`` lowered, the epoch-valued schedules cut, ``schedule_complete: false``).
+  A preset with nothing scheduled over its epochs (MAML, FOMAML, ANIL: a constant meta learning rate)
+  rounds the iterations per epoch up and trains fewer epochs instead of rounding down and losing
+  up to an epoch's worth of iterations per epoch (``fewer_fuller_epochs``).
 * Validation: ``data.val_episodes=100`` fixed episodes (the CI of 100 episodes is ~2 points, enough to
   pick a checkpoint), every d epochs with d the smallest divisor of the epochs giving <= 20 validations
   (so the last epoch is validated, and MAML++'s top-5 ensemble has checkpoints to choose from);
@@ -236,6 +239,9 @@ class Schedule:
     preset: str | None
     derivative_order: str
     test_inner_steps: int
+    # Something counts the preset's epochs (MSL, derivative-order annealing, an outer learning-rate schedule
+    # or warm-up): the budget must keep them. Without any, the epochs only space the validations.
+    epoch_scheduled: bool = True
 
     @property
     def iterations(self) -> int:
@@ -252,12 +258,18 @@ def derivative_order(algo: Any) -> str:
     return "second"
 
 
+def epoch_scheduled(algo: Any) -> bool:
+    """Whether anything in the algorithm's config is scheduled over the preset's epochs or steps."""
+    return bool(algo.get("msl") or (algo.get("da") and int(algo.get("da_epochs") or 0) > 0) or algo.get("ca")
+                or algo.get("lr_schedule", "constant") != "constant" or int(algo.get("warmup_steps") or 0) > 0)
+
+
 def preset_schedule(row: Row) -> Schedule:
     cfg = compose(row.overrides)
     preset = cfg.get("preset")
     return Schedule(epochs=int(cfg.trainer.max_epochs), batches_per_epoch=int(cfg.data.batches_per_epoch),
                     preset=preset.name if preset else None, derivative_order=derivative_order(cfg.algo),
-                    test_inner_steps=int(cfg.algo.test_inner_steps))
+                    test_inner_steps=int(cfg.algo.test_inner_steps), epoch_scheduled=epoch_scheduled(cfg.algo))
 
 
 # -- budget scaling ------------------------------------------------------------------------------------
@@ -306,6 +318,8 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
     iterations = max(1, math.floor((plan_share * budget_s - wanted * one_validation_s) / timing.s_per_iteration))
     if iterations >= schedule.epochs:
         epochs, batches = schedule.epochs, min(schedule.batches_per_epoch, iterations // schedule.epochs)
+        if not schedule.epoch_scheduled and batches < schedule.batches_per_epoch:
+            epochs, batches = fewer_fuller_epochs(iterations, schedule, wanted)
     else:
         epochs, batches = iterations, 1
     val_every = validation_interval(epochs, wanted)
@@ -313,7 +327,26 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
     planned = epochs * batches
     return Plan(val_episodes=val_episodes, epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
                 planned_iterations=planned, planned_train_s=planned * timing.s_per_iteration,
-                planned_val_s=validations * one_validation_s, schedule_complete=epochs == schedule.epochs)
+                planned_val_s=validations * one_validation_s,
+                schedule_complete=epochs == schedule.epochs or not schedule.epoch_scheduled)
+
+
+def fewer_fuller_epochs(iterations: int, schedule: Schedule, wanted: int) -> tuple[int, int]:
+    """Epochs x batches close to ``iterations`` for a preset nothing schedules over its epochs.
+
+    Keeping its epochs rounds the iterations per epoch down and loses up to an epoch's worth of each
+    (MAML Omniglot, 120 epochs: 340 affordable iterations train 240). Here the batches per epoch round
+    up and the epochs follow, among those with at least half the wanted validations (not fewer than
+    MIN_VALIDATIONS) that validate on the last epoch: 340 iterations, 20 validations wanted -> not 3 x 113
+    (113 is prime: one validation) but 3 x 112 = 336, validated every 7 epochs (16 times).
+    """
+    batches = min(schedule.batches_per_epoch, math.ceil(iterations / schedule.epochs))
+    most = min(schedule.epochs, iterations // batches)
+    enough = min(wanted, max(MIN_VALIDATIONS, wanted // 2))
+    for epochs in range(most, max(1, most * 3 // 4) - 1, -1):
+        if epochs // validation_interval(epochs, wanted) >= enough:
+            return epochs, batches
+    return most, batches
 
 
 def max_time(budget_s: float) -> str:
@@ -912,7 +945,10 @@ def render_markdown(report: dict) -> str:
             "`timing` in plan.json reads `measured (...)` rather than `measured CPU time (...)` were made on wall "
             "seconds and trained under their budget, as the trained minutes show); the preset's epochs are kept "
             "(MSL, cosine and derivative-order schedules count epochs) and `data.batches_per_epoch` shrinks so "
-            f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget, with `+trainer.max_time` = "
+            f"that the iterations and validations fit {PLAN_SHARE:.0%} of the budget (a preset with nothing "
+            "scheduled over its epochs, such as MAML's constant meta learning rate, rounds the iterations per "
+            "epoch up and trains fewer epochs rather than losing up to an epoch's worth of iterations per epoch: "
+            "plans from 2026-12-04 on), with `+trainer.max_time` = "
             f"the budget as the safety net. Validation: {VAL_EPISODES} fixed episodes (fewer, down to "
             f"{MIN_VAL_EPISODES}, where {MIN_VALIDATIONS} validations of {VAL_EPISODES} would not fit), at most "
             f"{MAX_VALIDATIONS} times and at most {VAL_SHARE:.0%} of the budget, always after the last epoch. "

@@ -93,6 +93,22 @@ def test_expensive_validation_shrinks_the_episodes_to_keep_five_validations():
     assert (plan.val_episodes, plan.batches_per_epoch, plan.val_every, plan.validations) == (20, 2, 30, 4)
 
 
+def test_an_unscheduled_preset_trains_fewer_fuller_epochs_instead_of_losing_iterations():
+    # Nothing counts MAML Omniglot's 120 epochs: 340 affordable iterations are not 120 x 2 = 240 but
+    # 3 per epoch; 113 epochs (prime) would validate once, so 112 (every 7 epochs, 16 >= 20 // 2 times).
+    unscheduled = rp.Schedule(**{**OMNIGLOT.__dict__, "epoch_scheduled": False})
+    assert rp.fewer_fuller_epochs(340, unscheduled, 20) == (112, 3)
+    plan = rp.plan_budget(unscheduled, rp.Timing(1.0, 0.02), 600)   # (540 - 20 * 2) / 1 = 500 iterations
+    kept = rp.plan_budget(OMNIGLOT, rp.Timing(1.0, 0.02), 600)
+    assert (kept.epochs, kept.batches_per_epoch, kept.planned_iterations) == (120, 4, 480)
+    assert plan.batches_per_epoch == 5 and 480 < plan.planned_iterations <= 500
+    assert plan.epochs % plan.val_every == 0 and plan.validations >= 10 and plan.schedule_complete
+    assert rp.budget_overrides(plan, unscheduled, 600)[0] == f"trainer.max_epochs={plan.epochs}"
+    # the presets say which is which: MAML's constant meta learning rate, MAML++'s MSL and cosine
+    assert not rp.preset_schedule(rp.ROWS["maml_omniglot_5w1s"]).epoch_scheduled
+    assert rp.preset_schedule(rp.ROWS["mamlpp_omniglot_5w1s"]).epoch_scheduled
+
+
 def test_budget_never_exceeds_the_paper_iterations():
     plan = rp.plan_budget(OMNIGLOT, rp.Timing(0.001, 0.001), 3600)
     assert (plan.batches_per_epoch, plan.planned_iterations) == (500, 60_000)
