@@ -439,9 +439,10 @@ def timing_of(measured: dict[str, Any], key: str) -> Timing:
     recorded: the wall time of a calibration taken while other work shares the cores grows with that load
     (1.3-1.7x in calibration.json, taken at load averages 2.4-3.5 on 2 cores), and a plan made of it trained well under its budget
     (the MAML mini-ImageNet 60-min run: 33 min). max_time still ends a run whose budget the wall clock
-    spends first. Older entries without CPU times, and GPUs (asynchronous: their CPU time is not the
-    iteration's), are planned on wall time."""
-    if key.startswith("cpu:") and measured.get("cpu_s_per_iteration"):
+    spends first. Older entries without CPU times, runs of several threads (their CPU seconds add up the
+    threads': more than the wall time), and GPUs (asynchronous: their CPU time is not the iteration's) are
+    planned on wall time."""
+    if key.startswith("cpu:") and key.endswith(":1threads") and measured.get("cpu_s_per_iteration"):
         return Timing(measured["cpu_s_per_iteration"], measured["cpu_s_per_val_episode"], f"measured CPU time ({key})")
     return Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
 

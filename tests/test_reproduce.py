@@ -317,6 +317,8 @@ def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_t
               "cpu_s_per_val_episode": 0.2}
     assert rp.timing_of(loaded, "cpu:2cores:1threads") == \
         rp.Timing(2.0, 0.2, "measured CPU time (cpu:2cores:1threads)")
+    two_threads = rp.timing_of(loaded, "cpu:2cores:2threads")  # CPU seconds of 2 threads: not a wall time
+    assert (two_threads.s_per_iteration, two_threads.s_per_val_episode) == (3.0, 0.3)
     gpu = rp.timing_of(loaded, "gpu:NVIDIA H200")
     assert (gpu.s_per_iteration, gpu.s_per_val_episode) == (3.0, 0.3)
     older = {"s_per_iteration": 3.0, "s_per_val_episode": 0.3}
