@@ -621,20 +621,28 @@ def load_summaries(row: Row, root: Path = RUNS) -> list[dict]:
 
 
 # -- the reproduction record -----------------------------------------------------------------------------
-def command_for(row: Row, budget_min: float | None, seeds: int | None = None) -> str:
+def threads_of(summaries: Sequence[dict]) -> int | None:
+    """The torch threads the runs used, when they all used the same (the plan depends on it)."""
+    threads = {s.get("threads") for s in summaries}
+    return threads.pop() if len(threads) == 1 and None not in threads else None
+
+
+def command_for(row: Row, budget_min: float | None, seeds: int | None = None, threads: int | None = None) -> str:
     if row.recorded:
         return MTNET_POLY_COMMAND
     budget = f"--budget-min {budget_min:g}" if budget_min else "--paper-budget"
-    return f"python bench/reproduce.py --rows {row.name} {budget} --seeds {seeds or row.seeds}"
+    return (f"python bench/reproduce.py --rows {row.name} {budget} --seeds {seeds or row.seeds}"
+            + (f" --threads {threads}" if threads else ""))
 
 
-def time_command(name: str, minutes: float) -> str:
+def time_command(name: str, minutes: float, threads: int | None = None) -> str:
     """The command behind a time-to-accuracy point: its time row's where one trains that long, else the
     table row's at that budget (the table row's own command never names a time row)."""
     timed = next((t for t in TIME_ROWS.values() if t.time_of == name and t.budget_min == minutes), None)
     if timed is not None:
-        return f"python bench/reproduce.py --rows {timed.name} --seeds {timed.seeds}"
-    return command_for(ROWS[name], minutes)
+        return (f"python bench/reproduce.py --rows {timed.name} --seeds {timed.seeds}"
+                + (f" --threads {threads}" if threads else ""))
+    return command_for(ROWS[name], minutes, threads=threads)
 
 
 def reproduced(row: Row, ours: float | None) -> bool | None:
@@ -706,7 +714,7 @@ def row_record(row: Row, summaries: list[dict], root: Path = RUNS) -> dict:
         "overrides": summaries[0].get("overrides"),
         "reproduced": reproduced(row, compared),
         "gap": None if row.paper is None or compared is None else compared - row.paper,
-        "command": command_for(row, budgets[0] if budgets else None, len(summaries)),
+        "command": command_for(row, budgets[0] if budgets else None, len(summaries), threads_of(summaries)),
     })
     return record
 
@@ -813,7 +821,10 @@ def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
                             for s in load_summaries(row, root)]
                      for name, _ in TIME_TO_ACCURACY}
     times = time_to_accuracy(all_summaries)
-    return {"rows": list(records.values()), "time_to_accuracy": times,
+    time_runs = [{"row": t.name, "time_of": t.time_of, "minutes": t.budget_min,
+                  "command": time_command(t.time_of, t.budget_min, threads_of(load_summaries(t, root)))}
+                 for t in TIME_ROWS.values()]
+    return {"rows": list(records.values()), "time_to_accuracy": times, "time_runs": time_runs,
             "targets": target_limits(all_summaries, times),
             "calibration": load_calibration() if root == RUNS else {},
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
@@ -973,11 +984,12 @@ def render_markdown(report: dict) -> str:
         out.append("")
     out += ["## Curves", "", "Validation metric against training time, one line per seed: "
             "![curves](../bench/results/reproduction/curves.png)", "",
-            "## Regenerate", "", "One command per row (from the repository root; `--jobs 2` runs two at once, "
-            "each with OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume):", ""]
+            "## Regenerate", "", "One command per row (from the repository root; `--threads` is the torch threads "
+            "each run used, where recorded: the plan depends on it; `--jobs 2` runs two at once, by default with "
+            "OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume; seeds 2 and up "
+            "of a row ran with `--reuse-calibration`, at seed 1's plan):", ""]
     out += [f"- {r['row']}: `{r['command']}`" for r in report["rows"]]
-    out += [f"- {row.name} (time to accuracy): `{time_command(row.time_of, row.budget_min)}`"
-            for row in TIME_ROWS.values()]
+    out += [f"- {t['row']} (time to accuracy): `{t['command']}`" for t in report.get("time_runs", [])]
     out += ["", "The papers' full budgets, meant for a GPU (`trainer=gpu` when CUDA is there; it prints first one "
             "cost line per row, meta-iterations × s/iteration measured by a calibration on that device, then runs "
             "unattended, resumable): `python bench/reproduce.py --rows cpu --paper-budget` "

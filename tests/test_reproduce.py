@@ -271,7 +271,7 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
     # The 60-min run trained 2000 s of its hour (validations, rounding): said next to its figure.
     assert "| maml_miniimagenet_5w1s | 60 | 36.00 | 33.3 | 1 | test of a 60-min run |" in md
     assert "- maml_miniimagenet_5w1s_60min (time to accuracy): `python bench/reproduce.py --rows " \
-           "maml_miniimagenet_5w1s_60min --seeds 1`" in md
+           "maml_miniimagenet_5w1s_60min --seeds 1 --threads 1`" in md     # the threads its run used
     # 30 min: the 30-min run's test (the 60-min run's curve estimate, 0.32 - 0.02, is not mixed in)
     assert (times[("maml_miniimagenet_5w1s", 30)]["test_acc"], times[("maml_miniimagenet_5w1s", 30)]["seeds"]) == \
         (pytest.approx(0.31), 1)
@@ -309,7 +309,8 @@ def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
     assert times[("maml_omniglot_5w1s", 10)]["method"] == "test of a 10-min run"
     (row,) = [r for r in report["rows"] if r["row"] == "maml_omniglot_5w1s"]
     assert row["ours"] == pytest.approx(0.94) and row["seeds"] == [1, 2, 3]
-    assert row["command"] == "python bench/reproduce.py --rows maml_omniglot_5w1s --budget-min 30 --seeds 3"
+    assert row["command"] == "python bench/reproduce.py --rows maml_omniglot_5w1s --budget-min 30 --seeds 3 --threads 1"
+    assert rp.threads_of([{"threads": 1}, {"threads": 2}]) is None and rp.threads_of([{}]) is None
 
 
 def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_time():
