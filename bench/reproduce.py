@@ -915,8 +915,9 @@ def render_markdown(report: dict) -> str:
         out += ["", "Notes:", "", *notes]
     out += ["", "## Time to accuracy on this machine", "",
             "Test accuracy on the 600 fixed episodes after *t* minutes of training. From a run whose budget was "
-            "*t* (the row's own runs, or a time-to-accuracy run of the same preset in its own directory: "
-            f"{', '.join(f'`{name}`' for name in TIME_ROWS)}, `--rows time`): its final test. Where no run had "
+            "*t*: its final test; a time-to-accuracy run of the same preset in its own directory ("
+            f"{', '.join(f'`{name}`' for name in TIME_ROWS)}, `--rows time`) where there is one, else the "
+            "row's own runs of that budget. Where no run had "
             "that budget, from a longer run: the best validation accuracy (100 fixed episodes) reached "
             "within *t* minutes of training (`time/train_s`, validation time excluded) plus that run's own "
             "test − validation difference of its evaluated checkpoint (runs are tested once, at the end).",
@@ -987,7 +988,9 @@ def render_markdown(report: dict) -> str:
             "## Regenerate", "", "One command per row (from the repository root; `--threads` is the torch threads "
             "each run used, where recorded: the plan depends on it; `--jobs 2` runs two at once, by default with "
             "OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume; seeds 2 and up "
-            "of a row ran with `--reuse-calibration`, at seed 1's plan):", ""]
+            "of a row ran with `--reuse-calibration`, at seed 1's plan. Each seed's plan.json records the plan "
+            "and overrides it ran: a rerun calibrates again, and a row planned on wall seconds before CPU plans "
+            "used CPU seconds would now plan more iterations than it recorded):", ""]
     out += [f"- {r['row']}: `{r['command']}`" for r in report["rows"]]
     out += [f"- {t['row']} (time to accuracy): `{t['command']}`" for t in report.get("time_runs", [])]
     out += ["", "The papers' full budgets, meant for a GPU (`trainer=gpu` when CUDA is there; it prints first one "
