@@ -746,6 +746,15 @@ def recorded_mtnet(row: Row) -> dict:
             "derivative_order": "second", "reproduced": grows, "command": MTNET_POLY_COMMAND}
 
 
+def runs_at(seeds: list[dict], minutes: float) -> list[dict]:
+    """The runs whose budget was ``minutes``: their tests are the figure at that time."""
+    direct = [s for s in seeds if ((s.get("plan") or {}).get("budget_min") or 0) == minutes]
+    # A time row measures t itself (planned on this machine's CPU time): it replaces the table row's
+    # runs of the same budget, whose older plans could train well under t.
+    timed = [s for s in direct if s.get("row") in TIME_ROWS]
+    return timed or direct
+
+
 def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
     """Test accuracy after t minutes, per seed, then averaged over the seeds that reach t.
 
@@ -758,11 +767,7 @@ def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
     for name, minutes in TIME_TO_ACCURACY:
         entry: dict[str, Any] = {"row": name, "minutes": minutes}
         seeds = summaries.get(name, [])
-        direct = [s for s in seeds if ((s.get("plan") or {}).get("budget_min") or 0) == minutes]
-        # A time row measures t itself (planned on this machine's CPU time): it replaces the table row's
-        # runs of the same budget, whose older plans could train well under t.
-        timed = [s for s in direct if s.get("row") in TIME_ROWS]
-        direct = timed or direct
+        direct = runs_at(seeds, minutes)
         tests, methods = [s["test"] for s in direct], {f"test of a {minutes}-min run"} if direct else set()
         # Minutes actually trained behind each figure: a t-min budget also pays validations and the plan's
         # rounding, so a run can train well under t (stated next to the figure, not hidden by the label).
@@ -788,25 +793,35 @@ def time_to_accuracy(summaries: dict[str, list[dict]]) -> list[dict]:
 def target_limits(summaries: dict[str, list[dict]], times: list[dict]) -> list[dict]:
     """For each accuracy target: reached or not, and what limits it, from the runs' own measurements.
 
-    The speed is each run's seconds per meta-iteration of training (``train_s / global_step``), so the
-    iterations a budget holds and the time the paper's iterations would take on this machine follow;
-    accuracy per iteration is the test accuracy the runs reached after their iterations.
+    The speed is that of the runs behind the figure at the target's minute (``train_s / global_step``),
+    so the iterations the budget holds and the time the paper's iterations would take on this machine
+    follow. Accuracy per iteration is every run of the row (table row and time rows) as (iterations
+    trained, test accuracy), averaged over the seeds of each run name.
     """
     found = {(t["row"], t["minutes"]): t for t in times}
     out = []
     for name, minutes, target in ACCURACY_TARGETS:
-        runs = [s for s in summaries.get(name, []) if s.get("train_s") and s.get("global_step")]
+        tested = [s for s in summaries.get(name, []) if s.get("train_s") and s.get("global_step")]
+        behind = runs_at(tested, minutes) or tested
         entry: dict[str, Any] = {"row": name, "minutes": minutes, "target": target}
         reached_acc = found.get((name, minutes), {}).get("test_acc")
         entry["test_acc"] = reached_acc
         entry["reached"] = None if reached_acc is None else reached_acc >= target
-        if runs:
-            s_per_it = statistics.fmean(s["train_s"] / s["global_step"] for s in runs)
+        if behind:
+            s_per_it = statistics.fmean(s["train_s"] / s["global_step"] for s in behind)
+            by_run: dict[str, list[dict]] = {}
+            for s in tested:
+                by_run.setdefault(s.get("row") or name, []).append(s)
             entry.update({
-                "s_per_iteration": s_per_it, "threads": max(s.get("threads") or 0 for s in runs) or None,
+                "s_per_iteration": s_per_it, "threads": max(s.get("threads") or 0 for s in behind) or None,
                 "iterations_in_budget": minutes * 60 / s_per_it,
-                "iterations_trained": statistics.fmean(s["global_step"] for s in runs),
-                "test_after_iterations": statistics.fmean(s["test"] for s in runs),
+                "iterations_trained": statistics.fmean(s["global_step"] for s in behind),
+                "train_min": statistics.fmean(s["train_s"] for s in behind) / 60,
+                "accuracy_by_iterations": sorted(
+                    ({"run": run, "iterations": statistics.fmean(s["global_step"] for s in group),
+                      "test_acc": statistics.fmean(s["test"] for s in group), "seeds": len(group),
+                      "threads": max(s.get("threads") or 0 for s in group) or None}
+                     for run, group in by_run.items()), key=lambda point: point["iterations"]),
                 "paper_iterations": ROWS[name].paper_iterations, "paper": ROWS[name].paper,
                 "hours_for_paper_iterations": ROWS[name].paper_iterations * s_per_it / 3600,
             })
@@ -941,14 +956,17 @@ def render_markdown(report: dict) -> str:
         if t["reached"]:
             out += ["", head + f"reached ({fmt_value(t['test_acc'], 'acc')} %)."]
             continue
+        points = "; ".join(f"{fmt_value(p['test_acc'], 'acc')} % after {p['iterations']:.0f} ({p['run']}, "
+                           f"{p['seeds']} seed(s), {p['threads']} thread(s))" for p in t.get("accuracy_by_iterations", []))
         out += ["", head + f"not reached ({fmt_value(t['test_acc'], 'acc')} %). What limits it, from these runs: "
-                f"{t['s_per_iteration']:.2f} s per meta-iteration of training ({t['threads']} thread(s) per run) fit {t['iterations_in_budget']:.0f} meta-iterations in {t['minutes']} min; the runs "
-                f"trained {t['iterations_trained']:.0f} and reached {fmt_value(t['test_after_iterations'], 'acc')} % "
-                f"on the test episodes, while the paper's {fmt_value(t['paper'], 'acc')} % took "
-                f"{fmt_iterations(t['paper_iterations'])} meta-iterations, {t['hours_for_paper_iterations']:.0f} h at "
-                "this speed. The limit is accuracy per iteration at a CPU's iteration rate, not the framework's "
-                "overhead (bench/results/speed.md: the default engine runs at its meta floor, the same "
-                "meta-gradient written out by hand)."]
+                f"the {t['minutes']}-min run(s) trained {t['iterations_trained']:.0f} meta-iterations in "
+                f"{t['train_min']:.1f} min at {t['s_per_iteration']:.2f} s each ({t['threads']} thread(s) per run; "
+                f"the rest of the budget went to validation and testing), {t['iterations_in_budget']:.0f} if all "
+                f"{t['minutes']} min trained. Test accuracy against meta-iterations: {points}. The paper's "
+                f"{fmt_value(t['paper'], 'acc')} % took {fmt_iterations(t['paper_iterations'])} meta-iterations, "
+                f"{t['hours_for_paper_iterations']:.0f} h at this speed. The limit is accuracy per iteration at a "
+                "CPU's iteration rate, not the framework's overhead (bench/results/speed.md: the default engine "
+                "runs at its meta floor, the same meta-gradient written out by hand)."]
     out += ["", "## How a budget is spent", "",
             "Each seed is `python train.py algo=A data=D data.ways=W data.shots=S seed=K` (the pair's preset "
             "composes the published setting) plus the budget overrides recorded in the JSON (`overrides`). A "

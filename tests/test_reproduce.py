@@ -331,15 +331,26 @@ def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_t
 
 
 def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
-    summaries = {"maml_omniglot_5w1s": [{"train_s": 1200.0, "global_step": 400, "test": 0.94, "threads": 1},
-                                        {"train_s": 1800.0, "global_step": 600, "test": 0.96, "threads": 1}]}
-    times = [{"row": "maml_omniglot_5w1s", "minutes": 30, "test_acc": 0.95, "status": "run"}]
+    thirty, ten = {"budget_min": 30}, {"budget_min": 10}
+    summaries = {"maml_omniglot_5w1s": [
+        {"row": "maml_omniglot_5w1s", "plan": thirty, "train_s": 600.0, "global_step": 400, "test": 0.93, "threads": 1},
+        {"row": "maml_omniglot_5w1s", "plan": thirty, "train_s": 600.0, "global_step": 400, "test": 0.95, "threads": 1},
+        {"row": "maml_omniglot_5w1s_10min", "plan": ten, "train_s": 500.0, "global_step": 250, "test": 0.92, "threads": 2},
+        {"row": "maml_omniglot_5w1s_30min", "plan": thirty, "train_s": 1500.0, "global_step": 500, "test": 0.96,
+         "threads": 2}]}
+    times = rp.time_to_accuracy(summaries)
     (target,) = rp.target_limits(summaries, times)
-    assert target["reached"] is False and target["s_per_iteration"] == pytest.approx(3.0)
+    # the speed is the 30-min time row's, the run behind the 30-min figure, not an average over every run
+    assert target["reached"] is False and target["test_acc"] == pytest.approx(0.96)
+    assert target["s_per_iteration"] == pytest.approx(3.0) and target["threads"] == 2
     assert target["iterations_in_budget"] == pytest.approx(600) and target["iterations_trained"] == 500
     assert target["hours_for_paper_iterations"] == pytest.approx(60_000 * 3.0 / 3600)
+    assert [(p["run"], p["iterations"], p["seeds"]) for p in target["accuracy_by_iterations"]] == [
+        ("maml_omniglot_5w1s_10min", 250, 1), ("maml_omniglot_5w1s", 400, 2), ("maml_omniglot_5w1s_30min", 500, 1)]
+    assert target["accuracy_by_iterations"][1]["test_acc"] == pytest.approx(0.94)
     text = rp.render_markdown({"rows": [], "time_to_accuracy": [], "targets": [target]})
-    assert "not reached (95.00 %)" in text and "3.00 s per meta-iteration" in text and "50 h" in text
+    assert "not reached (96.00 %)" in text and "3.00 s each (2 thread(s)" in text and "50 h" in text
+    assert "94.00 % after 400 (maml_omniglot_5w1s, 2 seed(s)" in text
     assert rp.target_limits({}, [])[0]["reached"] is None                  # no run: nothing claimed
 
 
