@@ -1,7 +1,8 @@
 """Reproduction of the papers' rows (issue 12): one registry of rows, runs through train.py's presets,
 one JSON and one markdown table, regenerable by one command.
 
-    python bench/reproduce.py --rows quick                     # 2 tiny rows end to end, a few minutes
+    python bench/reproduce.py --rows quick                     # 2 tiny rows end to end, a few minutes,
+                                                               # in outputs/reproduction-quick/ (its own table)
     python bench/reproduce.py --rows cpu --budget-min 30 --jobs 2    # every row, 30 min of training each
     python bench/reproduce.py --rows maml_omniglot_5w1s,mamlpp_omniglot_5w1s --budget-min 60 --seeds 1
     python bench/reproduce.py --rows time                      # time-to-accuracy runs (MAML mini-ImageNet, 60 min)
@@ -40,6 +41,9 @@ prints first one cost line per row: meta-iterations x s/iteration, measured by t
 device (or, with ``--no-calibrate``, the cached measurement of another device, labelled as such).
 Outputs: bench/results/reproduction.json, docs/reproduction.md and the accuracy-against-training-time
 curves bench/results/reproduction/curves.png (from ``time/train_s`` of metaplus.callbacks.WallClock).
+``--out DIR`` keeps runs, calibrations and a table of just the rows asked for in DIR instead
+(reproduction.json, reproduction.md, curves.png); the quick group does so by default, in
+outputs/reproduction-quick/, so that it trains on every fresh call and never touches the committed runs.
 """
 from __future__ import annotations
 
@@ -72,6 +76,9 @@ RUNS = RESULTS / "reproduction"
 JSON_OUT = RESULTS / "reproduction.json"
 DOC_OUT = REPO / "docs" / "reproduction.md"
 CALIBRATION = RUNS / "calibration.json"
+# The quick group proves the pipeline end to end on every call: its 2-minute runs, table and calibrations
+# live apart from the committed reproduction (which they would otherwise skip as done, or overwrite).
+QUICK_RUNS = REPO / "outputs" / "reproduction-quick"
 
 VAL_EPISODES = 100          # per validation during a budgeted run (image and regression data alike)
 MAX_VALIDATIONS = 20
@@ -430,8 +437,8 @@ def device_key(trainer: str, threads: int) -> str:
     return f"cpu:{os.cpu_count()}cores:{threads}threads"
 
 
-def load_calibration() -> dict[str, Any]:
-    return json.loads(CALIBRATION.read_text()) if CALIBRATION.is_file() else {}
+def load_calibration(store: Path = CALIBRATION) -> dict[str, Any]:
+    return json.loads(store.read_text()) if store.is_file() else {}
 
 
 def timing_of(measured: dict[str, Any], key: str) -> Timing:
@@ -447,15 +454,15 @@ def timing_of(measured: dict[str, Any], key: str) -> Timing:
     return Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
 
 
-def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> Timing:
+def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False, store: Path = CALIBRATION) -> Timing:
     """Seconds per meta-iteration and per validation episode of the row, measured once per device."""
     key = device_key(trainer, threads)
-    cached = load_calibration().get(key, {}).get(row.name)
+    cached = load_calibration(store).get(key, {}).get(row.name)
     if cached and not force:
         return timing_of(cached, key)
     iterations = CALIBRATION_ITERATIONS.get(row.data, 6)
     val_episodes = CALIBRATION_VAL_EPISODES.get(row.data, 20)
-    work = RUNS / "_calibration" / f"{row.name}-{os.getpid()}"
+    work = store.parent / "_calibration" / f"{row.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out = work / "timing.json"
@@ -471,12 +478,12 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False) -> T
              "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
              "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
-    with (CALIBRATION.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with (store.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        store = load_calibration()
-        store.setdefault(key, {})[row.name] = entry
-        CALIBRATION.write_text(json.dumps(store, indent=2, sort_keys=True) + "\n")
+        kept = load_calibration(store)
+        kept.setdefault(key, {})[row.name] = entry
+        store.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return timing
 
@@ -830,18 +837,21 @@ def target_limits(summaries: dict[str, list[dict]], times: list[dict]) -> list[d
 
 
 def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
+    rows = list(rows)
     summaries = {row.name: load_summaries(row, root) for row in rows}
     records = {row.name: row_record(row, summaries[row.name], root) for row in rows}
+    # time to accuracy of the table's rows only (a small table, such as the quick group's, stays small)
+    named = {row.name for row in rows}
     all_summaries = {name: [s for row in [ROWS[name], *(t for t in TIME_ROWS.values() if t.time_of == name)]
                             for s in load_summaries(row, root)]
-                     for name, _ in TIME_TO_ACCURACY}
-    times = time_to_accuracy(all_summaries)
+                     for name, _ in TIME_TO_ACCURACY if name in named}
+    times = [t for t in time_to_accuracy(all_summaries) if t["row"] in named]
     time_runs = [{"row": t.name, "time_of": t.time_of, "minutes": t.budget_min,
                   "command": time_command(t.time_of, t.budget_min, threads_of(load_summaries(t, root)))}
-                 for t in TIME_ROWS.values()]
+                 for t in TIME_ROWS.values() if t.time_of in named]
     return {"rows": list(records.values()), "time_to_accuracy": times, "time_runs": time_runs,
-            "targets": target_limits(all_summaries, times),
-            "calibration": load_calibration() if root == RUNS else {},
+            "targets": [t for t in target_limits(all_summaries, times) if t["row"] in named],
+            "calibration": load_calibration(root / CALIBRATION.name),
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
                          "min_val_episodes": MIN_VAL_EPISODES, "min_validations": MIN_VALIDATIONS,
                          "max_validations": MAX_VALIDATIONS, "val_share": VAL_SHARE, "plan_share": PLAN_SHARE,
@@ -867,11 +877,13 @@ def row_label(r: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    paths = report.get("paths") or {"runs": relative(RUNS), "json": relative(JSON_OUT),
+                                    "curves": os.path.relpath(RUNS / "curves.png", DOC_OUT.parent)}
     out = ["# Reproduction of the papers' rows",
            "",
            "Generated by `python bench/reproduce.py` from the run directories under "
-           "`bench/results/reproduction/` (each seed's `summary.json`); the data is in "
-           "`bench/results/reproduction.json`. Accuracies in %, MSE raw. *Ours* is the mean over seeds of "
+           f"`{paths['runs']}/` (each seed's `summary.json`); the data is in "
+           f"`{paths['json']}`. Accuracies in %, MSE raw. *Ours* is the mean over seeds of "
            "each seed's test metric on the 600 fixed test episodes ± the mean of their 95 % CIs "
            "(1.96·std/√600); *± std* is over seeds. MAML++ rows compare the paper's protocol, the top-5 "
            "validation checkpoint ensemble (the best checkpoint alone in brackets); sinusoid rows compare the "
@@ -1002,7 +1014,7 @@ def render_markdown(report: dict) -> str:
                            f"{cpu_it} | {cpu_val} | {load} | {c.get('date', '–')} |")
         out.append("")
     out += ["## Curves", "", "Validation metric against training time, one line per seed: "
-            "![curves](../bench/results/reproduction/curves.png)", "",
+            f"![curves]({paths['curves']})", "",
             "## Regenerate", "", "One command per row (from the repository root; `--threads` is the torch threads "
             "each run used, where recorded: the plan depends on it; `--jobs 2` runs two at once, by default with "
             "OMP_NUM_THREADS = cores / jobs; finished seeds are skipped, interrupted ones resume; seeds 2 and up "
@@ -1061,6 +1073,14 @@ def plot_curves(report: dict, root: Path, path: Path) -> bool:
 
 def write_report(rows: Sequence[Row], root: Path = RUNS, json_out: Path = JSON_OUT, doc_out: Path = DOC_OUT) -> dict:
     report = build_report(rows, root)
+    def shown(path: Path) -> str:  # never the machine's absolute path: from the repository, else from the page
+        named = relative(path)
+        return os.path.relpath(path, doc_out.parent) if Path(named).is_absolute() else named
+
+    report["paths"] = {"runs": shown(root), "json": shown(json_out),
+                       "curves": os.path.relpath(root / "curves.png", doc_out.parent)}
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    doc_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2) + "\n")
     plot_curves(report, root, root / "curves.png")
     doc_out.write_text(render_markdown(report))
@@ -1086,7 +1106,7 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
         return [], {"paper_budget": True, "iterations": schedule.iterations}
     budget_min = row.budget_min or args.budget_min
     budget_s = budget_min * 60
-    timing = calibrate(row, trainer, threads, force=not args.reuse_calibration)
+    timing = calibrate(row, trainer, threads, force=not args.reuse_calibration, store=args.root / CALIBRATION.name)
     plan = plan_budget(schedule, timing, budget_s)
     record = {"budget_min": budget_min, "s_per_iteration": timing.s_per_iteration,
               "s_per_val_episode": timing.s_per_val_episode, "timing": timing.source,
@@ -1108,7 +1128,7 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
             print(f"{row.name}: recorded at the paper budget in bench/results/{row.recorded} (not re-run)")
             continue
         schedule = preset_schedule(row)
-        cached = load_calibration()
+        cached = load_calibration(args.root / CALIBRATION.name)
         if args.no_calibrate:
             kind, entry = next(((k, v[row.name]) for k, v in cached.items() if row.name in v), (None, None))
             if entry is None:
@@ -1118,7 +1138,7 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
             timing = replace(measured, source=measured.source.replace(f"({kind})", f"on {kind}")
                              + ("" if kind == key else f", not on this device ({key})"))
         else:
-            timing = calibrate(row, trainer, threads)
+            timing = calibrate(row, trainer, threads, store=args.root / CALIBRATION.name)
         val_s = schedule.epochs * 200 * timing.s_per_val_episode  # the data's val_episodes, every epoch
         test_s = TEST_EPISODES * (1 + (5 if row.ensemble else 0)) * timing.s_per_val_episode
         total_h = (schedule.iterations * timing.s_per_iteration + val_s + test_s) / 3600
@@ -1129,7 +1149,8 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="quick", help="a group (quick, cpu, time) or a comma list of row names")
+    parser.add_argument("--rows", default=None, help="a group (quick, cpu, time) or a comma list of row names "
+                                                     "(default: quick; with --report-only, every row)")
     parser.add_argument("--budget-min", type=float, default=None,
                         help=f"training minutes per run (default: {QUICK_BUDGET_MIN:g} for quick, else 30)")
     parser.add_argument("--seeds", type=int, default=None,
@@ -1145,16 +1166,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="plan with the cached measurement of this device when there is one (default: measure "
                              "again, since the s/iteration of a shared machine moves with its load)")
     parser.add_argument("--report-only", action="store_true", help="re-render the JSON and markdown, run nothing")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="runs, calibrations and the report of these rows in this folder (default: the committed "
+                             f"reproduction, {relative(RUNS)}, with {relative(JSON_OUT)} and {relative(DOC_OUT)}; "
+                             f"for the quick group {relative(QUICK_RUNS)})")
     args = parser.parse_args(argv)
+    if args.rows is None:
+        args.rows = None if args.report_only else "quick"
+    args.root = (args.out or (QUICK_RUNS if args.rows == "quick" else RUNS)).resolve()
 
-    rows = select_rows(args.rows)
-    everything = list(ROWS.values())
+    rows = select_rows(args.rows) if args.rows else list(ROWS.values())
+
+    def report() -> dict:  # the committed table holds every row; another folder's, the rows it ran
+        if args.root == RUNS.resolve():
+            return write_report(list(ROWS.values()), RUNS, JSON_OUT, DOC_OUT)
+        return write_report(rows, args.root, args.root / JSON_OUT.name, args.root / DOC_OUT.name)
     for row in rows:  # a time-to-accuracy row is defined by its training time: nothing may change it
         if row.budget_min and (args.paper_budget or args.budget_min not in (None, row.budget_min)):
             raise SystemExit(f"{row.name} always trains {row.budget_min:g} min (it measures {row.time_of} after "
                              f"that time); drop --budget-min/--paper-budget or run {row.time_of} instead")
     if args.report_only:
-        write_report(everything)
+        report()
         return
     if args.budget_min is None:
         args.budget_min = QUICK_BUDGET_MIN if args.rows == "quick" else DEFAULT_BUDGET_MIN
@@ -1174,7 +1206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     pending = []
     for row in (r for r in rows if not r.recorded):
-        if all(seed_state(run_dir(row, s)) == "done" for s in seeds_of(row)):
+        if all(seed_state(run_dir(row, s, args.root)) == "done" for s in seeds_of(row)):
             print(f"{row.name}: done, skipped", flush=True)
         else:
             pending.append(row)
@@ -1190,7 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def work(job):
         row, seed, budget, plan = job
         try:
-            run_seed(row, seed, budget, args.trainer, threads, plan)
+            run_seed(row, seed, budget, args.trainer, threads, plan, args.root)
         except RuntimeError as error:  # one failed seed must not lose the others' results
             failures.append(f"{row.name} seed {seed}: {error}")
             print(f"FAILED {row.name} seed {seed}: {error}", flush=True)
@@ -1199,7 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         list(pool.map(work, jobs))
     if jobs:
         print(f"{len(jobs)} run(s) in {(time.time() - started) / 60:.1f} min", flush=True)
-    write_report(everything)
+    report()
     if failures:
         raise SystemExit("failed:\n" + "\n".join(failures))
 

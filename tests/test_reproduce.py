@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,45 @@ def test_done_seed_is_skipped_and_interrupted_one_resumes(tmp_path, monkeypatch)
     assert "data.batches_per_epoch=3" in calls[-1] and "data.test_episodes=600" in calls[-1]
     assert not any(o.startswith("ckpt_path=") for o in calls[-1])
     assert json.loads((fresh / "plan.json").read_text())["overrides"] == calls[-1]
+
+
+def test_quick_group_runs_end_to_end_apart_from_the_committed_reproduction(tmp_path, monkeypatch):
+    committed = tmp_path / "committed"
+    monkeypatch.setattr(rp, "RUNS", committed / "runs")
+    monkeypatch.setattr(rp, "JSON_OUT", committed / "reproduction.json")
+    monkeypatch.setattr(rp, "DOC_OUT", committed / "docs" / "reproduction.md")
+    monkeypatch.setattr(rp, "QUICK_RUNS", tmp_path / "quick")
+    trained = []
+
+    def fake_train(overrides, threads, log):
+        timing = next((o.split("=", 1)[1] for o in overrides if o.startswith("+callbacks.calibration.out=")), None)
+        if timing:  # the calibration run
+            Path(timing).write_text(json.dumps({"s_per_iteration": 0.5, "s_per_val_episode": 0.01,
+                                                "cpu_s_per_iteration": 0.4, "cpu_s_per_val_episode": 0.01}))
+            return
+        directory = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).split("=", 1)[1])
+        trained.append(directory)
+        mse = any(o == "data=sinusoid" for o in overrides)
+        fake_results(directory, seed=1, test=0.5 if mse else 0.9, ci=0.05, val=0.5 if mse else 0.9,
+                     metric="mse" if mse else "acc", curve=[(60.0, 0.5 if mse else 0.9)])
+
+    monkeypatch.setattr(rp, "run_train", fake_train)
+    rp.main(["--rows", "quick"])
+    quick = tmp_path / "quick"
+    assert sorted(d.parent.name for d in trained) == ["maml_omniglot_5w1s", "maml_sinusoid_5shot"]
+    assert all(d.is_relative_to(quick) for d in trained) and not committed.exists()
+    report = json.loads((quick / "reproduction.json").read_text())
+    assert [r["row"] for r in report["rows"]] == ["maml_sinusoid_5shot", "maml_omniglot_5w1s"]  # a small table
+    assert {t["row"] for t in report["time_to_accuracy"]} == {"maml_omniglot_5w1s"}
+    assert set(report["calibration"]["cpu:%dcores:%dthreads" % (os.cpu_count(), os.cpu_count())]) == \
+        {"maml_omniglot_5w1s", "maml_sinusoid_5shot"}
+    text = (quick / "reproduction.md").read_text()
+    assert "![curves](curves.png)" in text and "maml sinusoid 5-shot" in text and "mamlpp" not in text
+    # the second call finds both seeds done: it trains nothing and re-renders the same table
+    rp.main(["--rows", "quick"])
+    assert len(trained) == 2 and (quick / "reproduction.md").read_text() == text
+    rp.main(["--report-only"])  # without --rows: the committed table of every row, not the quick one
+    assert len(json.loads((committed / "reproduction.json").read_text())["rows"]) == len(rp.ROWS)
 
 
 # -- JSON and markdown from fake results ------------------------------------------------------------------
