@@ -351,6 +351,16 @@ def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
     assert row["ours"] == pytest.approx(0.94) and row["seeds"] == [1, 2, 3]
     assert row["command"] == "python bench/reproduce.py --rows maml_omniglot_5w1s --budget-min 30 --seeds 3 --threads 1"
     assert rp.threads_of([{"threads": 1}, {"threads": 2}]) is None and rp.threads_of([{}]) is None
+    # table runs planned on CPU seconds (as the time row) are 30-min measurements too: they count beside it
+    for seed in (1, 2, 3):
+        plan = rp.run_dir(rp.ROWS["maml_omniglot_5w1s"], seed, root) / "plan.json"
+        plan.write_text(json.dumps({"overrides": [], "threads": 1, "plan": {
+            "budget_min": 30, "timing": "measured CPU time (cpu:2cores:1threads)"}}))
+        (plan.parent / "summary.json").unlink()  # written by the first report: summarised again from the run
+    report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
+    times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
+    assert (times[("maml_omniglot_5w1s", 30)]["test_acc"], times[("maml_omniglot_5w1s", 30)]["seeds"]) == \
+        (pytest.approx((3 * 0.94 + 0.96) / 4), 4)
 
 
 def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_time():
@@ -389,8 +399,15 @@ def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
         ("maml_omniglot_5w1s_10min", 250, 1), ("maml_omniglot_5w1s", 400, 2), ("maml_omniglot_5w1s_30min", 500, 1)]
     assert target["accuracy_by_iterations"][1]["test_acc"] == pytest.approx(0.94)
     text = rp.render_markdown({"rows": [], "time_to_accuracy": [], "targets": [target]})
-    assert "not reached (96.00 %)" in text and "3.00 s each (2 thread(s)" in text and "50 h" in text
+    assert "not reached (96.00 %)" in text and "(2: the machine's rate) trained 500 meta-iterations" in text and "at 3.00 s each" in text and "50 h" in text
     assert "94.00 % after 400 (maml_omniglot_5w1s, 2 seed(s)" in text
+    # a table run planned on CPU seconds is behind the 30-min figure too; the speed stays the 2-thread run's
+    for s in summaries["maml_omniglot_5w1s"][:2]:
+        s["plan"] = {"budget_min": 30, "timing": "measured CPU time (cpu:2cores:1threads)"}
+    times = rp.time_to_accuracy(summaries)
+    (target,) = rp.target_limits(summaries, times)
+    assert target["test_acc"] == pytest.approx((0.93 + 0.95 + 0.96) / 3)
+    assert target["s_per_iteration"] == pytest.approx(3.0) and target["iterations_trained"] == 500
     assert rp.target_limits({}, [])[0]["reached"] is None                  # no run: nothing claimed
 
 
