@@ -859,7 +859,19 @@ def build_report(rows: Iterable[Row], root: Path = RUNS) -> dict:
     time_runs = [{"row": t.name, "time_of": t.time_of, "minutes": t.budget_min,
                   "command": time_command(t.time_of, t.budget_min, threads_of(load_summaries(t, root)))}
                  for t in TIME_ROWS.values() if t.time_of in named]
-    return {"rows": list(records.values()), "time_to_accuracy": times, "time_runs": time_runs,
+    # A table kept in another folder (the quick group's, --out) regenerates there, never into the committed runs.
+    # Outside the repository the folder is this machine's own path, which a report never embeds.
+    folder = relative(root)
+    if root.resolve() == RUNS.resolve():
+        out = ""
+    else:
+        out = " --out " + ("<the folder of this table>" if Path(folder).is_absolute() else folder)
+    for entry in [*records.values(), *times, *time_runs]:
+        if out and entry.get("command") not in (None, MTNET_POLY_COMMAND):  # that one names its own folder
+            entry["command"] += out
+    rerender = ("python bench/reproduce.py --report-only" if not out else
+                f"python bench/reproduce.py --rows {','.join(row.name for row in rows)}{out} --report-only")
+    return {"rows": list(records.values()), "time_to_accuracy": times, "time_runs": time_runs, "rerender": rerender,
             "targets": [t for t in target_limits(all_summaries, times) if t["row"] in named],
             "calibration": load_calibration(root / CALIBRATION.name),
             "protocol": {"test_episodes": TEST_EPISODES, "val_episodes": VAL_EPISODES,
@@ -1041,7 +1053,7 @@ def render_markdown(report: dict) -> str:
             "cost line per row, meta-iterations × s/iteration measured by a calibration on that device, then runs "
             "unattended, resumable): `python bench/reproduce.py --rows cpu --paper-budget` "
             "(`--estimate-only` prints the costs and stops). No GPU figure is quoted on this page: none has been "
-            "measured yet. Re-render this page from the run directories: `python bench/reproduce.py --report-only`.",
+            f"measured yet. Re-render this page from the run directories: `{report.get('rerender') or 'python bench/reproduce.py --report-only'}`.",
             ""]
     return "\n".join(out)
 

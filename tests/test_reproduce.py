@@ -219,6 +219,11 @@ def test_quick_group_runs_end_to_end_apart_from_the_committed_reproduction(tmp_p
         {"maml_omniglot_5w1s", "maml_sinusoid_5shot"}
     text = (quick / "reproduction.md").read_text()
     assert "![curves](curves.png)" in text and "maml sinusoid 5-shot" in text and "mamlpp" not in text
+    # its commands regenerate into its own folder, not into the committed runs
+    out = "--out <the folder of this table>"  # outside the repository: never this machine's path
+    assert all(r["command"].endswith(out) for r in report["rows"])
+    assert all(t["command"].endswith(out) for t in report["time_runs"])
+    assert f"--rows maml_sinusoid_5shot,maml_omniglot_5w1s {out} --report-only" in text
     # the second call finds both seeds done: it trains nothing and re-renders the same table
     rp.main(["--rows", "quick"])
     assert len(trained) == 2 and (quick / "reproduction.md").read_text() == text
@@ -292,7 +297,7 @@ def test_report_from_fake_results(tmp_path):
     assert str(tmp_path) not in md and (root / "curves.png").is_file()
 
 
-def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path):
+def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path, monkeypatch):
     """MAML mini-ImageNet: its table row trained 30 min, its time row 60; each time point is a direct test."""
     timed = rp.TIME_ROWS["maml_miniimagenet_5w1s_60min"]
     assert (timed.time_of, timed.budget_min, timed.overrides) == ("maml_miniimagenet_5w1s", 60.0,
@@ -305,6 +310,7 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
                      curve=[(600.0, 0.25), (1800.0, 0.32), (2000.0, 0.37)][: minutes // 30 + 1])
         (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
                                                          "plan": {"budget_min": minutes}}))
+    monkeypatch.setattr(rp, "RUNS", root)  # the committed table: commands without --out
     report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
     times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
     md = (tmp_path / "r.md").read_text()
@@ -329,7 +335,7 @@ def test_time_rows_give_the_longer_point_and_leave_the_table_row_alone(tmp_path)
         rp.main(["--rows", "time", "--budget-min", "30"])
 
 
-def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
+def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path, monkeypatch):
     """MAML Omniglot 5w1s: 30-min table runs (an older plan) and a 30-min time row: the time row's test is
     the 30-min point, the table row keeps its own three seeds, the 10-min time row gives 10 min directly."""
     root = tmp_path / "runs"
@@ -341,6 +347,7 @@ def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
         fake_results(directory, seed=seed, test=test, ci=0.008, val=test, curve=[(train_s, test)])
         (directory / "plan.json").write_text(json.dumps({"overrides": [], "threads": 1,
                                                          "plan": {"budget_min": minutes}}))
+    monkeypatch.setattr(rp, "RUNS", root)  # the committed table: commands without --out
     report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
     times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
     assert (times[("maml_omniglot_5w1s", 30)]["test_acc"], times[("maml_omniglot_5w1s", 30)]["seeds"]) == \
@@ -357,6 +364,7 @@ def test_a_time_row_replaces_the_table_rows_runs_at_its_minute(tmp_path):
         plan.write_text(json.dumps({"overrides": [], "threads": 1, "plan": {
             "budget_min": 30, "timing": "measured CPU time (cpu:2cores:1threads)"}}))
         (plan.parent / "summary.json").unlink()  # written by the first report: summarised again from the run
+    monkeypatch.setattr(rp, "RUNS", root)  # the committed table: commands without --out
     report = rp.write_report(list(rp.ROWS.values()), root, tmp_path / "r.json", tmp_path / "r.md")
     times = {(t["row"], t["minutes"]): t for t in report["time_to_accuracy"]}
     assert (times[("maml_omniglot_5w1s", 30)]["test_acc"], times[("maml_omniglot_5w1s", 30)]["seeds"]) == \
