@@ -17,7 +17,9 @@ composes the published setting; nothing published is re-specified here) plus the
   the seconds per meta-iteration and per validation episode of the row on this machine with this
   many threads, measured again by every invocation (the load of a shared machine moves; the latest
   measurement is kept in bench/results/reproduction/calibration.json). On a CPU the plan uses the
-  calibration's CPU seconds, which the load of other jobs does not inflate (see ``timing_of``). The preset's number of
+  calibration's CPU seconds, which the load of other jobs does not inflate (see ``timing_of``). Where the
+  cost of an iteration changes over the epochs (MSL's query loss after every step, DA's first-order
+  epochs), each phase is calibrated and the plan uses their mean weighted by epochs (``epoch_phases``). The preset's number of
   epochs is kept, because MSL, cosine annealing and derivative-order annealing are scheduled in
   epochs, and ``data.batches_per_epoch`` shrinks so that epochs x batches (plus validations) fit 90 %
   of the budget; ``+trainer.max_time`` = the budget is the safety net. When the budget holds less
@@ -279,6 +281,42 @@ def preset_schedule(row: Row) -> Schedule:
                     test_inner_steps=int(cfg.algo.test_inner_steps), epoch_scheduled=epoch_scheduled(cfg.algo))
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A run of the preset's epochs at one cost per iteration: the multi-step loss (MSL) computes the query
+    loss after every inner step while it lasts, derivative-order annealing (DA) trains first order while
+    it lasts. A calibration is one epoch, the first phase's, so each phase is measured apart."""
+
+    epochs: int
+    overrides: tuple[str, ...] = ()   # the switches that put epoch 0 of a calibration in this phase
+    label: str = "every epoch"
+
+
+def epoch_phases(row: Row) -> list[Phase]:
+    cfg = compose(row.overrides)
+    return phases_of(cfg.algo, int(cfg.trainer.max_epochs))
+
+
+def phases_of(algo: Any, epochs: int) -> list[Phase]:
+    """The epochs split where MSL or DA end; one phase when nothing changes the cost."""
+    ends = {}
+    if algo.get("msl") and 0 < int(algo.get("msl_epochs") or 0) < epochs:
+        ends["msl"] = int(algo.msl_epochs)
+    if algo.get("da") and 0 < int(algo.get("da_epochs") or 0) < epochs:
+        ends["da"] = int(algo.da_epochs)
+    if not ends:
+        return [Phase(epochs)]
+    bounds = sorted({0, epochs, *ends.values()})
+    phases = []
+    for start, stop in zip(bounds, bounds[1:]):
+        on = {name: start < end for name, end in ends.items()}
+        label = ", ".join(("multi-step loss" if name == "msl" else "first order") if active else
+                          ("final-step loss" if name == "msl" else "second order") for name, active in on.items())
+        phases.append(Phase(stop - start, tuple(f"algo.{name}={str(active).lower()}" for name, active in on.items()),
+                            f"epochs {start}-{stop - 1}: {label}"))
+    return phases
+
+
 # -- budget scaling ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Timing:
@@ -463,21 +501,36 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False, stor
     iterations = CALIBRATION_ITERATIONS.get(row.data, 6)
     val_episodes = CALIBRATION_VAL_EPISODES.get(row.data, 20)
     work = store.parent / "_calibration" / f"{row.name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    out = work / "timing.json"
-    overrides = [*row.overrides, f"data.batches_per_epoch={iterations}", "trainer.max_epochs=1",
-                 f"data.val_episodes={val_episodes}", "test=false", "logger=none", "trainer.enable_progress_bar=false",
-                 "~callbacks.progress_bar", "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false",
-                 "+callbacks.calibration._target_=bench.reproduce.CalibrationTimer",
-                 f"+callbacks.calibration.out={out}", f"trainer={trainer}", f"hydra.run.dir={work}"]
-    run_train(overrides, threads, work / "stdout.log")
-    measured = json.loads(out.read_text())
+    phases = epoch_phases(row)
+    measured_phases = []
+    for phase in phases:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        out = work / "timing.json"
+        overrides = [*row.overrides, *phase.overrides, f"data.batches_per_epoch={iterations}", "trainer.max_epochs=1",
+                     f"data.val_episodes={val_episodes}", "test=false", "logger=none",
+                     "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.model_checkpoint",
+                     "+trainer.enable_checkpointing=false",
+                     "+callbacks.calibration._target_=bench.reproduce.CalibrationTimer",
+                     f"+callbacks.calibration.out={out}", f"trainer={trainer}", f"hydra.run.dir={work}"]
+        run_train(overrides, threads, work / "stdout.log")
+        measured_phases.append({"epochs": phase.epochs, "phase": phase.label, **json.loads(out.read_text())})
+    # The plan spreads one iteration count over every epoch: its cost is the epoch-weighted mean of the
+    # phases' (MAML++ mini-ImageNet: ~12 s per iteration under MSL's 15 epochs, ~2.7 s after; planned on
+    # the first alone, its 60-min run trained 14 min).
+    epochs = sum(m["epochs"] for m in measured_phases)
+    measured = {name: sum(m["epochs"] * m[name] for m in measured_phases) / epochs
+                for name in ("s_per_iteration", "cpu_s_per_iteration")}
+    measured.update({name: measured_phases[0][name] for name in ("s_per_val_episode", "cpu_s_per_val_episode")})
     timing = timing_of(measured, key)
-    entry = {"s_per_iteration": timing.s_per_iteration, "s_per_val_episode": timing.s_per_val_episode,
+    entry = {"s_per_iteration": measured["s_per_iteration"], "s_per_val_episode": measured["s_per_val_episode"],
              "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
-             "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations, "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
+             "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations,
+             "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if len(measured_phases) > 1:
+        entry["phases"] = [{key_: m[key_] for key_ in ("phase", "epochs", "s_per_iteration", "cpu_s_per_iteration")}
+                           for m in measured_phases]
     store.parent.mkdir(parents=True, exist_ok=True)
     with (store.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -1008,7 +1061,9 @@ def render_markdown(report: dict) -> str:
     out += ["", "## How a budget is spent", "",
             "Each seed is `python train.py algo=A data=D data.ways=W data.shots=S seed=K` (the pair's preset "
             "composes the published setting) plus the budget overrides recorded in the JSON (`overrides`). A "
-            "calibration run (a few meta-iterations and validation episodes, side by side with the other jobs) "
+            "calibration run (a few meta-iterations and validation episodes, side by side with the other jobs; one "
+            "per phase where the cost of an iteration changes over the epochs, MSL's or DA's, weighted by the "
+            "phase's epochs: plans from 2026-12-05 13:00 UTC on) "
             "measures seconds per meta-iteration and per validation episode (on a CPU the plan uses its CPU "
             "seconds: the wall seconds of a calibration taken beside other jobs grow with their load; plans whose "
             "`timing` in plan.json reads `measured (...)` rather than `measured CPU time (...)` were made on wall "

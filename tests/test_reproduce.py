@@ -388,6 +388,44 @@ def test_cpu_plans_use_the_calibrations_cpu_time_and_older_or_gpu_entries_wall_t
     assert cpu.planned_iterations > wall.planned_iterations
 
 
+def test_epoch_phases_split_where_msl_and_da_end():
+    assert rp.epoch_phases(rp.ROWS["maml_omniglot_5w1s"]) == [rp.Phase(120)]  # nothing changes MAML's cost
+    mini = rp.epoch_phases(rp.ROWS["mamlpp_miniimagenet_5w1s"])             # MSL 15 of 100 epochs, DA off
+    assert [(p.epochs, p.overrides) for p in mini] == [(15, ("algo.msl=true",)), (85, ("algo.msl=false",))]
+    paper_text = compose_config([*rp.ROWS["mamlpp_omniglot_5w1s"].overrides, "algo.da_epochs=50"])
+    assert [(p.epochs, p.overrides) for p in rp.phases_of(paper_text.algo, paper_text.trainer.max_epochs)] == [
+        (10, ("algo.msl=true", "algo.da=true")), (40, ("algo.msl=false", "algo.da=true")),
+        (50, ("algo.msl=false", "algo.da=false"))]
+
+
+def test_calibration_measures_each_phase_and_plans_on_their_epoch_weighted_cost(tmp_path, monkeypatch):
+    """A calibration is one epoch, the first phase's: MAML++ mini-ImageNet's MSL epochs cost ~4x the rest,
+    and a plan made of them alone trained 14 of its 60 minutes."""
+    seen = []
+
+    def fake_train(overrides, threads, log):
+        msl = "algo.msl=true" in overrides
+        seen.append(msl)
+        out = Path(next(o for o in overrides if o.startswith("+callbacks.calibration.out=")).split("=", 1)[1])
+        cost = 12.0 if msl else 3.0
+        out.write_text(json.dumps({"s_per_iteration": cost + 1, "s_per_val_episode": 1.0,
+                                   "cpu_s_per_iteration": cost, "cpu_s_per_val_episode": 0.9}))
+
+    monkeypatch.setattr(rp, "run_train", fake_train)
+    store = tmp_path / "calibration.json"
+    timing = rp.calibrate(rp.ROWS["mamlpp_miniimagenet_5w1s"], "default", 1, force=True, store=store)
+    assert seen == [True, False]
+    assert timing.s_per_iteration == pytest.approx((15 * 12.0 + 85 * 3.0) / 100)   # CPU seconds, 1 thread
+    assert timing.s_per_val_episode == pytest.approx(0.9)
+    entry = json.loads(store.read_text())["cpu:%dcores:1threads" % os.cpu_count()]["mamlpp_miniimagenet_5w1s"]
+    assert [(p["epochs"], p["cpu_s_per_iteration"]) for p in entry["phases"]] == [(15, 12.0), (85, 3.0)]
+    assert entry["s_per_iteration"] == pytest.approx((15 * 13.0 + 85 * 4.0) / 100)
+    # the cached entry plans the same as the measurement
+    assert rp.calibrate(rp.ROWS["mamlpp_miniimagenet_5w1s"], "default", 1, store=store) == timing and len(seen) == 2
+    rp.calibrate(rp.ROWS["maml_omniglot_5w1s"], "default", 1, force=True, store=store)   # one phase: one run
+    assert len(seen) == 3
+
+
 def test_a_missed_target_states_the_speed_and_the_iterations_it_limits():
     thirty, ten = {"budget_min": 30}, {"budget_min": 10}
     summaries = {"maml_omniglot_5w1s": [
