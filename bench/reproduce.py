@@ -292,6 +292,9 @@ class Phase:
     label: str = "every epoch"
 
 
+PHASE_NAMES = {"msl": ("multi-step loss", "final-step loss"), "da": ("first order", "second order")}  # (on, off)
+
+
 def epoch_phases(row: Row) -> list[Phase]:
     cfg = compose(row.overrides)
     return phases_of(cfg.algo, int(cfg.trainer.max_epochs))
@@ -310,8 +313,7 @@ def phases_of(algo: Any, epochs: int) -> list[Phase]:
     phases = []
     for start, stop in zip(bounds, bounds[1:]):
         on = {name: start < end for name, end in ends.items()}
-        label = ", ".join(("multi-step loss" if name == "msl" else "first order") if active else
-                          ("final-step loss" if name == "msl" else "second order") for name, active in on.items())
+        label = ", ".join(PHASE_NAMES[name][not active] for name, active in on.items())
         phases.append(Phase(stop - start, tuple(f"algo.{name}={str(active).lower()}" for name, active in on.items()),
                             f"epochs {start}-{stop - 1}: {label}"))
     return phases
@@ -501,9 +503,8 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False, stor
     iterations = CALIBRATION_ITERATIONS.get(row.data, 6)
     val_episodes = CALIBRATION_VAL_EPISODES.get(row.data, 20)
     work = store.parent / "_calibration" / f"{row.name}-{os.getpid()}"
-    phases = epoch_phases(row)
     measured_phases = []
-    for phase in phases:
+    for phase in epoch_phases(row):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         out = work / "timing.json"
@@ -529,7 +530,7 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False, stor
              "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if len(measured_phases) > 1:
-        entry["phases"] = [{key_: m[key_] for key_ in ("phase", "epochs", "s_per_iteration", "cpu_s_per_iteration")}
+        entry["phases"] = [{name: m[name] for name in ("phase", "epochs", "s_per_iteration", "cpu_s_per_iteration")}
                            for m in measured_phases]
     store.parent.mkdir(parents=True, exist_ok=True)
     with (store.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
