@@ -215,7 +215,6 @@ class EpisodicLearner(L.LightningModule):
                 f"train/loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
                 f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
                 f"(now {self.meta_lr}), or check the data for NaN values.")
-        self.clip_meta_gradient(optimizer)
         self.log("train/meta_lr", optimizer.param_groups[0]["lr"], batch_size=n)
         optimizer.step()
         self.step_lr_schedulers("step")
@@ -236,11 +235,16 @@ class EpisodicLearner(L.LightningModule):
             if config.interval == interval:
                 config.scheduler.step()
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside ``optimizer.step()``, after a loss-scaling precision (16-mixed's
+        # GradScaler) has unscaled the gradients: clipping earlier would clip the scaled gradient.
+        self.clip_meta_gradient(optimizer)
+
     def clip_meta_gradient(self, optimizer) -> None:
         """Clamp the meta-gradient element-wise (``grad_clip_value``, as the MAML++ code on
-        mini-ImageNet) and/or rescale it to a maximal norm (``grad_clip_norm``). Runs after the
-        meta-batch's last backward, when DDP has averaged the gradients, so every rank clips alike;
-        Lightning's ``clip_gradients`` unscales mixed-precision gradients first."""
+        mini-ImageNet) and/or rescale it to a maximal norm (``grad_clip_norm``). Runs in
+        ``on_before_optimizer_step``: after the meta-batch's last backward, when DDP has averaged the
+        gradients (every rank clips alike) and mixed precision has unscaled them."""
         if self.grad_clip_value is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_value, gradient_clip_algorithm="value")
         if self.grad_clip_norm is not None:
