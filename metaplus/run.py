@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metaplus.algorithms.base import refuse_fp16_inner_loop
 from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
@@ -35,6 +36,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
           "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
+    refuse_fp16_inner_loop(cfg.trainer.get("precision"))  # on the CPU Lightning would silently swap in bf16
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
     datamodule.setup("fit" if cfg.train else "test")

@@ -66,3 +66,29 @@ def test_16_mixed_clips_the_unscaled_meta_gradient(kind, monkeypatch):
     # fp16 autocast rounds the forward and inner-loop passes (unit roundoff 2^-11): a few 1e-3 relative.
     error = ((fp16 - fp32).norm() / fp32.norm()).item()
     assert error < 0.02, f"16-mixed update differs from the fp32 clipped update by {error:.3g} (relative)"
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16"])
+def test_16_mixed_is_refused_before_training_naming_what_to_use(precision, make_config, tmp_path):
+    """Bug 9: fp16 in the inner loop is refused before anything trains or is written, with bf16 named
+    and what V100/T4 users (no bf16) should use. (On the CPU Lightning used to swap in bf16 silently.)"""
+    from metaplus.config import ConfigError
+    from metaplus.run import run
+    from conftest import QUICK
+
+    out = tmp_path / "fp16"
+    with pytest.raises(ConfigError, match=r"trainer\.precision: '?16(-mixed)?'? is not supported.*bf16-mixed.*"
+                                          r"V100, T4\) use trainer\.precision=32-true"):
+        run(make_config([*QUICK, f"trainer.precision={precision}", "trainer.accelerator=cpu"], output_dir=out))
+    assert not out.exists(), "nothing written"
+
+
+def test_a_hand_built_16_mixed_trainer_is_refused_before_the_first_step(monkeypatch):
+    """The learner refuses fp16 itself (setup), for a Trainer built outside metaplus.run."""
+    from metaplus.config import ConfigError
+
+    steps = []
+    monkeypatch.setattr(MAML, "training_step", lambda self, batch, idx: steps.append(idx))
+    with pytest.raises(ConfigError, match="trainer.precision: '16-mixed' is not supported"):
+        one_step_update(plugins=[MixedPrecision("16-mixed", "cpu")])
+    assert steps == []

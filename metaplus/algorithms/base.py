@@ -40,6 +40,23 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf: stop at once with the step and the likely culprits."""
 
 
+#: Precisions that compute in float16 (Lightning's names, as given or as ``trainer.precision`` reports them).
+FP16_PRECISIONS = ("16", "16-mixed", "16-true")
+
+
+def refuse_fp16_inner_loop(precision: Any) -> None:
+    """Refuse float16 before training. The inner loop calls ``autograd.grad`` on the unscaled loss:
+    in fp16 small inner gradients underflow to zero, and an overflow stops the run as a non-finite
+    loss instead of letting the GradScaler skip the step. bf16 has fp32's range, so it has neither
+    problem; GPUs without bf16 (V100, T4) train in fp32."""
+    if str(precision) in FP16_PRECISIONS:
+        raise ConfigError("trainer.precision", f"{precision!r} is not supported: the inner loop would differentiate "
+                                               f"an unscaled float16 loss (small inner gradients underflow to zero, an "
+                                               f"overflow stops the run instead of skipping the step). Use "
+                                               f"trainer.precision=bf16-mixed on GPUs with bf16 (A100, H100, RTX 30xx "
+                                               f"and later); on GPUs without bf16 (V100, T4) use trainer.precision=32-true")
+
+
 LR_SCHEDULES = ("constant", "cosine", "linear")
 LR_INTERVALS = ("epoch", "step")
 
@@ -191,6 +208,11 @@ class EpisodicLearner(L.LightningModule):
         return losses, metrics
 
     # -- training ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Every fit/validate/test, before its first step (run.build already checked the config; this
+        # covers a Trainer built by hand).
+        refuse_fp16_inner_loop(self.trainer.precision)
+
     def gradient_sync(self, last: bool):
         """DDP: all-reduce gradients only on the meta-batch's last backward."""
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
