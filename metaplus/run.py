@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaplus.algorithms.base import refuse_fp16_inner_loop
 from metaplus.config import check, check_choice, check_int, instantiate_group
+from metaplus.devices import check_accelerator, describe_devices
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
@@ -36,6 +37,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
           "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
+    check_accelerator(cfg.trainer)  # GPUs asked for and none usable: say so now, not train on the CPU
     refuse_fp16_inner_loop(cfg.trainer.get("precision"))  # on the CPU Lightning would silently swap in bf16
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
@@ -103,7 +105,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
         extra = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
-                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None}
+                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None,
+                 "device": describe_devices(trainer)}
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None})
         print_summary(cfg, metrics, path, extra["warnings"])
