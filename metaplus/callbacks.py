@@ -252,6 +252,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+def checkpoint_damage(path: str | os.PathLike) -> str | None:
+    """None when ``path`` loads as a checkpoint; else why not. Loaded as Lightning will load it, with
+    ``mmap`` so the tensors are not read: a truncated copy (no zip central directory) or a damaged
+    pickle fails here with the file named, instead of deep inside ``trainer.fit``."""
+    try:
+        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as error:  # what torch raises for a damaged file varies (RuntimeError, OSError, EOFError, ...)
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    return None
+
+
 class PreemptionCheckpoint(Callback):
     """Leaves a resumable ``last.ckpt`` when the job is told to stop.
 

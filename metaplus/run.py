@@ -16,13 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaplus.algorithms.base import refuse_fp16_inner_loop
-from metaplus.config import check, check_choice, check_int, instantiate_group
+from metaplus.callbacks import checkpoint_damage
+from metaplus.config import ConfigError, check, check_choice, check_int, instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
 from metaplus.results import write_results
+from metaplus.runlock import LOCK_NAME, one_process_per_run_directory
 from metaplus.threads import configure_run_threads
 
 log = logging.getLogger("metaplus")
@@ -63,6 +65,7 @@ def ddp_overrides(trainer_cfg: DictConfig, learner) -> dict[str, Any]:
     return {}
 
 
+@one_process_per_run_directory  # a second process in the same run directory stops before touching it
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as the config says; return the final metrics (also in results.json)."""
     start = time.time()
@@ -115,13 +118,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
-    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``."""
+    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``.
+    A damaged ``last.ckpt`` (e.g. a truncated copy) stops the run naming it and the ways out."""
     callback = trainer.checkpoint_callback
     if cfg.ckpt_path is not None or cfg.get("resume", "auto") == "never" or callback is None or not callback.dirpath:
         return cfg.ckpt_path
     last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     if not last.is_file():
         return None
+    damage = checkpoint_damage(last)
+    if damage is not None:
+        older = sorted((p for p in last.parent.glob(f"*{callback.FILE_EXTENSION}") if p != last),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        readable = next((p for p in older if checkpoint_damage(p) is None), None)
+        way_out = f", or continue from an older checkpoint: ckpt_path={readable}" if readable else ""
+        raise ConfigError("resume", f"auto cannot continue from {last}: the file is damaged ({damage}). Start over "
+                                    f"with resume=never{way_out}")
     log.warning(f"resume: auto: continuing from {last} (resume=never starts over)")
     return str(last)
 
@@ -141,7 +153,7 @@ def remove_if_empty(output_dir: Path) -> None:
     """A run that failed on its config leaves no directory behind (only Hydra's own files were there)."""
     if not output_dir.is_dir():
         return
-    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra", "train.log"}]
+    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra", "train.log", LOCK_NAME}]
     if not leftovers:
         shutil.rmtree(output_dir, ignore_errors=True)
 
