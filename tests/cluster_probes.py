@@ -24,3 +24,15 @@ class Gate(Callback):
         deadline = time.time() + self.timeout
         while not (run_dir / "open_gate").exists() and time.time() < deadline:
             time.sleep(0.05)
+
+
+class DivergeOnRank(Callback):
+    """Makes one DDP rank's training loss explode while staying finite: its query targets are
+    multiplied by ``factor`` (the support set is untouched, so the inner loop stays sane)."""
+
+    def __init__(self, rank: int = 1, factor: float = 1e4):
+        self.rank, self.factor = rank, factor
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank:
+            batch.query_y.mul_(self.factor)
