@@ -106,19 +106,29 @@ COMPARISONS = {c.name: c for c in [
                "few_shot_learning_system.py", ("algo=mamlpp", "data=miniimagenet"),
                reference_config="mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0", driver="mamlpp",
                target=">= 1,000 meta-iterations (meta-batch 2), 1 seed (3 if the budget allows)"),
-    Comparison("maml_miniimagenet_l2l", "MAML mini-ImageNet 5-way 1-shot against learn2learn's example",
-               "learn2learn examples/vision/maml_miniimagenet.py", "https://github.com/learnables/learn2learn",
+    Comparison("maml_miniimagenet_l2l", "MAML mini-ImageNet against learn2learn's example (its defaults: 5-way 5-shot)",
+               "learn2learn examples/vision/maml_miniimagenet.py (commit db5cee3)",
+               "https://github.com/learnables/learn2learn",
                "METAPLUS_L2L_REFERENCE", "examples/vision/maml_miniimagenet.py", ("algo=maml", "data=miniimagenet"),
                target="its defaults (meta-batch 32) for >= 200 iterations, or both at a smaller meta-batch "
                       "for >= 1,000, stated",
-               notes=("driver not built yet: the example is a script (main()) that builds its own "
-                      "l2l.vision MiniImagenet pickles; its data loading must be pointed at our folder",)),
+               notes=("driver not built yet: the example is a script whose main() reads l2l.vision's "
+                      "mini-ImageNet pickles through get_tasksets(root='~/data'); its data loading must be "
+                      "pointed at our folder. Its defaults are not metaplus's maml_miniimagenet preset: "
+                      "5-way 5-shot, 5 queries per class (2*shots samples split alternately), inner lr 0.5, "
+                      "1 inner step in training and test, Adam 0.003, meta-batch 32, MiniImagenetCNN (32 "
+                      "filters), 60,000 iterations, validation on 32 random tasks per iteration and a final "
+                      "test on 32 random tasks (not 600 fixed)",)),
     Comparison("maml_omniglot_dragen", "MAML Omniglot 5-way 1-shot against dragen1860/MAML-Pytorch",
                "dragen1860/MAML-Pytorch (commit 98a00d4, 2019-05-16)", "https://github.com/dragen1860/MAML-Pytorch",
                "METAPLUS_DRAGEN_MAML_REFERENCE", "omniglot_train.py", ("algo=maml", "data=omniglot"),
                target=">= 2,000 meta-iterations, 3 seeds",
-               notes=("driver not built yet: its OmniglotNShot reads its own omniglot.npy of the 1,623 "
-                      "characters (1,200 train / 423 test, no validation set)",)),
+               notes=("driver not built yet, and metaplus lacks its backbone: its Conv-4 has strided 3x3 "
+                      "convolutions (stride 2, no padding, the last 2x2) and no max-pool, ReLU before BN; "
+                      "metaplus's Conv-4 is padded conv + BN + ReLU + 2x2 max-pool. Its OmniglotNShot reads its "
+                      "own omniglot.npy: the first 1,200 characters train, the other 423 test, no validation "
+                      "set, images x/255 not inverted; inner lr 0.4, 5 inner steps (10 at test), 15 queries, "
+                      "meta-batch 32, Adam 1e-3, test every 500 steps on 1,000 random test tasks",)),
 ]}
 
 # Found by reading both codes (bench/reference_mamlpp.py names the reference's files); the harness
@@ -809,17 +819,18 @@ def write_report(records: list[dict[str, Any]], out: Path, publish: bool, smoke:
     kept = json.loads(stored.read_text())["comparisons"] if stored.is_file() else {}
     kept.update({r["name"]: r for r in records})
     ordered = [kept[name] for name in COMPARISONS if name in kept]
-    for r in ordered:
+    plotted = [r for r in ordered if r["difference"]]  # a comparison without curves yet has no plot
+    for r in plotted:
         plot(r, out / f"parity_{r['name']}.png")
     payload = {"smoke": smoke, "comparisons": {r["name"]: r for r in ordered}}
     text = public(json.dumps(payload, indent=1), out) + "\n"
     stored.write_text(text)
-    (out / "parity.md").write_text(public(markdown(ordered, {r["name"]: f"parity_{r['name']}.png" for r in ordered}, smoke), out))
+    (out / "parity.md").write_text(public(markdown(ordered, {r["name"]: f"parity_{r['name']}.png" for r in plotted}, smoke), out))
     if publish:
         (RESULTS / "parity.json").write_text(text)
-        for r in ordered:
+        for r in plotted:
             shutil.copyfile(out / f"parity_{r['name']}.png", RESULTS / f"parity_{r['name']}.png")
-        DOC.write_text(public(markdown(ordered, {r["name"]: f"../bench/results/parity_{r['name']}.png" for r in ordered},
+        DOC.write_text(public(markdown(ordered, {r["name"]: f"../bench/results/parity_{r['name']}.png" for r in plotted},
                                        smoke), out))
     print(f"report: {stored}, {out / 'parity.md'}" + (f", {RESULTS / 'parity.json'}, {DOC}" if publish else ""))
 
