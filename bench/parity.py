@@ -591,6 +591,108 @@ def timing_summary(walls: list[float], cpus: list[float]) -> dict[str, Any]:
             "cpu_iteration_times": cpus}
 
 
+# -- one step from the same weights ------------------------------------------------------------------------
+def reference_parameter(name: str) -> tuple[str, int | None]:
+    """The reference's name of a metaplus MAML++ parameter (Conv-4 + LSLR), and for a learned-rate vector
+    how many of its entries metaplus has (the reference keeps one more, never used)."""
+    import re
+
+    backbone = {r"blocks\.(\d+)\.conv\.(weight|bias)": r"layer_dict.conv\1.conv.\2",
+                r"blocks\.(\d+)\.norm\.(weight|bias)": r"layer_dict.conv\1.norm_layer.\2",
+                r"head\.weight": "layer_dict.linear.weights", r"head\.bias": "layer_dict.linear.bias"}
+
+    def of_backbone(inner: str) -> str:
+        for pattern, replacement in backbone.items():
+            if re.fullmatch(pattern, inner):
+                return re.sub(pattern, replacement, inner)
+        raise KeyError(f"no reference parameter for metaplus's {name}")
+
+    if name.startswith("backbone."):
+        return "classifier." + of_backbone(name.removeprefix("backbone.")), None
+    if name.startswith("inner_lrs."):
+        inner = of_backbone(name.removeprefix("inner_lrs.").replace("-", "."))
+        return "inner_loop_optimizer.names_learning_rates_dict." + inner.replace(".", "-"), -1
+    raise KeyError(f"no reference parameter for metaplus's {name}")
+
+
+def step_check(comparison: Comparison, code: Path, overrides: list[str], threads: int) -> dict[str, Any]:
+    """Both codes from the SAME weights (metaplus's initialisation copied into the reference) on the same
+    first training meta-batch and first validation episodes: the meta-loss, every meta-gradient (the
+    reference's forward as run_train_iter calls it, before its optimizer step; metaplus's per-task
+    accumulation) and the adapted query logits of evaluation. Differences beyond float rounding are
+    differences of the algorithms' arithmetic."""
+    from bench import reference_mamlpp as ref
+
+    ref.load_reference(code, threads)
+    import torch
+    from bench.reproduce import compose
+    from metaplus.config import instantiate_group
+    from metaplus.nn.init_from import build_backbone
+
+    cfg = compose([o for o in overrides if not o.startswith(("hydra.", "+callbacks.parity"))])
+    datamodule = instantiate_group(cfg.data, "data")
+    torch.manual_seed(0)
+    learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=datamodule.task)
+    model = ref.build_model(ref.released_args(code, comparison.reference_config))
+    theirs = dict(model.named_parameters())
+    pairs = []
+    with torch.no_grad():
+        for name, param in learner.named_parameters():
+            target_name, _ = reference_parameter(name)
+            target = theirs[target_name]
+            target[: param.shape[0]].copy_(param) if target.shape != param.shape else target.copy_(param)
+            pairs.append((name, param, target))
+    ways = cfg.data.ways
+
+    def tensors(batch):
+        xs, xq, ys, yq = ref.reference_layout(batch.support_x, batch.support_y, batch.query_x, batch.query_y, ways)
+        return (torch.tensor(xs), torch.tensor(xq), torch.tensor(ys).long(), torch.tensor(yq).long())
+
+    batch = training_batch(datamodule, 0)
+    model.train()
+    model.zero_grad()
+    with contextlib.redirect_stdout(sys.stderr):
+        their_losses, _ = model.train_forward_prop(data_batch=tensors(batch), epoch=0)
+    their_losses["loss"].backward()
+    # Outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain backward.
+    import lightning as L
+
+    learner.trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    learner.manual_backward = lambda loss: loss.backward()
+    learner.train()
+    learner.zero_grad()
+    our_losses = [learner.accumulate_task(batch[b], 1.0 / len(batch))[0] for b in range(len(batch))]
+    gradients = {}
+    for name, param, target in pairs:
+        mine = target.grad[: param.shape[0]] if target.shape != param.shape else target.grad
+        gradients[name] = {"max_abs_difference": float((param.grad - mine).abs().max()),
+                           "max_abs_reference": float(mine.abs().max()), "max_abs_metaplus": float(param.grad.abs().max())}
+    # Relative to each gradient's size, except where both codes give rounding noise around an exact zero
+    # (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
+    # and neither has its learned rate): those are compared against the largest gradient of all.
+    largest = max(g["max_abs_reference"] for g in gradients.values())
+    for g in gradients.values():
+        g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
+        g["relative_difference"] = g["max_abs_difference"] / (largest if g["zero_by_construction"]
+                                                              else g["max_abs_reference"])
+    val = next(iter(datamodule.val_dataloader()))
+    their_logits = ref.episode_predictions(model, ref.reference_layout(val.support_x, val.support_y, val.query_x,
+                                                                        val.query_y, ways))
+    logit_gaps = []
+    learner.eval()
+    for b in range(len(val)):
+        order = torch.argsort(val.query_y[b], stable=True)  # the reference's rows: class 0 first, ...
+        ours = learner.adapted_prediction(val[b], learner.test_inner_steps)[order]
+        logit_gaps.append(float((ours - torch.tensor(their_logits[b])).abs().max()))
+    worst = max(gradients, key=lambda n: gradients[n]["relative_difference"])
+    return {"meta_loss": {"metaplus": float(torch.stack(our_losses).mean()), "reference": float(their_losses["loss"])},
+            "max_relative_gradient_difference": gradients[worst]["relative_difference"], "worst_parameter": worst,
+            "zero_by_construction": sorted(n for n, g in gradients.items() if g["zero_by_construction"]),
+            "gradients": gradients,
+            "max_abs_logit_difference_evaluation": max(logit_gaps), "episodes": {"train": len(batch), "val": len(val)}}
+
+
 # -- gathering and reporting ---------------------------------------------------------------------------------
 def load_run(run: Path) -> dict[str, Any]:
     folder = run / "parity"
@@ -700,6 +802,8 @@ def comparison_record(comparison: Comparison, out: Path, code: Path | None, sett
         "cost": {name: {str(seed): {k: r[k] for k in ("s_per_iteration", "cpu_s_per_iteration", "peak_rss_gb")}
                         for seed, r in runs[name].items()} for name in CODES},
         "verdict": verdict(points),
+        "same_weights_step": (json.loads((out / comparison.name / "step_check.json").read_text())
+                              if (out / comparison.name / "step_check.json").is_file() else None),
         "known_differences": KNOWN_DIFFERENCES.get(comparison.driver or "", []),
         "regenerate": regenerate_command(comparison, a),
     }
@@ -765,6 +869,17 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
         if r["notes"]:
             lines.append("")
         lines += [f"**Verdict: {r['verdict']['text']}.**", ""]
+        check = r.get("same_weights_step")
+        if check:
+            loss = check["meta_loss"]
+            lines += [f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                      f"meta-batch of {check['episodes']['train']} tasks): meta-loss {loss['metaplus']:.7f} (metaplus) vs "
+                      f"{loss['reference']:.7f} (reference); largest meta-gradient difference "
+                      f"{check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                      f"(`{check['worst_parameter']}`; gradients that are zero by construction, conv biases before "
+                      f"batch norm and their learned rates, compared with the largest gradient); adapted query logits "
+                      f"on {check['episodes']['val']} validation episodes differ by at most "
+                      f"{check['max_abs_logit_difference_evaluation']:.1e}.", ""]
         if r["name"] in plots:
             lines += [f"![{r['title']}]({plots[r['name']]})", ""]
         if r["difference"]:
@@ -867,9 +982,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publish", action="store_true", help="also write bench/results/parity.json, "
                                                           "bench/results/parity_<comparison>.png and docs/parity.md")
     p.add_argument("--smoke", action="store_true", help="label the report as a smoke run (plumbing only)")
+    p.add_argument("--step-check", action="store_true", help="redo the same-weights one-step check (done once "
+                                                             "per --out otherwise)")
     p.add_argument("--child-reference", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-step-check", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.child_reference is None:
+    if a.child_reference is None and a.child_step_check is None:
         check_cli(p, a)
     return a
 
@@ -901,6 +1019,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.child_reference is not None:
         reference_child(a.child_reference)
         return
+    if a.child_step_check is not None:
+        spec = json.loads(a.child_step_check.read_text())
+        result = step_check(COMPARISONS[spec["comparison"]], Path(spec["reference_dir"]), spec["metaplus_overrides"],
+                            spec["threads"])
+        write_json(a.child_step_check.with_name("step_check.json"), result)
+        return
     comparison = COMPARISONS[a.comparison]
     out = a.out.resolve()
     code = reference_dir(comparison, a.reference)  # first: nothing starts without the reference
@@ -914,6 +1038,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = compose([o for o in overrides if not o.startswith(("hydra.", "+callbacks.parity"))])
     settings = settings_table(comparison, cfg, ref.released_args(code, comparison.reference_config))
     check_settings(settings, comparison)
+    check_file = out / comparison.name / "step_check.json"
+    if not a.report_only and (a.step_check or not check_file.is_file()):
+        from bench.reproduce import run_env
+
+        spec = check_file.with_name("step_check_spec.json")
+        write_json(spec, {"comparison": comparison.name, "reference_dir": str(code), "metaplus_overrides": overrides,
+                          "threads": a.threads})
+        print("  same-weights one-step check of both codes", flush=True)
+        run_logged([sys.executable, str(Path(__file__).resolve()), "--child-step-check", str(spec)],
+                   check_file.with_name("step_check.log"), run_env(a.threads))
     if not a.report_only:
         for seed in a.seed_list:
             for name in a.codes:

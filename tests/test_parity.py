@@ -201,3 +201,14 @@ def test_markdown_lists_every_comparison_with_verdict_and_regenerate_command():
     text = parity.markdown([record], {}, smoke=True)
     assert "SMOKE RUN" in text and "parity holds" in text and "| 5 | 70.00 ± 10.00 | 60.00 ± 10.00 | +10.00" in text
     assert "python bench/parity.py --comparison mamlpp_omniglot_5w1s" in text and "- d1" in text
+
+
+def test_metaplus_parameters_map_onto_the_reference_names():
+    assert parity.reference_parameter("backbone.blocks.2.conv.weight") == ("classifier.layer_dict.conv2.conv.weight", None)
+    assert parity.reference_parameter("backbone.blocks.0.norm.bias")[0] == "classifier.layer_dict.conv0.norm_layer.bias"
+    assert parity.reference_parameter("backbone.head.weight")[0] == "classifier.layer_dict.linear.weights"
+    assert parity.reference_parameter("inner_lrs.blocks-3-conv-bias") == (
+        "inner_loop_optimizer.names_learning_rates_dict.layer_dict-conv3-conv-bias", -1)
+    assert parity.reference_parameter("inner_lrs.head-weight")[0].endswith("layer_dict-linear-weights")
+    with pytest.raises(KeyError, match="backbone.blocks.0.other"):
+        parity.reference_parameter("backbone.blocks.0.other")
