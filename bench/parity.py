@@ -87,6 +87,7 @@ class Comparison:
     omniglot_split: bool = False   # metaplus reads the reference's own Omniglot class split
     driver: str | None = None      # how the reference is run; None: not built yet
     target: str = ""               # the issue's size for the full comparison
+    full: tuple[int, int, int] = (2000, 250, 3)   # its --iterations, --eval-every, --seeds
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def clone_command(self) -> str:
@@ -105,13 +106,13 @@ COMPARISONS = {c.name: c for c in [
                "https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch", "METAPLUS_MAMLPP_REFERENCE",
                "few_shot_learning_system.py", ("algo=mamlpp", "data=miniimagenet"),
                reference_config="mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0", driver="mamlpp",
-               target=">= 1,000 meta-iterations (meta-batch 2), 1 seed (3 if the budget allows)"),
+               target=">= 1,000 meta-iterations (meta-batch 2), 1 seed (3 if the budget allows)", full=(1000, 250, 1)),
     Comparison("maml_miniimagenet_l2l", "MAML mini-ImageNet against learn2learn's example (its defaults: 5-way 5-shot)",
                "learn2learn examples/vision/maml_miniimagenet.py (commit db5cee3)",
                "https://github.com/learnables/learn2learn",
                "METAPLUS_L2L_REFERENCE", "examples/vision/maml_miniimagenet.py", ("algo=maml", "data=miniimagenet"),
                target="its defaults (meta-batch 32) for >= 200 iterations, or both at a smaller meta-batch "
-                      "for >= 1,000, stated",
+                      "for >= 1,000, stated", full=(200, 50, 1),
                notes=("driver not built yet: the example is a script whose main() reads l2l.vision's "
                       "mini-ImageNet pickles through get_tasksets(root='~/data'); its data loading must be "
                       "pointed at our folder. Its defaults are not metaplus's maml_miniimagenet preset: "
@@ -811,12 +812,38 @@ def comparison_record(comparison: Comparison, out: Path, code: Path | None, sett
 
 def regenerate_command(comparison: Comparison, a: argparse.Namespace) -> str:
     return (f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
-            f"--iterations {a.iterations} --eval-every {a.eval_every} --seeds {','.join(map(str, a.seed_list))} "
+            f"--iterations {a.iterations} --eval-every {a.eval_every} --seeds {seeds_argument(a.seed_list)} "
             f"--val-episodes {a.val_episodes} --test-episodes {a.test_episodes} --threads {a.threads} "
-            f"--out <runs dir> --publish")
+            f"--out <runs dir> --publish" + (" --smoke" if a.smoke else ""))
 
 
-def plot(record: dict[str, Any], path: Path) -> None:
+def seeds_argument(seeds: Sequence[int]) -> str:
+    """What --seeds reads back as ``seeds``: a count for 0..n-1, else a list (a lone seed with a comma)."""
+    if list(seeds) == list(range(len(seeds))):
+        return str(len(seeds))
+    return ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
+
+
+def full_command(comparison: Comparison) -> str:
+    """The command of the comparison at the issue's size (600 validation and test episodes, 1 thread)."""
+    iterations, every, seeds = comparison.full
+    return (f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
+            f"--iterations {iterations} --eval-every {every} --seeds {seeds} --out outputs/parity --publish")
+
+
+def pending_record(comparison: Comparison) -> dict[str, Any]:
+    """A comparison not run yet: listed with what it needs."""
+    return {"name": comparison.name, "title": comparison.title, "target": comparison.target,
+            "notes": list(comparison.notes),
+            "reference": {"name": comparison.reference, "url": comparison.url, "commit": None,
+                          "config": comparison.reference_config},
+            "settings": None, "metaplus_overrides": None, "evaluation": {}, "curves": {}, "difference": [],
+            "final_test": {name: {} for name in CODES}, "cost": {name: {} for name in CODES},
+            "verdict": {"parity": None, "text": "not run yet"}, "same_weights_step": None,
+            "known_differences": KNOWN_DIFFERENCES.get(comparison.driver or "", []), "regenerate": None}
+
+
+def plot(record: dict[str, Any], path: Path, smoke: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -835,7 +862,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
         ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=colour, alpha=0.2)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(f"validation accuracy, % ({record['evaluation']['val_episodes']} fixed episodes)")
-    ax.set_title(record["title"])
+    ax.set_title(("SMOKE RUN (plumbing only): " if smoke else "") + record["title"], fontsize=10 if smoke else None)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -868,7 +895,8 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
         lines += [f"- {note}" for note in r["notes"]]
         if r["notes"]:
             lines.append("")
-        lines += [f"**Verdict: {r['verdict']['text']}.**", ""]
+        smoke_run = smoke and r["regenerate"] is not None
+        lines += [f"**Verdict{' of the smoke run (not evidence either way)' if smoke_run else ''}: {r['verdict']['text']}.**", ""]
         check = r.get("same_weights_step")
         if check:
             loss = check["meta_loss"]
@@ -890,8 +918,9 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
                              f"{pct(p['reference']['mean'], p['reference']['ci95'])} | {p['difference'] * 100:+.2f} "
                              f"[{p['ci_low'] * 100:+.2f}, {p['ci_high'] * 100:+.2f}] | {'yes' if p['holds'] else 'no'} |")
             lines.append("")
-        lines += ["| code | seed | test, best checkpoint, % | test, top-5 ensemble, % | s/iteration (wall / CPU) | peak RSS, GB |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        if any(r["cost"][name] for name in CODES):
+            lines += ["| code | seed | test, best checkpoint, % | test, top-5 ensemble, % | s/iteration (wall / CPU) | peak RSS, GB |",
+                      "|---|---:|---:|---:|---:|---:|"]
         for name in CODES:
             for seed, cost in r["cost"][name].items():
                 t = r["final_test"][name].get(seed) or {}
@@ -911,7 +940,13 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
             lines += ["Differences between the two codes (\"harness:\" ones are removed by the harness):", ""]
             lines += [f"- {d}" for d in r["known_differences"]]
             lines.append("")
-        lines += ["Regenerate:", "", "```bash", r["regenerate"], "```", ""]
+        if r["regenerate"]:
+            lines += ["Regenerate:", "", "```bash", r["regenerate"], "```", ""]
+    lines += ["## Commands at the issue's sizes", "",
+              "Each continues its runs when repeated with a larger `--iterations` (multiples of 500 continue "
+              "exactly); runs of other seeds or codes can go to separate processes with `--seeds 1,2` / "
+              "`--codes reference`, then `--report-only --publish` writes the report once they are done.", "",
+              "```bash", *[full_command(c) for c in COMPARISONS.values()], "```", ""]
     return "\n".join(lines)
 
 
@@ -933,10 +968,10 @@ def write_report(records: list[dict[str, Any]], out: Path, publish: bool, smoke:
     stored = out / "parity.json"
     kept = json.loads(stored.read_text())["comparisons"] if stored.is_file() else {}
     kept.update({r["name"]: r for r in records})
-    ordered = [kept[name] for name in COMPARISONS if name in kept]
+    ordered = [kept[name] if name in kept else pending_record(c) for name, c in COMPARISONS.items()]
     plotted = [r for r in ordered if r["difference"]]  # a comparison without curves yet has no plot
     for r in plotted:
-        plot(r, out / f"parity_{r['name']}.png")
+        plot(r, out / f"parity_{r['name']}.png", smoke)
     payload = {"smoke": smoke, "comparisons": {r["name"]: r for r in ordered}}
     text = public(json.dumps(payload, indent=1), out) + "\n"
     stored.write_text(text)

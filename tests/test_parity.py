@@ -212,3 +212,8 @@ def test_metaplus_parameters_map_onto_the_reference_names():
     assert parity.reference_parameter("inner_lrs.head-weight")[0].endswith("layer_dict-linear-weights")
     with pytest.raises(KeyError, match="backbone.blocks.0.other"):
         parity.reference_parameter("backbone.blocks.0.other")
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2], [4], [0, 4]])
+def test_the_regenerate_command_names_the_same_seeds(seeds):
+    assert parity.seed_list(parity.seeds_argument(seeds)) == seeds
