@@ -24,6 +24,11 @@ Get the code (we import it from outside the repo and never copy or edit it), the
         --queries 15 --meta-batch 16 --steps 5 --filters 64 --image-shape 1,28,28 --iterations 3 \
         --threads 1 --out /tmp/ref.json [--first-order]     # or METAPLUS_MAMLPP_REFERENCE=DIR
 
+bench/parity.py (issue 25) trains the same reference side by side with metaplus through the helpers
+below the speed benchmark's: ``released_args`` (a released config as its train_maml_system.py reads it),
+``reference_omniglot_split`` (its own Omniglot class split, by its own data provider),
+``reference_layout`` (metaplus's episodes in its data provider's layout) and its model's state.
+
 The reference (commit 8696470) runs unchanged on torch 2.14. From outside only: CUDA is hidden
 before torch is imported (its constructor moves itself to any visible GPU); stdout goes to stderr
 while it builds (it prints every parameter); the UserWarnings its 2019 idioms raise on torch 2.x

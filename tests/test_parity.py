@@ -217,3 +217,38 @@ def test_metaplus_parameters_map_onto_the_reference_names():
 @pytest.mark.parametrize("seeds", [[0], [0, 1, 2], [4], [0, 4]])
 def test_the_regenerate_command_names_the_same_seeds(seeds):
     assert parity.seed_list(parity.seeds_argument(seeds)) == seeds
+
+
+# -- what the harness relies on in metaplus's own runs --------------------------------------------------
+def test_recorder_keeps_per_episode_scores_at_every_validation_and_the_final_test(make_config, tmp_path):
+    """A tiny metaplus run with the harness's overrides: validation every 2 iterations inside an epoch,
+    stopped by max_steps at an evaluated iteration, per-episode scores written for each, the final test's
+    too, and the iteration times; the episode indices are the fixed episodes 0..n-1."""
+    from conftest import QUICK
+    from metaplus.run import run
+
+    out = tmp_path / "parity"
+    cfg = make_config([*QUICK, "algo=maml", "data=sinusoid", "data.batches_per_epoch=5", "trainer.max_epochs=2",
+                       "+trainer.max_steps=4", "+trainer.val_check_interval=2", "trainer=cpu",
+                       "+callbacks.parity._target_=bench.parity.ParityRecorder", f"+callbacks.parity.out={out}"])
+    run(cfg)
+    assert parity.evaluated_iterations(tmp_path) == [2, 4]
+    record = json.loads((out / "val-000004.json").read_text())
+    assert record["index"] == list(range(8)) and len(record["episodes"]) == 8
+    assert len(json.loads((out / "test-best.json").read_text())["episodes"]) == 8
+    assert len(json.loads((out / "timing-000000.json").read_text())["iteration_times"]) == 4
+
+
+def test_the_reference_is_fed_the_training_batches_metaplus_trains_on(make_config):
+    """training_batch(datamodule, t) is batch t % batches_per_epoch of epoch t // batches_per_epoch of
+    metaplus's own train loader: the same episodes for both codes."""
+    from metaplus.config import instantiate_group
+    from types import SimpleNamespace
+
+    cfg = make_config(["data=sinusoid", "data.batches_per_epoch=3", "data.meta_batch_size=2", "seed=5"])
+    datamodule = instantiate_group(cfg.data, "data")
+    datamodule.trainer = SimpleNamespace(current_epoch=1, world_size=1)
+    loaded = list(datamodule.train_dataloader())
+    fed = parity.training_batch(datamodule, 3 + 2)  # epoch 1, batch 2
+    assert torch.equal(fed.support_x, loaded[2].support_x) and torch.equal(fed.query_y, loaded[2].query_y)
+    assert not torch.equal(parity.training_batch(datamodule, 2).support_x, fed.support_x)
