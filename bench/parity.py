@@ -494,7 +494,7 @@ def reference_child(spec_path: Path) -> None:
     def layout(batch):
         return ref.reference_layout(batch.support_x, batch.support_y, batch.query_x, batch.query_y, ways)
 
-    def scores(loader_batches, states=None):
+    def scores(loader_batches):
         """Per-episode accuracies (and logits) of the current model on fixed episodes."""
         accuracies, logits = [], []
         for batch in loader_batches:
