@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import check_choice, instantiate_group, register_resolvers
+from metaplus.config import ConfigError, check_choice, instantiate_group, register_resolvers
 from metaplus.data.episodes import Task
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
 from metaplus.nn.init_from import build_backbone
@@ -111,6 +111,97 @@ def run_config(run_dir: Path) -> DictConfig:
         cfg.paths.root_dir = os.getcwd()
     OmegaConf.resolve(cfg)
     return cfg
+
+
+# Groups whose choice shapes a checkpoint's tensors: evaluating it under another choice cannot load it.
+CHECKPOINT_GROUPS = ("algo", "data", "model", "experiment")
+
+
+def checkpoint_config(cfg: DictConfig) -> DictConfig:
+    """The config that evaluates ``ckpt_path`` (``train=false``): the checkpoint's run's own config
+    (its ``.hydra/config.yaml``, as :func:`load` rebuilds the learner), this run's ``paths`` (its new
+    run directory) and, winning over both, what this command line gives: values (``key=value``,
+    ``~key``), and choices of the groups that do not shape the weights (``trainer=gpu``,
+    ``logger=none``, ``debug=fast``). ``cfg`` unchanged when training or without a checkpoint.
+
+    A command-line ``algo=``/``data=``/``model=``/``experiment=`` choice other than the run's, or a
+    checkpoint without its run's config and without ``algo=`` and ``data=``, is a ConfigError: those
+    would build a learner the checkpoint's tensors do not fit."""
+    ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if cfg.train or ckpt is None or not ckpt.exists():  # a missing checkpoint is reported by run.build
+        return cfg
+    run_dir = (ckpt.parent if ckpt.name == "checkpoints" else ckpt) if ckpt.is_dir() else find_checkpoint(ckpt)[1]
+    overrides, choices = command_line()
+    groups = {o.key_or_group: o for o in overrides if o.key_or_group in choices}
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        missing = [group for group in ("algo", "data") if group not in groups]
+        if missing:
+            raise ConfigError("ckpt_path", f"{ckpt} has no run config beside it ({saved} is missing), so the "
+                                           f"algorithm and data it was trained with are unknown: add "
+                                           f"{' '.join(g + '=<its ' + g + '>' for g in missing)} (and any other "
+                                           f"setting the run changed) to the command")
+        return cfg  # the command line says what the run was
+    hydra_saved = run_dir / ".hydra" / "hydra.yaml"
+    run_choices = OmegaConf.load(hydra_saved).hydra.runtime.choices if hydra_saved.is_file() else {}
+    merged = OmegaConf.load(saved)
+    with open_dict(merged):
+        merged.paths = cfg.paths
+    for override in overrides:
+        key = override.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if key in groups:
+            choice, ran = override.value(), run_choices.get(key)
+            if key in CHECKPOINT_GROUPS:
+                if key in run_choices and str(choice) != str(ran):
+                    raise ConfigError(key, f"{choice!r} is not the checkpoint's: its run {run_dir} trained with "
+                                           f"{key}={ran}; drop {key}= to evaluate with the run's config")
+                continue
+            for name in group_keys(key, choices[key]):  # trainer=gpu, logger=none, debug=fast: this command's
+                OmegaConf.update(merged, name, OmegaConf.select(cfg, name), merge=False, force_add=True)
+        elif override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(merged, parent) if parent else merged
+            if isinstance(node, DictConfig) and leaf in node:
+                with open_dict(node):
+                    del node[leaf]
+        else:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    return merged
+
+
+def command_line() -> tuple[list, dict]:
+    """(this Hydra job's parsed command-line overrides, its group choices); empty outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return [], {}
+    hydra_cfg = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    return overrides, dict(hydra_cfg.runtime.choices)
+
+
+def group_keys(group: str, choice: str) -> list[str]:
+    """The config keys a group choice sets: the group's own node, or for a global group
+    (``# @package _global_``, e.g. ``debug``) every leaf key its file sets."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    loaded = loader.repository.load_config(f"{group}/{choice}") if loader is not None and isinstance(choice, str) else None
+    if loaded is None or loaded.header.get("package") != "_global_":
+        return [group]
+    node = OmegaConf.masked_copy(loaded.config, [k for k in loaded.config if k != "defaults"])
+    return leaf_keys(node)
+
+
+def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        keys += leaf_keys(value, name + ".") if isinstance(value, DictConfig) else [name]
+    return keys
 
 
 def build_checkpoint_only_parts(learner: EpisodicLearner, state: dict) -> None:

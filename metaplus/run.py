@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metaplus.api import checkpoint_config
 from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
@@ -64,6 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
     try:
+        cfg = checkpoint_config(cfg)  # train=false: the checkpoint's run's config, the command line winning
         check_int("seed", cfg.seed, 0)
         configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
