@@ -152,7 +152,11 @@ class MAML(EpisodicLearner):
             found.append(f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
                          f"training never reaches second order (the whole run is first order); lower "
                          f"algo.da_epochs or set algo.da=false")
-        if self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
+        if self.msl and self.inner_steps <= 1:
+            found.append(f"algo.msl=true with algo.inner_steps={self.inner_steps}: the multi-step loss weights the "
+                         f"query loss after each inner step, and with one step that is the final-step loss alone, "
+                         f"so MSL changes nothing here; set algo.inner_steps above 1 (MAML++ uses 5)")
+        elif self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
             found.append(f"algo.msl_epochs={self.msl_epochs} > trainer.max_epochs={max_epochs}: the multi-step loss "
                          f"never anneals to the final step within this run")
         if self.switches["bnrs"] and self.bn_stats == "batch":
