@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaplus.api import checkpoint_config
 from metaplus.config import check, check_choice, check_int, instantiate_group
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
-from metaplus.presets import describe as describe_preset, preset_info
+from metaplus.presets import describe as describe_preset, preset_info, row_name
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
 from metaplus.results import write_results
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         cfg = checkpoint_config(cfg)  # train=false: the checkpoint's run's config, the command line winning
         check_int("seed", cfg.seed, 0)
-        configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
+        threads = configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         preset_line = describe_preset(cfg)
         parts = build(cfg)
@@ -76,7 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
     if trainer.is_global_zero:
-        print(preset_line, flush=True)
+        announce(preset_line)
+        announce(start_line(cfg, trainer, threads, output_dir))
     log_config(parts["loggers"], cfg)
 
     ckpt, ensemble = cfg.ckpt_path, []
@@ -143,6 +144,30 @@ def remove_if_empty(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
+def announce(text: str) -> None:
+    """A line for the console that also belongs in the run's train.log: logged where Hydra configured
+    logging (its console and file handlers), printed where nothing did (compose API: tests, notebooks)."""
+    if any(isinstance(handler, logging.FileHandler) for handler in logging.getLogger().handlers):
+        log.info(text)
+    else:
+        print(text, flush=True)
+
+
+def start_line(cfg: DictConfig, trainer: L.Trainer, threads: int, output_dir: Path) -> str:
+    """What runs, in one line: algorithm, data row, backbone, device(s), precision, threads, run directory."""
+    backbone = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    devices = f"{trainer.num_devices * trainer.num_nodes} x {trainer.strategy.root_device.type}"
+    return (f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
+            f"precision {trainer.precision}, {threads} thread{'s' if threads != 1 else ''} per process, "
+            f"run directory {shown_path(output_dir)}")
+
+
+def shown_path(path: Path | str) -> str:
+    """``path`` relative to the working directory when inside it (shorter to read), else as it is."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
     metric = "mse" if cfg.data.task == "regression" else "acc"
     lines = [f"metaplus | algo={cfg.algo.name} data={cfg.data.name} seed={cfg.seed}"]
@@ -150,13 +175,16 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
         key = f"{stage}/{metric}"
         if key in metrics:
             n = int(metrics[f"{stage}/episodes"])
-            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
-                         f"before adaptation {metrics[key + '_step0']:.4f})")
+            curve = metrics.get(f"{key}_by_step")  # step 0 (before adaptation) .. the last step
+            steps = len(curve) - 1 if curve else cfg.algo.get("test_inner_steps")
+            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
+                         f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})")
     key = f"test/{metric}_ensemble"
     if key in metrics:
         k = len(metrics["test/ensemble_checkpoints"])
         lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
                      f"top {k} validation checkpoints)")
     lines += [f"  WARNING: {warning}" for warning in warnings]
-    lines.append(f"  results: {path}")
-    print("\n".join(lines), flush=True)
+    checkpoints = Path(metrics["best_checkpoint"]).parent if metrics.get("best_checkpoint") else None
+    lines.append(f"  results: {shown_path(path)}" + (f"; checkpoints: {shown_path(checkpoints)}/" if checkpoints else ""))
+    announce("\n".join(lines))
