@@ -76,8 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
     if trainer.is_global_zero:
-        announce(preset_line)
-        announce(start_line(cfg, trainer, threads, output_dir))
+        announce(preset_line, output_dir)
+        announce(start_line(cfg, trainer, threads, output_dir), output_dir)
     log_config(parts["loggers"], cfg)
 
     ckpt, ensemble = cfg.ckpt_path, []
@@ -144,10 +144,13 @@ def remove_if_empty(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def announce(text: str) -> None:
-    """A line for the console that also belongs in the run's train.log: logged where Hydra configured
-    logging (its console and file handlers), printed where nothing did (compose API: tests, notebooks)."""
-    if any(isinstance(handler, logging.FileHandler) for handler in logging.getLogger().handlers):
+def announce(text: str, output_dir: Path) -> None:
+    """A line for the console that also belongs in the run's log: logged where Hydra gave the run a
+    log file (train.log in the run directory; its console handler prints it too), else printed
+    (compose API: tests, notebooks)."""
+    run_dir = Path(output_dir).resolve()
+    if any(isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir
+           for handler in logging.getLogger().handlers):
         log.info(text)
     else:
         print(text, flush=True)
@@ -187,4 +190,4 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
     lines += [f"  WARNING: {warning}" for warning in warnings]
     checkpoints = Path(metrics["best_checkpoint"]).parent if metrics.get("best_checkpoint") else None
     lines.append(f"  results: {shown_path(path)}" + (f"; checkpoints: {shown_path(checkpoints)}/" if checkpoints else ""))
-    announce("\n".join(lines))
+    announce("\n".join(lines), path.parent)
