@@ -4,7 +4,7 @@
     learner = metaplus.load("outputs/runs/2026-12-02_12-00-00_maml_omniglot")   # or a .ckpt path
     support = learner.preprocess(["a0.png", "b0.png", ...])   # exactly the training preprocessing
     adapted = learner.adapt_to(support, torch.tensor([0, 1, ...]))
-    labels = adapted.predict(learner.preprocess(query_files))   # score the query SET in one call
+    labels = adapted.predict(learner.preprocess(["q1.png", "q2.png"]))   # score the query SET in one call
 
 :func:`load` finds the checkpoint (a run directory's best checkpoint as results.json names it, else
 ``checkpoints/last.ckpt``; or a ``.ckpt`` path inside a run directory), rebuilds backbone and learner

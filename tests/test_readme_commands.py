@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import commands
@@ -137,3 +138,29 @@ def test_readme_command_runs_as_written(args, workdir):
         trained = json.loads((workdir / ckpt.parents[1] / "results.json").read_text())
         assert results["config"]["algo"] == trained["config"]["algo"]
         assert results["config"]["data"]["name"] == trained["config"]["data"]["name"]
+
+
+def test_readme_api_snippet_runs(tmp_path, monkeypatch):
+    """The README's ```python block, on a tiny image-folder run: ``<run>`` names it, and a.png ... q3.png
+    are images of its test classes in the working directory."""
+    from PIL import Image
+
+    from conftest import QUICK, compose_config
+    from metaplus.run import run
+    from test_divergence import pattern_folder
+
+    monkeypatch.chdir(tmp_path)  # results.json names data.root relative to the working directory
+    root = pattern_folder(tmp_path / "images")
+    out = tmp_path / "outputs" / "runs" / "tiny"
+    run(compose_config([*QUICK, "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",
+                        "data.shots=1", "data.queries=2", f"data.cache_dir={tmp_path / 'cache'}", "model.filters=8",
+                        "data.meta_batch_size=2"], out))
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    for name, folder in zip(["a", "b", "c", "d", "e"], classes):
+        Image.open(next(folder.iterdir())).save(tmp_path / f"{name}.png")
+    for name, folder in zip(["q1", "q2", "q3"], classes):
+        Image.open(sorted(folder.iterdir())[1]).save(tmp_path / f"{name}.png")
+    [snippet] = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(snippet.replace("outputs/runs/<run>", str(out)), "README.md", "exec"), namespace)
+    assert namespace["labels"].shape == (3,) and namespace["labels"].dtype == torch.long
