@@ -113,61 +113,64 @@ def run_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-# Groups whose choice shapes a checkpoint's tensors: evaluating it under another choice cannot load it.
-CHECKPOINT_GROUPS = ("algo", "data", "model", "experiment")
+# What a checkpoint's run decides for its evaluation: the learner, its backbone, the data and their
+# published setting. How to run (trainer, loggers, callbacks, paths) is this command's.
+RUN_KEYS = ("algo", "model", "data", "preset", "variant", "ensemble_top_k")
+# A command-line choice of these groups must be the run's: another one builds tensors the checkpoint does
+# not fit. Each is identified by the key its configs set.
+IDENTITY = {"algo": "algo.name", "data": "data.name", "model": "model._target_"}
 
 
 def checkpoint_config(cfg: DictConfig) -> DictConfig:
-    """The config that evaluates ``ckpt_path`` (``train=false``): the checkpoint's run's own config
-    (its ``.hydra/config.yaml``, as :func:`load` rebuilds the learner), this run's ``paths`` (its new
-    run directory) and, winning over both, what this command line gives: values (``key=value``,
-    ``~key``), and choices of the groups that do not shape the weights (``trainer=gpu``,
-    ``logger=none``, ``debug=fast``). ``cfg`` unchanged when training or without a checkpoint.
+    """The config that evaluates ``ckpt_path`` (``train=false``): ``cfg`` with ``algo``, ``model``,
+    ``data`` and ``preset`` taken from the checkpoint's run (:func:`run_config`, as :func:`load`
+    rebuilds the learner), then every value this command line gives under them (``data.test_episodes=100``,
+    and the keys of a global choice such as ``debug=fast``) set again, so the command line wins.
+    ``cfg`` unchanged when training or without a checkpoint.
 
-    A command-line ``algo=``/``data=``/``model=``/``experiment=`` choice other than the run's, or a
-    checkpoint without its run's config and without ``algo=`` and ``data=``, is a ConfigError: those
-    would build a learner the checkpoint's tensors do not fit."""
+    A command-line ``algo=``/``data=``/``model=`` other than the run's, or a checkpoint without its
+    run's config and without ``algo=`` and ``data=``, is a ConfigError naming what to change."""
     ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if cfg.train or ckpt is None or not ckpt.exists():  # a missing checkpoint is reported by run.build
         return cfg
     run_dir = (ckpt.parent if ckpt.name == "checkpoints" else ckpt) if ckpt.is_dir() else find_checkpoint(ckpt)[1]
     overrides, choices = command_line()
-    groups = {o.key_or_group: o for o in overrides if o.key_or_group in choices}
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        missing = [group for group in ("algo", "data") if group not in groups]
+    given = {o.key_or_group for o in overrides if o.key_or_group in choices}
+    try:
+        ran = run_config(run_dir)
+    except RunNotFoundError:
+        missing = [group for group in ("algo", "data") if group not in given]
         if missing:
-            raise ConfigError("ckpt_path", f"{ckpt} has no run config beside it ({saved} is missing), so the "
-                                           f"algorithm and data it was trained with are unknown: add "
-                                           f"{' '.join(g + '=<its ' + g + '>' for g in missing)} (and any other "
-                                           f"setting the run changed) to the command")
+            raise ConfigError("ckpt_path", f"{ckpt} has no run config beside it (no results.json or .hydra/config.yaml "
+                                           f"in {run_dir}), so the algorithm and data it was trained with are "
+                                           f"unknown: add {' '.join(g + '=<its ' + g + '>' for g in missing)} (and "
+                                           f"any other setting the run changed) to the command") from None
         return cfg  # the command line says what the run was
-    hydra_saved = run_dir / ".hydra" / "hydra.yaml"
-    run_choices = OmegaConf.load(hydra_saved).hydra.runtime.choices if hydra_saved.is_file() else {}
-    merged = OmegaConf.load(saved)
+    for group, key in IDENTITY.items():
+        mine, theirs = OmegaConf.select(cfg, key), OmegaConf.select(ran, key)
+        if group in given and theirs is not None and mine != theirs:
+            name = str(theirs).rsplit(".", 1)[-1].lower()  # metaplus.nn.Conv4 -> conv4, its choice's name
+            raise ConfigError(group, f"{choices[group]!r} is not the checkpoint's: its run {run_dir} trained with "
+                                     f"{group}={name}; drop {group}= to evaluate with the run's config")
+    merged = cfg.copy()
     with open_dict(merged):
-        merged.paths = cfg.paths
-    for override in overrides:
-        key = override.key_or_group
-        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
-            continue
-        if key in groups:
-            choice, ran = override.value(), run_choices.get(key)
-            if key in CHECKPOINT_GROUPS:
-                if key in run_choices and str(choice) != str(ran):
-                    raise ConfigError(key, f"{choice!r} is not the checkpoint's: its run {run_dir} trained with "
-                                           f"{key}={ran}; drop {key}= to evaluate with the run's config")
+        for key in RUN_KEYS:
+            if key in ran:
+                merged[key] = ran[key]
+        for override in overrides:  # this command's own values under those keys win again
+            key = override.key_or_group
+            if key in IDENTITY:
                 continue
-            for name in group_keys(key, choices[key]):  # trainer=gpu, logger=none, debug=fast: this command's
-                OmegaConf.update(merged, name, OmegaConf.select(cfg, name), merge=False, force_add=True)
-        elif override.is_delete():
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(merged, parent) if parent else merged
-            if isinstance(node, DictConfig) and leaf in node:
-                with open_dict(node):
-                    del node[leaf]
-        else:
-            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+            for name in group_keys(key, choices[key]) if key in given else [key]:
+                if name.split(".", 1)[0] not in RUN_KEYS:
+                    continue  # already this command's
+                if override.is_delete() and key not in given:
+                    parent, _, leaf = name.rpartition(".")
+                    node = OmegaConf.select(merged, parent)
+                    if isinstance(node, DictConfig) and leaf in node:
+                        del node[leaf]
+                else:
+                    OmegaConf.update(merged, name, OmegaConf.select(cfg, name), merge=False, force_add=True)
     return merged
 
 
