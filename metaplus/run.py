@@ -21,7 +21,7 @@ from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from
 from metaplus.presets import describe as describe_preset, preset_info, row_name
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
-from metaplus.results import write_results
+from metaplus.results import portable_path, write_results
 from metaplus.threads import configure_run_threads
 
 log = logging.getLogger("metaplus")
@@ -162,13 +162,7 @@ def start_line(cfg: DictConfig, trainer: L.Trainer, threads: int, output_dir: Pa
     devices = f"{trainer.num_devices * trainer.num_nodes} x {trainer.strategy.root_device.type}"
     return (f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
             f"precision {trainer.precision}, {threads} thread{'s' if threads != 1 else ''} per process, "
-            f"run directory {shown_path(output_dir)}")
-
-
-def shown_path(path: Path | str) -> str:
-    """``path`` relative to the working directory when inside it (shorter to read), else as it is."""
-    path = Path(path).absolute()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+            f"run directory {portable_path(str(Path(output_dir).absolute()))}")
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
@@ -188,6 +182,8 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
         lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
                      f"top {k} validation checkpoints)")
     lines += [f"  WARNING: {warning}" for warning in warnings]
-    checkpoints = Path(metrics["best_checkpoint"]).parent if metrics.get("best_checkpoint") else None
-    lines.append(f"  results: {shown_path(path)}" + (f"; checkpoints: {shown_path(checkpoints)}/" if checkpoints else ""))
+    # named as results.json names files: relative to the working directory (portable_path)
+    checkpoints = Path(metrics["best_checkpoint"]).absolute().parent if metrics.get("best_checkpoint") else None
+    lines.append(f"  results: {portable_path(str(path.absolute()))}"
+                 + (f"; checkpoints: {portable_path(str(checkpoints))}/" if checkpoints else ""))
     announce("\n".join(lines), path.parent)
