@@ -148,7 +148,11 @@ class MAML(EpisodicLearner):
     def inert_switches(self, max_epochs: int | None) -> list[str]:
         """Switches that are on but change nothing in this run, each named with the keys to change."""
         found = []
-        if self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
+        if self.da and self.first_order:
+            found.append("algo.da=true with algo.first_order=true: derivative-order annealing switches from first to "
+                         "second order, and this run is first order throughout, so DA changes nothing; set "
+                         "algo.first_order=false")
+        elif self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
             found.append(f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
                          f"training never reaches second order (the whole run is first order); lower "
                          f"algo.da_epochs or set algo.da=false")
