@@ -16,14 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaplus.algorithms.base import refuse_fp16_inner_loop
+from metaplus.api import checkpoint_config
 from metaplus.callbacks import checkpoint_damage
 from metaplus.config import ConfigError, check, check_choice, check_int, instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
-from metaplus.presets import describe as describe_preset, preset_info
+from metaplus.presets import describe as describe_preset, preset_info, row_name
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
-from metaplus.results import write_results
+from metaplus.results import portable_path, write_results
 from metaplus.runlock import LOCK_NAME, one_process_per_run_directory
 from metaplus.threads import configure_run_threads
 
@@ -71,8 +72,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
     try:
+        cfg = checkpoint_config(cfg)  # train=false: the checkpoint's run's config, the command line winning
         check_int("seed", cfg.seed, 0)
-        configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
+        threads = configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         preset_line = describe_preset(cfg)
         parts = build(cfg)
@@ -81,7 +83,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
     if trainer.is_global_zero:
-        print(preset_line, flush=True)
+        announce(preset_line, output_dir)
+        announce(start_line(cfg, trainer, threads, output_dir), output_dir)
     log_config(parts["loggers"], cfg)
 
     ckpt, ensemble = cfg.ckpt_path, []
@@ -158,6 +161,28 @@ def remove_if_empty(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
+def announce(text: str, output_dir: Path) -> None:
+    """A line for the console that also belongs in the run's log: logged where Hydra gave the run a
+    log file (train.log in the run directory; its console handler prints it too), else printed
+    (compose API: tests, notebooks)."""
+    run_dir = Path(output_dir).resolve()
+    if any(isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir
+           for handler in logging.getLogger().handlers):
+        log.info(text)
+    else:
+        print(text, flush=True)
+
+
+def start_line(cfg: DictConfig, trainer: L.Trainer, threads: int, output_dir: Path) -> str:
+    """What runs, in one line: algorithm, data row, backbone, device(s), precision, threads, run directory."""
+    backbone = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    device = describe_devices(trainer)  # the same description results.json records
+    devices = f"{device['processes']} x {device['type']} ({device['name']})"
+    return (f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
+            f"precision {device['precision']}, {threads} thread{'s' if threads != 1 else ''} per process, "
+            f"run directory {portable_path(str(Path(output_dir).absolute()))}")
+
+
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
     metric = "mse" if cfg.data.task == "regression" else "acc"
     lines = [f"metaplus | algo={cfg.algo.name} data={cfg.data.name} seed={cfg.seed}"]
@@ -165,13 +190,18 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
         key = f"{stage}/{metric}"
         if key in metrics:
             n = int(metrics[f"{stage}/episodes"])
-            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
-                         f"before adaptation {metrics[key + '_step0']:.4f})")
+            curve = metrics.get(f"{key}_by_step")  # step 0 (before adaptation) .. the last step
+            steps = len(curve) - 1 if curve else cfg.algo.get("test_inner_steps")
+            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
+                         f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})")
     key = f"test/{metric}_ensemble"
     if key in metrics:
         k = len(metrics["test/ensemble_checkpoints"])
         lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
                      f"top {k} validation checkpoints)")
     lines += [f"  WARNING: {warning}" for warning in warnings]
-    lines.append(f"  results: {path}")
-    print("\n".join(lines), flush=True)
+    # named as results.json names files: relative to the working directory (portable_path)
+    checkpoints = Path(metrics["best_checkpoint"]).absolute().parent if metrics.get("best_checkpoint") else None
+    lines.append(f"  results: {portable_path(str(path.absolute()))}"
+                 + (f"; checkpoints: {portable_path(str(checkpoints))}/" if checkpoints else ""))
+    announce("\n".join(lines), path.parent)
