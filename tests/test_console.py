@@ -2,6 +2,8 @@
 that says where everything is, and train.log holding what the console showed."""
 import commands
 
+from metaplus.devices import cpu_name
+
 BANNERS = ("Gym has been unmaintained", "litlogger", "LeafSpec")
 
 
@@ -28,7 +30,7 @@ def test_short_run_console_has_no_banners_and_train_log_holds_what_it_showed(tmp
     printed = proc.stdout + proc.stderr
     assert not [banner for banner in BANNERS if banner in printed], printed[-3000:]
     run_dir = commands.only_directory(tmp_path / "outputs" / "runs")
-    start = f"run: maml on sinusoid 5shot, backbone MLP, 1 x cpu, precision 32-true, 1 thread per process, " \
+    start = f"run: maml on sinusoid 5shot, backbone MLP, 1 x cpu ({cpu_name()}), precision 32-true, 1 thread per process, " \
             f"run directory outputs/runs/{run_dir.name}"
     end = f"results: outputs/runs/{run_dir.name}/results.json; checkpoints: outputs/runs/{run_dir.name}/checkpoints/"
     shown = ["preset: maml_sinusoid row 5shot", start, "test/mse  = ", "after 10 inner steps", end,
