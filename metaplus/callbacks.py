@@ -25,7 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 
 
 def collect_rng_states() -> dict[str, Any]:

@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import check, check_choice, check_int, instantiate_group
+from metaplus.config import instantiate_group
+from metaplus.errors import check, check_choice, check_int
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import check, check_choice
+from metaplus.errors import check, check_choice
 from metaplus.data.episodes import Task
 from metaplus.inner import sgd
 from metaplus.inner.clone_adapt import UpdateRule

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from metaplus.config import check, check_int
+from metaplus.errors import check, check_int
 from metaplus.data.episodes import Task
 
 # Bump when the cache layout or the decoding changes, so old caches are not reused.
