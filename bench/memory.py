@@ -36,26 +36,15 @@ def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
     """Runs inside the measured process."""
     import lightning as L
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from metaplus.config import register_resolvers
+    from metaplus.compose import compose_config
     from metaplus.run import build
 
-    register_resolvers()
     overrides = ["algo=mamlpp", "algo.da=false", "data=omniglot", "model=conv4", "model.activation=leaky_relu",
                  "data.ways=5", "data.shots=1", "data.queries=15", f"data.meta_batch_size={meta_batch}",
                  f"data.batches_per_epoch={iterations + 1}", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
                  "logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
                  "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_config(overrides, out)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer = parts["learner"], parts["trainer"]

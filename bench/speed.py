@@ -119,26 +119,6 @@ def missing_reason(setting: str) -> str | None:
 
 
 # -- the child processes -------------------------------------------------------------------------
-def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from metaplus.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def device_overrides(args) -> list[str]:
     extra = ["trainer.accelerator=gpu", "trainer.devices=1"] if args.gpu else ["trainer.accelerator=cpu"]
     return extra + ([f"trainer.precision={args.precision}"] if args.precision else [])
@@ -149,12 +129,13 @@ def child(args) -> None:
     import lightning as L
     import torch
 
+    from metaplus.compose import compose_config
     from metaplus.run import build
     from metaplus.threads import configure_threads
 
     threads = configure_threads(args.threads, processes=1)
     _, overrides = SETTINGS[args.setting]
-    preset = compose(overrides, args.out)  # the setting's own epoch size and validation episodes
+    preset = compose_config(overrides, args.out)  # the setting's own epoch size and validation episodes
     per_epoch, val_episodes = int(preset.data.batches_per_epoch), int(preset.data.val_episodes)
     cuda = args.gpu and torch.cuda.is_available()
     if args.gpu and not cuda:
@@ -165,7 +146,7 @@ def child(args) -> None:
                f"+data.eval_batch_size={args.val_batch_size}"]
     if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
-    cfg = compose([*overrides, *measure], args.out)
+    cfg = compose_config([*overrides, *measure], args.out)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]

@@ -5,16 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
-from metaplus.config import register_resolvers
+from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 
 def _shared_data_default() -> None:
     """Point METAPLUS_DATA at ../shared/data when it is there and nothing else was chosen."""
@@ -58,20 +55,6 @@ def quadratic_terms(x, y):
     """(A, b) of L(w) = mean((x w - y)^2): grad L = A w - b with A = 2/n x^T x, b = 2/n x^T y."""
     n = x.shape[0]
     return 2.0 / n * x.T @ x, 2.0 / n * x.T @ y
-
-
-def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """The config ``train.py`` would see for these overrides, ready for ``metaplus.run.run``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} interpolations resolve
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in train.py, the job's config holds no hydra node
-    return cfg
 
 
 @pytest.fixture
