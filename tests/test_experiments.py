@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config, shared_data_dir
+from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.testing import shared_data_dir
 from metaplus.run import build
 
 SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")

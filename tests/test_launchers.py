@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import QUICK, REPO
+from metaplus.testing import QUICK, REPO
 from metaplus.compose import compose_config
 
 

@@ -23,3 +23,32 @@ def test_leaf_packages_import_no_hydra_or_omegaconf():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [], f"importing {LEAVES} loads Hydra/OmegaConf"
+
+
+# bench/speed.py's meta floor and its child-process helpers are tested where they live, in the script;
+# moving them into the package is what lifts this exception (issue 27).
+BENCH_IMPORTS_LEFT = {"test_speed_bench.py"}
+
+
+def test_tests_import_no_other_test_module_and_no_bench_script():
+    """Shared helpers live in metaplus.testing / metaplus.compose (or are conftest fixtures): a test module
+    imported by another, or a bench script imported by a test, couples them through sys.path."""
+    import ast
+
+    tests = ROOT / "tests"
+    test_modules = {path.stem for path in tests.glob("*.py")}
+    offenders = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                bench = top == "bench" and path.name not in BENCH_IMPORTS_LEFT
+                if top in test_modules or bench:
+                    offenders.append(f"{path.name}:{node.lineno} imports {name}")
+    assert offenders == []

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.algorithms import MAML
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data.episodes import Task

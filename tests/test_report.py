@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUICK, REPO, compose_config, shared_data_dir
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK, REPO, shared_data_dir
 from metaplus.report import main, report
 from metaplus.run import run
 

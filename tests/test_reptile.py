@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
+from metaplus.testing import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
 from metaplus.algorithms import Reptile
 from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError

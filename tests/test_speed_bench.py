@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import test_batched_engine as engine_tests
 from metaplus.algorithms import MAML
+from metaplus.testing import engines as engine_tests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.speed import meta_floor_loss  # noqa: E402  (bench/ is a folder of scripts, not a package)

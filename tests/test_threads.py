@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.threads import decide_threads, sweep_size, trainer_processes
 
