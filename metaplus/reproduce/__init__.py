@@ -48,7 +48,7 @@ curves bench/results/reproduction/curves.png (from ``time/train_s`` of metaplus.
 (reproduction.json, reproduction.md, curves.png); the quick group does so by default, in
 outputs/reproduction-quick/, so that it trains on every fresh call and never touches the committed runs.
 
-One module per concern: ``rows`` (the registry, read from rows/*.yaml: one file per paper with each value
+One module per concern: ``registry`` (the rows, read from rows/*.yaml: one file per paper with each value
 and its source, and rows/table.yaml), ``phases`` (the preset's schedule and its cost phases), ``planner``
 (budget scaling), ``calibration``, ``runner`` (train.py per seed, skip and resume), ``records`` (per-seed
 summaries), ``report`` (the reproduction record), ``render`` (markdown, curves, JSON), ``cli``;

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from metaplus.reproduce import locations, runner  # runner.run_train looked up at call time
 from metaplus.reproduce.phases import epoch_phases
 from metaplus.reproduce.planner import Timing
-from metaplus.reproduce.rows import Row
+from metaplus.reproduce.registry import Row
 
 
 class CalibrationTimer(Callback):
@@ -96,7 +96,8 @@ def timing_of(measured: dict[str, Any], key: str) -> Timing:
     return Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
 
 
-def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False, store: Path = locations.CALIBRATION) -> Timing:
+def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False,
+              store: Path = locations.CALIBRATION) -> Timing:
     """Seconds per meta-iteration and per validation episode of the row, measured once per device."""
     key = device_key(trainer, threads)
     cached = load_calibration(store).get(key, {}).get(row.name)

@@ -19,7 +19,7 @@ from metaplus.reproduce.phases import Schedule, preset_schedule
 from metaplus.reproduce.planner import (DEFAULT_BUDGET_MIN, QUICK_BUDGET_MIN, TEST_EPISODES, budget_overrides, max_time,
                                         plan_budget)
 from metaplus.reproduce.render import write_report
-from metaplus.reproduce.rows import GROUP_SEEDS, ROWS, Row, select_rows
+from metaplus.reproduce.registry import GROUP_SEEDS, ROWS, Row, select_rows
 from metaplus.reproduce.runner import run_dir, run_seed, seed_state
 
 
@@ -40,7 +40,8 @@ def prepare_row(row: Row, schedule: Schedule, args, trainer: str, threads: int) 
         return [], {"paper_budget": True, "iterations": schedule.iterations}
     budget_min = row.budget_min or args.budget_min
     budget_s = budget_min * 60
-    timing = calibrate(row, trainer, threads, force=not args.reuse_calibration, store=args.root / locations.CALIBRATION.name)
+    timing = calibrate(row, trainer, threads, force=not args.reuse_calibration,
+                       store=args.root / locations.CALIBRATION.name)
     plan = plan_budget(schedule, timing, budget_s)
     record = {"budget_min": budget_min, "s_per_iteration": timing.s_per_iteration,
               "s_per_val_episode": timing.s_per_val_episode, "timing": timing.source,
@@ -84,7 +85,8 @@ def estimate_paper_budget(rows: Sequence[Row], args, trainer: str, threads: int)
 def main(argv: Sequence[str] | None = None) -> None:
     run_as_module = Path(sys.argv[0]).name == "__main__.py"  # else bench/reproduce.py names itself
     parser = argparse.ArgumentParser(prog="python -m metaplus.reproduce" if run_as_module else None,
-                                     description=metaplus.reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     description=metaplus.reproduce.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=None, help="a group (quick, cpu, time) or a comma list of row names "
                                                      "(default: quick; with --report-only, every row)")
     parser.add_argument("--budget-min", type=float, default=None,
@@ -104,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="re-render the JSON and markdown, run nothing")
     parser.add_argument("--out", type=Path, default=None,
                         help="runs, calibrations and the report of these rows in this folder (default: the committed "
-                             f"reproduction, {relative(locations.RUNS)}, with {relative(locations.JSON_OUT)} and {relative(locations.DOC_OUT)}; "
+                             f"reproduction, {relative(locations.RUNS)}, with {relative(locations.JSON_OUT)} and "
+                             f"{relative(locations.DOC_OUT)}; "
                              f"for the quick group {relative(locations.QUICK_RUNS)})")
     args = parser.parse_args(argv)
     if args.rows is None:

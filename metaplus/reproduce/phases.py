@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaplus.compose import compose_config
-from metaplus.reproduce.rows import Row
+from metaplus.reproduce.registry import Row
 
 
 @dataclass(frozen=True)

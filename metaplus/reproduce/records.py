@@ -8,7 +8,7 @@ from pathlib import Path
 
 from metaplus.reproduce import locations  # locations.RUNS read at call time
 from metaplus.reproduce.phases import derivative_order
-from metaplus.reproduce.rows import Row
+from metaplus.reproduce.registry import Row
 
 
 def training_curve(directory: Path, metric: str) -> list[tuple[float, float]]:

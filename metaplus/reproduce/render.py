@@ -14,7 +14,7 @@ from metaplus.reproduce.planner import (MAX_VALIDATIONS, MIN_VAL_EPISODES, MIN_V
                                         VAL_EPISODES, VAL_SHARE)
 from metaplus.reproduce.records import load_summaries
 from metaplus.reproduce.report import build_report
-from metaplus.reproduce.rows import ROWS, TIME_ROWS, Row
+from metaplus.reproduce.registry import ROWS, TIME_ROWS, Row
 
 
 def fmt_value(value: float | None, metric: str, ci: float | None = None) -> str:
@@ -235,7 +235,8 @@ def plot_curves(report: dict, root: Path, path: Path) -> bool:
     return True
 
 
-def write_report(rows: Sequence[Row], root: Path = locations.RUNS, json_out: Path = locations.JSON_OUT, doc_out: Path = locations.DOC_OUT) -> dict:
+def write_report(rows: Sequence[Row], root: Path = locations.RUNS, json_out: Path = locations.JSON_OUT,
+                 doc_out: Path = locations.DOC_OUT) -> dict:
     report = build_report(rows, root)
     def shown(path: Path) -> str:  # never the machine's absolute path: from the repository, else from the page
         named = relative(path)

@@ -13,7 +13,7 @@ from metaplus.reproduce.locations import relative
 from metaplus.reproduce.planner import (DEFAULT_BUDGET_MIN, MAX_VALIDATIONS, MIN_VAL_EPISODES, MIN_VALIDATIONS,
                                         PLAN_SHARE, TEST_EPISODES, VAL_EPISODES, VAL_SHARE)
 from metaplus.reproduce.records import load_summaries
-from metaplus.reproduce.rows import ACCURACY_TARGETS, ROWS, TIME_ROWS, TIME_TO_ACCURACY, Row
+from metaplus.reproduce.registry import ACCURACY_TARGETS, ROWS, TIME_ROWS, TIME_TO_ACCURACY, Row
 
 
 def threads_of(summaries: Sequence[dict]) -> int | None:

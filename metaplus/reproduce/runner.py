@@ -13,7 +13,7 @@ from metaplus.reproduce import locations
 from metaplus.reproduce.locations import relative
 from metaplus.reproduce.planner import TEST_EPISODES
 from metaplus.reproduce.records import write_summary
-from metaplus.reproduce.rows import Row
+from metaplus.reproduce.registry import Row
 
 COMMON = [f"data.test_episodes={TEST_EPISODES}", "logger=csv", "trainer.enable_progress_bar=false",
           "~callbacks.progress_bar"]
@@ -33,7 +33,8 @@ def run_env(threads: int) -> dict[str, str]:
 def run_train(overrides: Sequence[str], threads: int, log: Path) -> None:
     command = [sys.executable, "train.py", *overrides]
     with log.open("a") as handle:
-        proc = subprocess.run(command, cwd=locations.REPO, env=run_env(threads), stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.run(command, cwd=locations.REPO, env=run_env(threads), stdout=handle,
+                              stderr=subprocess.STDOUT)
     if proc.returncode:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"train.py {' '.join(overrides)} failed (exit {proc.returncode}):\n{tail}")
