@@ -494,3 +494,12 @@ def test_calibration_timer_drops_the_warm_up_and_averages_per_episode(tmp_path, 
     assert out["iteration_times"] == [10.0, 2.0, 3.0]
     assert out["s_per_iteration"] == 2.5 and out["cpu_s_per_iteration"] == 1.5   # warm-up dropped
     assert out["s_per_val_episode"] == 1.5 and out["cpu_s_per_val_episode"] == 1.0  # 9 s and 6 s over 6 episodes
+
+
+def test_outside_a_checkout_it_stops_before_writing(tmp_path, monkeypatch):
+    """An installed copy has no train.py, conf/ or bench/results beside it: named, nothing written."""
+    monkeypatch.setattr(locations, "REPO", tmp_path)
+    monkeypatch.setattr(locations, "RUNS", tmp_path / "runs")
+    with pytest.raises(SystemExit, match=f"{tmp_path} is not one \\(no train.py\\)"):
+        cli.main(["--report-only"])
+    assert list(tmp_path.iterdir()) == []

@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"{relative(locations.DOC_OUT)}; "
                              f"for the quick group {relative(locations.QUICK_RUNS)})")
     args = parser.parse_args(argv)
+    if not (locations.REPO / "train.py").is_file():  # an installed copy: no train.py, conf/ or bench/results to use
+        raise SystemExit(f"metaplus.reproduce trains and reports in a metaplus checkout; {locations.REPO} is not one "
+                         "(no train.py): run it from a clone (python -m metaplus.reproduce, or python bench/reproduce.py)")
     if args.rows is None:
         args.rows = None if args.report_only else "quick"
     args.root = (args.out or (locations.QUICK_RUNS if args.rows == "quick" else locations.RUNS)).resolve()
