@@ -3,7 +3,8 @@ folder, hand-derived models, independent recomputation of a test metric, W&B log
 
 Needs the test extras (pytest). Submodules: :mod:`~metaplus.testing.probes` (callbacks a config injects,
 ``+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe``, also inside DDP's processes),
-:mod:`~metaplus.testing.zoo` (tiny release-format copies of CIFAR-100, tieredImageNet and CUB),
+:mod:`~metaplus.testing.zoo` (tiny release-format copies of CIFAR-100, tieredImageNet, CUB, Omniglot's
+archives, and folder-per-class image sets),
 :mod:`~metaplus.testing.engines` (meta-batches and meta-gradients comparing the inner-loop engines).
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ def quadratic_terms(x, y):
     return 2.0 / n * x.T @ x, 2.0 / n * x.T @ y
 
 
+# A run of seconds: one epoch of 3 meta-iterations, 8 validation and test episodes, nothing logged or drawn.
 QUICK = ["logger=none", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=3", "data.meta_batch_size=4",
          "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
          "~callbacks.progress_bar"]
