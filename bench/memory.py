@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
+
+from metaplus.benchmarking.processes import run_measured  # noqa: E402 (after the path is set)
 
 
 def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
@@ -82,24 +81,11 @@ def hold_all_graphs(learner) -> None:
     learner.training_step = training_step
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> float:
-    """Run ``command`` in a fresh process from the repository root; return its peak RSS in GB, read
-    by the parent with ``os.wait4`` (the child's own high-water mark, children of it excluded)."""
-    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        raise RuntimeError(proc.stderr.read().decode()[-3000:] + f"\n{how}")
-    return round(usage.ru_maxrss / 1024**2, 3)
-
-
 def measure(meta_batch: int, iterations: int, mode: str) -> dict:
     out = REPO / "outputs" / "bench" / f"memory-{mode}-{meta_batch}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     peak_rss_gb = run_measured([sys.executable, __file__, "--child", str(meta_batch), "--iterations", str(iterations),
-                                "--mode", mode, "--out", str(out)])
+                                "--mode", mode, "--out", str(out)], cwd=REPO)
     timing = json.loads((out / "timing.json").read_text())
     steady = timing["times"][1:] or timing["times"]
     return {"mode": mode, "meta_batch": meta_batch, "iterations_timed": len(steady),

@@ -25,14 +25,10 @@ def test_leaf_packages_import_no_hydra_or_omegaconf():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [], f"importing {LEAVES} loads Hydra/OmegaConf"
 
 
-# bench/speed.py's meta floor and its child-process helpers are tested where they live, in the script;
-# moving them into the package is what lifts this exception (issue 27).
-BENCH_IMPORTS_LEFT = {"test_speed_bench.py"}
-
-
 def test_tests_import_no_other_test_module_and_no_bench_script():
-    """Shared helpers live in metaplus.testing / metaplus.compose (or are conftest fixtures): a test module
-    imported by another, or a bench script imported by a test, couples them through sys.path."""
+    """Shared helpers live in metaplus.testing / metaplus.compose / metaplus.benchmarking (or are conftest
+    fixtures): a test module imported by another, or a bench script imported by a test, couples them
+    through sys.path. A test may still run a bench script as a command."""
     import ast
 
     tests = ROOT / "tests"
@@ -48,7 +44,6 @@ def test_tests_import_no_other_test_module_and_no_bench_script():
                 continue
             for name in names:
                 top = name.split(".")[0]
-                bench = top == "bench" and path.name not in BENCH_IMPORTS_LEFT
-                if top in test_modules or bench:
+                if top in test_modules or top == "bench":
                     offenders.append(f"{path.name}:{node.lineno} imports {name}")
     assert offenders == []
