@@ -11,10 +11,11 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from metaplus.atomic import write_text_atomic
 
 PACKAGES = ("torch", "torchvision", "lightning", "learn2learn", "hydra-core", "omegaconf", "wandb", "numpy", "metaplus")
 
@@ -42,16 +43,7 @@ def git_commit() -> str | None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 DATA_ENV = "METAPLUS_DATA"
