@@ -6,7 +6,7 @@ Measures ``source.sample`` alone and whole meta-batches through the datamodule's
 Omniglot 5-way 1-shot and 20-way 1-shot (Vinyals train split) and mini-ImageNet 5-way 5-shot
 (train split if present, else val), and for CIFAR-FS, FC100, tieredImageNet and CUB (train splits).
 The last four are read from ``--data`` when there, else from synthetic copies written in each
-release's exact format by tests/zoo_fixtures.py (all classes of the train split; CIFAR-100 with its
+release's exact format by metaplus/testing/zoo.py (all classes of the train split; CIFAR-100 with its
 600 images per class, tieredImageNet (Ren et al.'s pickled PNG layout) and CUB with ``--synthetic-images``
 per class, fewer than the real ~1,300 and ~60: sampling cost depends on ways, shots, queries and the
 image size, not on the images per class). Queries are per class. Decoding/cache loading is timed
@@ -23,7 +23,6 @@ import shutil
 import time
 from pathlib import Path
 
-import sys
 import tempfile
 
 import torch
@@ -37,7 +36,6 @@ from metaplus.data.omniglot import OmniglotTasks
 from metaplus.data.tieredimagenet import TieredImageNetTasks
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the release-format generators shared with the tests
 SETTINGS = [  # name, dataset, ways, shots, queries per class, meta-batch (MAML's)
     ("omniglot 5w1s", "omniglot", 5, 1, 5, 32),
     ("omniglot 20w1s", "omniglot", 20, 1, 5, 16),
@@ -61,7 +59,7 @@ def rate(fn, seconds: float) -> tuple[float, int]:
 
 def synthetic_root(dataset: str, data: Path, scratch: Path, images: int) -> tuple[Path, str]:
     """The real copy under ``data`` if there, else a synthetic one in the release's format."""
-    import zoo_fixtures
+    from metaplus.testing import zoo  # the release-format generators shared with the tests
 
     folder = "cifar100" if dataset in ("cifarfs", "fc100") else dataset
     marker = {"cifar100": "cifar-100-python/train", "tieredimagenet": "train", "cub": "CUB_200_2011/images"}[folder]
@@ -71,11 +69,11 @@ def synthetic_root(dataset: str, data: Path, scratch: Path, images: int) -> tupl
     if root.exists():
         return root, "synthetic"
     if dataset in ("cifarfs", "fc100"):
-        zoo_fixtures.make_cifar100(root, train_per_class=500, test_per_class=100)
+        zoo.make_cifar100(root, train_per_class=500, test_per_class=100)
     elif dataset == "tieredimagenet":
-        zoo_fixtures.make_tiered_pickled(root, "train", classes=len(read_split("tieredimagenet", "train")), images=images)
+        zoo.make_tiered_pickled(root, "train", classes=len(read_split("tieredimagenet", "train")), images=images)
     else:
-        zoo_fixtures.make_cub(root, {"train": 100}, images=images, size=84)
+        zoo.make_cub(root, {"train": 100}, images=images, size=84)
     return root, "synthetic"
 
 

@@ -27,10 +27,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from metaplus.config import instantiate_group, register_resolvers  # noqa: E402
+from metaplus.compose import compose_config  # noqa: E402
+from metaplus.config import instantiate_group  # noqa: E402
 from metaplus.data.episodes import Task  # noqa: E402
 from metaplus.nn.init_from import build_backbone  # noqa: E402
 
@@ -44,9 +44,7 @@ TARGET = 0.10
 
 
 def compose_preset(experiment: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", "logger=none", "data.root=unused"])
-    return cfg
+    return compose_config([f"experiment={experiment}", "logger=none", "data.root=unused"])
 
 
 def random_task(cfg, generator: torch.Generator) -> Task:
@@ -137,7 +135,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    register_resolvers()
     rows = [measure(name, PRESETS[name], args.iterations, args.episodes) for name in args.presets]
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"threads": 1, "iterations": args.iterations, "episodes": args.episodes, "target": TARGET,

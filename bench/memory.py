@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,31 +28,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 
+from metaplus.benchmarking.processes import run_measured  # noqa: E402 (after the path is set)
+
 
 def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
     """Runs inside the measured process."""
     import lightning as L
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from metaplus.config import register_resolvers
+    from metaplus.compose import compose_config
     from metaplus.run import build
 
-    register_resolvers()
     overrides = ["algo=mamlpp", "algo.da=false", "data=omniglot", "model=conv4", "model.activation=leaky_relu",
                  "data.ways=5", "data.shots=1", "data.queries=15", f"data.meta_batch_size={meta_batch}",
                  f"data.batches_per_epoch={iterations + 1}", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
                  "logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
                  "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_config(overrides, out)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer = parts["learner"], parts["trainer"]
@@ -93,24 +81,11 @@ def hold_all_graphs(learner) -> None:
     learner.training_step = training_step
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> float:
-    """Run ``command`` in a fresh process from the repository root; return its peak RSS in GB, read
-    by the parent with ``os.wait4`` (the child's own high-water mark, children of it excluded)."""
-    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        raise RuntimeError(proc.stderr.read().decode()[-3000:] + f"\n{how}")
-    return round(usage.ru_maxrss / 1024**2, 3)
-
-
 def measure(meta_batch: int, iterations: int, mode: str) -> dict:
     out = REPO / "outputs" / "bench" / f"memory-{mode}-{meta_batch}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     peak_rss_gb = run_measured([sys.executable, __file__, "--child", str(meta_batch), "--iterations", str(iterations),
-                                "--mode", mode, "--out", str(out)])
+                                "--mode", mode, "--out", str(out)], cwd=REPO)
     timing = json.loads((out / "timing.json").read_text())
     steady = timing["times"][1:] or timing["times"]
     return {"mode": mode, "meta_batch": meta_batch, "iterations_timed": len(steady),

@@ -39,33 +39,12 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progres
          "trainer.max_epochs=1", "trainer.log_every_n_steps=50"]
 
 
-def compose(overrides: list[str], output_dir: Path):
-    """The config ``train.py`` would build for these overrides (Hydra compose API)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from metaplus.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(REPO)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def train(name: str, overrides: list[str], out: Path) -> dict:
+    from metaplus.compose import compose_config
     from metaplus.run import run
 
     start = time.time()
-    metrics = run(compose(QUIET + overrides, out / name))
+    metrics = run(compose_config(QUIET + overrides, out / name, cwd=REPO))
     metric = "mse" if "test/mse" in metrics else "acc"
     curve, ci = metrics[f"test/{metric}_by_step"], metrics[f"test/{metric}_ci95_by_step"]
     row = {"name": name, "overrides": overrides, "metric": metric, "step1": curve[min(1, len(curve) - 1)],

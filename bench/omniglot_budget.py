@@ -16,7 +16,6 @@ Reference after full training (MAML paper / MAML++ paper): 5w1s 98.7 / 99.47, 20
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from metaplus.reproduce.records import validation_curve  # noqa: E402 (after the path is set)
 from metaplus.results import portable_path  # noqa: E402 (after the path is set)
 from metaplus.threads import available_cores, decide_threads  # noqa: E402 (after the path is set)
 RESULTS = REPO / "bench" / "results"
@@ -57,7 +57,7 @@ def run_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{algo} {ways}-way seed {seed} failed:\n{proc.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
-    return {"algo": algo, "ways": ways, "seed": seed, "curve": val_curve(out / "csv" / "metrics.csv"),
+    return {"algo": algo, "ways": ways, "seed": seed, "curve": validation_curve(out / "csv" / "metrics.csv"),
             "test_acc": results["test/acc"], "test_acc_ci95": results["test/acc_ci95"],
             "meta_iterations": results["global_step"], "wall_time_s": results["wall_time_s"], "run_dir": portable_path(str(out))}
 
@@ -68,14 +68,6 @@ def report_one(algo: str, ways: int, seed: int, args, sweep: Path) -> dict:
           f"{row['test_acc_ci95']:.4f} after {row['meta_iterations']} meta-iterations "
           f"({args.budget_min} min budget)", flush=True)
     return row
-
-
-def val_curve(metrics_csv: Path) -> list[tuple[float, float]]:
-    """(training seconds, validation accuracy) at every validation, joined on the epoch."""
-    rows = list(csv.DictReader(metrics_csv.open()))
-    seconds = {r["epoch"]: float(r["time/train_s"]) for r in rows if r.get("time/train_s")}
-    accuracy = {r["epoch"]: float(r["val/acc"]) for r in rows if r.get("val/acc")}
-    return [(seconds[e], accuracy[e]) for e in sorted(seconds, key=float) if e in accuracy]
 
 
 def plot(rows: list[dict], path: Path) -> None:

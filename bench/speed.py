@@ -5,7 +5,7 @@ For every setting of :data:`SETTINGS` and every engine (``algo.engine=l2l|batche
 process trains through the real Lightning Trainer (one warm-up meta-iteration dropped, then
 ``--iterations`` timed ones, each from ``on_train_batch_start`` to ``on_train_batch_end``), then
 validates a few episodes (first batch dropped as warm-up); its peak RSS is read by the parent
-(``bench/memory.run_measured``, ``os.wait4``).
+(``metaplus.benchmarking.processes``, ``os.wait4``).
 
 The compute floor (one more child per setting) runs the same backbone (same convolutions, same BN
 configuration) on the same meta-batches with no meta-learning machinery: per task, one plain
@@ -55,7 +55,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.memory import run_measured  # noqa: E402 (after the path is set)
+from metaplus.benchmarking.commands import public_command  # noqa: E402 (after the path is set)
+from metaplus.benchmarking.processes import ChildFailed, measured  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MINI_IMAGES_PER_CLASS = 40
@@ -119,26 +120,6 @@ def missing_reason(setting: str) -> str | None:
 
 
 # -- the child processes -------------------------------------------------------------------------
-def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from metaplus.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def device_overrides(args) -> list[str]:
     extra = ["trainer.accelerator=gpu", "trainer.devices=1"] if args.gpu else ["trainer.accelerator=cpu"]
     return extra + ([f"trainer.precision={args.precision}"] if args.precision else [])
@@ -149,12 +130,13 @@ def child(args) -> None:
     import lightning as L
     import torch
 
+    from metaplus.compose import compose_config
     from metaplus.run import build
     from metaplus.threads import configure_threads
 
     threads = configure_threads(args.threads, processes=1)
     _, overrides = SETTINGS[args.setting]
-    preset = compose(overrides, args.out)  # the setting's own epoch size and validation episodes
+    preset = compose_config(overrides, args.out)  # the setting's own epoch size and validation episodes
     per_epoch, val_episodes = int(preset.data.batches_per_epoch), int(preset.data.val_episodes)
     cuda = args.gpu and torch.cuda.is_available()
     if args.gpu and not cuda:
@@ -165,7 +147,7 @@ def child(args) -> None:
                f"+data.eval_batch_size={args.val_batch_size}"]
     if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
-    cfg = compose([*overrides, *measure], args.out)
+    cfg = compose_config([*overrides, *measure], args.out)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]
@@ -266,31 +248,10 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
             "query_passes": query_passes, "support_passes": steps}
 
 
-def meta_floor_loss(learner, backbone, task, device):
-    """One task's meta-loss as the learner defines it (derivative order, inner steps, adapted tensors,
-    MSL's per-step query weights), written out by hand with torch.func; tests/test_speed_bench.py
-    checks that its gradient is the learner's meta-gradient."""
-    import torch
-    from torch.func import functional_call
-
-    steps, first_order = max(learner.inner_steps, 1), learner.training_first_order()
-    adapted = [name for name, _ in backbone.named_parameters() if name in learner.adapted_names()]
-    weights = learner.query_step_weights()  # MSL's per-step weights, or None: the last step only
-    sx, sy, qx, qy = (t.to(device) for t in (task.support_x, task.support_y, task.query_x, task.query_y))
-    params = dict(backbone.named_parameters())
-    query_loss = 0.0
-    for step in range(steps):
-        loss = learner.loss_fn(functional_call(backbone, params, (sx,), {"step": step}), sy)
-        grads = torch.autograd.grad(loss, [params[n] for n in adapted], create_graph=not first_order)
-        params = {**params, **{n: params[n] - learner.inner_lr * g for n, g in zip(adapted, grads)}}
-        if weights is not None or step == steps - 1:
-            weight = 1.0 if weights is None else float(weights[step])
-            query_loss = query_loss + weight * learner.loss_fn(functional_call(backbone, params, (qx,), {"step": step}), qy)
-    return query_loss
-
-
 def time_meta_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
     """The learner's meta-gradient written out by hand: the cost without the framework's machinery."""
+    from metaplus.benchmarking.meta_floor import meta_floor_loss  # torch: in the child only, as child() does
+
     def meta_backward(backbone, task):
         meta_floor_loss(learner, backbone, task, device).backward()
 
@@ -299,21 +260,6 @@ def time_meta_floor(learner, datamodule, iterations: int, device, sync, precisio
 
 
 # -- the parent -----------------------------------------------------------------------------------
-class ChildFailed(RuntimeError):
-    """A measuring child process died (its stderr's end, or the signal that killed it, says why)."""
-
-
-def measured(command: list[str], what: str) -> float:
-    """run_measured, with a failure named by what was measured and how the child ended."""
-    try:
-        return run_measured(command)
-    except RuntimeError as error:
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        oom = " (SIGKILL with no error: most likely the kernel's out-of-memory killer, see dmesg)" \
-            if lines and lines[-1] == "killed by SIGKILL" else ""
-        raise ChildFailed(f"the {what} child failed: {lines[-1] if lines else 'no output'}{oom}") from error
-
-
 def run_child(kind: str, setting: str, engine: str, args) -> dict:
     out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else f'{kind}-{engine}'}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +267,7 @@ def run_child(kind: str, setting: str, engine: str, args) -> dict:
                "--out", str(out), "--iterations", str(args.iterations), "--val-batches", str(args.val_batches),
                "--val-batch-size", str(args.val_batch_size), "--threads", str(args.threads)]
     command += (["--gpu"] if args.gpu else []) + (["--precision", args.precision] if args.precision else [])
-    peak = measured(command, kind if kind == "floor" else f"{kind} {engine}")
+    peak = measured(command, kind if kind == "floor" else f"{kind} {engine}", cwd=REPO)
     record = json.loads((out / "speed.json").read_text())
     record["peak_rss_gb"] = peak
     return record
@@ -342,7 +288,7 @@ def run_reference(setting: str, args) -> dict:
     command = [sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(args.reference_code),
                *REFERENCE_SHAPES[setting], "--iterations", str(args.iterations + 1), "--warmup", "0",
                "--threads", str(args.threads), "--out", str(out / "speed.json")]
-    peak = measured(command, "MAML++ reference code")
+    peak = measured(command, "MAML++ reference code", cwd=REPO)
     record = json.loads((out / "speed.json").read_text())
     record["peak_rss_gb"] = peak
     return record
@@ -419,24 +365,6 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
                      f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} |")
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
-
-
-def public_command(argv: list[str], reference_code) -> list[str]:
-    """The command line as the saved note shows it: the reference code's directory is this machine's
-    path, so the note names the variable that holds it instead; ``--note``'s text follows the command."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--note"):  # the note follows the command in full
-            skip = arg == "--note"
-            continue
-        if reference_code is not None and arg == str(reference_code):
-            arg = "$METAPLUS_MAMLPP_REFERENCE"
-        elif arg.startswith("--reference-code="):
-            arg = "--reference-code=$METAPLUS_MAMLPP_REFERENCE"
-        out.append(arg)
-    if reference_code is not None and not any(a.startswith("--reference-code") for a in argv):
-        out.append("(reference code from $METAPLUS_MAMLPP_REFERENCE)")
-    return out
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import ConfigError, check_choice, instantiate_group, register_resolvers
+from metaplus.config import instantiate_group
+from metaplus.errors import ConfigError, check_choice
+from metaplus.resolvers import register_resolvers
 from metaplus.data.episodes import Task
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
 from metaplus.nn.init_from import build_backbone

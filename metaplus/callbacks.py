@@ -24,8 +24,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaplus.config import check, check_choice, check_int
-from metaplus.results import temporary_beside
+from metaplus.atomic import save_torch_atomic
+from metaplus.errors import check, check_choice, check_int
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -260,25 +260,14 @@ class Divergence(Callback):
 # -- restarts and preemption -----------------------------------------------------------------------
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic: each checkpoint is written to a temporary file in
-    its folder and renamed over the target (``os.replace``), so a run killed while saving leaves the
+    its folder and renamed over the target (:mod:`metaplus.atomic`), so a run killed while saving leaves the
     previous ``last.ckpt`` intact instead of half a file that the next resume cannot read.
     Added to the trainer through ``trainer.plugins`` (conf/trainer/default.yaml)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temporary_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_torch_atomic(checkpoint, path, fsync=True)
 
 
 def checkpoint_damage(path: str | os.PathLike) -> str | None:

@@ -1,9 +1,10 @@
-"""Config checking and instantiation: every bad value fails before training, naming its key.
+"""Config instantiation: every bad key or value fails before training, naming it.
 
-Constructors call :func:`check` on their own arguments; :func:`instantiate_group` builds one
-Hydra group (``algo``, ``data``, ...), rejects keys the target does not accept (with the allowed
-ones listed), and prefixes any :class:`ConfigError` with the group so the message reads
-``algo.inner_lr=-1 is invalid: must be > 0``.
+Constructors check their own arguments with :mod:`metaplus.errors` (the Hydra-free leaf);
+:func:`instantiate_group` builds one Hydra group (``algo``, ``data``, ...), rejects keys the target
+does not accept (with the allowed ones listed), and prefixes any :class:`ConfigError` with the group
+so the message reads ``algo.inner_lr=-1 is invalid: must be > 0``. Resolvers: :mod:`metaplus.resolvers`;
+composing the config as ``train.py`` does: :mod:`metaplus.compose`.
 """
 from __future__ import annotations
 
@@ -12,38 +13,12 @@ import inspect
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-
-class ConfigError(ValueError):
-    """A config value or key that cannot work. ``key`` is dotted relative to its group."""
-
-    def __init__(self, key: str, message: str):
-        self.key, self.detail = key, message
-        super().__init__(f"{key}: {message}")
-
-    def within(self, group: str) -> "ConfigError":
-        return ConfigError(f"{group}.{self.key}", self.detail)
-
-
-def check(key: str, value: Any, ok: bool, allowed: str) -> None:
-    """Raise ``ConfigError`` unless ``ok``: ``key=value is invalid: must be <allowed>``."""
-    if not ok:
-        raise ConfigError(key, f"{value!r} is invalid: must be {allowed}")
-
-
-def check_int(key: str, value: Any, minimum: int) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    check(key, value, ok, f"an integer >= {minimum}")
-
-
-def check_positive(key: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    check(key, value, ok, "a number > 0")
-
-
-def check_choice(key: str, value: Any, choices) -> None:
-    check(key, value, value in choices, f"one of {sorted(choices)}")
+from metaplus.errors import ConfigError
+# Re-exported for code written before the split (errors and resolvers had their home here).
+from metaplus.errors import check, check_choice, check_int, check_positive, metric_name  # noqa: F401
+from metaplus.resolvers import register_resolvers  # noqa: F401
 
 
 def accepted_keys(target: Any) -> set[str] | None:
@@ -92,21 +67,3 @@ def instantiate_group(node: DictConfig, group: str, /, **provided: Any) -> Any:
         if isinstance(cause, ConfigError):
             raise cause.within(group) from None
         raise
-
-
-def metric_name(task: str) -> str:
-    check_choice("data.task", task, {"regression", "classification"})
-    return "mse" if task == "regression" else "acc"
-
-
-def register_resolvers() -> None:
-    """``${monitor:${data.task}}`` -> val/mse or val/acc; ``${monitor_mode:...}`` -> min or max;
-    ``${preset_row:KEY}`` -> the published row's value (:mod:`metaplus.presets`)."""
-    if not OmegaConf.has_resolver("monitor"):
-        OmegaConf.register_new_resolver("monitor", lambda task: f"val/{metric_name(task)}")
-        OmegaConf.register_new_resolver("monitor_mode", lambda task: "min" if metric_name(task) == "mse" else "max")
-        # ModelCheckpoint keeps the top max(k, 1) validation checkpoints: the ensemble's members.
-        OmegaConf.register_new_resolver("checkpoints_to_keep", lambda k: max(int(k), 1))
-    from metaplus.presets import register  # presets import this module's errors
-
-    register()

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from metaplus.config import ConfigError
+from metaplus.errors import ConfigError
 from metaplus.data.episodes import EpisodeDataset
 from metaplus.evaluation import mean_ci95
 

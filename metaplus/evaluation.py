@@ -20,7 +20,7 @@ from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.classification import multiclass_accuracy
 from torchmetrics.utilities import dim_zero_cat
 
-from metaplus.config import check_choice
+from metaplus.errors import check_choice
 
 # Which evaluations score the query set after every inner step (the adaptation curve); the others
 # score it only before adaptation (step 0) and after the last step.

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from metaplus.config import instantiate_group
+from metaplus.mamlpp_switches import SWITCHES
 
 
 def multirun_group() -> str | None:
@@ -27,10 +28,6 @@ def multirun_group() -> str | None:
     except (ImportError, ValueError):
         return None
     return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
-# MAML++'s switches (metaplus.algorithms.maml): each one that is on becomes a tag of its own.
-SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 
 
 def run_tags(cfg: DictConfig) -> list[str]:

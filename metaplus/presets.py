@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import ConfigError
+from metaplus.errors import ConfigError
 
 
 def row_name(data: DictConfig) -> str:

@@ -4,11 +4,16 @@
     python -m metaplus.report 'outputs/multiruns/*' --out reports/compare --pivot data
 
 Runs are grouped by the config keys that differ between them (seeds, paths and output folders
-excluded), so one script writes both the MAML++ ablation table (one row per variant, a column per
-switch) and the algorithm comparison (one row per algorithm and dataset; ``--pivot data`` adds a
+excluded), so one script writes both an ablation table (one row per variant, a column per switch) and
+the algorithm comparison (one row per algorithm and dataset; ``--pivot data`` adds a
 table with the datasets as columns). Per row: the test metric of the evaluated checkpoint ± its 95%
 CI over the test episodes (both averaged over seeds), mean ± std over seeds when there are several,
 the validation metric and the wall time. Accuracy is shown in %, MSE as is; the CSV keeps raw values.
+
+*Switches* are boolean ``algo.*`` keys that an ablation turns on and off: each gets a column of its own
+(✓ when on) where some run differs in it, and the ones that are on name a row when runs of one
+algorithm differ in them. Which keys they are is the caller's to say (``switches=``, ``--switches``);
+the command line's default is MAML++'s six (:data:`metaplus.mamlpp_switches.SWITCHES`).
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from metaplus.mamlpp_switches import SWITCHES as MAMLPP_SWITCHES
 from metaplus.results import portable_path
 
-SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 # Keys that differ between runs without making them different experiments.
 IGNORED = ("seed", "*.seed", "paths.*", "ckpt_path", "*dirpath", "*save_dir", "*default_root_dir", "*output_dir",
            "*log_dir", "*cache_dir", "*root", "*root_dir", "logger.*.name", "tags", "train", "test")
@@ -115,40 +120,41 @@ def data_label(run: Run) -> str:
     return f"{name} {c['data.shots']}-shot" if "data.shots" in c else name
 
 
-def variant_label(run: Run, switches_name_rows: bool) -> str | None:
+def variant_label(run: Run, switches: Sequence[str], switches_name_rows: bool) -> str | None:
     """The ablation variant: ``variant`` from conf/ablation, else (when switches differ between
     runs) the algorithm plus the switches that are on, e.g. ``maml+msl+lslr``."""
     if run.config.get("variant"):
         return str(run.config["variant"])
     if switches_name_rows:
-        on = [s for s in SWITCHES if run.config.get(f"algo.{s}") is True]
+        on = [s for s in switches if run.config.get(f"algo.{s}") is True]
         return "+".join([str(run.config.get("algo.name", "?")), *on])
     return None
 
 
 def switch_values(runs: Sequence[Run], switch: str) -> set:
-    """The values a MAML++ switch takes among the runs whose algorithm has it."""
+    """The values a switch takes among the runs whose algorithm has it."""
     return {run.config[f"algo.{switch}"] for run in runs if f"algo.{switch}" in run.config}
 
 
-def switches_differ(runs: Sequence[Run]) -> bool:
-    """Some switch is on in one run and off in another: show the six switch columns."""
-    return any(len(switch_values(runs, s)) > 1 for s in SWITCHES)
+def switches_differ(runs: Sequence[Run], switches: Sequence[str]) -> bool:
+    """Some switch is on in one run and off in another: show the switch columns."""
+    return any(len(switch_values(runs, s)) > 1 for s in switches)
 
 
-def switches_vary_within_an_algorithm(runs: Sequence[Run]) -> bool:
+def switches_vary_within_an_algorithm(runs: Sequence[Run], switches: Sequence[str]) -> bool:
     """Runs of one algorithm differ in their switches (an ablation without ``variant`` labels):
     then the switches that are on name the row. MAML vs MAML++ alone is told apart by the name."""
     by_algo: dict[Any, list[Run]] = {}
     for run in runs:
         by_algo.setdefault(run.config.get("algo.name"), []).append(run)
-    return any(switches_differ(group) for group in by_algo.values())
+    return any(switches_differ(group, switches) for group in by_algo.values())
 
 
 @dataclass
 class Row:
     labels: dict[str, Any]                  # column -> value, in display order
     runs: list[Run] = field(default_factory=list)
+    switches: tuple[str, ...] = ()          # the label columns that are switches (shown as ✓)
 
     @property
     def metric(self) -> str:
@@ -177,32 +183,34 @@ class Row:
         }
 
 
-def group_runs(runs: Sequence[Run]) -> list[Row]:
-    """One row per distinct setting, in the order the runs were found (the sweep's job order)."""
+def group_runs(runs: Sequence[Run], switches: Sequence[str] = ()) -> list[Row]:
+    """One row per distinct setting, in the order the runs were found (the sweep's job order);
+    ``switches``: the boolean ``algo.*`` keys shown as switch columns (see the module's docstring)."""
     varying = varying_keys(runs)
-    identity = {run.path: (variant_label(run, switches_vary_within_an_algorithm(runs)), run.config.get("algo.name"),
-                           data_label(run)) for run in runs}
-    shown = label_columns(runs, identity, varying, switches_differ(runs))
+    name_rows = switches_vary_within_an_algorithm(runs, switches)
+    identity = {run.path: (variant_label(run, switches, name_rows), run.config.get("algo.name"), data_label(run))
+                for run in runs}
+    shown = label_columns(runs, identity, varying, switches, switches_differ(runs, switches))
     rows: dict[tuple, Row] = {}
     for run in runs:
         key = tuple(setting(run, k) for k in varying)
         if key not in rows:
-            rows[key] = Row(labels=labels_of(run, identity[run.path], shown))
+            rows[key] = Row(labels=labels_of(run, identity[run.path], shown, switches), switches=tuple(switches))
         rows[key].runs.append(run)
     return list(rows.values())
 
 
-def label_columns(runs, identity, varying, show_switches) -> list[str]:
-    """The columns that tell rows apart: variant / algo / data where they differ, the six switches
-    when any differs, and any other differing key not already implied by those."""
+def label_columns(runs, identity, varying, switches: Sequence[str], show_switches: bool) -> list[str]:
+    """The columns that tell rows apart: variant / algo / data where they differ, the switches when
+    any differs, and any other differing key not already implied by those."""
     algos, datas = (len({ident[i] for ident in identity.values()}) > 1 for i in (1, 2))
     if any(ident[0] for ident in identity.values()):  # an ablation: the variant names the row
         columns = ["variant", *(["algo"] if algos else []), *(["data"] if datas else [])]
     else:
         columns = ["algo", "data"]
     if show_switches:
-        columns += list(SWITCHES)
-    implied = {"variant", "algo.name", "data.name", "data.ways", "data.shots", *(f"algo.{s}" for s in SWITCHES)}
+        columns += list(switches)
+    implied = {"variant", "algo.name", "data.name", "data.ways", "data.shots", *(f"algo.{s}" for s in switches)}
     for key in varying:
         if key in implied:
             continue
@@ -214,14 +222,14 @@ def label_columns(runs, identity, varying, show_switches) -> list[str]:
     return columns
 
 
-def labels_of(run: Run, ident: tuple, columns: list[str]) -> dict[str, Any]:
+def labels_of(run: Run, ident: tuple, columns: list[str], switches: Sequence[str]) -> dict[str, Any]:
     variant, algo, data = ident
     named = {"variant": variant, "algo": algo, "data": data}
     out = {}
     for column in columns:
         if column in named:
             out[column] = named[column]
-        elif column in SWITCHES:
+        elif column in switches:
             out[column] = run.config.get(f"algo.{column}", MISSING)
         else:
             out[column] = run.config.get(column, MISSING)
@@ -250,8 +258,8 @@ def fmt_time(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def fmt_label(value: Any, column: str) -> str:
-    if column in SWITCHES:
+def fmt_label(value: Any, column: str, switches: Sequence[str]) -> str:
+    if column in switches:
         return "✓" if value is True else "" if value is False else str(value)
     return str(value)
 
@@ -292,7 +300,7 @@ def main_table(rows: Sequence[Row], extras: Sequence[str] = ()) -> str:
     for row in rows:
         s, m = row.stats(), row.metric
         over_seeds = f"{fmt(s['test_mean'], m)} ± {fmt(s['test_std_over_seeds'], m)}" if s["runs"] > 1 else "–"
-        body.append([*(fmt_label(row.labels[c], c) for c in columns),
+        body.append([*(fmt_label(row.labels[c], c, row.switches) for c in columns),
                      f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}", str(s["runs"]), over_seeds,
                      fmt(s["val_mean"], m), fmt_time(s["wall_time_s"]),
                      *(fmt(row.mean(key), key) for key in extras)])
@@ -307,7 +315,7 @@ def pivot_table(rows: Sequence[Row], pivot: str) -> str:
     col_values = list(dict.fromkeys(str(row.labels[pivot]) for row in rows))
     cells: dict[str, dict[str, str]] = {}
     for row in rows:
-        name = " / ".join(fmt_label(row.labels[c], c) for c in others) or "all"
+        name = " / ".join(fmt_label(row.labels[c], c, row.switches) for c in others) or "all"
         s, m = row.stats(), row.metric
         cell = f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}"
         if s["runs"] > 1:
@@ -334,7 +342,7 @@ def write_csv(rows: Sequence[Row], path: Path, extras: Sequence[str] = ()) -> No
 
 def row_name(row: Row) -> str:
     """The bar's label: the row's non-switch labels (the variant names the switches)."""
-    return " ".join(str(v) for c, v in row.labels.items() if c not in SWITCHES) or "run"
+    return " ".join(str(v) for c, v in row.labels.items() if c not in row.switches) or "run"
 
 
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
@@ -375,16 +383,31 @@ def default_out(sources: Sequence[str | Path], found: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in found]))
 
 
+def checked_switches(runs: Sequence[Run], switches: Sequence[str]) -> tuple[str, ...]:
+    """``switches`` as given, each a true/false ``algo.<name>`` key of some run: a misspelt name is an
+    error, not a column that silently never appears."""
+    flags = sorted({k.removeprefix("algo.") for run in runs for k, v in run.config.items()
+                    if k.startswith("algo.") and isinstance(v, bool)})
+    for name in switches:
+        if name not in flags:
+            raise ValueError(f"--switches {name}: no run has a true/false algo.{name} (their true/false algo keys: "
+                             f"{', '.join(flags) or 'none'})")
+    return tuple(switches)
+
+
 def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: str | None = None,
-           title: str | None = None, metrics: Sequence[str] = ()) -> dict[str, Path]:
+           title: str | None = None, metrics: Sequence[str] = (), switches: Sequence[str] | None = None,
+           ) -> dict[str, Path]:
     """Write report.md, report.csv and report.png (and the pivot table inside report.md); return their paths.
-    ``metrics``: globs of further results.json keys to show as columns (mean over seeds)."""
+    ``metrics``: globs of further results.json keys to show as columns (mean over seeds). ``switches``: the
+    true/false ``algo.*`` keys an ablation turns on and off, each checked to exist in some run; None: MAML++'s
+    six, where the runs have them."""
     found = find_results(sources)
     if not found:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, sources))} (runs write it when they "
                                 f"finish; a failed or unfinished run has none)")
     runs = load_runs(found)
-    rows = group_runs(runs)
+    rows = group_runs(runs, MAMLPP_SWITCHES if switches is None else checked_switches(runs, switches))
     extras = extra_keys(runs, metrics)
     out_dir = Path(out) if out is not None else default_out(sources, found)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,9 +437,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", nargs="+", default=[], metavar="GLOB",
                         help="further results.json keys to show as columns, mean over seeds "
                              "(e.g. 'mtnet/update_fraction/*' 'test/acc_step*')")
+    parser.add_argument("--switches", nargs="*", default=None, metavar="NAME",
+                        help="the true/false algo.* keys an ablation turns on and off: a column each where runs "
+                             f"differ (default: MAML++'s {' '.join(MAMLPP_SWITCHES)}; --switches alone: none)")
     args = parser.parse_args(argv)
     try:
-        paths = report(args.sources, args.out, args.pivot, args.title, args.metrics)
+        paths = report(args.sources, args.out, args.pivot, args.title, args.metrics, args.switches)
     except ValueError as error:
         parser.error(str(error))
     print(paths["md"].read_text())

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from metaplus.algorithms.base import refuse_fp16_inner_loop
 from metaplus.api import checkpoint_config
 from metaplus.callbacks import checkpoint_damage
-from metaplus.config import ConfigError, check, check_choice, check_int, instantiate_group
+from metaplus.config import instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
+from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
 from metaplus.presets import describe as describe_preset, preset_info, row_name
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config

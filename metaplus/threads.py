@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from metaplus.config import ConfigError, check
+from metaplus.errors import ConfigError, check
 
 log = logging.getLogger("metaplus")
 

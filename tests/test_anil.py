@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import DATA, QUICK, needs_omniglot, trained_vs_untrained
+from metaplus.testing import DATA, QUICK, needs_omniglot, trained_vs_untrained
 from metaplus.algorithms import ANIL, MAML
 from metaplus.data.episodes import Task
 

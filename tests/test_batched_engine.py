@@ -7,61 +7,17 @@ learner owns (initialisation, LSLR rates, Meta-SGD rates, per-step BN affine set
 1e-5. Models run in float64 so the comparison sees the algorithms, not float32 rounding (the two
 paths sum in different orders); a wrong per-task batch norm under vmap is off by ~3e-2.
 """
-from contextlib import nullcontext
-
-import lightning as L
 import pytest
 import torch
 
-from conftest import QUICK
 from metaplus.algorithms import ANIL, MAML, MetaSGD, Reptile
 from metaplus.config import ConfigError
-from metaplus.data.episodes import TaskBatch
 from metaplus.inner import BatchedAdapt, CloneAdapt, make_engine
-from metaplus.nn import MLP, Conv4
+from metaplus.nn import MLP
+from metaplus.testing import QUICK
+from metaplus.testing.engines import conv4, image_batch, meta_gradients, regression_batch
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
-
-
-def image_batch(tasks=3, ways=3, shots=2, queries=2, shape=(1, 16, 16), seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    support_y = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
-    query_y = torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1)
-    rand = lambda n: torch.randn(tasks, n, *shape, generator=g, dtype=torch.float64)
-    return TaskBatch(rand(ways * shots), support_y, rand(ways * queries), query_y, torch.arange(tasks))
-
-
-def regression_batch(tasks=4, shots=5, queries=7, seed=1) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(tasks, *shape, generator=g, dtype=torch.float64)
-    return TaskBatch(rand(shots, 1), rand(shots, 1), rand(queries, 1), rand(queries, 1), torch.arange(tasks))
-
-
-def conv4():
-    return Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4)
-
-
-def at_epoch(learner, epoch: int):
-    """A real idle Trainer at ``epoch`` (MSL reads its weights from the epoch); plain backward."""
-    trainer = L.Trainer(max_epochs=100, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.fit_loop.epoch_progress.current.completed = epoch
-    learner.trainer = trainer
-    learner.manual_backward = lambda loss: loss.backward()
-    learner.gradient_sync = lambda last: nullcontext()
-    return learner
-
-
-def meta_gradients(make_learner, batch: TaskBatch, engine, epoch: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    learner = at_epoch(make_learner(engine).double(), epoch)
-    assert isinstance(learner.inner, BatchedAdapt) == (engine == "batched")
-    if engine == "batched":
-        learner.accumulate_batched(batch)
-    else:
-        for b in range(len(batch)):
-            learner.accumulate_task(batch[b], 1.0 / len(batch))
-    return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
 
 
 def assert_engines_agree(make_learner, batch, epoch=0, chunk_sizes=(None,)):

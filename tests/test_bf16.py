@@ -6,7 +6,7 @@ parameters and their gradients stay float32. This CPU has no native bf16 (AVX2 o
 """
 import torch
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.algorithms import MAML
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP

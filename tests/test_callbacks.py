@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.loggers import build_callbacks
 from metaplus.run import run
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-import commands
+from metaplus.testing import commands
 
 TRAIN = ["data=polynomial", "model.hidden=[16,16]", "debug=fast", "trainer.enable_progress_bar=false"]
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, QUICK, shared_data_dir
+from metaplus.compose import CONFIG_DIR as CONF
+from metaplus.testing import QUICK, shared_data_dir
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data.images import DatasetNotFoundError
 from metaplus.run import build, run

@@ -1,6 +1,6 @@
 """What a user sees: a config error in one line (exit 2), no dependency banners, a start line, a summary
 that says where everything is, and train.log holding what the console showed."""
-import commands
+from metaplus.testing import commands
 
 from metaplus.devices import cpu_name
 

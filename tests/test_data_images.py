@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import DATA, OMNIGLOT, QUICK, REPO, compose_config, needs_omniglot, recompute_test_metric
+from metaplus.compose import compose_config
+from metaplus.testing import DATA, OMNIGLOT, QUICK, REPO, needs_omniglot, recompute_test_metric
+from metaplus.testing.zoo import make_class_folders, make_omniglot_zip, write_png
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
 from metaplus.data.imagefolder import ImageFolderTasks
@@ -26,14 +26,6 @@ from metaplus.data.omniglot import OmniglotTasks
 MINI = DATA / "miniimagenet" if DATA else None
 needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),
                                 reason="shared mini-ImageNet val split absent (set $METAPLUS_DATA or provide ../shared/data/miniimagenet)")
-
-
-@pytest.fixture(scope="session")
-def cache_dir(request, tmp_path_factory) -> Path:
-    """A decoded-image cache that survives test sessions (pytest's own cache folder; a fresh temporary
-    one when pytest runs with ``-p no:cacheprovider``)."""
-    cache = getattr(request.config, "cache", None)
-    return Path(cache.mkdir("metaplus-image-cache")) if cache else tmp_path_factory.mktemp("metaplus-image-cache")
 
 
 # -- synthetic data --------------------------------------------------------------------------------
@@ -48,36 +40,6 @@ def ided_images(counts: list[int]) -> ClassImages:
 def image_ids(x: torch.Tensor) -> list[int]:
     pixels = (x[:, 0, 0, :2] * 255).round().long()
     return (pixels[:, 0] * 256 + pixels[:, 1]).tolist()
-
-
-def write_png(path: Path, value: int, size: int = 12, mode: str = "L") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colour = value if mode == "L" else (value, 255 - value, value // 2)
-    Image.new(mode, (size, size), colour).save(path)
-
-
-def make_class_folders(root: Path, classes: int, per_class: int, mode: str = "RGB", suffix: str = ".png") -> Path:
-    for c in range(classes):
-        for i in range(per_class):
-            write_png(root / f"class{c:02d}" / f"img{i:02d}{suffix}", (c * 37 + i * 5) % 256, mode=mode)
-    return root
-
-
-def make_omniglot_zip(root: Path, part: str, alphabets: int, characters: int, drawers: int = 4) -> Path:
-    """A miniature official archive: ``part/<Alphabet>/characterNN/<id>_<drawer>.png`` (mode 1)."""
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / f"{part}.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for a in range(alphabets):
-            for c in range(characters):
-                for d in range(drawers):
-                    image = Image.new("1", (105, 105), 1)
-                    image.paste(0, (10 * c, 10 * d, 10 * c + 20 + a, 10 * d + 30))
-                    path = root / "tmp.png"
-                    image.save(path)
-                    zf.write(path, f"{part}/{part[7:]}_alpha{a}/character{c + 1:02d}/{a:02d}{c:02d}_{d + 1:02d}.png")
-                    path.unlink()
-    return archive
 
 
 # -- episode invariants ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import QUICK, REPO
+from metaplus.testing import QUICK, REPO
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false",
        "~callbacks.progress_bar", "logger=none", "trainer.log_every_n_steps=1"]
@@ -44,7 +44,7 @@ def reference_meta_gradient(make_config, indices):
 def test_two_process_meta_gradient_equals_single_process(make_config, tmp_path):
     probe = tmp_path / "probe"
     train(*DDP, *TASKS, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-          "+callbacks.probe._target_=probes.FirstStepProbe", f"+callbacks.probe.path={probe}")
+          "+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe", f"+callbacks.probe.path={probe}")
     ranks = [torch.load(probe / f"rank{r}.pt") for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     idx0, idx1 = ranks[0]["indices"], ranks[1]["indices"]

@@ -15,13 +15,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, shared_data_dir
+from metaplus.testing import REPO, shared_data_dir
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 COMMON = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.max_epochs=1",
           "data.meta_batch_size=8", "data.batches_per_epoch=1", "data.val_episodes=4", "data.test_episodes=6"]
 OMNIGLOT = ["data=omniglot", "model=conv4", "model.filters=4", "data.ways=3", "data.queries=2"]
-PROBE = "+callbacks.probe._target_=probes.FirstStepProbe"
+PROBE = "+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe"
 
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import REPO
+from metaplus.testing import REPO
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false",
        "~callbacks.progress_bar", "logger=none", "trainer.log_every_n_steps=1", "data.meta_batch_size=4",

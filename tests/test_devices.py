@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.devices import cpu_name, device_line
 

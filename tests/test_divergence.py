@@ -12,30 +12,14 @@ import math
 import pytest
 import torch
 
-from conftest import OMNIGLOT, QUICK, needs_omniglot
+from metaplus.testing import OMNIGLOT, QUICK, needs_omniglot
+from metaplus.testing.zoo import pattern_folder
 from metaplus.callbacks import Divergence, DivergenceError
 from metaplus.config import ConfigError
 from metaplus.run import run
-from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
 
 TINY = [*QUICK, "model=conv4", "model.filters=8", "data.batches_per_epoch=6", "data.meta_batch_size=2",
         "algo.test_inner_steps=1", "callbacks.divergence.check_every_n_steps=3"]
-
-
-def pattern_folder(root, classes: int = 40, images: int = 5, size: int = 16):
-    """Grey class folders whose images are a class pattern plus noise (constant images would leave
-    batch norm nothing to normalise and every loss at ln(ways))."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        pattern = rng.integers(0, 256, (size, size))
-        (root / f"class{c:02d}").mkdir(parents=True)
-        for i in range(images):
-            pixels = np.clip(pattern + rng.normal(0, 30, (size, size)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(root / f"class{c:02d}" / f"{i}.png")
-    return root
 
 
 def check_diverged(out, capsys, ways: int) -> dict:
@@ -57,13 +41,13 @@ def test_huge_inner_lr_on_omniglot_is_reported(tmp_path, capsys, cache_dir):  # 
     with pytest.warns(UserWarning, match="divergence: train/loss"):
         run_config = [*TINY, "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}",
                       "algo.inner_lr=1e6", "data.val_episodes=4", "data.test_episodes=4"]
-        from conftest import compose_config
+        from metaplus.compose import compose_config
         run(compose_config(run_config, out))
     check_diverged(out, capsys, ways=5)
 
 
 def test_huge_inner_lr_on_an_image_folder_is_reported_and_a_healthy_run_is_not(tmp_path, capsys):
-    from conftest import compose_config
+    from metaplus.compose import compose_config
 
     root = pattern_folder(tmp_path / "images")
     folder = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",
@@ -84,7 +68,7 @@ def test_huge_inner_lr_on_an_image_folder_is_reported_and_a_healthy_run_is_not(t
 
 def test_chance_level_validation_is_warned_after_enough_steps(tmp_path, capsys):
     """A learner that cannot learn (meta_lr tiny, no inner steps) stays at chance on validation."""
-    from conftest import compose_config
+    from metaplus.compose import compose_config
 
     root = pattern_folder(tmp_path / "images")
     folder = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data_dir
+from metaplus.testing import shared_data_dir
 from metaplus.data.download import DownloadError, UnsafeArchiveError, download_file, safe_extract_zip
 from metaplus.data.omniglot import OmniglotTasks, ensure_part
-from test_data_images import make_omniglot_zip
+from metaplus.testing.zoo import make_omniglot_zip
 
 DATA = shared_data_dir()
 SHARED_OMNIGLOT = DATA / "omniglot" if DATA else None

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, shared_data_dir
+from metaplus.testing import QUICK, shared_data_dir
 from metaplus.config import ConfigError
 from metaplus.data.episodes import EpisodeDataset
 from metaplus.evaluation import mean_ci95

@@ -22,7 +22,7 @@ from metaplus.data.episodes import Task, collate_tasks
 from metaplus.evaluation import EpisodeCurves, episode_score
 from metaplus.nn import MLP, Conv4
 
-from probes import EvalResultsProbe
+from metaplus.testing.probes import EvalResultsProbe
 
 
 # -- the former formulas, copied as the independent reference -----------------------------------

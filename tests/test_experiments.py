@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config, shared_data_dir
+from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.mamlpp_switches import SWITCHES
+from metaplus.testing import shared_data_dir
 from metaplus.run import build
 
-SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 
 # The MAML paper (Finn et al. 2017, appendix A.1; REFERENCE.md §3-4):
 # experiment: (data, ways, shots, meta-batch, train inner steps, inner lr, Conv-4 filters)

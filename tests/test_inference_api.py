@@ -19,11 +19,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import metaplus
-from conftest import OMNIGLOT, QUICK, compose_config
+from metaplus.compose import compose_config
+from metaplus.testing import OMNIGLOT, QUICK
 from metaplus.algorithms import MAML
 from metaplus.api import RunNotFoundError, fixed_episodes
 from metaplus.run import run
-from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
 
 # MAML++ with 2 inner steps: per-step BN weights (bnwb) make the step index matter, bnrs keeps
 # per-step running statistics (for bn_stats="running").
@@ -176,7 +176,7 @@ def test_each_image_source_prepares_its_data_with_its_preprocessing(tmp_path, mo
     """``<source>.preprocessing(...)`` on a file equals what the source trains on for that file."""
     import importlib
 
-    from test_data_images import make_class_folders
+    from metaplus.testing.zoo import make_class_folders
 
     make_class_folders(tmp_path / "set" / "val", classes=2, per_class=2, mode="RGB")
     mean, std = [0.5, 0.25, 0.1], [0.2, 0.3, 0.4]

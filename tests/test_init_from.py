@@ -4,7 +4,8 @@ import logging
 import pytest
 import torch
 
-from conftest import QUICK, compose_config
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.nn import ResNet12
 from metaplus.nn.init_from import init_backbone_from

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TinyLinear, quadratic_terms
+from metaplus.testing import TinyLinear, quadratic_terms
 from metaplus.algorithms import MAML
 from metaplus.data.episodes import Task
 from metaplus.inner import CloneAdapt, sgd

@@ -1,11 +1,9 @@
 """Hydra's submitit launcher: local processes here; the SLURM config is composed and checked."""
 import json
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-import commands
-from conftest import CONF, QUICK
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK, commands
 
 
 def test_submitit_local_multirun_writes_one_results_json_per_job(tmp_path):
@@ -19,12 +17,9 @@ def test_submitit_local_multirun_writes_one_results_json_per_job(tmp_path):
 
 
 def test_slurm_launcher_settings_follow_the_trainer_and_the_command_line():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                                           "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
-                                           "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=128"],
-                      return_hydra_config=True)
+    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                          "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=128"],
+                         keep_hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.mem_gb) == ("gpu", 90, 128)

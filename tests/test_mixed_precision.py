@@ -74,7 +74,7 @@ def test_16_mixed_is_refused_before_training_naming_what_to_use(precision, make_
     and what V100/T4 users (no bf16) should use. (On the CPU Lightning used to swap in bf16 silently.)"""
     from metaplus.config import ConfigError
     from metaplus.run import run
-    from conftest import QUICK
+    from metaplus.testing import QUICK
 
     out = tmp_path / "fp16"
     with pytest.raises(ConfigError, match=r"trainer\.precision: '?16(-mixed)?'? is not supported.*bf16-mixed.*"

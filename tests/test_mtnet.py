@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import QUICK, compose_config, needs_omniglot
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK, needs_omniglot
 from metaplus.algorithms import MAML, MTNet
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, TaskBatch

@@ -7,11 +7,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.algorithms.base import outer_lr_factor
 from metaplus.config import ConfigError
 from metaplus.run import build
-from probes import FirstStepProbe
+from metaplus.testing.probes import FirstStepProbe
 
 
 def test_outer_lr_factor_by_hand():

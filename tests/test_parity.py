@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import parity  # noqa: E402  (bench/ is a folder of scripts, not a package)
-from bench.reference_mamlpp import reference_layout  # noqa: E402
+from metaplus.benchmarking import parity
+from metaplus.benchmarking.reference_mamlpp import reference_layout
 
 
 # -- the difference and its interval ------------------------------------------------------------------
@@ -224,13 +222,13 @@ def test_recorder_keeps_per_episode_scores_at_every_validation_and_the_final_tes
     """A tiny metaplus run with the harness's overrides: validation every 2 iterations inside an epoch,
     stopped by max_steps at an evaluated iteration, per-episode scores written for each, the final test's
     too, and the iteration times; the episode indices are the fixed episodes 0..n-1."""
-    from conftest import QUICK
+    from metaplus.testing import QUICK
     from metaplus.run import run
 
     out = tmp_path / "parity"
     cfg = make_config([*QUICK, "algo=maml", "data=sinusoid", "data.batches_per_epoch=5", "trainer.max_epochs=2",
                        "+trainer.max_steps=4", "+trainer.val_check_interval=2", "trainer=cpu",
-                       "+callbacks.parity._target_=bench.parity.ParityRecorder", f"+callbacks.parity.out={out}"])
+                       "+callbacks.parity._target_=metaplus.benchmarking.parity.ParityRecorder", f"+callbacks.parity.out={out}"])
     run(cfg)
     assert parity.evaluated_iterations(tmp_path) == [2, 4]
     record = json.loads((out / "val-000004.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, REPO
+from metaplus.testing import QUICK, REPO
 from metaplus.results import expand_portable, portable, portable_path
 from metaplus.run import run
 

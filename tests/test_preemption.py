@@ -4,7 +4,7 @@ leaves a checkpoint to resume from.
 
 The kill tests run ``train.py`` in a subprocess with an explicit ``hydra.run.dir`` (the default run
 directory is date-stamped, so "the same command" must name its directory) and a ``Pace`` callback
-(tests/probes.py) that makes the moment of the signal predictable.
+(metaplus/testing/probes.py) that makes the moment of the signal predictable.
 """
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, REPO
+from metaplus.testing import QUICK, REPO, train_losses
 from metaplus.callbacks import AtomicCheckpointIO
 from metaplus.config import ConfigError
 from metaplus.run import run
-from test_resume import train_losses
 
 STEPS = 6  # per epoch
 SETTING = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=3", f"data.batches_per_epoch={STEPS}",
            "data.meta_batch_size=4", "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
-           "algo.inner_steps=2", "+callbacks.pace._target_=probes.Pace", "+callbacks.pace.seconds=0.3"]
+           "algo.inner_steps=2", "+callbacks.pace._target_=metaplus.testing.probes.Pace", "+callbacks.pace.seconds=0.3"]
 
 
 def command(run_dir: Path) -> list[str]:

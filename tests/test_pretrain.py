@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DATA, QUICK, needs_omniglot
+from metaplus.testing import DATA, QUICK, needs_omniglot
 from metaplus.algorithms import Pretrain
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP

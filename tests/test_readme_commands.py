@@ -17,8 +17,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import commands
-from conftest import CONF, REPO, shared_data_dir
+from metaplus.testing import commands
+from metaplus.compose import CONFIG_DIR as CONF
+from metaplus.testing import REPO, shared_data_dir
 
 README = REPO / "README.md"
 DEBUG = "fast"
@@ -145,9 +146,10 @@ def test_readme_api_snippet_runs(tmp_path, monkeypatch):
     are images of its test classes in the working directory."""
     from PIL import Image
 
-    from conftest import QUICK, compose_config
+    from metaplus.compose import compose_config
+    from metaplus.testing import QUICK
     from metaplus.run import run
-    from test_divergence import pattern_folder
+    from metaplus.testing.zoo import pattern_folder
 
     monkeypatch.chdir(tmp_path)  # results.json names data.root relative to the working directory
     root = pattern_folder(tmp_path / "images")

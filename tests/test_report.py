@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import commands
-from conftest import QUICK, compose_config, shared_data_dir
+from metaplus.compose import compose_config
+from metaplus.mamlpp_switches import SWITCHES
+from metaplus.testing import commands, shared_data_dir
 from metaplus.report import main, report
 from metaplus.run import run
 
-SWITCHES = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")
 ALGO_KEYS = {  # algorithm-specific keys, as the real algo configs have them
     "maml": {"first_order": False, **{s: False for s in SWITCHES}},
     "fomaml": {"first_order": True, **{s: False for s in SWITCHES}},
@@ -156,6 +156,31 @@ def test_a_switch_sweep_without_variants_names_rows_by_their_switches(tmp_path):
             job += 1
     rows = read_csv(report([tmp_path])["csv"])
     assert [r["variant"] for r in rows] == ["maml", "maml+lslr", "maml+msl", "maml+msl+lslr"]
+
+
+def test_the_switches_are_the_callers_to_name(tmp_path, capsys):
+    """The reporter knows no algorithm: another learner's true/false keys become switch columns when named,
+    and MAML++'s default ones then are ordinary keys (here: a column of their own, as any swept key)."""
+    for job, (center, msl) in enumerate([(False, False), (True, False), (False, True)]):
+        write_run(tmp_path / str(job), algo="protonet", algo_keys={"center": center, "msl": msl})
+    rows = read_csv(report([tmp_path], out=tmp_path / "named", switches=["center"])["csv"])
+    assert [r["variant"] for r in rows] == ["protonet", "protonet+center", "protonet"]
+    assert list(rows[0])[:3] == ["variant", "center", "algo.msl"]
+    text = (tmp_path / "named" / "report.md").read_text()
+    assert "| protonet+center | ✓ | False |" in text and "| protonet |  | True |" in text
+    default = read_csv(report([tmp_path], out=tmp_path / "default")["csv"])  # MAML++'s six: msl is one
+    assert [r["variant"] for r in default] == ["protonet", "protonet", "protonet+msl"]
+    main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(tmp_path / "none"), "--switches"])
+    capsys.readouterr()
+    assert [r["algo.center"] for r in read_csv(tmp_path / "none" / "report.csv")] == ["False", "True"]
+
+
+def test_a_misspelt_switch_is_an_error_naming_the_keys_there_are(tmp_path, capsys):
+    write_run(tmp_path / "0", algo_keys={"msl": True})
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--switches", "msll"])
+    assert "--switches msll: no run has a true/false algo.msll" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_cli_accepts_globs_and_writes_to_out(ablation_sweep, tmp_path, capsys):

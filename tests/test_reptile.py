@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
+from metaplus.testing import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
 from metaplus.algorithms import Reptile
 from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError
@@ -60,6 +60,35 @@ def test_outer_update_is_the_annealed_interpolation(train_on):
         targets = [inner_sgd(phi, *training_points(t), inner_lr, k) for t in batch]
         phi = phi + eps * torch.stack([w - phi for w in targets]).mean(dim=0)
     torch.testing.assert_close(learner.backbone.head.weight.detach().T, phi)
+
+
+def inner_adam(w, x, y, lr, steps, betas, eps=1e-8):
+    """Adam written out (Kingma & Ba 2015, algorithm 1), fresh moments, on the least-squares gradient."""
+    a, b = quadratic_terms(x, y)
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t in range(1, steps + 1):
+        g = a @ w - b
+        m, v = betas[0] * m + (1 - betas[0]) * g, betas[1] * v + (1 - betas[1]) * g * g
+        w = w - lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+    return w
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.999), (0.5, 0.9)])
+def test_outer_update_with_the_adam_inner_loop_is_the_hand_written_one(betas):
+    """Three meta-iterations of two tasks, each task's 4 Adam steps written out by hand (float64)."""
+    torch.manual_seed(0)
+    tasks = random_tasks(6, seed=3)
+    model = TinyLinear(3).double()
+    phi = model.head.weight.detach().T.clone()
+    meta_lr, inner_lr, k = 0.9, 0.05, 4
+    learner = Reptile(model, "regression", inner_steps=k, inner_lr=inner_lr, meta_lr=meta_lr, inner_optimizer="adam",
+                      adam_betas=list(betas))
+    fit(learner, tasks, dict(max_steps=3))
+
+    for i, eps in enumerate((meta_lr, meta_lr * 2 / 3, meta_lr / 3)):  # linear annealing over 3 meta-iterations
+        targets = [inner_adam(phi, t.support_x, t.support_y, inner_lr, k, betas) for t in tasks[2 * i:2 * i + 2]]
+        phi = phi + eps * torch.stack([w - phi for w in targets]).mean(dim=0)
+    torch.testing.assert_close(learner.backbone.head.weight.detach().T, phi, rtol=1e-12, atol=1e-12)
 
 
 def test_adam_rule_matches_torch_adam():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.func import functional_call
 
-from conftest import QUICK, compose_config
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK
 from metaplus.algorithms import ANIL, MAML, MTNet
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task

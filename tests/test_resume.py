@@ -16,7 +16,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from conftest import QUICK, compose_config
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK, train_losses
 from metaplus.callbacks import collect_rng_states, restore_rng_states
 from metaplus.run import run
 
@@ -38,15 +39,6 @@ class GlobalRandomDraws(Callback):
 
     def on_train_end(self, trainer, pl_module):
         Path(trainer.default_root_dir, "draws.json").write_text(json.dumps(self.draws))
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    """train/loss by global step from the CSV logger (logged every step)."""
-    lines = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    step, loss = header.index("step"), header.index("train/loss")
-    rows = [line.split(",") for line in lines[1:]]
-    return {int(r[step]): float(r[loss]) for r in rows if r[loss]}
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

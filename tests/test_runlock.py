@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from metaplus.testing import REPO
 from metaplus import runlock
 from metaplus.runlock import LOCK_NAME, RunDirectoryBusy, RunLock
 

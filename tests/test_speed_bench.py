@@ -1,4 +1,5 @@
-"""bench/speed.py's meta floor computes the learner's own meta-gradient.
+"""The speed benchmark's meta floor (metaplus.benchmarking, used by bench/speed.py) computes the learner's
+own meta-gradient; its child-process helpers and saved command, and bench/reference_mamlpp.py's message.
 
 The meta floor is the benchmark's measure of what the framework's machinery costs (learn2learn
 clones, the update-rule hook, Lightning's loop): the same meta-gradient written out by hand with
@@ -6,17 +7,19 @@ torch.func. It only measures that if it computes the same thing, so its gradient
 with the learn2learn engine's, in float64, for plain second-order MAML, first order, and MAML++ at
 epoch 0 (multi-step loss, per-step batch norm, LSLR at its initial rates).
 """
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import test_batched_engine as engine_tests
 from metaplus.algorithms import MAML
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.speed import meta_floor_loss  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from metaplus.benchmarking.commands import public_command
+from metaplus.benchmarking.meta_floor import meta_floor_loss
+from metaplus.benchmarking.processes import ChildFailed, measured
+from metaplus.testing import REPO
+from metaplus.testing import engines as engine_tests
 
 CASES = {
     "maml_second_order": dict(),
@@ -58,8 +61,6 @@ def test_meta_floor_differs_when_the_derivative_order_differs():
 
 
 def test_saved_command_names_no_path_of_this_machine():
-    from bench.speed import public_command
-
     ref = Path("/somewhere/mamlpp_ref")
     assert public_command(["--quick", "--reference-code", str(ref)], ref) == [
         "--quick", "--reference-code", "$METAPLUS_MAMLPP_REFERENCE"]
@@ -69,20 +70,26 @@ def test_saved_command_names_no_path_of_this_machine():
     assert public_command(["--note", "load 3", "--quick", "--note=x"], None) == ["--quick"]
 
 
-def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(tmp_path, capsys):
-    from bench import reference_mamlpp
-
-    with pytest.raises(SystemExit) as exit_info:
-        reference_mamlpp.main(["--code", str(tmp_path), "--out", str(tmp_path / "out.json")])
-    message = str(exit_info.value.code)
+def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(tmp_path):
+    """The script as a user runs it (a test imports no bench script): it stops before importing torch."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(tmp_path),
+                           "--out", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    message = proc.stderr
+    assert proc.returncode == 1, (proc.returncode, message)
     assert str(tmp_path) in message and "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
     assert not (tmp_path / "out.json").exists()
 
 
-def test_a_killed_child_names_the_signal_and_the_measurement():
-    from bench.speed import ChildFailed, measured
-
+def test_a_killed_child_names_the_signal_and_the_measurement(tmp_path):
     with pytest.raises(ChildFailed, match=r"the floor child failed: killed by SIGKILL \(SIGKILL with no error"):
-        measured([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], "floor")
+        measured([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], "floor", cwd=tmp_path)
     with pytest.raises(ChildFailed, match="the train l2l child failed: exit status 3$"):
-        measured([sys.executable, "-c", "raise SystemExit(3)"], "train l2l")
+        measured([sys.executable, "-c", "raise SystemExit(3)"], "train l2l", cwd=tmp_path)
+
+
+def test_a_measured_child_starts_in_the_folder_given_and_reports_its_peak_memory(tmp_path):
+    script = "import os, pathlib; pathlib.Path('here.txt').write_text(os.getcwd()); b = bytearray(300 * 2**20)"
+    peak_gb = measured([sys.executable, "-c", script], "probe", cwd=tmp_path)
+    assert (tmp_path / "here.txt").read_text() == str(tmp_path)
+    assert 0.3 <= peak_gb < 2, peak_gb

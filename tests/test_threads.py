@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import QUICK
+from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.threads import decide_threads, sweep_size, trainer_processes
 
@@ -78,22 +78,18 @@ def test_a_real_run_trains_with_the_decided_threads(make_config, monkeypatch, ca
 def test_submitit_local_jobs_share_the_cores(tmp_path):
     """Inside a job of ``-m hydra/launcher=submitit_local seed=1,2,3``: three jobs run at once
     (the sweeper's max_batch_size caps them); under the basic launcher they run one after another."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    from conftest import CONF
+    from metaplus.compose import compose_config
     from metaplus.threads import parallel_jobs
 
     (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['seed=1,2,3', 'data.shots=5']\n")
     for launcher, expected in (("submitit_local", 3), ("submitit_local hydra.sweeper.max_batch_size=2", 2),
                                ("basic", 1)):
-        GlobalHydra.instance().clear()
         name, *extra = launcher.split()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[f"hydra/launcher={name}", *extra], return_hydra_config=True)
+        cfg = compose_config([f"hydra/launcher={name}", *extra], keep_hydra=True)
         with open_dict(cfg):
             cfg.hydra.mode, cfg.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
         HydraConfig.instance().set_config(cfg)

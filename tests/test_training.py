@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import commands
-from conftest import QUICK, REPO, recompute_test_metric
+from metaplus.testing import QUICK, REPO, commands, recompute_test_metric
 from metaplus.algorithms import NonFiniteLossError
 from metaplus.run import build, run
 

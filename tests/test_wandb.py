@@ -1,6 +1,6 @@
 """The W&B dashboard of a run, read back from the offline run's own files (never a mocked W&B).
 
-The ``.wandb`` transaction log is decoded with W&B's protobuf schema (``conftest.wandb_records``); the
+The ``.wandb`` transaction log is decoded with W&B's protobuf schema (``metaplus.testing.wandb_records``); the
 tables W&B wrote for the plots are read from the run's ``files/`` directory.
 """
 import json
@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import QUICK, wandb_records
+from metaplus.testing import QUICK, wandb_records
 from metaplus.loggers import dashboard
 from metaplus.run import run
 
@@ -113,7 +113,7 @@ def test_wandb_sweep_grid_is_the_ablation_grid_and_every_job_composes(tmp_path):
 
     import yaml
 
-    from conftest import CONF, compose_config
+    from metaplus.compose import CONFIG_DIR as CONF, compose_config
 
     sweep = yaml.safe_load((CONF / "wandb" / "sweep_mamlpp_ablation.yaml").read_text())
     assert sweep["program"] == "train.py" and sweep["method"] == "grid"

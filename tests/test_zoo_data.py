@@ -1,5 +1,5 @@
 """CIFAR-FS, FC100, tieredImageNet and CUB: loaders on tiny fixtures in the releases' exact formats
-(tests/zoo_fixtures.py), split files, episodes, errors, and a few training iterations from the config.
+(metaplus/testing/zoo.py), split files, episodes, errors, and a few training iterations from the config.
 """
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUICK, compose_config
+from metaplus.compose import compose_config
+from metaplus.testing import QUICK
 from metaplus.data.cifar import CifarTasks
 from metaplus.data.class_splits import read_split
 from metaplus.data.cub import CUBTasks
 from metaplus.data.images import CorruptDatasetError, CorruptImageError, DatasetNotFoundError
 from metaplus.data.tieredimagenet import TieredImageNetTasks
-from zoo_fixtures import (CIFAR100_SUPERCLASSES, FINE_NAMES, cifar_pixel, class_value, make_cifar100, make_cub,
+from metaplus.testing.zoo import (CIFAR100_SUPERCLASSES, FINE_NAMES, cifar_pixel, class_value, make_cifar100, make_cub,
                           make_tiered_folders, make_tiered_pickled)
 
 SPLITS = ("train", "val", "test")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.config import check, check_int
+from metaplus.errors import check, check_int
 from metaplus.data.episodes import Task
 
 

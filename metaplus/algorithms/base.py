@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
-from metaplus.config import ConfigError, check, check_choice, check_int, check_positive, metric_name
+from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
 from metaplus.inner import make_engine, sgd

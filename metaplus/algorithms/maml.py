@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import ConfigError, check, check_choice, check_int
+from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm

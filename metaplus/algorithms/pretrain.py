@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.nn import head_parameter_names
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
                                   cache_key, cache_prefix, cached_class_images, check_subset_limits,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split
 from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
                                   check_subset_limits, list_class_folders, list_images, load_image_files)

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from metaplus.config import ConfigError, check, check_choice, check_int
+from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import EpisodeDataset, TaskSource, collate_tasks
 
 SPLITS = ("train", "val", "test")

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.images import (IMAGE_SUFFIXES, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
                                   Preprocessing, folder_classes, list_class_folders, load_image_files)
 

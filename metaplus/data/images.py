@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -24,7 +22,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from metaplus.config import check, check_int
+from metaplus.atomic import save_torch_atomic
+from metaplus.errors import check, check_int
 from metaplus.data.episodes import Task
 
 # Bump when the cache layout or the decoding changes, so old caches are not reused.
@@ -218,24 +217,11 @@ def cached_class_images(cache_dir: str | Path | None, prefix: str, key: str,
             pass
     images = build()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(images.to_state(), path)
+    save_torch_atomic(images.to_state(), path, mode=0o644)  # the cache is meant to be shared, whatever the umask
     for stale in cache_dir.glob(f"{prefix}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)
     return images
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cache_prefix(dataset: str, what: str, image_size: int, root: Path, **options: object) -> str:

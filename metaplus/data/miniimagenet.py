@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, Preprocessing,
                                   check_subset_limits, folder_classes, load_image_files)
 

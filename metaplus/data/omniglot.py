@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.data.download import UnsafeArchiveError, check_members, download_file, quarantine, safe_extract_zip
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,

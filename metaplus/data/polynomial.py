@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from metaplus.config import check
+from metaplus.errors import check
 from metaplus.data.episodes import Task, uniform
 
 

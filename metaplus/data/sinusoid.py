@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from metaplus.config import check
+from metaplus.errors import check
 from metaplus.data.episodes import Task, uniform
 
 

@@ -2,7 +2,7 @@
 - ``l2l`` (default): learn2learn clone/adapt, one task at a time (memory flat in the meta-batch);
 - ``batched``: torch.func, the tasks of a meta-batch vmapped in chunks of ``algo.chunk_size``
   (for GPUs, where one-task-at-a-time Conv-4 is launch-bound)."""
-from metaplus.config import ConfigError, check_choice
+from metaplus.errors import ConfigError, check_choice
 from metaplus.inner.batched import BatchedAdapt
 from metaplus.inner.clone_adapt import CloneAdapt, gradient_step, sgd
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from metaplus.config import ConfigError, check
+from metaplus.errors import ConfigError, check
 from metaplus.inner.clone_adapt import CloneAdapt, LossFn, UpdateRule
 from metaplus.nn.batchnorm import explicit_batch_statistics, per_step_batchnorms
 

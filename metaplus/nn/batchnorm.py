@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.config import check_choice, check_int
+from metaplus.errors import check_choice, check_int
 
 STATS_MODES = ("batch", "running")
 _explicit_statistics = [False]  # set by explicit_batch_statistics(); a list so the flag is shared

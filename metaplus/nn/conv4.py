@@ -13,7 +13,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.nn.batchnorm import PerStepBatchNorm2d
 from metaplus.nn.init import INIT_SCHEMES, initialise
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from metaplus.config import check_choice
+from metaplus.errors import check_choice
 
 INIT_SCHEMES = ("default", "xavier")
 

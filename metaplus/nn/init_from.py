@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from metaplus.config import ConfigError, instantiate_group
+from metaplus.config import instantiate_group
+from metaplus.errors import ConfigError
 
 log = logging.getLogger("metaplus")
 KEY = "init_from"

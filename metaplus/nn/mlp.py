@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from metaplus.config import check, check_int
+from metaplus.errors import check, check_int
 
 
 class MLP(nn.Module):

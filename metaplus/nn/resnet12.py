@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_int
 from metaplus.nn.batchnorm import PerStepBatchNorm2d
 
 POOLS = ("avg", "flatten")

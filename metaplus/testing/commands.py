@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from metaplus.testing import REPO
 
 
 def environment(**extra: str) -> dict[str, str]:

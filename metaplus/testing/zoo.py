@@ -1,5 +1,6 @@
-"""Tiny copies of the public releases of CIFAR-100, tieredImageNet and CUB-200-2011, in their exact
-on-disk formats, for the loaders' tests and the sampling benchmark.
+"""Tiny copies of the public releases of CIFAR-100, tieredImageNet, CUB-200-2011 and Omniglot (its zip
+archives), and folder-per-class image sets, in their exact on-disk formats, for the loaders' tests and the
+sampling benchmark.
 
 Every image encodes where it came from, so a test can tell that a loader put it in the right class:
 CIFAR: red = 2 x fine label, green = 10 x index within (class, file), blue = 7 (train) or 107 (test);
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,50 @@ def make_cub(root: Path, per_split: dict[str, int], images: int = 4, size: int =
     (root / "CUB_200_2011" / "classes.txt").write_text(
         "".join(f"{i + 1} {n}\n" for i, n in enumerate(sorted(n for v in classes.values() for n in v))))
     return classes
+
+
+# -- Omniglot's archives and image folders -------------------------------------------------------
+def write_png(path: Path, value: int, size: int = 12, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if mode == "L" else (value, 255 - value, value // 2)
+    Image.new(mode, (size, size), colour).save(path)
+
+
+def make_class_folders(root: Path, classes: int, per_class: int, mode: str = "RGB", suffix: str = ".png") -> Path:
+    for c in range(classes):
+        for i in range(per_class):
+            write_png(root / f"class{c:02d}" / f"img{i:02d}{suffix}", (c * 37 + i * 5) % 256, mode=mode)
+    return root
+
+
+def make_omniglot_zip(root: Path, part: str, alphabets: int, characters: int, drawers: int = 4) -> Path:
+    """A miniature official archive: ``part/<Alphabet>/characterNN/<id>_<drawer>.png`` (mode 1)."""
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / f"{part}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for a in range(alphabets):
+            for c in range(characters):
+                for d in range(drawers):
+                    image = Image.new("1", (105, 105), 1)
+                    image.paste(0, (10 * c, 10 * d, 10 * c + 20 + a, 10 * d + 30))
+                    path = root / "tmp.png"
+                    image.save(path)
+                    zf.write(path, f"{part}/{part[7:]}_alpha{a}/character{c + 1:02d}/{a:02d}{c:02d}_{d + 1:02d}.png")
+                    path.unlink()
+    return archive
+
+
+def pattern_folder(root, classes: int = 40, images: int = 5, size: int = 16):
+    """Grey class folders whose images are a class pattern plus noise (constant images would leave
+    batch norm nothing to normalise and every loss at ln(ways))."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        pattern = rng.integers(0, 256, (size, size))
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(images):
+            pixels = np.clip(pattern + rng.normal(0, 30, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / f"class{c:02d}" / f"{i}.png")
+    return root
