@@ -11,7 +11,8 @@ Class splits (``data.split``):
 - ``fc100`` (Oreshkin et al. 2018): 12/4/4 superclasses (60/20/20 fine classes), ``splits/fc100/*.txt``
   lists superclasses; a split holds every fine class whose images carry one of its coarse labels.
 Images stay 32x32 (``image_size`` other than 32 resizes them, bilinear with antialiasing) and are
-normalised with CIFAR-100's per-channel mean/std. Each split is cached as uint8 under ``cache_dir``.
+normalised with CIFAR-100's per-channel mean/std (:func:`preprocessing`). Each split is cached as
+uint8 under ``cache_dir``.
 """
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
-                                  file_identity)
+                                  Preprocessing, cache_key, cache_prefix, cached_class_images,
+                                  check_subset_limits, file_identity, resize_bilinear)
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -35,6 +35,14 @@ SCHEMES = ("cifarfs", "fc100")
 FILES = ("train", "test", "meta")
 HOW_TO_GET = ("download the CIFAR-100 python version (cifar-100-python.tar.gz) from "
               "https://www.cs.toronto.edu/~kriz/cifar.html, extract it under data.root")
+
+
+def preprocessing(image_size: int = 32, mean: Sequence[float] = CIFAR100_MEAN,
+                  std: Sequence[float] = CIFAR100_STD) -> Preprocessing:
+    """CIFAR-FS's and FC100's input: RGB, resized to ``image_size`` bilinear with antialiasing (the
+    release's 32x32 arrays stay as they are at 32), ``(x / 255 - mean) / std``. The sources resize and
+    normalise with it; ``metaplus.load(...).preprocess`` is it."""
+    return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std), resample="bilinear")
 
 
 class CifarTasks(ImageEpisodes):
@@ -64,9 +72,10 @@ class CifarTasks(ImageEpisodes):
                         max_images=max_images_per_class, files=file_identity(paths, relative_to=folder))
         prefix = cache_prefix(class_split, split, image_size, folder, max_classes=max_classes,
                               max_images=max_images_per_class)
+        prep = preprocessing(image_size, mean, std)
         data = cached_class_images(cache_dir, prefix, key, lambda: build_split(
-            folder, class_split, split, image_size, max_classes, max_images_per_class))
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+            folder, class_split, split, prep, max_classes, max_images_per_class))
+        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
 
 
 def release_folder(root: Path) -> Path:
@@ -110,7 +119,7 @@ def read_release(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
     return np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), fine_names, coarse_names
 
 
-def build_split(folder: Path, scheme: str, split: str, image_size: int, max_classes: int | None,
+def build_split(folder: Path, scheme: str, split: str, prep: Preprocessing, max_classes: int | None,
                 max_images: int | None) -> ClassImages:
     images, fine, coarse, fine_names, coarse_names = read_release(folder)
     present = {fine_names[c] for c in np.unique(fine)}
@@ -137,8 +146,5 @@ def build_split(folder: Path, scheme: str, split: str, image_size: int, max_clas
         members = np.flatnonzero(fine == fine_names.index(name))[:max_images]  # train images first, then test
         rows.append(members)
         counts.append(len(members))
-    pixels = torch.from_numpy(images[np.concatenate(rows)])
-    if image_size != 32:
-        pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    pixels = resize_bilinear(torch.from_numpy(images[np.concatenate(rows)]), prep.size)
     return ClassImages(pixels.contiguous(), torch.tensor(counts, dtype=torch.long), classes)

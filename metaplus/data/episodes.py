@@ -120,5 +120,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return index, self.source.sample(episode_generator(*self.keys, self.epoch_fn(), index))
 
 
+def float_inputs(x) -> Tensor:
+    """The preprocessing of sources without images (regression): numbers as the float32 tensor their
+    tasks hold."""
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
 def uniform(generator: torch.Generator, low: float, high: float, size=()) -> Tensor:
     return low + (high - low) * torch.rand(size, generator=generator)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -45,31 +46,42 @@ class CorruptImageError(CorruptDatasetError):
 
 
 # -- decoding --------------------------------------------------------------------------------------
-def decode_image(data: bytes | Path | Image.Image, name: str, mode: str, size: int, invert: bool = False) -> Tensor:
-    """One image as uint8 ``[C, size, size]`` (mode ``L``: C=1, ``RGB``: C=3).
+def decode_image(data: bytes | Path | Image.Image, name: str, mode: str, size: int | None,
+                 invert: bool = False) -> Tensor:
+    """One image as uint8 ``[C, size, size]`` (mode ``L``: C=1, ``RGB``: C=3); ``size=None`` keeps
+    the image's own height and width.
 
     ``data`` is the file's bytes (archive members), its path, or an already opened PIL image; ``name``
     is what an error reports. Resampling uses Lanczos, as the MAML reference code does for Omniglot.
     """
     try:
         if isinstance(data, Image.Image):
-            array = _pixels(data, mode, size)
+            array, (width, height) = _pixels(data, mode, size)
         else:
             with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-                array = _pixels(image, mode, size)
+                array, (width, height) = _pixels(image, mode, size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"cannot decode image {name}: {err}. The file is damaged or not an image; "
                                 f"replace it (re-download or re-extract the dataset).") from None
     channels = len(mode)
-    array = array.view(size, size, channels).permute(2, 0, 1).contiguous()
+    array = array.view(height, width, channels).permute(2, 0, 1).contiguous()
     return 255 - array if invert else array
 
 
-def _pixels(image: Image.Image, mode: str, size: int) -> Tensor:
+def _pixels(image: Image.Image, mode: str, size: int | None) -> tuple[Tensor, tuple[int, int]]:
     image = image.convert(mode)
-    if image.size != (size, size):
+    if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.LANCZOS)
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8), image.size
+
+
+def resize_bilinear(pixels: Tensor, size: int) -> Tensor:
+    """uint8 ``[N, C, H, W]`` -> ``[N, C, size, size]``, bilinear with antialiasing, rounded: how the
+    sources that start from arrays rather than image files (CIFAR's pickles) resize."""
+    if pixels.shape[-2:] == (size, size):
+        return pixels
+    return F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -80,15 +92,21 @@ def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, 
     return scale, shift
 
 
+RESAMPLING = ("lanczos", "bilinear")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What turns an image into a network input, exactly as a source prepared its training data:
-    decode to ``mode`` (``L`` grey / ``RGB``), resize to ``size`` squares (Lanczos), optionally invert
-    (Omniglot: strokes 1, paper 0), then ``(x / 255 - mean) / std`` per channel.
+    decode to ``mode`` (``L`` grey / ``RGB``), resize to ``size`` squares (``resample``: ``lanczos``,
+    PIL's, for sources read from image files; ``bilinear``, :func:`resize_bilinear`, for CIFAR's
+    arrays), optionally invert (Omniglot: strokes 1, paper 0), then ``(x / 255 - mean) / std`` per
+    channel.
 
-    Each image source builds its own with a module-level ``preprocessing(...)`` function and decodes
-    and normalises its data with it; ``metaplus.load`` exposes the same object as
-    ``learner.preprocess``. Calling it on one image or a list of images (PIL images, paths, or file
+    Every data source module defines a module-level ``preprocessing(...)`` taking (some of) its
+    source's config keys (the one mechanism ``metaplus.load`` reads); image sources build this object
+    with it and decode and normalise their data with it, and ``metaplus.load`` exposes the same object
+    as ``learner.preprocess``. Calling it on one image or a list of images (PIL images, paths, or file
     bytes; or uint8 tensors ``[C, size, size]`` / ``[N, C, size, size]`` already decoded by it) gives
     a float tensor ``[N, C, size, size]``.
     """
@@ -98,10 +116,12 @@ class Preprocessing:
     invert: bool = False
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    resample: str = "lanczos"
 
     def __post_init__(self) -> None:
         # Keys named as the sources' config keys: a bad value reads ``data.source.std=...``.
         check("source.mode", self.mode, self.mode in ("L", "RGB"), "'L' or 'RGB'")
+        check("source.resample", self.resample, self.resample in RESAMPLING, " or ".join(RESAMPLING))
         check_int("source.image_size", self.size, 1)
         channels = len(self.mode)
         for key, values in (("mean", self.mean), ("std", self.std)):
@@ -114,8 +134,11 @@ class Preprocessing:
         """uint8 ``[C, size, size]`` as stored in the source's cache."""
         if isinstance(image, str):
             image = Path(image)
-        return decode_image(image, name or str(image if isinstance(image, Path) else type(image).__name__),
-                            self.mode, self.size, self.invert)
+        name = name or str(image if isinstance(image, Path) else type(image).__name__)
+        if self.resample == "lanczos":
+            return decode_image(image, name, self.mode, self.size, self.invert)
+        pixels = resize_bilinear(decode_image(image, name, self.mode, None).unsqueeze(0), self.size)[0]
+        return 255 - pixels if self.invert else pixels
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """uint8 ``[..., C, H, W]`` -> float, as the episodes the learner was trained on."""

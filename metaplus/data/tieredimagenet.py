@@ -12,8 +12,8 @@ Two release layouts are read from ``root``, per split:
   in OpenCV's BGR order, turned to RGB here). The pickles are read with a restricted unpickler. These
   files define the split themselves (their class names are synset words, not wnids), so only the
   number of classes is checked against the split file.
-Images are decoded once (84x84 RGB by default) into a uint8 cache and normalised with ImageNet's
-per-channel mean/std.
+Images are decoded once (84x84 RGB by default; other sizes resized with Lanczos, in every layout)
+into a uint8 cache and normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
 from __future__ import annotations
 
@@ -22,20 +22,29 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from metaplus.config import check, check_choice, check_int
 from metaplus.data.class_splits import present_classes, read_split, split_path
 from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
+                                  Preprocessing, cache_key, cache_prefix, cached_class_images, check_subset_limits,
                                   decode_image, file_identity, folder_classes, list_class_folders,
                                   load_image_files)
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 HOW_TO_GET = ("tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of access apply): use Ren et al.'s "
               "pickled release (github.com/renmengye/few-shot-ssl-public, its README links the archive) or build "
               "class folders with github.com/yaoyao-liu/tiered-imagenet-tools, and point data.root at the folder")
+
+
+def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+    """tieredImageNet's input, as mini-ImageNet's: RGB, resized to ``image_size`` (Lanczos),
+    ``(x / 255 - mean) / std``, whichever layout the data came in. The sources decode and normalise
+    with it; ``metaplus.load(...).preprocess`` is it."""
+    return imagenet_preprocessing(image_size, mean, std)
 
 
 class TieredImageNetTasks(ImageEpisodes):
@@ -62,14 +71,16 @@ class TieredImageNetTasks(ImageEpisodes):
         root_path = Path(root).expanduser()
         folder, labels = root_path / split, root_path / f"{split}_labels.pkl"
         images = [p for p in (root_path / f"{split}_images.npz", root_path / f"{split}_images_png.pkl") if p.is_file()]
+        prep = preprocessing(image_size, mean, std)
         if folder.is_dir():
             classes = folder_split(folder, split, max_classes, max_images_per_class)
-            data = load_image_files("tieredimagenet", split, classes, root_path, "RGB", image_size, cache_dir,
+            data = load_image_files("tieredimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                     max_classes=max_classes, max_images_per_class=max_images_per_class)
         elif labels.is_file() and images:
             paths = [labels, images[0]]
+            # resample: the npz layout's resizing was bilinear before it became Lanczos like the others
             key = cache_key(split=split, image_size=image_size, max_classes=max_classes, max_images=max_images_per_class,
-                            files=file_identity(paths, relative_to=root_path))
+                            files=file_identity(paths, relative_to=root_path), resample=prep.resample)
             prefix = cache_prefix("tieredimagenet", f"{split}-pickled", image_size, root_path,
                                   max_classes=max_classes, max_images=max_images_per_class)
             data = cached_class_images(cache_dir, prefix, key, lambda: pickled_split(
@@ -79,7 +90,7 @@ class TieredImageNetTasks(ImageEpisodes):
                 f"tieredImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {labels} with "
                 f"{root_path / f'{split}_images_png.pkl'} or {root_path / f'{split}_images.npz'} (Ren et al.'s "
                 f"layout); {HOW_TO_GET}.")
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
 
 
 def folder_split(folder: Path, split: str, max_classes: int | None, max_images: int | None) -> list:
@@ -131,11 +142,12 @@ def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> to
             chosen = np.ascontiguousarray(images[order][..., ::-1])  # OpenCV's BGR -> RGB
     except (OSError, ValueError, KeyError) as err:
         raise CorruptDatasetError(f"cannot read {path}: {err}. Replace the file (re-download the release).") from None
-    pixels = torch.from_numpy(chosen).permute(0, 3, 1, 2)
-    if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
-        pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.contiguous()
+    if chosen.shape[1:3] == (image_size, image_size):
+        return torch.from_numpy(chosen).permute(0, 3, 1, 2).contiguous()
+    pixels = torch.empty(len(chosen), 3, image_size, image_size, dtype=torch.uint8)
+    for row, (image, index) in enumerate(zip(chosen, order.tolist())):  # as the other layouts: PIL's Lanczos
+        pixels[row] = decode_image(Image.fromarray(image), f"{path}[{index}]", "RGB", image_size)
+    return pixels
 
 
 def png_images(path: Path, order: np.ndarray, count: int, image_size: int) -> torch.Tensor:
