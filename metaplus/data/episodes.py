@@ -7,7 +7,7 @@ meta-batch along a leading dimension. Sources only ever build single tasks from 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, Sequence
 
 import torch
@@ -50,6 +50,12 @@ class TaskBatch:
         return Task(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b],
                     _item(self.support_classes, b), _item(self.query_classes, b))
 
+    def pin_memory(self) -> "TaskBatch":
+        """The batch with every tensor in page-locked memory, so that its copy to a GPU can run
+        asynchronously. ``DataLoader(pin_memory=True)`` calls this on custom batch types; without it the
+        loader returns the batch unpinned."""
+        return TaskBatch(**{f.name: _pinned(getattr(self, f.name)) for f in fields(self)})
+
     def split(self, parts: int, part: int) -> "TaskBatch":
         """The ``part``-th of ``parts`` equal slices (used to share a meta-batch across ranks)."""
         n = len(self)
@@ -59,6 +65,10 @@ class TaskBatch:
         sl = slice(part * size, (part + 1) * size)
         return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.index[sl],
                          _item(self.support_classes, sl), _item(self.query_classes, sl))
+
+
+def _pinned(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.pin_memory()
 
 
 def _item(t: Tensor | None, key):
