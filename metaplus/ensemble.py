@@ -100,8 +100,8 @@ def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]
 
     ``device`` defaults to :func:`ensemble_device` of the datamodule's trainer; ``forward_context``
     to the trainer's precision context (autocast under ``16-mixed``/``bf16-mixed``, as its test steps
-    ran). Each episode is built and moved to the device once (asynchronously from pinned memory on a
-    GPU) and scored by every member.
+    ran). Each episode is built and moved to the device once (uint8 images, asynchronously from pinned
+    memory on a GPU, normalised there as training batches are) and scored by every member.
     """
     if not learner.supports_checkpoint_ensemble():
         raise ConfigError("ensemble_top_k", f"is not supported for algo={learner.hparams.get('name')} "
@@ -113,7 +113,7 @@ def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]
     if forward_context is None:
         forward_context = trainer.precision_plugin.forward_context if trainer is not None else contextlib.nullcontext
     source = datamodule.source("test")
-    dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+    dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"), pixels=True)
     episodes, world = _shard(len(dataset))
     steps = learner.test_inner_steps
     members = ensemble_members(learner, checkpoints, device)
@@ -124,7 +124,7 @@ def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]
         batch = collate_tasks([dataset[i]])
         if device.type == "cuda":
             batch = batch.pin_memory()
-        task = move_data_to_device(batch, device)[0]  # non-blocking copies to a GPU
+        task = datamodule.normalise(move_data_to_device(batch, device), "test")[0]  # non-blocking copies of uint8
         for member in members:
             with forward_context():
                 prediction = member.adapted_prediction(task, steps).detach().float()  # averaged in fp32

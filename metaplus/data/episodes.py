@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, fields
-from typing import Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -96,7 +96,8 @@ class TaskSource(Protocol):
     """Anything that can draw one task from a generator (sinusoids, Omniglot classes, ...).
 
     Built by ``source_factory(split=...)`` from the data config's ``source`` node. Classification
-    sources also expose ``num_classes`` (classes in their split).
+    sources also expose ``num_classes`` (classes in their split). Image sources also have
+    ``sample_pixels`` (the same task with uint8 images) and ``normalise`` (uint8 -> ``sample``'s floats).
     """
 
     def sample(self, generator: torch.Generator) -> Task: ...
@@ -116,18 +117,42 @@ class EpisodeDataset(torch.utils.data.Dataset):
     """Maps an index to a task drawn from ``source`` with a generator seeded by (keys, epoch, index).
 
     Validation and test datasets use a constant epoch, so episode ``i`` is the same episode in every
-    run and for every algorithm; training datasets read the current epoch, so each epoch draws new
-    tasks while a resumed run redraws exactly the tasks it would have seen.
+    run and for every algorithm; training datasets are indexed by ``(epoch, i)`` pairs from an
+    :class:`EpochSampler`, so each epoch draws new tasks while a resumed run redraws exactly the tasks
+    it would have seen. A plain index ``i`` reads the epoch from ``epoch_fn``.
+
+    ``pixels=True`` draws image episodes with uint8 pixels (``source.sample_pixels``), for a batch
+    that is normalised after it reached its device; sources without it draw as ``sample`` does.
     """
 
-    def __init__(self, source: TaskSource, length: int, keys: tuple, epoch_fn=lambda: 0):
+    def __init__(self, source: TaskSource, length: int, keys: tuple, epoch_fn=lambda: 0, pixels: bool = False):
         self.source, self.length, self.keys, self.epoch_fn = source, length, keys, epoch_fn
+        self.draw = getattr(source, "sample_pixels", source.sample) if pixels else source.sample
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[int, Task]:
-        return index, self.source.sample(episode_generator(*self.keys, self.epoch_fn(), index))
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[int, Task]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch_fn(), index)
+        return index, self.draw(episode_generator(*self.keys, epoch, index))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """``(epoch, i)`` for i = 0..length-1, the epoch read from ``epoch_fn`` when an epoch's iteration
+    starts. The sampler runs in the main process, so the epoch reaches loader workers with each index:
+    a worker's own copy of the training state (kept across epochs with ``persistent_workers``) would
+    go on drawing its first epoch's tasks. Under DDP Lightning wraps it in a distributed sampler that
+    hands each rank every world-size-th pair, as it hands out plain indices."""
+
+    def __init__(self, length: int, epoch_fn: Callable[[], int]):
+        self.length, self.epoch_fn = length, epoch_fn
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch_fn()
+        return ((epoch, i) for i in range(self.length))
 
 
 def float_inputs(x) -> Tensor:

@@ -91,8 +91,8 @@ class OmniglotTasks(ImageEpisodes):
         # MAML++'s training augmentation: training episodes only; val/test episodes stay fixed.
         self.augment_rotations = augment_rotations and split == "train"
 
-    def sample(self, generator: torch.Generator) -> Task:
-        task = super().sample(generator)
+    def sample_pixels(self, generator: torch.Generator) -> Task:
+        task = super().sample_pixels(generator)
         if self.augment_rotations:
             task = rotate_classes(task, self.ways, generator)
         return task
