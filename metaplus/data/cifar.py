@@ -74,7 +74,8 @@ class CifarTasks(ImageEpisodes):
                               max_images=max_images_per_class)
         prep = preprocessing(image_size, mean, std)
         data = cached_class_images(cache_dir, prefix, key, lambda: build_split(
-            folder, class_split, split, prep, max_classes, max_images_per_class))
+            folder, class_split, split, prep, max_classes, max_images_per_class), shape=lambda: (
+            split_size(folder, class_split, split, max_classes, max_images_per_class), 3, prep.size, prep.size))
         super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
 
 
@@ -122,6 +123,21 @@ def read_release(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
 def build_split(folder: Path, scheme: str, split: str, prep: Preprocessing, max_classes: int | None,
                 max_images: int | None) -> ClassImages:
     images, fine, coarse, fine_names, coarse_names = read_release(folder)
+    classes, rows = split_rows(folder, scheme, split, fine, coarse, fine_names, coarse_names, max_classes, max_images)
+    pixels = resize_bilinear(torch.from_numpy(images[np.concatenate(rows)]), prep.size)
+    return ClassImages(pixels.contiguous(), torch.tensor([len(r) for r in rows], dtype=torch.long), classes)
+
+
+def split_size(folder: Path, scheme: str, split: str, max_classes: int | None, max_images: int | None) -> int:
+    """How many images the split will hold (read before the split is decoded, to say how big it is)."""
+    _, fine, coarse, fine_names, coarse_names = read_release(folder)
+    _, rows = split_rows(folder, scheme, split, fine, coarse, fine_names, coarse_names, max_classes, max_images)
+    return sum(len(r) for r in rows)
+
+
+def split_rows(folder: Path, scheme: str, split: str, fine: np.ndarray, coarse: np.ndarray, fine_names: list[str],
+               coarse_names: list[str], max_classes: int | None, max_images: int | None) -> tuple[list[str], list]:
+    """The split's fine classes and, per class, its rows in the pooled release."""
     present = {fine_names[c] for c in np.unique(fine)}
     if scheme == "cifarfs":
         wanted = read_split("cifarfs", split)
@@ -141,10 +157,5 @@ def build_split(folder: Path, scheme: str, split: str, prep: Preprocessing, max_
         if not classes:
             raise CorruptDatasetError(f"{folder} holds no image of the FC100 '{split}' superclasses {supers}")
     classes = classes[:max_classes]
-    rows, counts = [], []
-    for name in classes:
-        members = np.flatnonzero(fine == fine_names.index(name))[:max_images]  # train images first, then test
-        rows.append(members)
-        counts.append(len(members))
-    pixels = resize_bilinear(torch.from_numpy(images[np.concatenate(rows)]), prep.size)
-    return ClassImages(pixels.contiguous(), torch.tensor(counts, dtype=torch.long), classes)
+    # train images first, then test
+    return classes, [np.flatnonzero(fine == fine_names.index(name))[:max_images] for name in classes]

@@ -15,6 +15,8 @@ import functools
 import hashlib
 import io
 import json
+import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -28,6 +30,8 @@ from torch import Tensor
 
 from metaplus.config import check, check_int
 from metaplus.data.episodes import Task
+
+log = logging.getLogger("metaplus")
 
 # Bump when the cache layout or the decoding changes, so old caches are not reused.
 CACHE_FORMAT = 1
@@ -237,31 +241,55 @@ def cache_key(**parts: object) -> str:
 
 
 def cached_class_images(cache_dir: str | Path | None, prefix: str, key: str,
-                        build: Callable[[], ClassImages]) -> ClassImages:
+                        build: Callable[[], ClassImages],
+                        shape: Callable[[], tuple[int, int, int, int]] | None = None) -> ClassImages:
     """Load ``<cache_dir>/<prefix>-<key>.pt`` or build it (then write it atomically).
 
     ``cache_dir=None`` disables the disk cache (the images are decoded for this process only). Older
     caches with the same prefix are removed once the new one is written: they belong to a source
-    that has since changed.
+    that has since changed. Before building, one log line says what is decoded, where it goes and
+    how big it will be: ``shape()`` (called only then) gives the images tensor's ``[N, C, H, W]``.
     """
-    if cache_dir is None:
-        return build()
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"{prefix}-{key}.pt"
-    if path.is_file():
+    path = None if cache_dir is None else Path(cache_dir) / f"{prefix}-{key}.pt"
+    if path is not None and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("format") == CACHE_FORMAT:
                 return ClassImages.from_state(state)
         except Exception:  # a truncated or foreign file: rebuild it below
             pass
+    announce_decoding(prefix, path, shape() if shape is not None else None)
     images = build()
+    if path is None:
+        return images
+    cache_dir = path.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(images.to_state(), path)
     for stale in cache_dir.glob(f"{prefix}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)
     return images
+
+
+def announce_decoding(prefix: str, path: Path | None, shape: Sequence[int] | None) -> None:
+    """One line before a (long) first decode: what, where to, and how big, e.g. ``decoding
+    miniimagenet-train-84px-1a2b3c4d: 38,400 images of 3x84x84 (~813 MB) into .cache/....pt, once: later
+    runs load it``."""
+    size = ""
+    if shape is not None:
+        count, per_image = int(shape[0]), shape[1:]
+        size = (f": {count:,} images of {'x'.join(str(int(d)) for d in per_image)} "
+                f"(~{readable_bytes(count * math.prod(int(d) for d in per_image))})")
+    where = (f" into {path}, once: later runs load it" if path is not None
+             else " in memory only (no disk cache: data.cache_dir is null), again in every run")
+    log.info("decoding %s%s%s", prefix, size, where)
+
+
+def readable_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
@@ -292,7 +320,8 @@ def load_image_files(dataset: str, what: str, classes: Sequence[tuple[str, Seque
                     files=file_identity(files, relative_to=root))
     prefix = cache_prefix(dataset, what, image_size, root, mode=mode, **options)
     return cached_class_images(cache_dir, prefix, key,
-                               lambda: decode_classes(classes, lambda p: p, str, mode, image_size))
+                               lambda: decode_classes(classes, lambda p: p, str, mode, image_size),
+                               shape=lambda: (len(files), len(mode), image_size, image_size))
 
 
 def check_subset_limits(max_classes: int | None, max_images_per_class: int | None) -> None:

@@ -216,7 +216,8 @@ def load_part(root: Path, part: str, image_size: int, cache_dir: str | None) -> 
         for stale in [k for k in _PARTS_IN_MEMORY if k[0] == part]:  # keep one version of each archive
             del _PARTS_IN_MEMORY[stale]
         _PARTS_IN_MEMORY[(part, key)] = cached_class_images(
-            cache_dir, cache_prefix("omniglot", part, image_size, root), key, lambda: reader.decode(image_size))
+            cache_dir, cache_prefix("omniglot", part, image_size, root), key, lambda: reader.decode(image_size),
+            shape=lambda: (reader.count(), 1, image_size, image_size))
     return _PARTS_IN_MEMORY[(part, key)]
 
 
@@ -242,14 +243,27 @@ class PartReader:
         except (zipfile.BadZipFile, OSError):
             return  # reported with its remedy when the archive is decoded (classes())
 
+    def count(self) -> int:
+        """How many character images the part holds, from the names alone (no decoding); 0 for an
+        archive that cannot be read (the decode that follows reports it with its remedy)."""
+        try:
+            return sum(len(names) for _, names in self.classes())
+        except (CorruptDatasetError, UnsafeArchiveError):
+            return 0
+        finally:
+            self.close()
+
     def decode(self, image_size: int) -> ClassImages:
         try:
             prep = preprocessing(image_size)
             return decode_classes(self.classes(), self.read, self.describe, prep.mode, prep.size, invert=prep.invert)
         finally:
-            if self._zip is not None:
-                self._zip.close()
-                self._zip = None
+            self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
 
     def classes(self) -> list[tuple[str, list[str]]]:
         if self.use_zip:

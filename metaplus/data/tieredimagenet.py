@@ -84,7 +84,9 @@ class TieredImageNetTasks(ImageEpisodes):
             prefix = cache_prefix("tieredimagenet", f"{split}-pickled", image_size, root_path,
                                   max_classes=max_classes, max_images=max_images_per_class)
             data = cached_class_images(cache_dir, prefix, key, lambda: pickled_split(
-                labels, images[0], split, image_size, max_classes, max_images_per_class))
+                labels, images[0], split, image_size, max_classes, max_images_per_class), shape=lambda: (
+                sum(map(len, pickled_members(labels, split, max_classes, max_images_per_class)[3])), 3, image_size,
+                image_size))
         else:
             raise DatasetNotFoundError(
                 f"tieredImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {labels} with "
@@ -111,6 +113,17 @@ def folder_split(folder: Path, split: str, max_classes: int | None, max_images: 
 def pickled_split(labels_path: Path, images_path: Path, split: str, image_size: int, max_classes: int | None,
                   max_images: int | None) -> ClassImages:
     """Ren et al.'s arrays -> ClassImages, classes in label order (label_specific 0, 1, ...)."""
+    labels, names, classes, members = pickled_members(labels_path, split, max_classes, max_images)
+    order = np.concatenate(members)
+    if images_path.suffix == ".npz":
+        pixels = npz_images(images_path, order, len(labels), image_size)
+    else:
+        pixels = png_images(images_path, order, len(labels), image_size)
+    return ClassImages(pixels, torch.tensor([len(m) for m in members], dtype=torch.long), [names[c] for c in classes])
+
+
+def pickled_members(labels_path: Path, split: str, max_classes: int | None, max_images: int | None) -> tuple:
+    """(labels, class names, chosen classes, their images' positions) from Ren et al.'s labels file."""
     record = text_keys(load_pickle(labels_path, encoding="latin1"), labels_path)
     if "label_specific" not in record or "label_specific_str" not in record:
         raise CorruptDatasetError(f"{labels_path} lacks 'label_specific'/'label_specific_str': not Ren et al.'s "
@@ -123,13 +136,7 @@ def pickled_split(labels_path: Path, images_path: Path, split: str, image_size: 
                                   f"{labels.max() if len(labels) else None}, but tieredImageNet '{split}' has "
                                   f"{expected} classes ({split_path('tieredimagenet', split)})")
     classes = [c for c in range(len(names)) if (labels == c).any()][:max_classes]
-    members = [np.flatnonzero(labels == c)[:max_images] for c in classes]
-    order = np.concatenate(members)
-    if images_path.suffix == ".npz":
-        pixels = npz_images(images_path, order, len(labels), image_size)
-    else:
-        pixels = png_images(images_path, order, len(labels), image_size)
-    return ClassImages(pixels, torch.tensor([len(m) for m in members], dtype=torch.long), [names[c] for c in classes])
+    return labels, names, classes, [np.flatnonzero(labels == c)[:max_images] for c in classes]
 
 
 def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> torch.Tensor:
