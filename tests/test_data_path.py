@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 from PIL import Image

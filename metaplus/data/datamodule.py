@@ -14,9 +14,8 @@ as the CPU would have; loaders asked for outside a running trainer yield normali
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 from dataclasses import replace
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
