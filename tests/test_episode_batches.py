@@ -10,7 +10,7 @@ from metaplus.data.episodes import TaskBatch
 def a_batch(with_classes: bool) -> TaskBatch:
     classes = torch.arange(6).view(2, 3) if with_classes else None
     return TaskBatch(torch.rand(2, 3, 1, 4, 4), torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3, 1, 4, 4),
-                     torch.ones(2, 3, dtype=torch.long), torch.arange(2), classes, classes)
+                     torch.ones(2, 3, dtype=torch.long), torch.arange(2), support_classes=classes, query_classes=classes)
 
 
 def test_the_loader_s_pin_memory_path_pins_every_tensor_of_a_task_batch(monkeypatch):
