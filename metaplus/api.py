@@ -12,7 +12,7 @@ from the run's own config (results.json's ``config``, else Hydra's ``.hydra/conf
 weights and returns the learner in evaluation mode on ``device``, with
 - ``learner.config``: the run's config (an OmegaConf DictConfig),
 - ``learner.preprocess(images)``: the data source module's own ``preprocessing(...)``, a
-  :class:`metaplus.data.images.Preprocessing` for images (Omniglot: grey, 28 px, inverted;
+  :class:`metaplus.data.preprocessing.Preprocessing` for images (Omniglot: grey, 28 px, inverted;
   mini-ImageNet, tieredImageNet, CUB: 84 px, ImageNet mean/std; CIFAR-FS, FC100: 32 px, CIFAR-100
   mean/std; image folders: their settings), a float-tensor conversion for sinusoid and polynomial,
 - ``learner.adapt_to(x, y, steps=None)`` -> :class:`metaplus.algorithms.adapted.AdaptedLearner`.
@@ -140,7 +140,7 @@ def set_batchnorm_stats(learner: EpisodicLearner, mode: str) -> None:
 # -- data ----------------------------------------------------------------------------------------------
 def preprocessing(cfg: DictConfig) -> Callable:
     """The run's data source's ``preprocessing(...)``: the module-level function every source module
-    defines (images: a :class:`metaplus.data.images.Preprocessing`; numbers: a float-tensor conversion),
+    defines (images: a :class:`metaplus.data.preprocessing.Preprocessing`; numbers: a float-tensor conversion),
     called with the matching keys of ``data.source``. A source module without one is an error, never a
     silent stand-in: a learner fed differently prepared inputs answers wrongly without saying so."""
     source = cfg.data.get("source")

@@ -19,7 +19,9 @@ from conftest import DATA, OMNIGLOT, QUICK, REPO, compose_config, needs_omniglot
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
 from metaplus.data.imagefolder import ImageFolderTasks
-from metaplus.data.images import ClassImages, CorruptDatasetError, CorruptImageError, DatasetNotFoundError, ImageEpisodes
+from metaplus.data.class_images import ClassImages
+from metaplus.data.errors import CorruptDatasetError, CorruptImageError, DatasetNotFoundError
+from metaplus.data.sampler import ImageEpisodes
 from metaplus.data.miniimagenet import MiniImageNetTasks
 from metaplus.data.omniglot import OmniglotTasks
 
@@ -453,7 +455,7 @@ def test_a_first_decode_says_what_where_and_how_big_and_a_cached_one_says_nothin
     [written] = cache.glob("*.pt")
     assert (count, shape, Path(where)) == (12, "3x12x12", written)
     assert source.data.images.shape == (12, 3, 12, 12)
-    from metaplus.data.images import readable_bytes
+    from metaplus.data.cache import readable_bytes
 
     assert f"(~{readable_bytes(source.data.images.numel())})" in caplog.records[-1].getMessage()
     caplog.clear()

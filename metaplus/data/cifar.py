@@ -22,11 +22,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity
+from metaplus.data.class_images import ClassImages
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  Preprocessing, cache_key, cache_prefix, cached_class_images,
-                                  check_subset_limits, file_identity, resize_bilinear)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.preprocessing import Preprocessing, resize_bilinear
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -45,7 +46,10 @@ def preprocessing(image_size: int = 32, mean: Sequence[float] = CIFAR100_MEAN,
     return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std), resample="bilinear")
 
 
-class CifarTasks(ImageEpisodes):
+class CifarTasks(ImageSource):
+    class_splits = SCHEMES
+    root_holds = "the folder holding cifar-100-python/"
+
     def __init__(
         self,
         ways: int,
@@ -61,12 +65,8 @@ class CifarTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, set(SCHEMES))
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the folder holding cifar-100-python/ (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        folder = release_folder(Path(root).expanduser())
+        folder = release_folder(self.checked_root(split, class_split, image_size, root, max_classes,
+                                                 max_images_per_class))
         paths = [folder / name for name in FILES]
         key = cache_key(scheme=class_split, split=split, image_size=image_size, max_classes=max_classes,
                         max_images=max_images_per_class, files=file_identity(paths, relative_to=folder))
@@ -76,7 +76,7 @@ class CifarTasks(ImageEpisodes):
         data = cached_class_images(cache_dir, prefix, key, lambda: build_split(
             folder, class_split, split, prep, max_classes, max_images_per_class), shape=lambda: (
             split_size(folder, class_split, split, max_classes, max_images_per_class), 3, prep.size, prep.size))
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def release_folder(root: Path) -> Path:

@@ -13,12 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.data.cache import load_image_files
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, Preprocessing,
-                                  check_subset_limits, list_class_folders, list_images, load_image_files)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.listing import list_class_folders, list_images
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
+from metaplus.data.preprocessing import Preprocessing
 
 HOW_TO_GET = ("download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
               "(CaltechDATA), extract it under data.root")
@@ -32,7 +34,10 @@ def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
     return imagenet_preprocessing(image_size, mean, std)
 
 
-class CUBTasks(ImageEpisodes):
+class CUBTasks(ImageSource):
+    class_splits = ("chen",)
+    root_holds = "the folder holding CUB_200_2011/"
+
     def __init__(
         self,
         ways: int,
@@ -48,12 +53,7 @@ class CUBTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, {"chen"})
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the folder holding CUB_200_2011/ (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        root_path = Path(root).expanduser()
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         images = images_folder(root_path)
         found = {d.name for d in list_class_folders(images)}
         every = set().union(*(read_split("cub", s) for s in ("train", "val", "test")))
@@ -69,7 +69,7 @@ class CUBTasks(ImageEpisodes):
         prep = preprocessing(image_size, mean, std)
         data = load_image_files("cub", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def images_folder(root: Path) -> Path:

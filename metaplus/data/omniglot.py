@@ -29,11 +29,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metaplus.config import check, check_choice, check_int
-from metaplus.data.episodes import Task
-from metaplus.data.download import UnsafeArchiveError, check_members, download_file, quarantine, safe_extract_zip
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  Preprocessing, cache_key, cache_prefix, cached_class_images, decode_classes, file_identity, seeded_permutation)
+from metaplus.config import check, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity
+from metaplus.data.class_images import ClassImages, decode_classes
+from metaplus.data.download import check_members, download_file, quarantine, safe_extract_zip
+from metaplus.data.episodes import Task, seeded_permutation
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError, UnsafeArchiveError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.preprocessing import Preprocessing
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OFFICIAL_CHECKSUMS = {  # MD5s of the official archives (as published by torchvision's Omniglot)
@@ -52,7 +55,10 @@ def preprocessing(image_size: int = 28) -> Preprocessing:
     return Preprocessing("L", image_size, invert=True)
 
 
-class OmniglotTasks(ImageEpisodes):
+class OmniglotTasks(ImageSource):
+    class_splits = SCHEMES
+    root_holds = "the folder holding the Omniglot archives"
+
     def __init__(
         self,
         ways: int,
@@ -71,13 +77,9 @@ class OmniglotTasks(ImageEpisodes):
         augment_rotations: bool = False,
         split: str = "train",
     ):
-        check_choice("source.class_split", class_split, set(SCHEMES))
-        check_choice("split", split, {"train", "val", "test"})
-        check_int("source.image_size", image_size, 1)
+        root_path = self.checked_root(split, class_split, image_size, root)
         check_int("source.val_characters", val_characters, 1)
         check("source.augment_rotations", augment_rotations, isinstance(augment_rotations, bool), "true or false")
-        check("source.root", root, root is not None, "the folder holding the Omniglot archives (data.root)")
-        root_path = Path(root).expanduser()
         checksums = OFFICIAL_CHECKSUMS if checksums is None else checksums
         for part in PARTS:
             ensure_part(root_path, part, download, url, checksums)
@@ -86,8 +88,7 @@ class OmniglotTasks(ImageEpisodes):
         else:
             classes = background_evaluation_classes(root_path, split, val_characters, val_seed, image_size, cache_dir)
         data = build_split(root_path, classes, image_size, cache_dir)
-        prep = preprocessing(image_size)
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, preprocessing(image_size), ways, shots, queries, split)
         # MAML++'s training augmentation: training episodes only; val/test episodes stay fixed.
         self.augment_rotations = augment_rotations and split == "train"
 

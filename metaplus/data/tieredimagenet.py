@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metaplus.config import check, check_choice, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity, load_image_files
+from metaplus.data.class_images import ClassImages
 from metaplus.data.class_splits import present_classes, read_split, split_path
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  Preprocessing, cache_key, cache_prefix, cached_class_images, check_subset_limits,
-                                  decode_image, file_identity, folder_classes, list_class_folders,
-                                  load_image_files)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.listing import folder_classes, list_class_folders
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
+from metaplus.data.preprocessing import Preprocessing, decode_image
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 HOW_TO_GET = ("tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of access apply): use Ren et al.'s "
@@ -47,7 +48,10 @@ def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
     return imagenet_preprocessing(image_size, mean, std)
 
 
-class TieredImageNetTasks(ImageEpisodes):
+class TieredImageNetTasks(ImageSource):
+    class_splits = ("ren",)
+    root_holds = "the tieredImageNet folder"
+
     def __init__(
         self,
         ways: int,
@@ -63,12 +67,7 @@ class TieredImageNetTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, {"ren"})
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the tieredImageNet folder (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        root_path = Path(root).expanduser()
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         folder, labels = root_path / split, root_path / f"{split}_labels.pkl"
         images = [p for p in (root_path / f"{split}_images.npz", root_path / f"{split}_images_png.pkl") if p.is_file()]
         prep = preprocessing(image_size, mean, std)
@@ -92,7 +91,7 @@ class TieredImageNetTasks(ImageEpisodes):
                 f"tieredImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {labels} with "
                 f"{root_path / f'{split}_images_png.pkl'} or {root_path / f'{split}_images.npz'} (Ren et al.'s "
                 f"layout); {HOW_TO_GET}.")
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def folder_split(folder: Path, split: str, max_classes: int | None, max_images: int | None) -> list:
