@@ -11,9 +11,10 @@
 from the run's own config (results.json's ``config``, else Hydra's ``.hydra/config.yaml``), loads the
 weights and returns the learner in evaluation mode on ``device``, with
 - ``learner.config``: the run's config (an OmegaConf DictConfig),
-- ``learner.preprocess(images)``: the data source's own :class:`metaplus.data.images.Preprocessing`
-  (Omniglot: grey, 28 px, inverted; mini-ImageNet: 84 px, ImageNet mean/std; image folders: their
-  settings); sources without images (sinusoid, polynomial) get a float-tensor conversion,
+- ``learner.preprocess(images)``: the data source module's own ``preprocessing(...)``, a
+  :class:`metaplus.data.preprocessing.Preprocessing` for images (Omniglot: grey, 28 px, inverted;
+  mini-ImageNet, tieredImageNet, CUB: 84 px, ImageNet mean/std; CIFAR-FS, FC100: 32 px, CIFAR-100
+  mean/std; image folders: their settings), a float-tensor conversion for sinusoid and polynomial,
 - ``learner.adapt_to(x, y, steps=None)`` -> :class:`metaplus.algorithms.adapted.AdaptedLearner`.
 
 :func:`fixed_episodes` yields the run's own fixed validation/test episodes, e.g. to check a loaded
@@ -234,14 +235,21 @@ def set_batchnorm_stats(learner: EpisodicLearner, mode: str) -> None:
 
 # -- data ----------------------------------------------------------------------------------------------
 def preprocessing(cfg: DictConfig) -> Callable:
-    """The run's data source's ``preprocessing(...)`` (its module-level function), called with the
-    matching keys of ``data.source``; a float-tensor conversion for sources without images."""
+    """The run's data source's ``preprocessing(...)``: the module-level function every source module
+    defines (images: a :class:`metaplus.data.preprocessing.Preprocessing`; numbers: a float-tensor conversion),
+    called with the matching keys of ``data.source``. A source module without one is an error, never a
+    silent stand-in: a learner fed differently prepared inputs answers wrongly without saying so."""
     source = cfg.data.get("source")
     target = source.get("_target_") if source is not None else None
-    module = importlib.import_module(target.rsplit(".", 1)[0]) if target else None
-    make = getattr(module, "preprocessing", None)
-    if make is None:
-        return lambda x: torch.as_tensor(x, dtype=torch.float32)
+    if not target:
+        raise ConfigError("data.source._target_", "is missing from the run's config: cannot tell how its inputs "
+                                                  "were prepared")
+    module_name = target.rsplit(".", 1)[0]
+    make = getattr(importlib.import_module(module_name), "preprocessing", None)
+    if not callable(make):
+        raise ConfigError("data.source._target_", f"{target!r}: its module {module_name} defines no module-level "
+                                                  f"preprocessing(...) (every data source module must: it is what "
+                                                  f"metaplus.load's learner.preprocess returns)")
     accepted = inspect.signature(make).parameters
     return make(**{key: value for key, value in source.items() if key in accepted})
 

@@ -3,7 +3,7 @@ the target (``os.replace``), so a reader (or a rerun after a crash) sees the pre
 one, never half a file; on any failure the temporary file is removed and the previous file is kept.
 
 One helper for results.json (:mod:`metaplus.results`), checkpoints
-(:class:`metaplus.callbacks.AtomicCheckpointIO`) and the decoded-image cache (:mod:`metaplus.data.images`).
+(:class:`metaplus.callbacks.AtomicCheckpointIO`) and the decoded-image cache (:mod:`metaplus.data.cache`).
 The new file gets the mode a plain ``open()`` would give it (0666 less the umask, e.g. 0644), not
 mkstemp's private 0600, which would make results and checkpoints unreadable to the rest of a lab group;
 a caller may fix the mode instead (the shared image cache is always 0644). No import beyond the standard

@@ -1,7 +1,8 @@
 """MAML++'s evaluation protocol: an ensemble of the top-k validation checkpoints (``ensemble_top_k``).
 
-Each of the k checkpoints with the best validation metric is loaded in turn and adapted on every
-fixed test episode's support set; the query predictions are averaged over the k adapted models
+Each of the k checkpoints with the best validation metric is loaded into its own copy of the learner
+(the learner itself keeps the evaluated checkpoint's weights) and adapted on every fixed test
+episode's support set, on the trainer's device; the query predictions are averaged over the k adapted models
 (softmax probabilities for classification, outputs for regression) and the averaged prediction is
 scored. Reported beside the single best checkpoint's ``test/acc``: ``test/acc_ensemble``,
 ``test/acc_ensemble_ci95`` (1.96 std / sqrt(n) over the episodes, as every other CI here) and
@@ -13,15 +14,18 @@ counted once; every rank returns the same figures.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from metaplus.errors import ConfigError
-from metaplus.data.episodes import EpisodeDataset
+from metaplus.data.episodes import EpisodeDataset, collate_tasks
 from metaplus.evaluation import mean_ci95
 
 
@@ -72,33 +76,61 @@ def _gather(values: list[tuple[int, float, float]], world: int) -> list[tuple[in
     return [item for part in gathered for item in part]
 
 
-def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]) -> dict[str, Any]:
-    """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes."""
+def ensemble_device(trainer, learner) -> torch.device:
+    """Where the ensemble runs: the trainer's root device. Not ``learner.device``: the teardown that
+    ends ``trainer.test`` moves the learner back to the CPU, also on a GPU machine."""
+    strategy = getattr(trainer, "strategy", None)
+    return strategy.root_device if strategy is not None else learner.device
+
+
+def ensemble_members(learner, checkpoints: list[tuple[Path, float]], device: torch.device) -> list:
+    """One evaluation-mode copy of ``learner`` per checkpoint, on ``device``; ``learner`` itself is not
+    touched (what runs after the ensemble, e.g. the W&B summary's learned rates, reads it)."""
+    members = []
+    for path, _ in checkpoints:
+        member = copy.deepcopy(learner)
+        member.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+        members.append(member.to(device).eval())
+    return members
+
+
+def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]], device: torch.device | str | None = None,
+                      forward_context: Callable[[], ContextManager] | None = None) -> dict[str, Any]:
+    """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes.
+
+    ``device`` defaults to :func:`ensemble_device` of the datamodule's trainer; ``forward_context``
+    to the trainer's precision context (autocast under ``16-mixed``/``bf16-mixed``, as its test steps
+    ran). Each episode is built and moved to the device once (uint8 images, asynchronously from pinned
+    memory on a GPU, normalised there as training batches are) and scored by every member.
+    """
     if not learner.supports_checkpoint_ensemble():
         raise ConfigError("ensemble_top_k", f"is not supported for algo={learner.hparams.get('name')} "
                                             f"(its evaluation draws per-batch state); set ensemble_top_k=0")
     if not checkpoints:
         raise ConfigError("ensemble_top_k", "no validation checkpoint was kept: the run saved none")
+    trainer = getattr(datamodule, "trainer", None)
+    device = torch.device(device) if device is not None else ensemble_device(trainer, learner)
+    if forward_context is None:
+        forward_context = trainer.precision_plugin.forward_context if trainer is not None else contextlib.nullcontext
     source = datamodule.source("test")
-    dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+    dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"), pixels=True)
     episodes, world = _shard(len(dataset))
-    steps, device = learner.test_inner_steps, learner.device
+    steps = learner.test_inner_steps
+    members = ensemble_members(learner, checkpoints, device)
     summed: dict[int, torch.Tensor] = {}
     targets: dict[int, torch.Tensor] = {}
     classify = learner.task_type == "classification"
-    was_training = learner.training
-    learner.eval()
-    for path, _ in checkpoints:
-        state = torch.load(path, map_location=device, weights_only=True)["state_dict"]
-        learner.load_state_dict(state)
-        for i in episodes:
-            _, task = dataset[i]
-            task = type(task)(*(t.to(device) if t is not None else None for t in vars(task).values()))
-            prediction = learner.adapted_prediction(task, steps).detach()
+    for i in episodes:
+        batch = collate_tasks([dataset[i]])
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        task = datamodule.normalise(move_data_to_device(batch, device), "test")[0]  # non-blocking copies of uint8
+        for member in members:
+            with forward_context():
+                prediction = member.adapted_prediction(task, steps).detach().float()  # averaged in fp32
             prediction = F.softmax(prediction, dim=-1) if classify else prediction
             summed[i] = summed[i] + prediction if i in summed else prediction
-            targets[i] = task.query_y
-    learner.train(was_training)
+        targets[i] = task.query_y
     per_episode = []
     for i in episodes:
         mean = summed[i] / len(checkpoints)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from metaplus.compose import CONFIG_DIR as CONF
 from metaplus.testing import QUICK, shared_data_dir
 from metaplus.config import ConfigError, instantiate_group
-from metaplus.data.images import DatasetNotFoundError
+from metaplus.data.errors import DatasetNotFoundError
 from metaplus.run import build, run
 
 # Options that need a particular companion to make sense (an image backbone needs image data).

@@ -10,6 +10,8 @@ import hashlib
 
 import zipfile
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,7 +21,9 @@ from metaplus.testing.zoo import make_class_folders, make_omniglot_zip, write_pn
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
 from metaplus.data.imagefolder import ImageFolderTasks
-from metaplus.data.images import ClassImages, CorruptDatasetError, CorruptImageError, DatasetNotFoundError, ImageEpisodes
+from metaplus.data.class_images import ClassImages
+from metaplus.data.errors import CorruptDatasetError, CorruptImageError, DatasetNotFoundError
+from metaplus.data.sampler import ImageEpisodes
 from metaplus.data.miniimagenet import MiniImageNetTasks
 from metaplus.data.omniglot import OmniglotTasks
 
@@ -388,3 +392,72 @@ def test_mamlpp_rotation_augmentation_rotates_whole_training_classes(cache_dir):
     val_plain = OmniglotTasks(**common, split="val").sample(torch.Generator().manual_seed(seed))
     val_aug = OmniglotTasks(**common, split="val", augment_rotations=True).sample(torch.Generator().manual_seed(seed))
     assert torch.equal(val_plain.query_x, val_aug.query_x)
+
+
+# -- what a first decode says (issue 28) -------------------------------------------------------------
+def decoding_lines(caplog) -> list[tuple[int, str, str]]:
+    """(images, per-image shape, cache file) of each 'decoding ...' line logged."""
+    import re
+
+    found = []
+    for record in caplog.records:
+        match = re.match(r"decoding \S+: ([\d,]+) images of (\S+) \(~[\d.]+ [kMG]?B\) into (\S+), once", record.getMessage())
+        if record.getMessage().startswith("decoding"):
+            assert match, record.getMessage()
+            found.append((int(match.group(1).replace(",", "")), match.group(2), match.group(3)))
+    return found
+
+
+def test_a_first_decode_says_what_where_and_how_big_and_a_cached_one_says_nothing(tmp_path, caplog):
+    import logging
+
+    make_class_folders(tmp_path / "set" / "val", classes=3, per_class=4, mode="RGB")
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="metaplus"):
+        source = MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, cache_dir=str(cache), split="val")
+    [(count, shape, where)] = decoding_lines(caplog)
+    [written] = cache.glob("*.pt")
+    assert (count, shape, Path(where)) == (12, "3x12x12", written)
+    assert source.data.images.shape == (12, 3, 12, 12)
+    from metaplus.data.cache import readable_bytes
+
+    assert f"(~{readable_bytes(source.data.images.numel())})" in caplog.records[-1].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="metaplus"):
+        MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, cache_dir=str(cache), split="val")
+    assert decoding_lines(caplog) == [], "a cached split is loaded silently"
+    with caplog.at_level(logging.INFO, logger="metaplus"):
+        MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, cache_dir=None, split="val")
+    assert "in memory only (no disk cache: data.cache_dir is null)" in caplog.text
+
+
+def test_the_announced_size_is_the_decoded_size_for_archives_and_arrays(tmp_path, caplog):
+    """Omniglot's zips, CIFAR's pickles and tieredImageNet's arrays count their images before decoding."""
+    import logging
+
+    from metaplus.data.cifar import CifarTasks
+    from metaplus.data.tieredimagenet import TieredImageNetTasks
+    from metaplus.testing.zoo import make_cifar100, make_tiered_pickled
+
+    omniglot_module._PARTS_IN_MEMORY.clear()
+    make_omniglot_zip(tmp_path / "omniglot", "images_background", alphabets=2, characters=3, drawers=3)
+    make_omniglot_zip(tmp_path / "omniglot", "images_evaluation", alphabets=1, characters=3, drawers=3)
+    make_cifar100(tmp_path / "cifar", train_per_class=2, test_per_class=1)
+    make_tiered_pickled(tmp_path / "tiered", "val", classes=3, images=4, size=10, layout="npz")
+    with caplog.at_level(logging.INFO, logger="metaplus"):
+        OmniglotTasks(2, 1, 1, root=str(tmp_path / "omniglot"), class_split="background_evaluation", image_size=14,
+                      val_characters=2, cache_dir=str(tmp_path / "cache"), split="test")
+        cifar = CifarTasks(2, 1, 1, root=str(tmp_path / "cifar"), image_size=16, max_images_per_class=2,
+                           cache_dir=str(tmp_path / "cache"), split="val")
+        tiered = TieredImageNetTasks(2, 1, 1, root=str(tmp_path / "tiered"), image_size=8, max_images_per_class=3,
+                                     cache_dir=str(tmp_path / "cache"), split="val")
+    announced = {tuple(Path(where).name.split("-")[:2]): (count, shape) for count, shape, where in decoding_lines(caplog)}
+    parts = {part: omniglot_module._PARTS_IN_MEMORY[key] for key in omniglot_module._PARTS_IN_MEMORY for part in key[:1]}
+    assert announced == {
+        ("omniglot", "images_background"): (len(parts["images_background"].images), "1x14x14"),
+        ("omniglot", "images_evaluation"): (len(parts["images_evaluation"].images), "1x14x14"),
+        ("cifarfs", "val"): (len(cifar.data.images), "3x16x16"),
+        ("tieredimagenet", "val"): (len(tiered.data.images), "3x8x8"),
+    }
+    assert (len(parts["images_background"].images), len(parts["images_evaluation"].images)) == (18, 9)
+    assert len(cifar.data.images) == 16 * 2 and len(tiered.data.images) == 9

@@ -84,3 +84,152 @@ def test_bad_ensemble_values_fail_early(make_config, tmp_path):
     with pytest.raises(ConfigError, match="ensemble_top_k"):
         run(make_config([*QUICK, "ensemble_top_k=-1"], tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+# -- the ensemble's evaluation path (issues 24 and 27) -------------------------------------------------
+def previous_evaluate_ensemble(learner, datamodule, checkpoints):
+    """The ensemble as it was computed before issue 24/27 (members loaded in turn into the learner,
+    every episode rebuilt per member, on ``learner.device``): the figures the new path must equal."""
+    from metaplus.ensemble import _shard
+
+    dataset = EpisodeDataset(datamodule.source("test"), datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+    episodes, _ = _shard(len(dataset))
+    steps, device = learner.test_inner_steps, learner.device
+    summed, targets = {}, {}
+    classify = learner.task_type == "classification"
+    learner.eval()
+    for path, _ in checkpoints:
+        learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["state_dict"])
+        for i in episodes:
+            _, task = dataset[i]
+            prediction = learner.adapted_prediction(task, steps).detach()
+            prediction = F.softmax(prediction, dim=-1) if classify else prediction
+            summed[i] = summed[i] + prediction if i in summed else prediction
+            targets[i] = task.query_y
+    values, losses = [], []
+    for i in episodes:
+        mean = summed[i] / len(checkpoints)
+        if classify:
+            values.append((mean.argmax(dim=-1) == targets[i]).float().mean().item())
+            losses.append(F.nll_loss(mean.clamp_min(1e-12).log(), targets[i]).item())
+        else:
+            values.append(F.mse_loss(mean, targets[i]).item())
+            losses.append(values[-1])
+    metric = learner.metric
+    m, ci = mean_ci95(torch.tensor(values))
+    return {f"test/{metric}_ensemble": m, f"test/{metric}_ensemble_ci95": ci, "test/loss_ensemble": mean_ci95(torch.tensor(losses))[0]}
+
+
+@pytest.fixture(scope="module")
+def sinusoid_top3(tmp_path_factory):
+    """A short sinusoid run with three ensemble members: (config, metrics)."""
+    from metaplus.compose import compose_config
+
+    out = tmp_path_factory.mktemp("ensemble") / "run"
+    cfg = compose_config([*SINUSOID, "ensemble_top_k=3"], out)
+    return cfg, run(cfg)
+
+
+def members_of(cfg, metrics):
+    """The run's ensemble members as ``evaluate_ensemble`` takes them: (checkpoint, validation score)."""
+    from pathlib import Path
+
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    return [(folder / m["file"], m["val_score"]) for m in metrics["test/ensemble_checkpoints"]]
+
+
+def learner_at_best(cfg, metrics):
+    """A freshly built learner holding the run's best checkpoint (what ``trainer.test`` evaluated)."""
+    from pathlib import Path
+
+    parts = build(cfg)
+    learner = parts["learner"]
+    learner.load_state_dict(torch.load(Path(metrics["best_checkpoint"]), weights_only=True)["state_dict"])
+    return learner, parts["datamodule"], parts["trainer"]
+
+
+def test_the_ensemble_leaves_the_learner_as_it_was(sinusoid_top3):
+    """What runs after the ensemble (the W&B summary's learned rates) must see the evaluated (best)
+    checkpoint, not the last member."""
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    assert members[0][0].name == metrics["best_checkpoint"].split("/")[-1] and len(members) == 3
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    learner.train()
+    evaluate_ensemble(learner, datamodule, members)
+    after = learner.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"the ensemble left member weights in the learner: {changed}"
+    assert learner.training, "the learner's mode is left as it was"
+
+
+def test_the_ensemble_figures_equal_the_previous_path_and_each_episode_is_built_once(sinusoid_top3, monkeypatch):
+    from metaplus.data.sinusoid import SinusoidTasks
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    expected = previous_evaluate_ensemble(learner_at_best(cfg, metrics)[0], datamodule, members)
+    draws = []
+    sample = SinusoidTasks.sample
+    monkeypatch.setattr(SinusoidTasks, "sample", lambda self, g: draws.append(1) or sample(self, g))
+    got = evaluate_ensemble(learner, datamodule, members)
+    assert {k: got[k] for k in expected} == expected, "the same figures, exactly"
+    assert got["test/mse_ensemble"] == metrics["test/mse_ensemble"]
+    assert len(draws) == datamodule.test_episodes, f"{len(draws)} episode draws for {datamodule.test_episodes} episodes"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_top3, monkeypatch):
+    """On a GPU machine ``trainer.test``'s teardown leaves the learner on the CPU: the members and the
+    episodes must go to the trainer's root device (here the ``meta`` device stands for the GPU) and be
+    evaluated under the trainer's precision context (autocast for ``bf16-mixed``)."""
+    from types import SimpleNamespace
+
+    import lightning as L
+
+    from metaplus.algorithms.maml import MAML
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    seen = []
+
+    def spy(self, task, steps):
+        seen.append((next(self.parameters()).device.type, task.support_x.device.type, task.query_y.device.type,
+                     torch.is_autocast_enabled("cpu")))
+        raise Stop
+
+    monkeypatch.setattr(MAML, "adapted_prediction", spy)
+    meta = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),
+                           precision_plugin=L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False).precision_plugin)
+    datamodule.trainer = meta
+    with pytest.raises(Stop):
+        evaluate_ensemble(learner, datamodule, members_of(cfg, metrics))
+    assert seen == [("meta", "meta", "meta", True)]
+    assert next(learner.parameters()).device.type == "cpu", "the learner itself stays where it was"
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared Omniglot (METAPLUS_DATA or ../shared/data)")
+def test_classification_ensemble_figures_equal_the_previous_path(make_config, tmp_path):
+    from metaplus.ensemble import evaluate_ensemble
+
+    overrides = [*QUICK, "algo=mamlpp", "data=omniglot", "model.filters=8", "data.meta_batch_size=2",
+                 "data.batches_per_epoch=2", "trainer.max_epochs=2", "data.val_episodes=4", "data.test_episodes=6",
+                 "ensemble_top_k=2"]
+    cfg = make_config(overrides, tmp_path / "run")
+    metrics = run(cfg)
+    members = members_of(cfg, metrics)
+    assert len(members) == 2
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    expected = previous_evaluate_ensemble(learner_at_best(cfg, metrics)[0], datamodule, members)
+    got = evaluate_ensemble(learner, datamodule, members)
+    assert {k: got[k] for k in expected} == expected
+    assert got["test/acc_ensemble"] == metrics["test/acc_ensemble"]

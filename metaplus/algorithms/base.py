@@ -100,6 +100,7 @@ class EpisodicLearner(L.LightningModule):
         grad_clip_value: float | None = None,
         grad_clip_norm: float | None = None,
         eval_curve: str = "test",
+        eval_curve_episodes: int | None = 100,
         engine: str = "l2l",
         chunk_size: int | None = None,
     ):
@@ -120,6 +121,9 @@ class EpisodicLearner(L.LightningModule):
             check(key, value, value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                                 and value > 0), "null (off) or a number > 0")
         check_eval_curve(eval_curve)
+        check("eval_curve_episodes", eval_curve_episodes, eval_curve_episodes is None or (
+            isinstance(eval_curve_episodes, int) and not isinstance(eval_curve_episodes, bool) and eval_curve_episodes >= 1),
+            "null (every episode) or an integer >= 1")
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
@@ -133,10 +137,12 @@ class EpisodicLearner(L.LightningModule):
         self.lr_schedule, self.min_meta_lr, self.lr_interval = lr_schedule, float(min_meta_lr), lr_interval
         self.warmup_steps = warmup_steps
         self.grad_clip_value, self.grad_clip_norm = grad_clip_value, grad_clip_norm
-        self.eval_curve = eval_curve
+        self.eval_curve, self.eval_curve_episodes = eval_curve, eval_curve_episodes
         # torchmetrics does the metric bookkeeping: per-episode curves gathered across DDP ranks,
         # and the meta-batch means of the training loss and metric.
         self.episode_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
+        # The full per-step curves of the episodes in the curve's subset (``eval_curve_episodes``).
+        self.step_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
         self.train_means = nn.ModuleDict({key: MeanMetric() for key in ("loss", self.metric)})
         self.eval_results: dict[str, dict] = {}
 
@@ -358,10 +364,20 @@ class EpisodicLearner(L.LightningModule):
         are drawn by per-batch hooks, so it does not)."""
         return True
 
+    def in_curve_subset(self, index: Tensor) -> bool:
+        """Whether episode ``index`` is one of the first ``eval_curve_episodes`` (by index: the same
+        fixed episodes in every run), whose per-step curve is computed where ``curve_at`` asks for it.
+        Scoring every step costs a query forward per inner step; the final-step metrics need two."""
+        return self.eval_curve_episodes is None or int(index) < self.eval_curve_episodes
+
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
         for b in range(len(batch)):
-            loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=with_curve)
+            per_step = with_curve and self.in_curve_subset(batch.index[b])
+            loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=per_step)
+            if per_step:
+                self.step_curves[stage].update(batch.index[b], loss, metric)
+                loss, metric = loss[[0, -1]], metric[[0, -1]]  # what per_step=False returns
             curves.update(batch.index[b], loss, metric)
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -381,7 +397,9 @@ class EpisodicLearner(L.LightningModule):
             self.log(key, value, prog_bar=key == f"{stage}/{self.metric}", sync_dist=False)
         self.eval_results[stage] = dict(summary)
         if self.curve_at(stage):  # the adaptation curve exists only where it was computed
-            by_step, ci_by_step = curve(values)
+            _, _, step_values = self.step_curves[stage].compute()
+            self.step_curves[stage].reset()
+            by_step, ci_by_step = curve(step_values)
             self.eval_results[stage].update({f"{stage}/{self.metric}_by_step": by_step,
                                              f"{stage}/{self.metric}_ci95_by_step": ci_by_step})
 

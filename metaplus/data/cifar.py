@@ -11,7 +11,8 @@ Class splits (``data.split``):
 - ``fc100`` (Oreshkin et al. 2018): 12/4/4 superclasses (60/20/20 fine classes), ``splits/fc100/*.txt``
   lists superclasses; a split holds every fine class whose images carry one of its coarse labels.
 Images stay 32x32 (``image_size`` other than 32 resizes them, bilinear with antialiasing) and are
-normalised with CIFAR-100's per-channel mean/std. Each split is cached as uint8 under ``cache_dir``.
+normalised with CIFAR-100's per-channel mean/std (:func:`preprocessing`). Each split is cached as
+uint8 under ``cache_dir``.
 """
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from metaplus.errors import check, check_choice, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity
+from metaplus.data.class_images import ClassImages
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
-                                  file_identity)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.preprocessing import Preprocessing, resize_bilinear
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -37,7 +38,18 @@ HOW_TO_GET = ("download the CIFAR-100 python version (cifar-100-python.tar.gz) f
               "https://www.cs.toronto.edu/~kriz/cifar.html, extract it under data.root")
 
 
-class CifarTasks(ImageEpisodes):
+def preprocessing(image_size: int = 32, mean: Sequence[float] = CIFAR100_MEAN,
+                  std: Sequence[float] = CIFAR100_STD) -> Preprocessing:
+    """CIFAR-FS's and FC100's input: RGB, resized to ``image_size`` bilinear with antialiasing (the
+    release's 32x32 arrays stay as they are at 32), ``(x / 255 - mean) / std``. The sources resize and
+    normalise with it; ``metaplus.load(...).preprocess`` is it."""
+    return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std), resample="bilinear")
+
+
+class CifarTasks(ImageSource):
+    class_splits = SCHEMES
+    root_holds = "the folder holding cifar-100-python/"
+
     def __init__(
         self,
         ways: int,
@@ -53,20 +65,18 @@ class CifarTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, set(SCHEMES))
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the folder holding cifar-100-python/ (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        folder = release_folder(Path(root).expanduser())
+        folder = release_folder(self.checked_root(split, class_split, image_size, root, max_classes,
+                                                 max_images_per_class))
         paths = [folder / name for name in FILES]
         key = cache_key(scheme=class_split, split=split, image_size=image_size, max_classes=max_classes,
                         max_images=max_images_per_class, files=file_identity(paths, relative_to=folder))
         prefix = cache_prefix(class_split, split, image_size, folder, max_classes=max_classes,
                               max_images=max_images_per_class)
+        prep = preprocessing(image_size, mean, std)
         data = cached_class_images(cache_dir, prefix, key, lambda: build_split(
-            folder, class_split, split, image_size, max_classes, max_images_per_class))
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+            folder, class_split, split, prep, max_classes, max_images_per_class), shape=lambda: (
+            split_size(folder, class_split, split, max_classes, max_images_per_class), 3, prep.size, prep.size))
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def release_folder(root: Path) -> Path:
@@ -110,9 +120,24 @@ def read_release(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
     return np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), fine_names, coarse_names
 
 
-def build_split(folder: Path, scheme: str, split: str, image_size: int, max_classes: int | None,
+def build_split(folder: Path, scheme: str, split: str, prep: Preprocessing, max_classes: int | None,
                 max_images: int | None) -> ClassImages:
     images, fine, coarse, fine_names, coarse_names = read_release(folder)
+    classes, rows = split_rows(folder, scheme, split, fine, coarse, fine_names, coarse_names, max_classes, max_images)
+    pixels = resize_bilinear(torch.from_numpy(images[np.concatenate(rows)]), prep.size)
+    return ClassImages(pixels.contiguous(), torch.tensor([len(r) for r in rows], dtype=torch.long), classes)
+
+
+def split_size(folder: Path, scheme: str, split: str, max_classes: int | None, max_images: int | None) -> int:
+    """How many images the split will hold (read before the split is decoded, to say how big it is)."""
+    _, fine, coarse, fine_names, coarse_names = read_release(folder)
+    _, rows = split_rows(folder, scheme, split, fine, coarse, fine_names, coarse_names, max_classes, max_images)
+    return sum(len(r) for r in rows)
+
+
+def split_rows(folder: Path, scheme: str, split: str, fine: np.ndarray, coarse: np.ndarray, fine_names: list[str],
+               coarse_names: list[str], max_classes: int | None, max_images: int | None) -> tuple[list[str], list]:
+    """The split's fine classes and, per class, its rows in the pooled release."""
     present = {fine_names[c] for c in np.unique(fine)}
     if scheme == "cifarfs":
         wanted = read_split("cifarfs", split)
@@ -132,13 +157,5 @@ def build_split(folder: Path, scheme: str, split: str, image_size: int, max_clas
         if not classes:
             raise CorruptDatasetError(f"{folder} holds no image of the FC100 '{split}' superclasses {supers}")
     classes = classes[:max_classes]
-    rows, counts = [], []
-    for name in classes:
-        members = np.flatnonzero(fine == fine_names.index(name))[:max_images]  # train images first, then test
-        rows.append(members)
-        counts.append(len(members))
-    pixels = torch.from_numpy(images[np.concatenate(rows)])
-    if image_size != 32:
-        pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-    return ClassImages(pixels.contiguous(), torch.tensor(counts, dtype=torch.long), classes)
+    # train images first, then test
+    return classes, [np.flatnonzero(fine == fine_names.index(name))[:max_images] for name in classes]

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.data.images import CorruptDatasetError
+from metaplus.data.errors import CorruptDatasetError
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 log = logging.getLogger("metaplus")

@@ -5,25 +5,39 @@ Reads the official archive's layout, ``root/CUB_200_2011/images/<NNN.Class_name>
 extracted. The split (``splits/cub/*.txt``, from "A Closer Look at Few-shot Classification"):
 the 200 class folders sorted by name, train = every even index, val = index % 4 == 1, test =
 index % 4 == 3. Images are resized to ``image_size`` squares (84 by default, ignoring the aspect
-ratio, as the usual few-shot pipelines' final resize), decoded once into a uint8 cache, and
-normalised with ImageNet's per-channel mean/std.
+ratio, as the usual few-shot pipelines' final resize; Lanczos), decoded once into a uint8 cache, and
+normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.errors import check, check_choice, check_int
+from metaplus.data.cache import load_image_files
 from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  check_subset_limits, list_class_folders, list_images, load_image_files)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.listing import list_class_folders, list_images
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
+from metaplus.data.preprocessing import Preprocessing
 
 HOW_TO_GET = ("download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
               "(CaltechDATA), extract it under data.root")
 
 
-class CUBTasks(ImageEpisodes):
+def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+    """CUB's input, as mini-ImageNet's: RGB, resized to ``image_size`` squares (Lanczos),
+    ``(x / 255 - mean) / std``. The sources decode and normalise with it; ``metaplus.load(...).preprocess``
+    is it."""
+    return imagenet_preprocessing(image_size, mean, std)
+
+
+class CUBTasks(ImageSource):
+    class_splits = ("chen",)
+    root_holds = "the folder holding CUB_200_2011/"
+
     def __init__(
         self,
         ways: int,
@@ -39,12 +53,7 @@ class CUBTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, {"chen"})
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the folder holding CUB_200_2011/ (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        root_path = Path(root).expanduser()
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         images = images_folder(root_path)
         found = {d.name for d in list_class_folders(images)}
         every = set().union(*(read_split("cub", s) for s in ("train", "val", "test")))
@@ -57,9 +66,10 @@ class CUBTasks(ImageEpisodes):
         empty = [name for name, files in classes if not files]
         if empty:
             raise CorruptDatasetError(f"{images}/{empty[0]} has no images ({len(empty)} empty class folders)")
-        data = load_image_files("cub", split, classes, root_path, "RGB", image_size, cache_dir,
+        prep = preprocessing(image_size, mean, std)
+        data = load_image_files("cub", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def images_folder(root: Path) -> Path:

@@ -3,19 +3,27 @@ validation and test.
 
 Training episode ``i`` of epoch ``e`` is drawn from seed (seed, "train", e, i): tasks never repeat
 across epochs, differ across DDP ranks (the distributed sampler hands ranks disjoint indices), and a
-resumed run sees exactly the tasks an uninterrupted one would. Validation/test episode ``i`` is drawn
-from (eval_seed, split, i): the same for every run, seed and algorithm.
+resumed run sees exactly the tasks an uninterrupted one would. The epoch travels with each index from
+the main process (:class:`EpochSampler`), so loader workers (``data.num_workers``, kept alive across
+epochs) draw the right epoch's tasks. Validation/test episode ``i`` is drawn from (eval_seed, split, i):
+the same for every run, seed and algorithm.
+
+Image episodes travel to the device as uint8 pixels when Lightning moves them (4x fewer bytes than
+float32) and are normalised there, in :meth:`EpisodicDataModule.on_after_batch_transfer`, bit for bit
+as the CPU would have; loaders asked for outside a running trainer yield normalised batches.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader
 
 from metaplus.errors import ConfigError, check, check_choice, check_int
-from metaplus.data.episodes import EpisodeDataset, TaskSource, collate_tasks
+from metaplus.data.episodes import EpisodeDataset, EpochSampler, TaskBatch, TaskSource, collate_tasks
 
 SPLITS = ("train", "val", "test")
 
@@ -108,6 +116,12 @@ class EpisodicDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.world_size if trainer is not None else 1
 
+    def sends_pixels(self) -> bool:
+        """Whether loaders yield uint8 image batches: only to a running trainer, which calls
+        :meth:`on_after_batch_transfer` on every batch it moves (other callers get model inputs)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+
     def train_dataloader(self) -> DataLoader:
         # Each rank loads its share of the meta-batch; the distributed sampler keeps shares disjoint.
         world = self.world_size()
@@ -115,9 +129,9 @@ class EpisodicDataModule(L.LightningDataModule):
             raise ValueError(f"data.meta_batch_size={self.meta_batch_size} must be divisible by the "
                              f"number of processes ({world}) so each rank adapts the same number of tasks")
         per_rank = self.meta_batch_size // world
-        dataset = EpisodeDataset(self.source("train"), self.batches_per_epoch * self.meta_batch_size,
-                                 keys=(self.seed, "train"), epoch_fn=self.current_epoch)
-        return self._loader(dataset, per_rank, drop_last=True)
+        length = self.batches_per_epoch * self.meta_batch_size
+        dataset = EpisodeDataset(self.source("train"), length, keys=(self.seed, "train"), pixels=self.sends_pixels())
+        return self._loader(dataset, per_rank, drop_last=True, sampler=EpochSampler(length, self.current_epoch))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val", self.val_episodes)
@@ -126,10 +140,31 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._eval_loader("test", self.test_episodes)
 
     def _eval_loader(self, split: str, episodes: int) -> DataLoader:
-        dataset = EpisodeDataset(self.source(split), episodes, keys=(self.eval_seed, split))
+        dataset = EpisodeDataset(self.source(split), episodes, keys=(self.eval_seed, split), pixels=self.sends_pixels())
         return self._loader(dataset, self.eval_batch_size, drop_last=False)
 
-    def _loader(self, dataset, batch_size: int, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last,
+    def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
+        # shuffle=False also tells Lightning not to shuffle the distributed sampler it puts around ours.
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, drop_last=drop_last,
                           collate_fn=collate_tasks, num_workers=self.num_workers,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    # -- on the device -------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook, once the batch is on its device: uint8 pixels become the model's inputs there."""
+        return self.normalise(batch, self.stage_split())
+
+    def normalise(self, batch: TaskBatch, split: str) -> TaskBatch:
+        """``batch`` with its uint8 images normalised as ``split``'s source normalises them (other
+        batches as they are), on the batch's device."""
+        if not isinstance(batch, TaskBatch) or batch.support_x.dtype != torch.uint8:
+            return batch
+        source = self.source(split)
+        return replace(batch, support_x=source.normalise(batch.support_x), query_x=source.normalise(batch.query_x))
+
+    def stage_split(self) -> str:
+        """The split the running trainer is drawing batches from."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            return "train"
+        return "test" if trainer is not None and trainer.testing else "val"

@@ -6,6 +6,10 @@
   letters, ``..`` components, symbolic links and anything else that would land outside the target
   folder are refused (the "zip slip" attack), then extracts into a temporary folder inside the
   target and moves the top-level entries into place.
+
+Not torchvision's ``download_and_extract_archive`` (same MD5s): it leaves a file that fails its
+checksum in place, retries https over plain http, and its ``extractall`` rewrites unsafe member
+names instead of refusing the archive, which then could not be moved to ``data.root/.refused/``.
 """
 from __future__ import annotations
 
@@ -18,15 +22,9 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from metaplus.data.errors import DownloadError, UnsafeArchiveError
+
 CHUNK = 1 << 20
-
-
-class DownloadError(RuntimeError):
-    """A download that failed or does not match its published checksum."""
-
-
-class UnsafeArchiveError(ValueError):
-    """An archive member that would be written outside the extraction folder (or is a link)."""
 
 
 def parse_digest(digest: str) -> tuple[str, str]:
@@ -35,14 +33,6 @@ def parse_digest(digest: str) -> tuple[str, str]:
     if not value or algorithm not in hashlib.algorithms_available:
         raise ValueError(f"checksum '{digest}' must read '<algorithm>:<hex digest>', e.g. 'sha256:...'")
     return algorithm, value.lower()
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_file(url: str, dest: Path, digest: str | None, timeout: float = 60.0) -> Path:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 from metaplus.errors import check, check_choice, check_int
-from metaplus.data.images import (IMAGE_SUFFIXES, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  Preprocessing, folder_classes, list_class_folders, load_image_files)
-
-SPLITS = ("train", "val", "test")
+from metaplus.data.cache import load_image_files
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import SPLITS, ImageSource
+from metaplus.data.listing import IMAGE_SUFFIXES, folder_classes, is_image, list_class_folders
+from metaplus.data.preprocessing import Preprocessing
 
 
 def preprocessing(image_size: int = 84, channels: int = 3, mean: Sequence[float] = (0.5,),
@@ -38,7 +39,9 @@ def preprocessing(image_size: int = 84, channels: int = 3, mean: Sequence[float]
     return Preprocessing("RGB" if channels == 3 else "L", image_size, mean=tuple(mean), std=tuple(std))
 
 
-class ImageFolderTasks(ImageEpisodes):
+class ImageFolderTasks(ImageSource):
+    class_splits = ("auto", "folders", "ratios")
+    root_holds = "the image folder"
     # The datamodule records this source's classes in results.json (the split is data-dependent).
     record_classes = True
 
@@ -60,15 +63,11 @@ class ImageFolderTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, set(SPLITS))
-        check_choice("source.class_split", class_split, {"auto", "folders", "ratios"})
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         check_choice("source.channels", channels, {1, 3})
-        check_int("source.image_size", image_size, 1)
         check_int("source.split_seed", split_seed, 0)
         check("source.ratios", ratios, len(ratios) == 3 and all(r > 0 for r in ratios) and abs(sum(ratios) - 1) < 1e-6,
               "three positive fractions (train, val, test) summing to 1")
-        check("source.root", root, root is not None, "the image folder (data.root)")
-        root_path = Path(root).expanduser()
         if not root_path.is_dir():
             raise DatasetNotFoundError(f"image folder not found: looked for {root_path}, expected <class>/<image> "
                                        f"or {{train,val,test}}/<class>/<image> inside it; set data.root")
@@ -82,7 +81,7 @@ class ImageFolderTasks(ImageEpisodes):
         data = load_image_files("imagefolder", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                 class_split=class_split, ratios=list(ratios), split_seed=split_seed,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def split_folder(root: Path, split: str, max_classes, max_images) -> list:
@@ -135,7 +134,7 @@ def warn_skipped(folder: Path) -> None:
     skipped, empty = [], []
     for class_folder in list_class_folders(folder):
         entries = [p for p in class_folder.iterdir() if not p.name.startswith(".")]
-        images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [p for p in entries if is_image(p)]
         skipped += [f"{class_folder.name}/{p.name}" for p in entries if p not in images]
         if not images:
             empty.append(class_folder.name)

@@ -14,9 +14,11 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-from metaplus.errors import check, check_choice, check_int
-from metaplus.data.images import (CorruptDatasetError, DatasetNotFoundError, ImageEpisodes, Preprocessing,
-                                  check_subset_limits, folder_classes, load_image_files)
+from metaplus.data.cache import load_image_files
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.listing import folder_classes
+from metaplus.data.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +34,10 @@ def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
     return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std))
 
 
-class MiniImageNetTasks(ImageEpisodes):
+class MiniImageNetTasks(ImageSource):
+    class_splits = ("ravi",)  # the CSVs / folders define the split
+    root_holds = "the mini-ImageNet folder"
+
     def __init__(
         self,
         ways: int,
@@ -49,17 +54,12 @@ class MiniImageNetTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, {"ravi"})  # the CSVs / folders define the split
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the mini-ImageNet folder (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        root_path = Path(root).expanduser()
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         classes = split_classes(root_path, split, download, max_classes, max_images_per_class)
         prep = preprocessing(image_size, mean, std)
         data = load_image_files("miniimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                 max_classes=max_classes, max_images_per_class=max_images_per_class)
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def split_classes(root: Path, split: str, download: bool, max_classes: int | None,

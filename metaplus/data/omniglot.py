@@ -29,11 +29,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metaplus.errors import check, check_choice, check_int
-from metaplus.data.episodes import Task
-from metaplus.data.download import UnsafeArchiveError, check_members, download_file, quarantine, safe_extract_zip
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  Preprocessing, cache_key, cache_prefix, cached_class_images, decode_classes, file_identity, seeded_permutation)
+from metaplus.errors import check, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity
+from metaplus.data.class_images import ClassImages, decode_classes
+from metaplus.data.download import check_members, download_file, quarantine, safe_extract_zip
+from metaplus.data.episodes import Task, seeded_permutation
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError, UnsafeArchiveError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.preprocessing import Preprocessing
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OFFICIAL_CHECKSUMS = {  # MD5s of the official archives (as published by torchvision's Omniglot)
@@ -52,7 +55,10 @@ def preprocessing(image_size: int = 28) -> Preprocessing:
     return Preprocessing("L", image_size, invert=True)
 
 
-class OmniglotTasks(ImageEpisodes):
+class OmniglotTasks(ImageSource):
+    class_splits = SCHEMES
+    root_holds = "the folder holding the Omniglot archives"
+
     def __init__(
         self,
         ways: int,
@@ -71,13 +77,9 @@ class OmniglotTasks(ImageEpisodes):
         augment_rotations: bool = False,
         split: str = "train",
     ):
-        check_choice("source.class_split", class_split, set(SCHEMES))
-        check_choice("split", split, {"train", "val", "test"})
-        check_int("source.image_size", image_size, 1)
+        root_path = self.checked_root(split, class_split, image_size, root)
         check_int("source.val_characters", val_characters, 1)
         check("source.augment_rotations", augment_rotations, isinstance(augment_rotations, bool), "true or false")
-        check("source.root", root, root is not None, "the folder holding the Omniglot archives (data.root)")
-        root_path = Path(root).expanduser()
         checksums = OFFICIAL_CHECKSUMS if checksums is None else checksums
         for part in PARTS:
             ensure_part(root_path, part, download, url, checksums)
@@ -86,13 +88,12 @@ class OmniglotTasks(ImageEpisodes):
         else:
             classes = background_evaluation_classes(root_path, split, val_characters, val_seed, image_size, cache_dir)
         data = build_split(root_path, classes, image_size, cache_dir)
-        prep = preprocessing(image_size)
-        super().__init__(data, ways, shots, queries, mean=prep.mean, std=prep.std, split=split)
+        super().__init__(data, preprocessing(image_size), ways, shots, queries, split)
         # MAML++'s training augmentation: training episodes only; val/test episodes stay fixed.
         self.augment_rotations = augment_rotations and split == "train"
 
-    def sample(self, generator: torch.Generator) -> Task:
-        task = super().sample(generator)
+    def sample_pixels(self, generator: torch.Generator) -> Task:
+        task = super().sample_pixels(generator)
         if self.augment_rotations:
             task = rotate_classes(task, self.ways, generator)
         return task
@@ -216,7 +217,8 @@ def load_part(root: Path, part: str, image_size: int, cache_dir: str | None) -> 
         for stale in [k for k in _PARTS_IN_MEMORY if k[0] == part]:  # keep one version of each archive
             del _PARTS_IN_MEMORY[stale]
         _PARTS_IN_MEMORY[(part, key)] = cached_class_images(
-            cache_dir, cache_prefix("omniglot", part, image_size, root), key, lambda: reader.decode(image_size))
+            cache_dir, cache_prefix("omniglot", part, image_size, root), key, lambda: reader.decode(image_size),
+            shape=lambda: (reader.count(), 1, image_size, image_size))
     return _PARTS_IN_MEMORY[(part, key)]
 
 
@@ -242,14 +244,27 @@ class PartReader:
         except (zipfile.BadZipFile, OSError):
             return  # reported with its remedy when the archive is decoded (classes())
 
+    def count(self) -> int:
+        """How many character images the part holds, from the names alone (no decoding); 0 for an
+        archive that cannot be read (the decode that follows reports it with its remedy)."""
+        try:
+            return sum(len(names) for _, names in self.classes())
+        except (CorruptDatasetError, UnsafeArchiveError):
+            return 0
+        finally:
+            self.close()
+
     def decode(self, image_size: int) -> ClassImages:
         try:
             prep = preprocessing(image_size)
             return decode_classes(self.classes(), self.read, self.describe, prep.mode, prep.size, invert=prep.invert)
         finally:
-            if self._zip is not None:
-                self._zip.close()
-                self._zip = None
+            self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
 
     def classes(self) -> list[tuple[str, list[str]]]:
         if self.use_zip:

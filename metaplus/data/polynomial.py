@@ -1,12 +1,17 @@
 """Polynomial regression of a given order (Lee & Choi 2018): y = sum_i c_i x^i, c_i ~ U[-1, 1] / 2^i."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from metaplus.errors import check
-from metaplus.data.episodes import Task, uniform
+from metaplus.data.episodes import Task, float_inputs, uniform
+
+
+def preprocessing() -> Callable:
+    """Inputs are numbers: ``metaplus.load(...).preprocess`` turns them into the float32 tensor the tasks hold."""
+    return float_inputs
 
 
 class PolynomialTasks:

@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from metaplus.data.images import CorruptDatasetError
+from metaplus.data.errors import CorruptDatasetError
 
 ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

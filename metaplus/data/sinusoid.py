@@ -5,12 +5,17 @@ y = A sin(f x - phi),  A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range], f ~ U[f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from metaplus.errors import check
-from metaplus.data.episodes import Task, uniform
+from metaplus.data.episodes import Task, float_inputs, uniform
+
+
+def preprocessing() -> Callable:
+    """Inputs are numbers: ``metaplus.load(...).preprocess`` turns them into the float32 tensor the tasks hold."""
+    return float_inputs
 
 
 class SinusoidTasks:

@@ -12,8 +12,8 @@ Two release layouts are read from ``root``, per split:
   in OpenCV's BGR order, turned to RGB here). The pickles are read with a restricted unpickler. These
   files define the split themselves (their class names are synset words, not wnids), so only the
   number of classes is checked against the split file.
-Images are decoded once (84x84 RGB by default) into a uint8 cache and normalised with ImageNet's
-per-channel mean/std.
+Images are decoded once (84x84 RGB by default; other sizes resized with Lanczos, in every layout)
+into a uint8 cache and normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
 from __future__ import annotations
 
@@ -22,15 +22,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from metaplus.errors import check, check_choice, check_int
+from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity, load_image_files
+from metaplus.data.class_images import ClassImages
 from metaplus.data.class_splits import present_classes, read_split, split_path
-from metaplus.data.images import (ClassImages, CorruptDatasetError, DatasetNotFoundError, ImageEpisodes,
-                                  cache_key, cache_prefix, cached_class_images, check_subset_limits,
-                                  decode_image, file_identity, folder_classes, list_class_folders,
-                                  load_image_files)
+from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.image_source import ImageSource
+from metaplus.data.listing import folder_classes, list_class_folders
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
+from metaplus.data.preprocessing import Preprocessing, decode_image
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
 HOW_TO_GET = ("tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of access apply): use Ren et al.'s "
@@ -38,7 +40,18 @@ HOW_TO_GET = ("tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of acc
               "class folders with github.com/yaoyao-liu/tiered-imagenet-tools, and point data.root at the folder")
 
 
-class TieredImageNetTasks(ImageEpisodes):
+def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+    """tieredImageNet's input, as mini-ImageNet's: RGB, resized to ``image_size`` (Lanczos),
+    ``(x / 255 - mean) / std``, whichever layout the data came in. The sources decode and normalise
+    with it; ``metaplus.load(...).preprocess`` is it."""
+    return imagenet_preprocessing(image_size, mean, std)
+
+
+class TieredImageNetTasks(ImageSource):
+    class_splits = ("ren",)
+    root_holds = "the tieredImageNet folder"
+
     def __init__(
         self,
         ways: int,
@@ -54,32 +67,31 @@ class TieredImageNetTasks(ImageEpisodes):
         max_images_per_class: int | None = None,
         split: str = "train",
     ):
-        check_choice("split", split, {"train", "val", "test"})
-        check_choice("source.class_split", class_split, {"ren"})
-        check_int("source.image_size", image_size, 1)
-        check("source.root", root, root is not None, "the tieredImageNet folder (data.root)")
-        check_subset_limits(max_classes, max_images_per_class)
-        root_path = Path(root).expanduser()
+        root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         folder, labels = root_path / split, root_path / f"{split}_labels.pkl"
         images = [p for p in (root_path / f"{split}_images.npz", root_path / f"{split}_images_png.pkl") if p.is_file()]
+        prep = preprocessing(image_size, mean, std)
         if folder.is_dir():
             classes = folder_split(folder, split, max_classes, max_images_per_class)
-            data = load_image_files("tieredimagenet", split, classes, root_path, "RGB", image_size, cache_dir,
+            data = load_image_files("tieredimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
                                     max_classes=max_classes, max_images_per_class=max_images_per_class)
         elif labels.is_file() and images:
             paths = [labels, images[0]]
+            # resample: the npz layout's resizing was bilinear before it became Lanczos like the others
             key = cache_key(split=split, image_size=image_size, max_classes=max_classes, max_images=max_images_per_class,
-                            files=file_identity(paths, relative_to=root_path))
+                            files=file_identity(paths, relative_to=root_path), resample=prep.resample)
             prefix = cache_prefix("tieredimagenet", f"{split}-pickled", image_size, root_path,
                                   max_classes=max_classes, max_images=max_images_per_class)
             data = cached_class_images(cache_dir, prefix, key, lambda: pickled_split(
-                labels, images[0], split, image_size, max_classes, max_images_per_class))
+                labels, images[0], split, image_size, max_classes, max_images_per_class), shape=lambda: (
+                sum(map(len, pickled_members(labels, split, max_classes, max_images_per_class)[3])), 3, image_size,
+                image_size))
         else:
             raise DatasetNotFoundError(
                 f"tieredImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {labels} with "
                 f"{root_path / f'{split}_images_png.pkl'} or {root_path / f'{split}_images.npz'} (Ren et al.'s "
                 f"layout); {HOW_TO_GET}.")
-        super().__init__(data, ways, shots, queries, mean=mean, std=std, split=split)
+        super().__init__(data, prep, ways, shots, queries, split)
 
 
 def folder_split(folder: Path, split: str, max_classes: int | None, max_images: int | None) -> list:
@@ -100,6 +112,17 @@ def folder_split(folder: Path, split: str, max_classes: int | None, max_images: 
 def pickled_split(labels_path: Path, images_path: Path, split: str, image_size: int, max_classes: int | None,
                   max_images: int | None) -> ClassImages:
     """Ren et al.'s arrays -> ClassImages, classes in label order (label_specific 0, 1, ...)."""
+    labels, names, classes, members = pickled_members(labels_path, split, max_classes, max_images)
+    order = np.concatenate(members)
+    if images_path.suffix == ".npz":
+        pixels = npz_images(images_path, order, len(labels), image_size)
+    else:
+        pixels = png_images(images_path, order, len(labels), image_size)
+    return ClassImages(pixels, torch.tensor([len(m) for m in members], dtype=torch.long), [names[c] for c in classes])
+
+
+def pickled_members(labels_path: Path, split: str, max_classes: int | None, max_images: int | None) -> tuple:
+    """(labels, class names, chosen classes, their images' positions) from Ren et al.'s labels file."""
     record = text_keys(load_pickle(labels_path, encoding="latin1"), labels_path)
     if "label_specific" not in record or "label_specific_str" not in record:
         raise CorruptDatasetError(f"{labels_path} lacks 'label_specific'/'label_specific_str': not Ren et al.'s "
@@ -112,13 +135,7 @@ def pickled_split(labels_path: Path, images_path: Path, split: str, image_size: 
                                   f"{labels.max() if len(labels) else None}, but tieredImageNet '{split}' has "
                                   f"{expected} classes ({split_path('tieredimagenet', split)})")
     classes = [c for c in range(len(names)) if (labels == c).any()][:max_classes]
-    members = [np.flatnonzero(labels == c)[:max_images] for c in classes]
-    order = np.concatenate(members)
-    if images_path.suffix == ".npz":
-        pixels = npz_images(images_path, order, len(labels), image_size)
-    else:
-        pixels = png_images(images_path, order, len(labels), image_size)
-    return ClassImages(pixels, torch.tensor([len(m) for m in members], dtype=torch.long), [names[c] for c in classes])
+    return labels, names, classes, [np.flatnonzero(labels == c)[:max_images] for c in classes]
 
 
 def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> torch.Tensor:
@@ -131,11 +148,12 @@ def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> to
             chosen = np.ascontiguousarray(images[order][..., ::-1])  # OpenCV's BGR -> RGB
     except (OSError, ValueError, KeyError) as err:
         raise CorruptDatasetError(f"cannot read {path}: {err}. Replace the file (re-download the release).") from None
-    pixels = torch.from_numpy(chosen).permute(0, 3, 1, 2)
-    if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
-        pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.contiguous()
+    if chosen.shape[1:3] == (image_size, image_size):
+        return torch.from_numpy(chosen).permute(0, 3, 1, 2).contiguous()
+    pixels = torch.empty(len(chosen), 3, image_size, image_size, dtype=torch.uint8)
+    for row, (image, index) in enumerate(zip(chosen, order.tolist())):  # as the other layouts: PIL's Lanczos
+        pixels[row] = decode_image(Image.fromarray(image), f"{path}[{index}]", "RGB", image_size)
+    return pixels
 
 
 def png_images(path: Path, order: np.ndarray, count: int, image_size: int) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""The adaptation curve on a fixed subset of the evaluation episodes (issue 26): ``eval_curve_episodes``
+first episodes (by index) score every inner step; the final-step metrics still cover every episode."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from metaplus.algorithms import MAML
+from metaplus.config import ConfigError
+from metaplus.data.episodes import Task, collate_tasks
+from metaplus.nn import MLP
+
+STEPS = 3
+
+
+def sinusoid_episodes(n: int) -> list[tuple[int, Task]]:
+    g = torch.Generator().manual_seed(5)
+    episodes = []
+    for i in range(n):
+        amplitude, phase = 0.1 + 4.9 * torch.rand((), generator=g), math.pi * torch.rand((), generator=g)
+        x = 10 * torch.rand(15, 1, generator=g) - 5
+        episodes.append((i, Task(x[:5], amplitude * torch.sin(x[:5] - phase), x[5:], amplitude * torch.sin(x[5:] - phase))))
+    return episodes
+
+
+def evaluated(n: int, **kwargs) -> tuple[dict, list[int]]:
+    """test results of a fixed learner on ``n`` episodes, and the indices of the episodes it scored per step."""
+    torch.manual_seed(0)
+    learner = MAML(MLP(), "regression", inner_steps=1, test_inner_steps=STEPS, inner_lr=0.05, **kwargs)
+    per_step_episodes = []
+    evaluate = learner.evaluate_task
+
+    def recording(task, steps, per_step=True):
+        if per_step:
+            per_step_episodes.append(next(i for i, t in episodes if torch.equal(t.query_x, task.query_x)))
+        return evaluate(task, steps, per_step=per_step)
+
+    episodes = sinusoid_episodes(n)
+    learner.evaluate_task = recording
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, inference_mode=False)
+    trainer.test(learner, dataloaders=DataLoader(episodes, batch_size=4, collate_fn=collate_tasks), verbose=False)
+    return learner.eval_results["test"], per_step_episodes
+
+
+def test_the_curve_uses_the_first_episodes_and_the_final_metrics_every_episode():
+    everywhere, scored_everywhere = evaluated(10, eval_curve_episodes=None)
+    subset, scored_in_subset = evaluated(10, eval_curve_episodes=4)
+    assert scored_everywhere == list(range(10)) and scored_in_subset == [0, 1, 2, 3]
+    final = {k: v for k, v in everywhere.items() if "by_step" not in k}
+    assert final == {k: v for k, v in subset.items() if "by_step" not in k}, "final-step metrics on all 10 episodes"
+    assert subset["test/episodes"] == 10.0
+    first_four, _ = evaluated(4, eval_curve_episodes=None)
+    assert len(subset["test/mse_by_step"]) == STEPS + 1
+    assert subset["test/mse_by_step"] == first_four["test/mse_by_step"]
+    assert subset["test/mse_ci95_by_step"] == first_four["test/mse_ci95_by_step"]
+    assert subset["test/mse_by_step"] != everywhere["test/mse_by_step"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "all"])
+def test_eval_curve_episodes_is_checked(bad):
+    with pytest.raises(ConfigError, match="eval_curve_episodes.*null \\(every episode\\) or an integer >= 1"):
+        MAML(MLP(), "regression", eval_curve_episodes=bad)
