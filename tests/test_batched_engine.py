@@ -158,3 +158,26 @@ def test_batched_engine_trains_through_the_real_trainer(make_config, tmp_path):
     assert parts["trainer"].global_step == 3
     after = dict(parts["learner"].named_parameters())
     assert all(not torch.equal(before[n], after[n].detach()) for n in before), "every parameter was updated"
+
+
+def test_batched_engine_trains_resnet12_with_dropblock_one_mask_per_task():
+    """ResNet-12's DropBlock draws random masks: under vmap that raised torch's randomness error.
+    Each task now draws its own masks (randomness="different"), as the default engine's
+    one-task-at-a-time loop does: three copies of one task get three different losses, and the same
+    three copies without DropBlock get one loss."""
+    from metaplus.nn import ResNet12
+
+    def losses(rate: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        learner = at_epoch(MAML(ResNet12(input_shape=[3, 16, 16], output_dim=3, widths=[2, 2, 4, 4],
+                                         dropblock_rate=rate, dropblock_size=2),
+                                "classification", inner_steps=1, engine="batched"), 0)
+        x = torch.randn(1, 6, 3, 16, 16).repeat(3, 1, 1, 1, 1)
+        y = torch.arange(3).repeat_interleave(2).repeat(3, 1)
+        loss, _ = learner.accumulate_batched(TaskBatch(x, y, x.clone(), y.clone(), torch.arange(3)))
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.parameters())
+        return torch.stack(loss)
+
+    with_dropblock, without = losses(0.3), losses(0.0)
+    assert len(set(with_dropblock.tolist())) == 3
+    assert len(set(without.tolist())) == 1

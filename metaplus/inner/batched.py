@@ -83,8 +83,10 @@ class BatchedAdapt(CloneAdapt):
                 return loss_fn(prediction, qy), prediction
             return (step_weights.to(losses[0]) * torch.stack(losses)).sum(), prediction
 
+        # randomness="different": random layers (ResNet-12's DropBlock) draw independently for each
+        # task, as they do when the default engine adapts one task after another.
         with explicit_batch_statistics():
-            return vmap(one_task)(support_x, support_y, query_x, query_y)
+            return vmap(one_task, randomness="different")(support_x, support_y, query_x, query_y)
 
 
 def refuse_running_statistics(model: nn.Module) -> None:
