@@ -120,7 +120,13 @@ class EpisodicLearner(L.LightningModule):
         # torchmetrics does the metric bookkeeping: per-episode curves gathered across DDP ranks,
         # and the meta-batch means of the training loss and metric.
         self.episode_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
-        self.train_means = nn.ModuleDict({key: MeanMetric() for key in ("loss", self.metric)})
+        # nan_strategy="disable": MeanMetric's default NaN check reads the device every step (a
+        # non-finite loss is caught by ``check_finite`` instead).
+        self.train_means = nn.ModuleDict({key: MeanMetric(nan_strategy="disable") for key in ("loss", self.metric)})
+        # The logged outer learning rate, kept on the learner's device: a Python float handed to
+        # ``self.log`` becomes a host->device copy every step. Not saved (the scheduler holds the rate).
+        self.register_buffer("logged_meta_lr", torch.tensor(float(meta_lr)), persistent=False)
+        self.first_nonfinite_step: Tensor | None = None  # device-side record, see ``check_finite``
         self.eval_results: dict[str, dict] = {}
 
     # -- hooks for subclasses ------------------------------------------------------------------
@@ -210,13 +216,10 @@ class EpisodicLearner(L.LightningModule):
                 losses.append(loss)
                 metrics.append(metric)
         loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"train/loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
-                f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
-                f"(now {self.meta_lr}), or check the data for NaN values.")
+        self.check_finite(loss)
         self.clip_meta_gradient(optimizer)
-        self.log("train/meta_lr", optimizer.param_groups[0]["lr"], batch_size=n)
+        self.logged_meta_lr.fill_(optimizer.param_groups[0]["lr"])  # a kernel argument, not a copy
+        self.log("train/meta_lr", self.logged_meta_lr, batch_size=n)
         optimizer.step()
         self.step_lr_schedulers("step")
         # Logged per step: the mean over this meta-batch's tasks (MeanMetric's forward value).
@@ -226,7 +229,39 @@ class EpisodicLearner(L.LightningModule):
         self.log(f"train/{self.metric}", self.train_means[self.metric], prog_bar=self.metric == "acc", batch_size=n)
         return loss
 
+    def check_finite(self, loss: Tensor, defer: bool | None = None) -> None:
+        """Stop on a NaN/inf training loss. On the CPU reading the loss costs nothing: stop at once,
+        before the optimizer step. On an accelerator reading it would make the host wait for the
+        device every step, so the first non-finite step is recorded on the device and read only
+        every ``trainer.log_every_n_steps`` steps (when Lightning reads the logged metrics anyway)
+        and at the end of each epoch (``raise_if_nonfinite``). ``defer`` overrides the choice."""
+        if not (loss.device.type != "cpu" if defer is None else defer):
+            if not torch.isfinite(loss):
+                self.raise_nonfinite(loss.item(), self.global_step)
+            return
+        if self.first_nonfinite_step is None or self.first_nonfinite_step.device != loss.device:
+            self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        seen = torch.isfinite(loss) | (self.first_nonfinite_step >= 0)
+        self.first_nonfinite_step = torch.where(seen, self.first_nonfinite_step, self.global_step)
+        every = getattr(self._trainer, "log_every_n_steps", 0) if self._trainer is not None else 0
+        if every and (self.global_step + 1) % every == 0:
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise if ``check_finite`` recorded a non-finite loss on the device (one read)."""
+        if self.first_nonfinite_step is not None:
+            step = int(self.first_nonfinite_step)
+            if step >= 0:
+                self.raise_nonfinite(float("nan"), step)
+
+    def raise_nonfinite(self, value: float, step: int) -> None:
+        raise NonFiniteLossError(
+            f"train/loss is {value} at epoch {self.current_epoch}, step {step}: "
+            f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
+            f"(now {self.meta_lr}), or check the data for NaN values.")
+
     def on_train_epoch_end(self) -> None:
+        self.raise_if_nonfinite()
         self.step_lr_schedulers("epoch")
 
     def step_lr_schedulers(self, interval: str) -> None:
