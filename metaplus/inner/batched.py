@@ -62,9 +62,16 @@ class BatchedAdapt(CloneAdapt):
         fixed = {n: p for n, p in params.items() if n not in adapted}
         start = {n: p for n, p in params.items() if n in adapted}
         last = max(steps - 1, 0)
+        device_type = query_x.device.type
+        autocast_on = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
         def forward(current: dict[str, Tensor], x: Tensor, step: int) -> Tensor:
             return functional_call(model, ({**fixed, **current}, buffers), (x,), {"step": step})
+
+        def query_forward(current: dict[str, Tensor], x: Tensor, step: int) -> Tensor:
+            if not autocast_on:
+                return forward(current, x, step)
+            return autocast_forward(lambda: forward(current, x, step), x.device)
 
         def support_loss(current: dict[str, Tensor], x: Tensor, y: Tensor, step: int) -> Tensor:
             return loss_fn(forward(current, x, step), y)
@@ -76,10 +83,10 @@ class BatchedAdapt(CloneAdapt):
                 current = {n: p + rule(n, p, grads[n].detach() if first_order else grads[n], step)
                            for n, p in current.items()}
                 if step_weights is not None:
-                    prediction = forward(current, qx, step)
+                    prediction = query_forward(current, qx, step)
                     losses.append(loss_fn(prediction, qy))
             if step_weights is None:
-                prediction = forward(current, qx, last)
+                prediction = query_forward(current, qx, last)
                 return loss_fn(prediction, qy), prediction
             return (step_weights.to(losses[0]) * torch.stack(losses)).sum(), prediction
 
@@ -87,6 +94,23 @@ class BatchedAdapt(CloneAdapt):
         # task, as they do when the default engine adapts one task after another.
         with explicit_batch_statistics():
             return vmap(one_task, randomness="different")(support_x, support_y, query_x, query_y)
+
+
+def autocast_forward(forward, device: torch.device):
+    """``forward()`` under the caller's autocast, from inside ``vmap``.
+
+    torch.vmap's interpreter skips the autocast dispatch keys while torch.func.grad's keeps them, so
+    under ``trainer.precision=bf16-mixed`` the support passes (inside ``grad``) ran in bf16 and the
+    query passes (directly under ``vmap``) in fp32, unlike the default engine, which runs both in
+    bf16. Here the forward runs as the auxiliary output of a ``grad`` over a dummy scalar: the same
+    ops, now autocast, and still differentiable for the meta-gradient; the extra backward is that of
+    ``0 * dummy``."""
+    dummy = torch.zeros((), device=device)  # made on the device: no host tensor in the step
+
+    def with_dummy(d: Tensor) -> tuple[Tensor, Tensor]:
+        return d * 0, forward()
+
+    return grad(with_dummy, has_aux=True)(dummy)[1]
 
 
 def refuse_running_statistics(model: nn.Module) -> None:
