@@ -181,3 +181,43 @@ def test_batched_engine_trains_resnet12_with_dropblock_one_mask_per_task():
     with_dropblock, without = losses(0.3), losses(0.0)
     assert len(set(with_dropblock.tolist())) == 3
     assert len(set(without.tolist())) == 1
+
+
+EVAL_CASES = {
+    "mamlpp_all": lambda engine, curve: MAML(conv4(), "classification", inner_steps=2, test_inner_steps=3, inner_lr=0.1,
+                                             msl=True, lslr=True, bnrs=True, bnwb=True, engine=engine,
+                                             chunk_size=2 if engine == "batched" else None,
+                                             eval_curve=curve),
+    "anil": lambda engine, curve: ANIL(conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine,
+                                       eval_curve=curve),
+    "metasgd_zero_steps": lambda engine, curve: MetaSGD(MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
+                                                        "regression", inner_steps=2, test_inner_steps=0,
+                                                        inner_lr=0.05, engine=engine, eval_curve=curve),
+}
+
+
+@pytest.mark.parametrize("curve", ["all", "none"])
+@pytest.mark.parametrize("case", sorted(EVAL_CASES))
+def test_batched_engine_evaluates_whole_batches_equal_to_one_task_at_a_time(case, curve, monkeypatch):
+    """With algo.engine=batched validation and test adapt the tasks of a batch together (vmapped,
+    in chunks); per-episode losses and metrics, with or without the per-step curve, equal the
+    one-task-at-a-time evaluation's (which never runs: learn2learn's adapt is made to fail)."""
+    batch = regression_batch() if case.startswith("metasgd") else image_batch(tasks=5)
+
+    def evaluated(engine: str):
+        torch.manual_seed(0)
+        learner = EVAL_CASES[case](engine, curve).double().eval()
+        learner.validation_step(batch, 0)
+        return learner.episode_curves["val"].compute()
+
+    expected = evaluated("l2l")
+
+    def one_task_at_a_time(*args, **kwargs):
+        raise AssertionError("the batched engine evaluated one task at a time")
+
+    monkeypatch.setattr(CloneAdapt, "adapt", one_task_at_a_time)
+    got = evaluated("batched")
+    steps = EVAL_CASES[case]("l2l", curve).test_inner_steps
+    assert expected[1].shape == (len(batch), steps + 1 if curve == "all" else 2)
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, **TOLERANCE)

@@ -367,8 +367,30 @@ class EpisodicLearner(L.LightningModule):
         are drawn by per-batch hooks, so it does not)."""
         return True
 
+    def evaluate_batched(self, batch: TaskBatch, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
+        """``evaluate_task`` for every task of ``batch`` at once through the batched engine (chunks of
+        ``algo.chunk_size`` tasks per vmapped call): query losses and metrics ``(T, S)``, the same
+        columns as ``evaluate_task`` (before adaptation, then after every step or after the last)."""
+        scored = list(range(steps + 1)) if per_step else [0, steps]
+        losses, metrics = [], []
+        with torch.no_grad():  # first order: torch.func.grad still takes the inner gradients
+            for chunk in self.inner.chunks(len(batch)):
+                loss, prediction = self.inner.scored_queries(
+                    self.backbone, batch.support_x[chunk], batch.support_y[chunk], batch.query_x[chunk],
+                    batch.query_y[chunk], loss_fn=self.loss_fn, steps=steps, adapted=self.adapted_names(),
+                    rule=self.inner_rule(), first_order=True, scored=scored)
+                losses.append(loss)
+                metrics += [torch.stack([self.score(p, y) for p in per_task])
+                            for per_task, y in zip(prediction, batch.query_y[chunk])]
+        return torch.cat(losses), torch.stack(metrics)
+
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
+        if getattr(self.inner, "batched", False):  # algo.engine=batched evaluates whole chunks too
+            losses, metrics = self.evaluate_batched(batch, self.test_inner_steps, per_step=with_curve)
+            for b in range(len(batch)):
+                curves.update(batch.index[b], losses[b], metrics[b])
+            return
         for b in range(len(batch)):
             loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=with_curve)
             curves.update(batch.index[b], loss, metric)
