@@ -24,6 +24,11 @@ Get the code (we import it from outside the repo and never copy or edit it), the
         --queries 15 --meta-batch 16 --steps 5 --filters 64 --image-shape 1,28,28 --iterations 3 \
         --threads 1 --out /tmp/ref.json [--first-order]     # or METAPLUS_MAMLPP_REFERENCE=DIR
 
+bench/parity.py (issue 25) trains the same reference side by side with metaplus through the helpers
+below the speed benchmark's: ``released_args`` (a released config as its train_maml_system.py reads it),
+``reference_omniglot_split`` (its own Omniglot class split, by its own data provider),
+``reference_layout`` (metaplus's episodes in its data provider's layout) and its model's state.
+
 The reference (commit 8696470) runs unchanged on torch 2.14. From outside only: CUDA is hidden
 before torch is imported (its constructor moves itself to any visible GPU); stdout goes to stderr
 while it builds (it prints every parameter); the UserWarnings its 2019 idioms raise on torch 2.x
@@ -42,6 +47,8 @@ import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+import re
+import zipfile
 
 HOW_TO_GET = "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch"
 
@@ -98,6 +105,156 @@ def reference_args(a) -> dict:
         use_cuda=False)
 
 
+# -- driving the reference on metaplus's episodes (bench/parity.py) -----------------------------------
+# What the reference's get_args (utils/parser_utils.py) yields for the keys its released configs leave out
+# and its model and data code read. task_learning_rate is LSLR's starting rate: the code never reads the
+# configs' init_inner_loop_learning_rate. seed seeds the model's initialisation (set_torch_seed); no
+# released config sets it, so every released run starts from the same weights.
+PARSER_DEFAULTS = dict(seed=104, task_learning_rate=0.1, reverse_channels=False, labels_as_int=False,
+                       reset_stored_filepaths=False, num_of_gpus=1, samples_per_iter=1)
+OMNIGLOT_CONFIG = "omniglot_maml++-omniglot_1_8_0.1_64_5_0"
+MINIIMAGENET_CONFIG = "mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0"
+
+
+def check_code(code) -> Path:
+    """The reference's directory, or SystemExit naming where it looked and how to get the code."""
+    if code is None or not (Path(code) / "few_shot_learning_system.py").is_file():
+        where = (f"no few_shot_learning_system.py in {code}" if code is not None
+                 else "neither --code nor METAPLUS_MAMLPP_REFERENCE is set")
+        sys.exit(f"reference_mamlpp: {where}; get the MAML++ reference code with:\n  {HOW_TO_GET}\n"
+                 "and pass its directory as --code or METAPLUS_MAMLPP_REFERENCE.")
+    return Path(code).resolve()
+
+
+def load_reference(code: Path, threads: int) -> None:
+    """Make the reference importable in this process, CPU only, with ``threads`` torch threads.
+
+    Before torch loads: thread pools are sized at import, and the reference moves itself to any visible
+    GPU in its constructor. Its 2019 idioms warn on torch 2.x (scheduler.step(epoch=), get_lr(), .grad of
+    a non-leaf in zero_grad); they still run, and each warning is raised once per call site."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(few_shot_learning_system|"
+                            r"meta_neural_network_architectures|torch\.optim\.lr_scheduler)")
+    if str(code) not in sys.path:
+        sys.path.insert(0, str(code))
+
+
+def released_config(code: Path, name: str) -> dict:
+    """One of the reference's released experiment configs (experiment_config/<name>.json)."""
+    path = Path(code) / "experiment_config" / f"{name}.json"
+    if not path.is_file():
+        sys.exit(f"reference_mamlpp: {path} not found: the released configs are in the reference's "
+                 f"experiment_config/ ({HOW_TO_GET})")
+    return json.loads(path.read_text())
+
+
+def released_args(code: Path, name: str, **overrides) -> SimpleNamespace:
+    """The args the reference's train_maml_system.py builds from a released config (parser defaults,
+    then the config), CPU only, then ``overrides`` (what a harness must change, e.g. seed)."""
+    settings = {**PARSER_DEFAULTS, **released_config(code, name), "use_cuda": False, **overrides}
+    return SimpleNamespace(**settings)
+
+
+def build_model(args: SimpleNamespace):
+    """The reference's MAMLFewShotClassifier for ``args`` (its printing goes to stderr)."""
+    import torch
+    from few_shot_learning_system import MAMLFewShotClassifier
+
+    with contextlib.redirect_stdout(sys.stderr):  # it prints every layer and parameter
+        return MAMLFewShotClassifier(im_shape=(2, args.image_channels, args.image_height, args.image_width),
+                                     device=torch.device("cpu"), args=args)
+
+
+def reference_layout(support_x, support_y, query_x, query_y, ways: int):
+    """A metaplus TaskBatch's tensors ([tasks, ways*k, C, H, W] images, [tasks, ways*k] labels) in the
+    layout the reference's data provider yields (data.py get_set, stacked over the meta-batch):
+    x [tasks, ways, k, C, H, W] float32 with class i in row i, y [tasks, ways, k] float32."""
+    import torch
+
+    def rows(x, y):
+        order = torch.argsort(y, dim=1, stable=True)  # examples of class 0, then class 1, ...
+        x = torch.take_along_dim(x, order.view(*order.shape, *[1] * (x.dim() - 2)), dim=1)
+        y = torch.take_along_dim(y, order, dim=1)
+        tasks, n = y.shape
+        if n % ways or not torch.equal(y.view(tasks, ways, n // ways),
+                                       torch.arange(ways).view(1, ways, 1).expand(tasks, ways, n // ways)):
+            raise ValueError(f"episodes must hold the same number of examples of each of {ways} classes")
+        return (x.reshape(tasks, ways, n // ways, *x.shape[2:]).float().numpy(),
+                y.view(tasks, ways, n // ways).float().numpy())
+
+    xs, ys = rows(support_x, support_y)
+    xq, yq = rows(query_x, query_y)
+    return xs, xq, ys, yq
+
+
+def episode_predictions(model, batch) -> list:
+    """The reference's evaluation of a batch of episodes (run_validation_iter: 5 inner steps, batch
+    statistics, running statistics restored after each episode): per-episode query logits."""
+    with contextlib.redirect_stdout(sys.stderr):
+        _, logits = model.run_validation_iter(data_batch=batch)
+    return logits
+
+
+def state_of(model) -> dict:
+    """What the reference's save_model stores (network and optimizer; its scheduler is re-set from the
+    epoch at every iteration), without its experiment dict."""
+    return {"network": model.state_dict(), "optimizer": model.optimizer.state_dict()}
+
+
+def load_state(model, state: dict) -> None:
+    """The reference's load_model on a state of :func:`state_of` (optimizer, then network)."""
+    model.optimizer.load_state_dict(state["optimizer"])
+    model.load_state_dict(state["network"])
+
+
+OMNIGLOT_MEMBER = re.compile(r"^(images_background|images_evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
+
+
+def reference_omniglot_split(code: Path, omniglot_root: Path, work: Path, config: str = OMNIGLOT_CONFIG) -> dict:
+    """The reference's own Omniglot class split, computed by its own data provider: its split shuffles
+    the 1,623 characters (background and evaluation alike) with a seed of the config and cuts them by
+    the config's train_val_test_split. It only needs the class folders, so it runs on a skeleton of the
+    official archives (one drawing per character) in ``work``; returns {split: ["Alphabet/characterNN"]}."""
+    work = Path(work)
+    skeleton = work / "omniglot_dataset"
+    for part in ("images_background", "images_evaluation"):
+        archive, folder = Path(omniglot_root) / f"{part}.zip", Path(omniglot_root) / part
+        if archive.is_file():
+            with zipfile.ZipFile(archive) as zf:
+                names = zf.namelist()
+                read = zf.read
+                for name in sorted(names):
+                    match = OMNIGLOT_MEMBER.match(name)
+                    target = skeleton.joinpath(*match.groups()[:3]) if match else None
+                    if target is not None and not target.exists():
+                        target.mkdir(parents=True, exist_ok=True)
+                        (target / match.group(4)).write_bytes(read(name))
+        elif folder.is_dir():
+            for character in sorted(folder.glob("*/character*")):
+                target = skeleton / part / character.parent.name / character.name
+                if not target.exists():
+                    target.mkdir(parents=True)
+                    first = sorted(character.glob("*.png"))[0]
+                    (target / first.name).write_bytes(first.read_bytes())
+        else:
+            sys.exit(f"reference_mamlpp: Omniglot not found: neither {archive} nor {folder}/")
+    datasets = work / "datasets"  # its path and label maps are written here (DATASET_DIR)
+    datasets.mkdir(parents=True, exist_ok=True)
+    os.environ["DATASET_DIR"] = str(datasets)
+    if str(code) not in sys.path:
+        sys.path.insert(0, str(code))
+    from data import FewShotLearningDatasetParallel
+
+    args = released_args(code, config, dataset_path=str(skeleton), load_into_memory=False)
+    with contextlib.redirect_stdout(sys.stderr):
+        provider = FewShotLearningDatasetParallel(args=args)
+    return {split: sorted(provider.get_label_from_index(index) for index in provider.datasets[split])
+            for split in ("train", "val", "test")}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--code", type=Path, default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
@@ -111,32 +268,14 @@ def main(argv=None) -> None:
     p.add_argument("--first-order", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    if a.code is None or not (Path(a.code) / "few_shot_learning_system.py").is_file():
-        where = (f"no few_shot_learning_system.py in {a.code}" if a.code is not None
-                 else "neither --code nor METAPLUS_MAMLPP_REFERENCE is set")
-        sys.exit(f"reference_mamlpp: {where}; get the MAML++ reference code with:\n  {HOW_TO_GET}\n"
-                 "and pass its directory as --code or METAPLUS_MAMLPP_REFERENCE.")
-    code = Path(a.code).resolve()
-
-    # Before torch loads: thread pools are sized at import, and the reference moves itself to any
-    # visible GPU in its constructor (this benchmark is CPU only).
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    code = check_code(a.code)
+    load_reference(code, a.threads)
     import numpy as np
     import torch
-    torch.set_num_threads(a.threads)
-    # Its 2019 idioms warn on torch 2.x (scheduler.step(epoch=), get_lr(), .grad of a non-leaf in
-    # zero_grad); they still run, and each warning is raised once per call site.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(few_shot_learning_system|"
-                            r"meta_neural_network_architectures|torch\.optim\.lr_scheduler)")
-    sys.path.insert(0, str(code))
-    from few_shot_learning_system import MAMLFewShotClassifier
 
     settings = reference_args(a)
     c, h, w = a.image_shape
-    with contextlib.redirect_stdout(sys.stderr):  # it prints every layer and parameter
-        model = MAMLFewShotClassifier(im_shape=(2, c, h, w), device=torch.device("cpu"),
-                                      args=SimpleNamespace(**settings))
+    model = build_model(SimpleNamespace(**settings))
     # The layout its data loader yields (data.py get_set, stacked over the meta-batch):
     # x [batch, ways, shots, C, H, W] float32, y [batch, ways, shots] with class i in row i.
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@
     learner = metaplus.load("outputs/runs/2026-12-02_12-00-00_maml_omniglot")   # or a .ckpt path
     support = learner.preprocess(["a0.png", "b0.png", ...])   # exactly the training preprocessing
     adapted = learner.adapt_to(support, torch.tensor([0, 1, ...]))
-    labels = adapted.predict(learner.preprocess(query_files))   # score the query SET in one call
+    labels = adapted.predict(learner.preprocess(["q1.png", "q2.png"]))   # score the query SET in one call
 
 :func:`load` finds the checkpoint (a run directory's best checkpoint as results.json names it, else
 ``checkpoints/last.ckpt``; or a ``.ckpt`` path inside a run directory), rebuilds backbone and learner
@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.config import check_choice, instantiate_group, register_resolvers
+from metaplus.config import ConfigError, check_choice, instantiate_group, register_resolvers
 from metaplus.data.episodes import Task
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
 from metaplus.nn.init_from import build_backbone
@@ -111,6 +111,100 @@ def run_config(run_dir: Path) -> DictConfig:
         cfg.paths.root_dir = os.getcwd()
     OmegaConf.resolve(cfg)
     return cfg
+
+
+# What a checkpoint's run decides for its evaluation: the learner, its backbone, the data and their
+# published setting. How to run (trainer, loggers, callbacks, paths) is this command's.
+RUN_KEYS = ("algo", "model", "data", "preset", "variant", "ensemble_top_k")
+# A command-line choice of these groups must be the run's: another one builds tensors the checkpoint does
+# not fit. Each is identified by the key its configs set.
+IDENTITY = {"algo": "algo.name", "data": "data.name", "model": "model._target_"}
+
+
+def checkpoint_config(cfg: DictConfig) -> DictConfig:
+    """The config that evaluates ``ckpt_path`` (``train=false``): ``cfg`` with ``algo``, ``model``,
+    ``data`` and ``preset`` taken from the checkpoint's run (:func:`run_config`, as :func:`load`
+    rebuilds the learner), then every value this command line gives under them (``data.test_episodes=100``,
+    and the keys of a global choice such as ``debug=fast``) set again, so the command line wins.
+    ``cfg`` unchanged when training or without a checkpoint.
+
+    A command-line ``algo=``/``data=``/``model=`` other than the run's, or a checkpoint without its
+    run's config and without ``algo=`` and ``data=``, is a ConfigError naming what to change."""
+    ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if cfg.train or ckpt is None or not ckpt.exists():  # a missing checkpoint is reported by run.build
+        return cfg
+    run_dir = (ckpt.parent if ckpt.name == "checkpoints" else ckpt) if ckpt.is_dir() else find_checkpoint(ckpt)[1]
+    overrides, choices = command_line()
+    given = {o.key_or_group for o in overrides if o.key_or_group in choices}
+    try:
+        ran = run_config(run_dir)
+    except RunNotFoundError:
+        missing = [group for group in ("algo", "data") if group not in given]
+        if missing:
+            raise ConfigError("ckpt_path", f"{ckpt} has no run config beside it (no results.json or .hydra/config.yaml "
+                                           f"in {run_dir}), so the algorithm and data it was trained with are "
+                                           f"unknown: add {' '.join(g + '=<its ' + g + '>' for g in missing)} (and "
+                                           f"any other setting the run changed) to the command") from None
+        return cfg  # the command line says what the run was
+    for group, key in IDENTITY.items():
+        mine, theirs = OmegaConf.select(cfg, key), OmegaConf.select(ran, key)
+        if group in given and theirs is not None and mine != theirs:
+            name = str(theirs).rsplit(".", 1)[-1].lower()  # metaplus.nn.Conv4 -> conv4, its choice's name
+            raise ConfigError(group, f"{choices[group]!r} is not the checkpoint's: its run {run_dir} trained with "
+                                     f"{group}={name}; drop {group}= to evaluate with the run's config")
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in RUN_KEYS:
+            if key in ran:
+                merged[key] = ran[key]
+        for override in overrides:  # this command's own values under those keys win again
+            key = override.key_or_group
+            if key in IDENTITY:
+                continue
+            for name in group_keys(key, choices[key]) if key in given else [key]:
+                if name.split(".", 1)[0] not in RUN_KEYS:
+                    continue  # already this command's
+                if override.is_delete() and key not in given:
+                    parent, _, leaf = name.rpartition(".")
+                    node = OmegaConf.select(merged, parent)
+                    if isinstance(node, DictConfig) and leaf in node:
+                        del node[leaf]
+                else:
+                    OmegaConf.update(merged, name, OmegaConf.select(cfg, name), merge=False, force_add=True)
+    return merged
+
+
+def command_line() -> tuple[list, dict]:
+    """(this Hydra job's parsed command-line overrides, its group choices); empty outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return [], {}
+    hydra_cfg = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    return overrides, dict(hydra_cfg.runtime.choices)
+
+
+def group_keys(group: str, choice: str) -> list[str]:
+    """The config keys a group choice sets: the group's own node, or for a global group
+    (``# @package _global_``, e.g. ``debug``) every leaf key its file sets."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    loaded = loader.repository.load_config(f"{group}/{choice}") if loader is not None and isinstance(choice, str) else None
+    if loaded is None or loaded.header.get("package") != "_global_":
+        return [group]
+    node = OmegaConf.masked_copy(loaded.config, [k for k in loaded.config if k != "defaults"])
+    return leaf_keys(node)
+
+
+def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        keys += leaf_keys(value, name + ".") if isinstance(value, DictConfig) else [name]
+    return keys
 
 
 def build_checkpoint_only_parts(learner: EpisodicLearner, state: dict) -> None:

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaplus.config import check, check_choice, check_int
+from metaplus.results import temporary_beside
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -129,10 +129,17 @@ class Divergence(Callback):
 
     Every finding is warned loudly and kept in ``run_warnings``, which ``metaplus.run`` writes to
     results.json (``warnings``) and prints in its summary.
+
+    The loss ceiling is tracked on the loss's device (no device->host read per step, which would
+    stall a GPU step) and read back every ``check_every_n_steps`` training steps and at the end of
+    every training epoch, so a run stops at most that many steps after its loss crossed the ceiling
+    for ``patience`` steps. Under DDP that read-back is one all-reduce: the ranks decide together, so
+    a loss that diverges on one rank stops every rank (one rank stopping alone would leave the others
+    waiting for ever in the next gradient all-reduce).
     """
 
     def __init__(self, max_loss: float | str = "auto", patience: int = 3, on_loss_ceiling: str = "stop",
-                 chance_after_steps: int = 200, on_chance: str = "warn"):
+                 chance_after_steps: int = 200, on_chance: str = "warn", check_every_n_steps: int = 10):
         check("max_loss", max_loss, max_loss == "auto" or (isinstance(max_loss, (int, float))
                                                              and not isinstance(max_loss, bool) and max_loss > 0),
               "'auto' or a number > 0")
@@ -140,9 +147,13 @@ class Divergence(Callback):
         check_choice("on_loss_ceiling", on_loss_ceiling, {"stop", "warn", "error"})
         check_int("chance_after_steps", chance_after_steps, 0)
         check_choice("on_chance", on_chance, {"stop", "warn"})
+        check_int("check_every_n_steps", check_every_n_steps, 1)
         self.max_loss, self.patience, self.on_loss_ceiling = max_loss, patience, on_loss_ceiling
         self.chance_after_steps, self.on_chance = chance_after_steps, on_chance
-        self.above = 0
+        self.check_every_n_steps = check_every_n_steps
+        self.above: Any = 0  # consecutive steps above the ceiling: a tensor on the loss's device once training
+        self.reached: Any = False  # whether `above` reached `patience` since the last check (device tensor)
+        self.unchecked_steps = 0
         self.run_warnings: list[str] = []
 
     # -- helpers -------------------------------------------------------------------------------
@@ -171,20 +182,38 @@ class Divergence(Callback):
         loss = trainer.callback_metrics.get("train/loss")
         if loss is None:
             return
-        ceiling = self.ceiling(trainer, pl_module)
-        self.above = self.above + 1 if float(loss) > ceiling else 0
-        if self.above < self.patience:
+        above = torch.as_tensor(loss).detach() > self.ceiling(trainer, pl_module)  # stays on the device
+        self.above = torch.where(above, self.above + 1, 0)
+        self.reached = (self.above >= self.patience) | self.reached
+        self.unchecked_steps += 1
+        if self.unchecked_steps >= self.check_every_n_steps:
+            self.check_loss_ceiling(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.unchecked_steps:  # every rank ends the epoch after the same number of steps
+            self.check_loss_ceiling(trainer, pl_module)
+
+    def check_loss_ceiling(self, trainer, pl_module) -> None:
+        """The read-back: one host read of the flag, reduced across DDP ranks (any rank decides)."""
+        self.unchecked_steps = 0
+        here = bool(self.reached)
+        self.reached = False
+        if not trainer.strategy.reduce_boolean_decision(here, all=False):
             return
-        message = (f"divergence: train/loss {float(loss):.4g} above the ceiling {ceiling:.4g} for {self.above} "
-                   f"consecutive steps (epoch {trainer.current_epoch}, step {trainer.global_step}); training "
-                   f"diverged: lower algo.inner_lr (now {getattr(pl_module, 'inner_lr', '?')}) or algo.meta_lr "
-                   f"(now {getattr(pl_module, 'meta_lr', '?')}). The ceiling is callbacks.divergence.max_loss")
+        ceiling = self.ceiling(trainer, pl_module)
+        where = (f" {float(trainer.callback_metrics['train/loss']):.4g}" if here else "")
+        message = (f"divergence: train/loss{where} above the ceiling {ceiling:.4g} for {self.patience} consecutive "
+                   f"steps{'' if here else ' on another DDP rank'} (found at epoch {trainer.current_epoch}, step "
+                   f"{trainer.global_step}); training diverged: lower algo.inner_lr (now "
+                   f"{getattr(pl_module, 'inner_lr', '?')}) or algo.meta_lr (now {getattr(pl_module, 'meta_lr', '?')}). "
+                   f"The ceiling is callbacks.divergence.max_loss")
         if self.on_loss_ceiling == "error":
-            raise DivergenceError(message)
+            raise DivergenceError(message)  # on every rank alike
         if self.on_loss_ceiling == "stop":
             message += "; training was stopped here"
             trainer.should_stop = True
-        self.above = 0 if self.on_loss_ceiling == "warn" else self.above
+        else:  # warn: count a new streak from here
+            self.above = 0
         self.record(message)
 
     def at_chance(self, pl_module, stage: str, ways: int) -> str | None:
@@ -221,7 +250,7 @@ class Divergence(Callback):
             self.record(f"{found}: the test score is no better than guessing")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"above": self.above, "run_warnings": list(self.run_warnings)}
+        return {"above": int(self.above), "run_warnings": list(self.run_warnings)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.above = state_dict.get("above", 0)
@@ -240,7 +269,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temporary_beside(path)
         try:
             with os.fdopen(fd, "wb") as handle:
                 torch.save(checkpoint, handle)
@@ -250,6 +279,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def checkpoint_damage(path: str | os.PathLike) -> str | None:
+    """None when ``path`` loads as a checkpoint; else why not. Loaded as Lightning will load it, with
+    ``mmap`` so the tensors are not read: a truncated copy (no zip central directory) or a damaged
+    pickle fails here with the file named, instead of deep inside ``trainer.fit``."""
+    try:
+        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as error:  # what torch raises for a damaged file varies (RuntimeError, OSError, EOFError, ...)
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    return None
 
 
 class PreemptionCheckpoint(Callback):
@@ -287,6 +327,10 @@ class PreemptionCheckpoint(Callback):
         path = self.last_path(trainer)
         if path is None:
             return
+        # Tell ModelCheckpoint this last.ckpt is its own (set before saving: it is part of its state), so a
+        # run that goes on after the signal overwrites it at the epoch's end instead of writing
+        # last-v1.ckpt beside a stale last.ckpt that resume: auto would pick up.
+        trainer.checkpoint_callback.last_model_path = str(path)
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
             logging.getLogger("metaplus").warning(f"{why}: saved {path} at epoch {trainer.current_epoch}, step "
@@ -307,10 +351,16 @@ class PreemptionCheckpoint(Callback):
         self.pending = signum  # acted on at the end of the current step: the state is consistent there
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.pending is None:
+        noted = self.pending is not None
+        if trainer.world_size > 1:
+            # A signal may reach one rank only (sbatch --signal, kill and submitit-local reach rank 0),
+            # and saving is collective (save_checkpoint waits in a barrier): share the flag every step,
+            # as Lightning does for SIGTERM, so every rank saves at the end of the same step.
+            noted = trainer.strategy.reduce_boolean_decision(noted, all=False)
+        if not noted:
             return
         signum, self.pending = self.pending, None
-        self.save(trainer, f"signal {signum}")
+        self.save(trainer, f"signal {signum}" if signum is not None else "a signal to another rank")
         previous = self.previous.get(signum)
         if callable(previous):  # e.g. submitit's handler: checkpoint the job description and requeue it
             previous(signum, None)

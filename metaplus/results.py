@@ -41,9 +41,20 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """(descriptor, name) of a new temporary file in ``path``'s folder, for an atomic write (write it,
+    then ``os.replace``), with the mode ``open()`` would give the file (0666 less the umask, e.g. 0644):
+    mkstemp's own 0600 would make results.json and checkpoints unreadable to the rest of a lab group."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=False, default=str)

@@ -15,12 +15,17 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metaplus.config import check, check_choice, check_int, instantiate_group
+from metaplus.algorithms.base import refuse_fp16_inner_loop
+from metaplus.api import checkpoint_config
+from metaplus.callbacks import checkpoint_damage
+from metaplus.config import ConfigError, check, check_choice, check_int, instantiate_group
+from metaplus.devices import check_accelerator, describe_devices
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
-from metaplus.presets import describe as describe_preset, preset_info
+from metaplus.presets import describe as describe_preset, preset_info, row_name
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
-from metaplus.results import write_results
+from metaplus.results import portable_path, write_results
+from metaplus.runlock import LOCK_NAME, one_process_per_run_directory
 from metaplus.threads import configure_run_threads
 
 log = logging.getLogger("metaplus")
@@ -35,6 +40,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
           "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
+    check_accelerator(cfg.trainer)  # GPUs asked for and none usable: say so now, not train on the CPU
+    refuse_fp16_inner_loop(cfg.trainer.get("precision"))  # on the CPU Lightning would silently swap in bf16
     datamodule = instantiate_group(cfg.data, "data")
     # Build the sources now: bad source settings and missing datasets fail before any training.
     datamodule.setup("fit" if cfg.train else "test")
@@ -59,13 +66,15 @@ def ddp_overrides(trainer_cfg: DictConfig, learner) -> dict[str, Any]:
     return {}
 
 
+@one_process_per_run_directory  # a second process in the same run directory stops before touching it
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as the config says; return the final metrics (also in results.json)."""
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
     try:
+        cfg = checkpoint_config(cfg)  # train=false: the checkpoint's run's config, the command line winning
         check_int("seed", cfg.seed, 0)
-        configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
+        threads = configure_run_threads(cfg)  # before any tensor work: each process gets its share of the cores
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         preset_line = describe_preset(cfg)
         parts = build(cfg)
@@ -74,7 +83,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     datamodule, learner, trainer = parts["datamodule"], parts["learner"], parts["trainer"]
     if trainer.is_global_zero:
-        print(preset_line, flush=True)
+        announce(preset_line, output_dir)
+        announce(start_line(cfg, trainer, threads, output_dir), output_dir)
     log_config(parts["loggers"], cfg)
 
     ckpt, ensemble = cfg.ckpt_path, []
@@ -101,7 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
         extra = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
-                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None}
+                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None,
+                 "device": describe_devices(trainer)}
         path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
                              extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None})
         print_summary(cfg, metrics, path, extra["warnings"])
@@ -110,13 +121,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
-    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``."""
+    """``ckpt_path`` if given; else, with ``resume: auto``, the run directory's own ``last.ckpt``.
+    A damaged ``last.ckpt`` (e.g. a truncated copy) stops the run naming it and the ways out."""
     callback = trainer.checkpoint_callback
     if cfg.ckpt_path is not None or cfg.get("resume", "auto") == "never" or callback is None or not callback.dirpath:
         return cfg.ckpt_path
     last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     if not last.is_file():
         return None
+    damage = checkpoint_damage(last)
+    if damage is not None:
+        older = sorted((p for p in last.parent.glob(f"*{callback.FILE_EXTENSION}") if p != last),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        readable = next((p for p in older if checkpoint_damage(p) is None), None)
+        way_out = f", or continue from an older checkpoint: ckpt_path={readable}" if readable else ""
+        raise ConfigError("resume", f"auto cannot continue from {last}: the file is damaged ({damage}). Start over "
+                                    f"with resume=never{way_out}")
     log.warning(f"resume: auto: continuing from {last} (resume=never starts over)")
     return str(last)
 
@@ -136,9 +156,31 @@ def remove_if_empty(output_dir: Path) -> None:
     """A run that failed on its config leaves no directory behind (only Hydra's own files were there)."""
     if not output_dir.is_dir():
         return
-    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra", "train.log"}]
+    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra", "train.log", LOCK_NAME}]
     if not leftovers:
         shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def announce(text: str, output_dir: Path) -> None:
+    """A line for the console that also belongs in the run's log: logged where Hydra gave the run a
+    log file (train.log in the run directory; its console handler prints it too), else printed
+    (compose API: tests, notebooks)."""
+    run_dir = Path(output_dir).resolve()
+    if any(isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir
+           for handler in logging.getLogger().handlers):
+        log.info(text)
+    else:
+        print(text, flush=True)
+
+
+def start_line(cfg: DictConfig, trainer: L.Trainer, threads: int, output_dir: Path) -> str:
+    """What runs, in one line: algorithm, data row, backbone, device(s), precision, threads, run directory."""
+    backbone = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    device = describe_devices(trainer)  # the same description results.json records
+    devices = f"{device['processes']} x {device['type']} ({device['name']})"
+    return (f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
+            f"precision {device['precision']}, {threads} thread{'s' if threads != 1 else ''} per process, "
+            f"run directory {portable_path(str(Path(output_dir).absolute()))}")
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
@@ -148,13 +190,18 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
         key = f"{stage}/{metric}"
         if key in metrics:
             n = int(metrics[f"{stage}/episodes"])
-            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI, {n} episodes; "
-                         f"before adaptation {metrics[key + '_step0']:.4f})")
+            curve = metrics.get(f"{key}_by_step")  # step 0 (before adaptation) .. the last step
+            steps = len(curve) - 1 if curve else cfg.algo.get("test_inner_steps")
+            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
+                         f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})")
     key = f"test/{metric}_ensemble"
     if key in metrics:
         k = len(metrics["test/ensemble_checkpoints"])
         lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
                      f"top {k} validation checkpoints)")
     lines += [f"  WARNING: {warning}" for warning in warnings]
-    lines.append(f"  results: {path}")
-    print("\n".join(lines), flush=True)
+    # named as results.json names files: relative to the working directory (portable_path)
+    checkpoints = Path(metrics["best_checkpoint"]).absolute().parent if metrics.get("best_checkpoint") else None
+    lines.append(f"  results: {portable_path(str(path.absolute()))}"
+                 + (f"; checkpoints: {portable_path(str(checkpoints))}/" if checkpoints else ""))
+    announce("\n".join(lines), path.parent)

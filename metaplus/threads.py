@@ -46,16 +46,33 @@ def decide_threads(configured: Any, environ: Mapping[str, str], cores: int, proc
 
 
 def trainer_processes(trainer_cfg: Mapping[str, Any], environ: Mapping[str, str]) -> int:
-    """Processes Lightning starts on this node for one run: ``devices`` of them (DDP), else one.
-    Under ``srun`` each task already has its own cores (its affinity mask), so it counts as one."""
+    """Processes Lightning starts on this node for one run: one per device (DDP), else one.
+    Under ``srun`` each task already has its own cores (its affinity mask), so it counts as one.
+
+    ``devices`` as Lightning reads it: a count, a list of indices, ``"0,1"``, or ``-1`` / ``"auto"``:
+    every visible GPU when the run trains on GPUs (``accelerator`` gpu/cuda, or auto with CUDA
+    usable), one process on the CPU (Lightning's CPU accelerator counts ``auto`` as one device)."""
     if int(environ.get("SLURM_NTASKS", "1") or 1) > 1:
         return 1
     devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if "," in devices:  # "0,1": GPU indices
+            return max(len([d for d in devices.split(",") if d.strip()]), 1)
+        devices = int(devices) if devices.lstrip("-").isdigit() else devices
+    if devices == "auto" or devices == -1:
+        return max(torch.cuda.device_count(), 1) if trains_on_gpu(trainer_cfg) else 1
     if isinstance(devices, int) and not isinstance(devices, bool):
         return max(devices, 1)
-    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+    if hasattr(devices, "__len__"):  # a list of device indices (list, tuple, ListConfig)
         return max(len(devices), 1)
-    return 1  # "auto" and friends: one process on CPU, and no way to know more before the trainer exists
+    return 1  # anything else: Lightning rejects it when it builds the trainer
+
+
+def trains_on_gpu(trainer_cfg: Mapping[str, Any]) -> bool:
+    """Whether Lightning will put this run on CUDA GPUs (``accelerator`` gpu/cuda, or auto with one usable)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def parallel_jobs() -> int:

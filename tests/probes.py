@@ -8,7 +8,8 @@ from lightning.pytorch.callbacks import Callback
 
 class FirstStepProbe(Callback):
     """Saves, per rank, the task indices of the first training batch and the meta-gradient that the
-    optimizer is about to apply (after DDP's all-reduce)."""
+    optimizer applied (after DDP's all-reduce and the learner's clipping, which runs in the module's
+    ``on_before_optimizer_step``, after the callbacks' hook: hence read at the end of the batch)."""
 
     def __init__(self, path: str):
         self.path, self.indices = Path(path), None
@@ -17,8 +18,8 @@ class FirstStepProbe(Callback):
         if trainer.global_step == 0 and self.indices is None:
             self.indices = batch.index.tolist()
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_step != 0:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != 1:  # the first step's optimizer.step() has run; .grad is zeroed next step
             return
         self.path.mkdir(parents=True, exist_ok=True)
         grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}

@@ -62,8 +62,8 @@ def test_every_group_option_composes_and_instantiates(make_config, tmp_path, gro
         datamodule.setup("test")
         assert datamodule.source("test").num_classes == 20
         return
-    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
-        pytest.skip("trainer=gpu composes; instantiating it needs a GPU")
+    if group == "trainer" and option in ("gpu", "ddp") and not torch.cuda.is_available():
+        pytest.skip(f"trainer={option} composes; instantiating it needs a GPU (tests/test_devices.py: its error without one)")
     parts = build(cfg)
     assert parts["learner"].backbone is not None
     assert parts["trainer"].max_epochs == cfg.trainer.max_epochs

@@ -60,6 +60,7 @@ def test_two_process_meta_gradient_equals_single_process(make_config, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test/episodes"] == 11, "each fixed test episode is evaluated exactly once"
     assert results["val/episodes"] == 6
+    assert (results["device"]["type"], results["device"]["processes"]) == ("cpu", 2), "the device actually used"
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from metaplus.run import run
 from test_data_images import cache_dir  # noqa: F401  (the shared decoded-image cache fixture)
 
 TINY = [*QUICK, "model=conv4", "model.filters=8", "data.batches_per_epoch=6", "data.meta_batch_size=2",
-        "algo.test_inner_steps=1"]
+        "algo.test_inner_steps=1", "callbacks.divergence.check_every_n_steps=3"]
 
 
 def pattern_folder(root, classes: int = 40, images: int = 5, size: int = 16):
@@ -114,10 +114,28 @@ def test_loss_ceiling_modes_and_bad_values(make_config, tmp_path):
         run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.on_loss_ceiling=error"],
                         output_dir=tmp_path / "err"))
     metrics = run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.patience=1",
-                               "callbacks.divergence.on_loss_ceiling=warn"], output_dir=tmp_path / "warn"))
+                               "callbacks.divergence.on_loss_ceiling=warn", "callbacks.divergence.check_every_n_steps=1"],
+                              output_dir=tmp_path / "warn"))
     results = json.loads((tmp_path / "warn" / "results.json").read_text())
     assert results["global_step"] == 3 and len(results["warnings"]) == 3, "warn: every step is reported, none stops"
     with pytest.raises(ConfigError, match="max_loss"):
         Divergence(max_loss=-1)
     with pytest.raises(ConfigError, match="on_loss_ceiling"):
         Divergence(on_loss_ceiling="ignore")
+
+
+def test_the_loss_ceiling_is_read_back_only_every_n_steps():
+    """The ceiling is tracked on the loss's device: no device->host read per step (issue 24, bug 5).
+    A loss on the ``meta`` device cannot be read back at all, so the read is exactly where it fails."""
+    from types import SimpleNamespace
+
+    class Strategy:
+        def reduce_boolean_decision(self, decision, all=True):
+            return decision
+
+    trainer = SimpleNamespace(callback_metrics={"train/loss": torch.tensor(5.0, device="meta")}, strategy=Strategy())
+    divergence = Divergence(max_loss=1.0, patience=3, check_every_n_steps=10)
+    for _ in range(9):
+        divergence.on_train_batch_end(trainer, None, None, None, 0)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the 10th step reads the flag back
+        divergence.on_train_batch_end(trainer, None, None, None, 0)

@@ -1,24 +1,21 @@
 """Hydra's submitit launcher: local processes here; the SLURM config is composed and checked."""
 import json
-import os
-import subprocess
-import sys
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF, QUICK, REPO
+import commands
+from conftest import CONF, QUICK
 
 
 def test_submitit_local_multirun_writes_one_results_json_per_job(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "seed=1,2",
-                           *QUICK, f"hydra.sweep.dir={tmp_path}", "hydra.launcher.timeout_min=10"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+    proc = commands.train("-m", "hydra/launcher=submitit_local", "seed=1,2", *QUICK, "hydra.launcher.timeout_min=10",
+                          cwd=tmp_path, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(tmp_path.glob("*/results.json"))
+    sweep = commands.only_directory(tmp_path / "outputs" / "multiruns")
+    results = sorted(sweep.glob("*/results.json"))
     assert [json.loads(p.read_text())["seed"] for p in results] == [1, 2]
-    assert list(tmp_path.glob(".submitit/*/*_log.out")), "jobs ran through submitit"
+    assert list(sweep.glob(".submitit/*/*_log.out")), "jobs ran through submitit"
 
 
 def test_slurm_launcher_settings_follow_the_trainer_and_the_command_line():

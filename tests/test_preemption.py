@@ -138,3 +138,21 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}, "the previous checkpoint is intact"
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file remains"
+
+
+def test_a_damaged_last_checkpoint_names_the_file_and_the_way_out(make_config, tmp_path):
+    """A truncated ``last.ckpt`` (a copy cut short) made ``resume: auto`` die deep in Lightning with
+    an error that named neither the file nor what to do (issue 24, cluster)."""
+    out = tmp_path / "damaged"
+    quick = [*QUICK, "logger=csv"]
+    run(make_config([*quick, "trainer.max_epochs=1"], output_dir=out))
+    last = out / "checkpoints" / "last.ckpt"
+    whole = last.read_bytes()
+    last.write_bytes(whole[:len(whole) // 2])
+    best = next(p for p in (out / "checkpoints").glob("best-*.ckpt"))
+    with pytest.raises(ConfigError, match=f"resume: auto cannot continue from {last}: the file is damaged "
+                                          f"\\(\\w+Error: .*\\)\\. Start over with resume=never, or continue from an "
+                                          f"older checkpoint: ckpt_path={best}$"):
+        run(make_config([*quick, "trainer.max_epochs=2"], output_dir=out))
+    assert last.read_bytes() == whole[:len(whole) // 2], "left as it was"
+    run(make_config([*quick, "trainer.max_epochs=1", "resume=never"], output_dir=out))  # the way out works

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import QUICK, REPO, compose_config, shared_data_dir
+import commands
+from conftest import QUICK, compose_config, shared_data_dir
 from metaplus.report import main, report
 from metaplus.run import run
 
@@ -229,20 +227,17 @@ def test_tiny_ablation_on_omniglot_gives_one_row_per_variant(tmp_path):
 def test_ablation_multirun_cli_and_report(tmp_path):
     """The documented command: one Hydra multirun of the default grid, W&B offline, then the report."""
     needs_omniglot()
-    sweep = tmp_path / "ablation_sweep"
     quick = [o for o in TINY if o != "logger=none"]
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", "-m", "experiment=ablation_mamlpp", "logger=wandb",
-                           f"hydra.sweep.dir={sweep}", *quick], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = commands.train("-m", "experiment=ablation_mamlpp", "logger=wandb", *quick, cwd=tmp_path, timeout=600,
+                          HYDRA_FULL_ERROR="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = commands.only_directory(tmp_path / "outputs" / "multiruns")
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 8 and "1_maml+msl" in jobs and "7_mamlpp" in jobs
     for job in ("1_maml+msl", "7_mamlpp"):  # each W&B run is in the sweep's group and tagged by its switches
         record = next((sweep / job / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
-        assert b"ablation_sweep" in record and job.split("_", 1)[1].encode() in record
-    out = subprocess.run([sys.executable, "-m", "metaplus.report", str(sweep)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+        assert sweep.name.encode() in record and job.split("_", 1)[1].encode() in record
+    out = commands.python(["-m", "metaplus.report", str(sweep)], cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_csv(sweep / "report.csv")
     assert [r["variant"] for r in rows] == ["maml", *(f"maml+{s}" for s in SWITCHES), "mamlpp"]

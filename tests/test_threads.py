@@ -98,3 +98,18 @@ def test_submitit_local_jobs_share_the_cores(tmp_path):
             cfg.hydra.mode, cfg.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
         HydraConfig.instance().set_config(cfg)
         assert parallel_jobs() == expected, launcher
+
+
+@pytest.mark.parametrize("devices", [-1, "-1", "auto"])
+def test_all_gpus_count_as_one_process_each(devices, monkeypatch):
+    """``devices=-1`` / ``"auto"`` start one DDP rank per visible GPU: each takes its share of the
+    cores, not all of them (issue 24, bug 10). On the CPU they mean one process."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert trainer_processes({"strategy": "ddp", "accelerator": "gpu", "devices": devices}, {}) == 4
+    assert trainer_processes({"strategy": "ddp", "accelerator": "auto", "devices": devices}, {}) == 4
+    assert trainer_processes({"accelerator": "cpu", "devices": devices}, {}) == 1
+    assert trainer_processes({"accelerator": "gpu", "devices": "0,1"}, {}) == 2
+    assert trainer_processes({"accelerator": "gpu", "devices": "3"}, {}) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer_processes({"accelerator": "auto", "devices": devices}, {}) == 1

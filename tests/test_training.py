@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import commands
 from conftest import QUICK, REPO, recompute_test_metric
 from metaplus.algorithms import NonFiniteLossError
 from metaplus.run import build, run
@@ -104,10 +105,11 @@ def cli(*args, cwd=REPO, timeout=300):
 
 
 def test_multirun_writes_one_directory_per_job(tmp_path):
+    """A multirun as typed, with Hydra's default sweep directory (which once failed to resolve)."""
     quick = [q for q in QUICK if not q.startswith("~")] + ["~callbacks.progress_bar"]
-    sweep = tmp_path / "sweep_abc"
-    proc = cli("-m", "seed=1,2", f"hydra.sweep.dir={sweep}", *quick, "logger=wandb")
+    proc = commands.train("-m", "seed=1,2", *quick, "logger=wandb", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = commands.only_directory(tmp_path / "outputs" / "multiruns")
     results = sorted(sweep.glob("*/results.json"))
     assert len(results) == 2
     seeds = {json.loads(p.read_text())["seed"] for p in results}
@@ -115,7 +117,7 @@ def test_multirun_writes_one_directory_per_job(tmp_path):
     # each job is its own W&B run, grouped under the sweep's name
     runs = sorted(sweep.glob("*/wandb/offline-run-*/*.wandb"))
     assert len(runs) == 2
-    assert all(b"sweep_abc" in r.read_bytes() for r in runs)
+    assert all(sweep.name.encode() in r.read_bytes() for r in runs)
 
 
 def test_cli_misspelt_override_fails_naming_the_key(tmp_path):

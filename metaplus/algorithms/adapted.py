@@ -19,12 +19,20 @@ matching step and no longer depend on the batch.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaplus.config import check, check_int
 from metaplus.data.episodes import Task
+
+
+class Score(NamedTuple):
+    """What :meth:`AdaptedLearner.score` returns; unpacks as ``loss, metric = adapted.score(x, y)``."""
+    loss: float    # the training loss (cross-entropy, or MSE for regression)
+    metric: float  # the reported metric: accuracy (classification) or mean squared error (regression)
 
 
 class AdaptedLearner:
@@ -54,11 +62,11 @@ class AdaptedLearner:
               "classification for predict_proba (regression has no class probabilities)")
         return F.softmax(self(x), dim=-1)
 
-    def score(self, x: Tensor, y: Tensor) -> tuple[float, float]:
-        """(loss, metric) of the batch ``(x, y)``: what ``evaluate_task`` reports for a query set."""
+    def score(self, x: Tensor, y: Tensor) -> Score:
+        """:class:`Score` (loss, metric) of the batch ``(x, y)``: what ``evaluate_task`` reports for a query set."""
         out = self(x)
         y = torch.as_tensor(y).to(out.device)
-        return float(self.learner.loss_fn(out, y)), float(self.learner.score(out, y))
+        return Score(loss=float(self.learner.loss_fn(out, y)), metric=float(self.learner.score(out, y)))
 
 
 def adapt_to(learner, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> AdaptedLearner:

@@ -40,6 +40,23 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf: stop at once with the step and the likely culprits."""
 
 
+#: Precisions that compute in float16 (Lightning's names, as given or as ``trainer.precision`` reports them).
+FP16_PRECISIONS = ("16", "16-mixed", "16-true")
+
+
+def refuse_fp16_inner_loop(precision: Any) -> None:
+    """Refuse float16 before training. The inner loop calls ``autograd.grad`` on the unscaled loss:
+    in fp16 small inner gradients underflow to zero, and an overflow stops the run as a non-finite
+    loss instead of letting the GradScaler skip the step. bf16 has fp32's range, so it has neither
+    problem; GPUs without bf16 (V100, T4) train in fp32."""
+    if str(precision) in FP16_PRECISIONS:
+        raise ConfigError("trainer.precision", f"{precision!r} is not supported: the inner loop would differentiate "
+                                               f"an unscaled float16 loss (small inner gradients underflow to zero, an "
+                                               f"overflow stops the run instead of skipping the step). Use "
+                                               f"trainer.precision=bf16-mixed on GPUs with bf16 (A100, H100, RTX 30xx "
+                                               f"and later); on GPUs without bf16 (V100, T4) use trainer.precision=32-true")
+
+
 LR_SCHEDULES = ("constant", "cosine", "linear")
 LR_INTERVALS = ("epoch", "step")
 
@@ -197,6 +214,11 @@ class EpisodicLearner(L.LightningModule):
         return losses, metrics
 
     # -- training ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Every fit/validate/test, before its first step (run.build already checked the config; this
+        # covers a Trainer built by hand).
+        refuse_fp16_inner_loop(self.trainer.precision)
+
     def gradient_sync(self, last: bool):
         """DDP: all-reduce gradients only on the meta-batch's last backward."""
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
@@ -217,7 +239,6 @@ class EpisodicLearner(L.LightningModule):
                 metrics.append(metric)
         loss = torch.stack(losses).mean()
         self.check_finite(loss)
-        self.clip_meta_gradient(optimizer)
         self.logged_meta_lr.fill_(optimizer.param_groups[0]["lr"])  # a kernel argument, not a copy
         self.log("train/meta_lr", self.logged_meta_lr, batch_size=n)
         optimizer.step()
@@ -271,11 +292,16 @@ class EpisodicLearner(L.LightningModule):
             if config.interval == interval:
                 config.scheduler.step()
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside ``optimizer.step()``, after a loss-scaling precision (16-mixed's
+        # GradScaler) has unscaled the gradients: clipping earlier would clip the scaled gradient.
+        self.clip_meta_gradient(optimizer)
+
     def clip_meta_gradient(self, optimizer) -> None:
         """Clamp the meta-gradient element-wise (``grad_clip_value``, as the MAML++ code on
-        mini-ImageNet) and/or rescale it to a maximal norm (``grad_clip_norm``). Runs after the
-        meta-batch's last backward, when DDP has averaged the gradients, so every rank clips alike;
-        Lightning's ``clip_gradients`` unscales mixed-precision gradients first."""
+        mini-ImageNet) and/or rescale it to a maximal norm (``grad_clip_norm``). Runs in
+        ``on_before_optimizer_step``: after the meta-batch's last backward, when DDP has averaged the
+        gradients (every rank clips alike) and mixed precision has unscaled them."""
         if self.grad_clip_value is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_value, gradient_clip_algorithm="value")
         if self.grad_clip_norm is not None:

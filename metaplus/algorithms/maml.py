@@ -156,11 +156,19 @@ class MAML(EpisodicLearner):
     def inert_switches(self, max_epochs: int | None) -> list[str]:
         """Switches that are on but change nothing in this run, each named with the keys to change."""
         found = []
-        if self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
+        if self.da and self.first_order:
+            found.append("algo.da=true with algo.first_order=true: derivative-order annealing switches from first to "
+                         "second order, and this run is first order throughout, so DA changes nothing; set "
+                         "algo.first_order=false")
+        elif self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
             found.append(f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
                          f"training never reaches second order (the whole run is first order); lower "
                          f"algo.da_epochs or set algo.da=false")
-        if self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
+        if self.msl and self.inner_steps <= 1:
+            found.append(f"algo.msl=true with algo.inner_steps={self.inner_steps}: the multi-step loss weights the "
+                         f"query loss after each inner step, and with one step that is the final-step loss alone, "
+                         f"so MSL changes nothing here; set algo.inner_steps above 1 (MAML++ uses 5)")
+        elif self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
             found.append(f"algo.msl_epochs={self.msl_epochs} > trainer.max_epochs={max_epochs}: the multi-step loss "
                          f"never anneals to the final step within this run")
         if self.switches["bnrs"] and self.bn_stats == "batch":

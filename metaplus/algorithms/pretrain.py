@@ -49,6 +49,7 @@ class Pretrain(EpisodicLearner):
     # -- pre-training --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Build the all-classes head before the optimizer is made or a checkpoint is loaded."""
+        super().setup(stage)
         if self.task_type != "classification" or self.pretrain_head is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
