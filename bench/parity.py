@@ -10,4 +10,4 @@ if str(REPO) not in sys.path:  # a script's path starts at bench/: this checkout
 from metaplus.benchmarking.parity import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

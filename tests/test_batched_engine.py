@@ -12,10 +12,11 @@ import torch
 
 from metaplus.algorithms import ANIL, MAML, MetaSGD, Reptile
 from metaplus.config import ConfigError
+from metaplus.data.episodes import TaskBatch
 from metaplus.inner import BatchedAdapt, CloneAdapt, make_engine
 from metaplus.nn import MLP
 from metaplus.testing import QUICK
-from metaplus.testing.engines import conv4, image_batch, meta_gradients, regression_batch
+from metaplus.testing.engines import at_epoch, conv4, image_batch, meta_gradients, regression_batch
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
@@ -114,3 +115,69 @@ def test_batched_engine_trains_through_the_real_trainer(make_config, tmp_path):
     assert parts["trainer"].global_step == 3
     after = dict(parts["learner"].named_parameters())
     assert all(not torch.equal(before[n], after[n].detach()) for n in before), "every parameter was updated"
+
+
+def test_batched_engine_trains_resnet12_with_dropblock_one_mask_per_task():
+    """ResNet-12's DropBlock draws random masks: under vmap that raised torch's randomness error.
+    Each task now draws its own masks (randomness="different"), as the default engine's
+    one-task-at-a-time loop does: three copies of one task get three different losses, and the same
+    three copies without DropBlock get one loss."""
+    from metaplus.nn import ResNet12
+
+    def losses(rate: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        learner = at_epoch(MAML(ResNet12(input_shape=[3, 16, 16], output_dim=3, widths=[2, 2, 4, 4],
+                                         dropblock_rate=rate, dropblock_size=2),
+                                "classification", inner_steps=1, engine="batched"), 0)
+        x = torch.randn(1, 6, 3, 16, 16).repeat(3, 1, 1, 1, 1)
+        y = torch.arange(3).repeat_interleave(2).repeat(3, 1)
+        loss, _ = learner.accumulate_batched(TaskBatch(x, y, x.clone(), y.clone(), torch.arange(3)))
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.parameters())
+        return torch.stack(loss)
+
+    with_dropblock, without = losses(0.3), losses(0.0)
+    assert len(set(with_dropblock.tolist())) == 3
+    assert len(set(without.tolist())) == 1
+
+
+EVAL_CASES = {
+    "mamlpp_all": lambda engine, curve: MAML(conv4(), "classification", inner_steps=2, test_inner_steps=3, inner_lr=0.1,
+                                             msl=True, lslr=True, bnrs=True, bnwb=True, engine=engine,
+                                             chunk_size=2 if engine == "batched" else None,
+                                             eval_curve=curve),
+    "anil": lambda engine, curve: ANIL(conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine,
+                                       eval_curve=curve),
+    "metasgd_zero_steps": lambda engine, curve: MetaSGD(MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
+                                                        "regression", inner_steps=2, test_inner_steps=0,
+                                                        inner_lr=0.05, engine=engine, eval_curve=curve),
+}
+
+
+@pytest.mark.parametrize("curve", ["all", "none"])
+@pytest.mark.parametrize("case", sorted(EVAL_CASES))
+def test_batched_engine_evaluates_whole_batches_equal_to_one_task_at_a_time(case, curve, monkeypatch):
+    """With algo.engine=batched validation and test adapt the tasks of a batch together (vmapped,
+    in chunks); per-episode losses and metrics, with or without the per-step curve, equal the
+    one-task-at-a-time evaluation's (which never runs: learn2learn's adapt is made to fail)."""
+    batch = regression_batch() if case.startswith("metasgd") else image_batch(tasks=5)
+
+    def evaluated(engine: str):
+        torch.manual_seed(0)
+        learner = EVAL_CASES[case](engine, curve).double().eval()
+        learner.validation_step(batch, 0)
+        # the first and last step of every episode, then the per-step curve of the curve's subset
+        return (*learner.episode_curves["val"].compute(),
+                *(learner.step_curves["val"].compute() if curve == "all" else ()))
+
+    expected = evaluated("l2l")
+
+    def one_task_at_a_time(*args, **kwargs):
+        raise AssertionError("the batched engine evaluated one task at a time")
+
+    monkeypatch.setattr(CloneAdapt, "adapt", one_task_at_a_time)
+    got = evaluated("batched")
+    steps = EVAL_CASES[case]("l2l", curve).test_inner_steps
+    assert expected[1].shape == (len(batch), 2)
+    assert curve == "none" or expected[4].shape == (len(batch), steps + 1)
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, **TOLERANCE)

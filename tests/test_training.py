@@ -49,7 +49,6 @@ def test_results_json_holds_metrics_config_and_versions(make_config, tmp_path):
 
 
 def test_fixed_test_episodes_do_not_depend_on_the_run_seed(make_config, tmp_path):
-    from metaplus.data.episodes import collate_tasks
 
     def first_test_batch(seed):
         dm = build(make_config([*QUICK, f"seed={seed}"], output_dir=tmp_path / str(seed)))["datamodule"]

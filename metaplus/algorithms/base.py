@@ -143,7 +143,14 @@ class EpisodicLearner(L.LightningModule):
         self.episode_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
         # The full per-step curves of the episodes in the curve's subset (``eval_curve_episodes``).
         self.step_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
-        self.train_means = nn.ModuleDict({key: MeanMetric() for key in ("loss", self.metric)})
+        self.host_index: list[int] | None = None  # the batch's episode indices, read before its transfer
+        # nan_strategy="disable": MeanMetric's default NaN check reads the device every step (a
+        # non-finite loss is caught by ``check_finite`` instead).
+        self.train_means = nn.ModuleDict({key: MeanMetric(nan_strategy="disable") for key in ("loss", self.metric)})
+        # The logged outer learning rate, kept on the learner's device: a Python float handed to
+        # ``self.log`` becomes a host->device copy every step. Not saved (the scheduler holds the rate).
+        self.register_buffer("logged_meta_lr", torch.tensor(float(meta_lr)), persistent=False)
+        self.first_nonfinite_step: Tensor | None = None  # device-side record, see ``check_finite``
         self.eval_results: dict[str, dict] = {}
 
     # -- hooks for subclasses ------------------------------------------------------------------
@@ -238,12 +245,9 @@ class EpisodicLearner(L.LightningModule):
                 losses.append(loss)
                 metrics.append(metric)
         loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"train/loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
-                f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
-                f"(now {self.meta_lr}), or check the data for NaN values.")
-        self.log("train/meta_lr", optimizer.param_groups[0]["lr"], batch_size=n)
+        self.check_finite(loss)
+        self.logged_meta_lr.fill_(optimizer.param_groups[0]["lr"])  # a kernel argument, not a copy
+        self.log("train/meta_lr", self.logged_meta_lr, batch_size=n)
         optimizer.step()
         self.step_lr_schedulers("step")
         # Logged per step: the mean over this meta-batch's tasks (MeanMetric's forward value).
@@ -253,7 +257,39 @@ class EpisodicLearner(L.LightningModule):
         self.log(f"train/{self.metric}", self.train_means[self.metric], prog_bar=self.metric == "acc", batch_size=n)
         return loss
 
+    def check_finite(self, loss: Tensor, defer: bool | None = None) -> None:
+        """Stop on a NaN/inf training loss. On the CPU reading the loss costs nothing: stop at once,
+        before the optimizer step. On an accelerator reading it would make the host wait for the
+        device every step, so the first non-finite step is recorded on the device and read only
+        every ``trainer.log_every_n_steps`` steps (when Lightning reads the logged metrics anyway)
+        and at the end of each epoch (``raise_if_nonfinite``). ``defer`` overrides the choice."""
+        if not (loss.device.type != "cpu" if defer is None else defer):
+            if not torch.isfinite(loss):
+                self.raise_nonfinite(loss.item(), self.global_step)
+            return
+        if self.first_nonfinite_step is None or self.first_nonfinite_step.device != loss.device:
+            self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        seen = torch.isfinite(loss) | (self.first_nonfinite_step >= 0)
+        self.first_nonfinite_step = torch.where(seen, self.first_nonfinite_step, self.global_step)
+        every = getattr(self._trainer, "log_every_n_steps", 0) if self._trainer is not None else 0
+        if every and (self.global_step + 1) % every == 0:
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise if ``check_finite`` recorded a non-finite loss on the device (one read)."""
+        if self.first_nonfinite_step is not None:
+            step = int(self.first_nonfinite_step)
+            if step >= 0:
+                self.raise_nonfinite(float("nan"), step)
+
+    def raise_nonfinite(self, value: float, step: int) -> None:
+        raise NonFiniteLossError(
+            f"train/loss is {value} at epoch {self.current_epoch}, step {step}: "
+            f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
+            f"(now {self.meta_lr}), or check the data for NaN values.")
+
     def on_train_epoch_end(self) -> None:
+        self.raise_if_nonfinite()
         self.step_lr_schedulers("epoch")
 
     def step_lr_schedulers(self, interval: str) -> None:
@@ -364,20 +400,61 @@ class EpisodicLearner(L.LightningModule):
         are drawn by per-batch hooks, so it does not)."""
         return True
 
-    def in_curve_subset(self, index: Tensor) -> bool:
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Keep the episode indices while they are on the host (evaluation picks the curve's episodes by
+        them, MT-net seeds its noise with them): reading them after the batch went to the GPU would make
+        every step wait for the device."""
+        if isinstance(batch, TaskBatch) and batch.index.device.type == "cpu":
+            self.host_index = batch.index.tolist()
+        return batch
+
+    def episode_indices(self, batch: TaskBatch) -> list[int]:
+        """The batch's episode indices as read on the host before its transfer (else read now: a call
+        outside Lightning's batch transfer)."""
+        if self.host_index is None or len(self.host_index) != len(batch):
+            return batch.index.tolist()
+        return self.host_index
+
+    def in_curve_subset(self, index: int) -> bool:
         """Whether episode ``index`` is one of the first ``eval_curve_episodes`` (by index: the same
         fixed episodes in every run), whose per-step curve is computed where ``curve_at`` asks for it.
         Scoring every step costs a query forward per inner step; the final-step metrics need two."""
-        return self.eval_curve_episodes is None or int(index) < self.eval_curve_episodes
+        return self.eval_curve_episodes is None or index < self.eval_curve_episodes
+
+    def evaluate_batched(self, batch: TaskBatch, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
+        """``evaluate_task`` for every task of ``batch`` at once through the batched engine (chunks of
+        ``algo.chunk_size`` tasks per vmapped call): query losses and metrics ``(T, S)``, the same
+        columns as ``evaluate_task`` (before adaptation, then after every step or after the last)."""
+        scored = list(range(steps + 1)) if per_step else [0, steps]
+        losses, metrics = [], []
+        with torch.no_grad():  # first order: torch.func.grad still takes the inner gradients
+            for chunk in self.inner.chunks(len(batch)):
+                loss, prediction = self.inner.scored_queries(
+                    self.backbone, batch.support_x[chunk], batch.support_y[chunk], batch.query_x[chunk],
+                    batch.query_y[chunk], loss_fn=self.loss_fn, steps=steps, adapted=self.adapted_names(),
+                    rule=self.inner_rule(), first_order=True, scored=scored)
+                losses.append(loss)
+                metrics += [torch.stack([self.score(p, y) for p in per_task])
+                            for per_task, y in zip(prediction, batch.query_y[chunk])]
+        return torch.cat(losses), torch.stack(metrics)
 
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
-        for b in range(len(batch)):
-            per_step = with_curve and self.in_curve_subset(batch.index[b])
-            loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=per_step)
+        indices = self.episode_indices(batch)
+        batched = getattr(self.inner, "batched", False)
+        if batched:  # algo.engine=batched evaluates whole chunks at once (every step, where a curve is asked for)
+            losses, metrics = self.evaluate_batched(batch, self.test_inner_steps, per_step=with_curve)
+        for b, index in enumerate(indices):
+            per_step = with_curve and (batched or self.in_curve_subset(index))
+            if batched:
+                loss, metric = losses[b], metrics[b]
+            else:
+                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=per_step)
             if per_step:
-                self.step_curves[stage].update(batch.index[b], loss, metric)
-                loss, metric = loss[[0, -1]], metric[[0, -1]]  # what per_step=False returns
+                if self.in_curve_subset(index):
+                    self.step_curves[stage].update(batch.index[b], loss, metric)
+                # what per_step=False returns (stack, not a list index: that would copy the index to the device)
+                loss, metric = torch.stack((loss[0], loss[-1])), torch.stack((metric[0], metric[-1]))
             curves.update(batch.index[b], loss, metric)
 
     def _eval_epoch_end(self, stage: str) -> None:

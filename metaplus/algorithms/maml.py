@@ -73,6 +73,7 @@ class MAML(EpisodicLearner):
         self.lslr, self.ca, self.bn_stats = lslr, ca, bn_stats
         self.configure_backbone_batchnorm(self.inner_steps, bnrs, bnwb, bn_stats, adapt_bn_affine)
         self.inner_lrs = self.make_inner_lrs(self.inner_steps, self.inner_lr) if lslr else None
+        self.msl_weights_cache: tuple[int, Tensor] | None = None  # (epoch, weights on the device)
 
     # -- construction ---------------------------------------------------------------------------
     def configure_backbone_batchnorm(self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str,
@@ -118,10 +119,17 @@ class MAML(EpisodicLearner):
         return self.first_order
 
     def current_msl_weights(self) -> Tensor | None:
-        """This epoch's MSL weights, or None when only the final step counts (MSL off or over)."""
-        if not self.msl or self.inner_steps < 1 or self.current_epoch >= self.msl_epochs:
+        """This epoch's MSL weights on the learner's device, or None when only the final step counts
+        (MSL off or over). Computed once per epoch (``on_train_epoch_start``) and kept on the device:
+        made on the CPU for every task, they were a host->device copy per task."""
+        epoch = self.current_epoch
+        if not self.msl or self.inner_steps < 1 or epoch >= self.msl_epochs:
             return None
-        return msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)
+        cached = self.msl_weights_cache
+        if cached is None or cached[0] != epoch or cached[1].device != self.device:
+            cached = (epoch, msl_weights(self.inner_steps, epoch, self.msl_epochs).to(self.device))
+            self.msl_weights_cache = cached
+        return cached[1]
 
     def query_step_weights(self) -> Tensor | None:
         return self.current_msl_weights()
@@ -173,6 +181,7 @@ class MAML(EpisodicLearner):
         return found
 
     def on_train_epoch_start(self) -> None:
+        self.current_msl_weights()  # once per epoch, so no training step moves them to the device
         self.log("train/derivative_order", 1.0 if self.training_first_order() else 2.0)
         if self.msl and self.inner_steps >= 1:
             weights = msl_weights(self.inner_steps, self.current_epoch, self.msl_epochs)

@@ -177,7 +177,21 @@ class MTNet(EpisodicLearner):
     def next_noise(self) -> dict[str, Tensor]:
         if self.pending_noise:
             return self.pending_noise.pop(0)
-        return self.draw_noise(self.fallback_rng)
+        return self.noise_to_device([self.draw_noise(self.fallback_rng)])[0]
+
+    def noise_to_device(self, draws: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Noise is drawn on the CPU (seeded generators: the same masks on every device); move all of
+        ``draws`` to the logits' device in ONE copy (pinned and non-blocking on CUDA), not one per
+        tensor."""
+        device = next(iter(self.mask_logits.values())).device
+        tensors = [noise for draw in draws for noise in draw.values()]
+        if device.type == "cpu" or not tensors:
+            return draws
+        flat = torch.cat([noise.flatten() for noise in tensors])
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        pieces = iter(flat.to(device, non_blocking=True).split([noise.numel() for noise in tensors]))
+        return [{key: next(pieces).view(noise.shape) for key, noise in draw.items()} for draw in draws]
 
     def queue_noise(self, batch: TaskBatch, stage: str, epoch: int, batch_idx: int) -> None:
         """The noise of every task of this batch, in task order, seeded per episode (or per batch)."""
@@ -186,10 +200,10 @@ class MTNet(EpisodicLearner):
             return
         if self.mask_per == "batch":
             shared = self.draw_noise(episode_generator("mtnet-mask", self.mask_seed, stage, epoch, "batch", batch_idx))
-            self.pending_noise = [shared] * len(batch)
-        else:
-            self.pending_noise = [self.draw_noise(episode_generator("mtnet-mask", self.mask_seed, stage, epoch, int(i)))
-                                  for i in batch.index.tolist()]
+            self.pending_noise = self.noise_to_device([shared]) * len(batch)
+            return
+        self.pending_noise = self.noise_to_device([self.draw_noise(episode_generator(
+            "mtnet-mask", self.mask_seed, stage, epoch, i)) for i in self.episode_indices(batch)])
 
     def on_train_batch_start(self, batch: TaskBatch, batch_idx: int) -> None:
         self.queue_noise(batch, "train", self.current_epoch, batch_idx)
@@ -201,18 +215,21 @@ class MTNet(EpisodicLearner):
         self.queue_noise(batch, "test", 0, batch_idx)
 
     # -- what a researcher wants to see --------------------------------------------------------
-    def update_fractions(self) -> dict[str, float]:
+    # The figures below are 0-dim tensors on the learner's device, logged as they are: reading them
+    # as floats every step would make the host wait for the device (results.json gets floats once
+    # per evaluation, in ``add_mask_summary``).
+    def update_fractions(self) -> dict[str, Tensor]:
         """P(M = 1) averaged over each layer's mask entries, and over all entries (``all``)."""
         if not self.use_M:
             return {}
         per_layer: dict[str, list[Tensor]] = {}
         for key, logits in self.mask_logits.items():
             per_layer.setdefault(self.layer_of[key], []).append(torch.sigmoid(logits.detach()).flatten())
-        out = {f"mtnet/update_fraction/{layer}": float(torch.cat(p).mean()) for layer, p in per_layer.items()}
-        out["mtnet/update_fraction/all"] = float(torch.cat([torch.cat(p) for p in per_layer.values()]).mean())
+        out = {f"mtnet/update_fraction/{layer}": torch.cat(p).mean() for layer, p in per_layer.items()}
+        out["mtnet/update_fraction/all"] = torch.cat([torch.cat(p) for p in per_layer.values()]).mean()
         return out
 
-    def sampled_fractions(self) -> dict[str, float]:
+    def sampled_fractions(self) -> dict[str, Tensor]:
         """Mean of the hard masks drawn since the batch started, per layer (weights and biases pooled)."""
         if not self.sampled:
             return {}
@@ -220,15 +237,15 @@ class MTNet(EpisodicLearner):
         for masks in self.sampled:
             for key, fraction in masks.items():
                 per_layer.setdefault(self.layer_of[key], []).append(fraction)
-        return {f"mtnet/sampled_fraction/{layer}": float(torch.stack(v).mean()) for layer, v in per_layer.items()}
+        return {f"mtnet/sampled_fraction/{layer}": torch.stack(v).mean() for layer, v in per_layer.items()}
 
-    def transform_changes(self) -> dict[str, float]:
+    def transform_changes(self) -> dict[str, Tensor]:
         """||T - I||_F / ||I||_F per transformed layer: how far the outer loop moved each T."""
         out = {}
         for name, module in transformed_layers(self.backbone).items():
             t = module.transform.weight.detach()
             eye = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
-            out[f"tnet/transform_change/{name}"] = float((t - eye).norm() / eye.norm())
+            out[f"tnet/transform_change/{name}"] = (t - eye).norm() / eye.norm()
         return out
 
     def on_train_batch_end(self, outputs, batch: TaskBatch, batch_idx: int) -> None:
@@ -243,7 +260,8 @@ class MTNet(EpisodicLearner):
 
     def add_mask_summary(self, stage: str) -> None:
         if stage in self.eval_results:
-            self.eval_results[stage].update({**self.update_fractions(), **self.transform_changes()})
+            self.eval_results[stage].update({key: float(value) for key, value in
+                                             {**self.update_fractions(), **self.transform_changes()}.items()})
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -38,24 +38,20 @@ from metaplus.inner.clone_adapt import UpdateRule
 def adam(lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8) -> UpdateRule:
     """Adam as an inner update rule with fresh moments (one rule object per adapted task).
 
-    beta1 = 0 by default, as in the Reptile paper's few-shot experiments. ``torch.optim.Adam`` steps a
-    detached copy of each adapted tensor (the clone's own tensors are not leaves it could step, and the
-    engine applies updates as deltas): the update is where the copy moved. Reptile is first order, so
-    no graph runs through it.
+    beta1 = 0 by default, as in the Reptile paper's few-shot experiments. Written out rather than
+    ``torch.optim.Adam``: that keeps its step counters as CPU tensors (a host tensor and a host-side
+    loop per adapted tensor and inner step, on a GPU a round-trip each; tests/test_host_syncs.py) and
+    measured ~4x slower per inner step on this CPU; tests/test_reptile.py checks this rule against Adam.
     """
-    copies: dict[str, tuple[Tensor, torch.optim.Adam]] = {}
+    beta1, beta2 = betas
+    moments: dict[str, tuple[Tensor, Tensor, int]] = {}
 
     def rule(name: str, param: Tensor, grad: Tensor, step: int) -> Tensor:
-        if name not in copies:
-            copy = param.detach().clone().requires_grad_(True)
-            # foreach=False: one tensor per optimizer, nothing to batch (the per-tensor loop has less overhead)
-            copies[name] = copy, torch.optim.Adam([copy], lr=lr, betas=tuple(betas), eps=eps, foreach=False)
-        copy, optimizer = copies[name]
-        with torch.no_grad():
-            copy.copy_(param)  # from where the clone is (the engine adds the delta, which rounds)
-        copy.grad = grad.detach()
-        optimizer.step()
-        return copy.detach() - param.detach()
+        m, v, t = moments.get(name, (torch.zeros_like(grad), torch.zeros_like(grad), 0))
+        m, v, t = beta1 * m + (1 - beta1) * grad, beta2 * v + (1 - beta2) * grad * grad, t + 1
+        moments[name] = (m, v, t)
+        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        return -lr * m_hat / (v_hat.sqrt() + eps)
 
     return rule
 

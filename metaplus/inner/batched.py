@@ -13,8 +13,10 @@ computed per task with explicit statistics (:func:`metaplus.nn.batchnorm.explici
 the native kernel under vmap gave wrong second-order gradients, and running statistics cannot be
 updated in place from inside vmap (so the batched engine keeps none up to date while training).
 
-Evaluation adapts one task at a time through the inherited ``adapt`` (learn2learn), exactly as
-the default engine does.
+Validation and test go through the same vmapped adaptation (``scored_queries``: first order, the
+query set scored before adaptation and after every or the last step), with per-episode results
+equal to the default engine's one-task-at-a-time evaluation; ``adapt_to`` and the checkpoint
+ensemble adapt one task through the inherited ``adapt`` (learn2learn).
 """
 from __future__ import annotations
 
@@ -57,34 +59,75 @@ class BatchedAdapt(CloneAdapt):
         ``rule``) through ordinary autograd: call ``backward`` on (a function of) the losses.
         """
         refuse_running_statistics(model)
+        scored = list(range(1, steps + 1)) if step_weights is not None else [steps]
+        losses, predictions = self.scored_queries(model, support_x, support_y, query_x, query_y, loss_fn=loss_fn,
+                                                  steps=steps, adapted=adapted, rule=rule,
+                                                  first_order=first_order, scored=scored)
+        if step_weights is None:
+            return losses[:, -1], predictions[:, -1]
+        return (step_weights.to(losses) * losses).sum(dim=1), predictions[:, -1]
+
+    def scored_queries(self, model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                       query_y: Tensor, *, loss_fn: LossFn, steps: int, adapted: Collection[str],
+                       rule: UpdateRule, first_order: bool, scored: list[int]) -> tuple[Tensor, Tensor]:
+        """Query losses ``(T, S)`` and predictions ``(T, S, Q, ...)`` of T stacked tasks after each
+        number of inner steps in ``scored`` (0 = before adaptation), as the default engine's
+        ``on_step`` hook scores them: the query pass after ``k`` steps uses step ``max(k - 1, 0)``."""
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         fixed = {n: p for n, p in params.items() if n not in adapted}
         start = {n: p for n, p in params.items() if n in adapted}
-        last = max(steps - 1, 0)
+        device_type = query_x.device.type
+        autocast_on = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
         def forward(current: dict[str, Tensor], x: Tensor, step: int) -> Tensor:
             return functional_call(model, ({**fixed, **current}, buffers), (x,), {"step": step})
+
+        def query_forward(current: dict[str, Tensor], x: Tensor, step: int) -> Tensor:
+            if not autocast_on:
+                return forward(current, x, step)
+            return autocast_forward(lambda: forward(current, x, step), x.device)
 
         def support_loss(current: dict[str, Tensor], x: Tensor, y: Tensor, step: int) -> Tensor:
             return loss_fn(forward(current, x, step), y)
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            current, losses, prediction = start, [], None
+            current, losses, predictions = start, [], []
+
+            def score(after: int) -> None:
+                for _ in range(scored.count(after)):
+                    predictions.append(query_forward(current, qx, max(after - 1, 0)))
+                    losses.append(loss_fn(predictions[-1], qy))
+
+            score(0)
             for step in range(steps):
                 grads = grad(support_loss)(current, sx, sy, step) if current else {}
                 current = {n: p + rule(n, p, grads[n].detach() if first_order else grads[n], step)
                            for n, p in current.items()}
-                if step_weights is not None:
-                    prediction = forward(current, qx, step)
-                    losses.append(loss_fn(prediction, qy))
-            if step_weights is None:
-                prediction = forward(current, qx, last)
-                return loss_fn(prediction, qy), prediction
-            return (step_weights.to(losses[0]) * torch.stack(losses)).sum(), prediction
+                score(step + 1)
+            return torch.stack(losses), torch.stack(predictions)
 
+        # randomness="different": random layers (ResNet-12's DropBlock) draw independently for each
+        # task, as they do when the default engine adapts one task after another.
         with explicit_batch_statistics():
-            return vmap(one_task)(support_x, support_y, query_x, query_y)
+            return vmap(one_task, randomness="different")(support_x, support_y, query_x, query_y)
+
+
+def autocast_forward(forward, device: torch.device):
+    """``forward()`` under the caller's autocast, from inside ``vmap``.
+
+    torch.vmap's interpreter skips the autocast dispatch keys while torch.func.grad's keeps them, so
+    under ``trainer.precision=bf16-mixed`` the support passes (inside ``grad``) ran in bf16 and the
+    query passes (directly under ``vmap``) in fp32, unlike the default engine, which runs both in
+    bf16. Here the forward runs as the auxiliary output of a ``grad`` over a dummy scalar: the same
+    ops, now autocast, and still differentiable for the meta-gradient; the extra backward is that of
+    ``0 * dummy``."""
+    dummy = torch.zeros((), device=device)  # made on the device: no host tensor in the step
+
+    def with_dummy(d: Tensor) -> tuple[Tensor, Tensor]:
+        return d * 0, forward()
+
+    return grad(with_dummy, has_aux=True)(dummy)[1]
 
 
 def refuse_running_statistics(model: nn.Module) -> None:

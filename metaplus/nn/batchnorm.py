@@ -48,11 +48,24 @@ def explicit_batch_statistics() -> Iterator[None]:
         _explicit_statistics[0] = previous
 
 
-def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """Batch norm of (N, C, H, W) with this batch's biased variance, as ``F.batch_norm(training=True)``."""
+def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of (N, C, H, W), shaped (1, C, 1, 1), in float32 at least:
+    under bf16/fp16 autocast the convolutions hand over half-precision maps, and sums of thousands
+    of them kept in 8 significant bits lose the variance (native batch norm accumulates in fp32 too)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-    return (x - mean) * torch.rsqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+    return mean, var
+
+
+def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Batch norm of (N, C, H, W) with this batch's biased variance, as ``F.batch_norm(training=True)``:
+    statistics and normalisation in float32 at least, the result in ``x``'s dtype (as the native kernel
+    returns a bf16 map for a bf16 input under autocast)."""
+    mean, var = batch_statistics(x)
+    out = (x.to(mean.dtype) - mean) * torch.rsqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+    return out.to(x.dtype)
 
 
 class PerStepBatchNorm2d(nn.Module):
