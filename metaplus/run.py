@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaplus.algorithms.base import refuse_fp16_inner_loop
 from metaplus.api import checkpoint_config
-from metaplus.callbacks import checkpoint_damage
+from metaplus.callbacks.checkpoint_io import checkpoint_damage
 from metaplus.config import instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
 from metaplus.errors import ConfigError, check, check_choice, check_int
