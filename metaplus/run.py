@@ -49,7 +49,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     backbone = build_backbone(cfg.model)
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
+    callbacks = build_callbacks(cfg)
     trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
                                 **ddp_overrides(cfg.trainer, learner))
     # Before any process is launched: each rank must adapt the same number of tasks.
