@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -57,14 +57,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Callback]:
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    # No LearningRateMonitor: EpisodicLearner.training_step logs the same value (the outer optimizer's one
+    # param group's lr) as train/meta_lr at every step, also without a logger; the monitor repeated it once
+    # per epoch as lr-Adam (lr-SGD for Reptile), which misses lr_interval=step schedules within an epoch.
     callbacks = [instantiate_group(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items()
                  if node is not None]
     if (cfg.get("trainer") or {}).get("enable_progress_bar") is False:
         # Lightning refuses a progress-bar callback when the bar is off: the switch alone turns it off.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if with_loggers:  # the outer learning rate is worth seeing whenever something records it
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     return callbacks
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaplus.algorithms.base import refuse_fp16_inner_loop
 from metaplus.api import checkpoint_config
-from metaplus.callbacks import checkpoint_damage
+from metaplus.callbacks.checkpoint_io import checkpoint_damage
 from metaplus.config import instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
 from metaplus.errors import ConfigError, check, check_choice, check_int
@@ -48,7 +48,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     backbone = build_backbone(cfg.model)
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
+    callbacks = build_callbacks(cfg)
     trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
                                 **ddp_overrides(cfg.trainer, learner))
     # Before any process is launched: each rank must adapt the same number of tasks.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metaplus.atomic import save_torch_atomic, write_text_atomic
-from metaplus.callbacks import AtomicCheckpointIO
+from metaplus.callbacks.checkpoint_io import AtomicCheckpointIO
 from metaplus.data.cache import cached_class_images
 from metaplus.data.class_images import ClassImages
 from metaplus.results import write_json_atomic

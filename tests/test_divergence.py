@@ -14,7 +14,7 @@ import torch
 
 from metaplus.testing import OMNIGLOT, QUICK, needs_omniglot
 from metaplus.testing.zoo import pattern_folder
-from metaplus.callbacks import Divergence, DivergenceError
+from metaplus.callbacks.divergence import Divergence, DivergenceError
 from metaplus.config import ConfigError
 from metaplus.run import run
 

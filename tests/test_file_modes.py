@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from metaplus.callbacks import AtomicCheckpointIO
+from metaplus.callbacks.checkpoint_io import AtomicCheckpointIO
 from metaplus.results import write_json_atomic
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from metaplus.testing import QUICK, REPO, train_losses
-from metaplus.callbacks import AtomicCheckpointIO
+from metaplus.callbacks.checkpoint_io import AtomicCheckpointIO
 from metaplus.config import ConfigError
 from metaplus.run import run
 

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from metaplus.compose import compose_config
 from metaplus.testing import QUICK, train_losses
-from metaplus.callbacks import collect_rng_states, restore_rng_states
+from metaplus.callbacks.rng_state import collect_rng_states, restore_rng_states
 from metaplus.run import run
 
 STEPS_PER_EPOCH = 3

@@ -62,7 +62,7 @@ def test_a_real_run_trains_with_the_decided_threads(make_config, monkeypatch, ca
             seen.append(torch.get_num_threads())
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("metaplus.run.build_callbacks", lambda cfg, with_loggers: [Probe()])
+    monkeypatch.setattr("metaplus.run.build_callbacks", lambda cfg: [Probe()])
     before = torch.get_num_threads()
     try:
         for key, expected in (("null", available_cores()), ("1", 1)):
