@@ -37,7 +37,7 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progres
 
 # maml_basics: the MAML paper's sinusoid setting (preset maml_sinusoid: MLP 1-40-40-1, one inner SGD step
 # of 0.01, Adam 1e-3, K = 5 query points), with 8,000 meta-iterations of 10 tasks instead of 70,000 x 25
-# (about 9 CPU-minutes on one thread); pre-training sees the same 80,000 tasks' points and is
+# (MAML about 9 minutes on one CPU thread, pre-training about 3); pre-training sees the same 80,000 tasks' points and is
 # fine-tuned on each test task exactly as MAML adapts (10 SGD steps of 0.01 on every parameter).
 _SINUSOID = ["data=sinusoid", "data.shots=5", "data.queries=5", "data.meta_batch_size=10",
              "data.batches_per_epoch=1000", "trainer.max_epochs=8", "algo.test_inner_steps=10",
@@ -69,7 +69,7 @@ JOBS: dict[str, dict[str, list[str]]] = {
                         for i, variant in enumerate(ABLATION_VARIANTS) for j, seed in enumerate(ABLATION_SEEDS)},
 }
 BUDGETS = {
-    "maml_basics": "per learner 8 epochs x 1,000 meta-iterations x 10 tasks (80,000 tasks); ~10 CPU-minutes each",
+    "maml_basics": "per learner 8 epochs x 1,000 meta-iterations x 10 tasks (80,000 tasks); one thread: MAML ~9 min, pre-training ~3 min",
     "learners_compared": "per learner 20 epochs x 500 meta-iterations x 8 tasks; ~1-3 CPU-hours each, 6 learners",
     "mamlpp_ablation": "per job 30 epochs x 500 meta-iterations x 8 tasks; 8 variants x 3 seeds = 24 jobs, "
                        "~2-4 CPU-hours each (a GPU: minutes)",
