@@ -113,9 +113,9 @@ def main() -> None:
         start = time.perf_counter()
         source, split = build(dataset, ways, shots, queries, args.data, args.cache, scratch, args.synthetic_images)
         load_s = time.perf_counter() - start
-        episodes, _ = rate(lambda i: source.sample(episode_generator("bench", i)), args.seconds)
-        batches, _ = rate(lambda i: collate_tasks([(j, source.sample(episode_generator("bench", i, j)))
-                                                   for j in range(meta_batch)]), args.seconds)
+        episodes, _ = rate(lambda i, source=source: source.sample(episode_generator("bench", i)), args.seconds)
+        batches, _ = rate(lambda i, source=source, meta_batch=meta_batch: collate_tasks(
+            [(j, source.sample(episode_generator("bench", i, j))) for j in range(meta_batch)]), args.seconds)
         rows.append(dict(setting=name, split=split, classes=source.num_classes, ways=ways, shots=shots,
                          queries_per_class=queries, load_s=round(load_s, 2), episodes_per_s=round(episodes, 1),
                          meta_batch=meta_batch, meta_batches_per_s=round(batches, 1)))

@@ -93,7 +93,7 @@ def assert_same_meta_gradient(name, make_config, tmp_path):
             # atol 1e-5: a conv bias followed by BatchNorm has an exactly-zero true gradient (BN subtracts
             # the mean), so what is compared there is float noise of order 1e-6 that depends on the
             # summation order; a wrong DDP reduction (sum instead of mean, a missing rank) is off by ~50%.
-            torch.testing.assert_close(rank["grads"][key], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(rank["grads"][key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_anil_two_process_meta_gradient_equals_single_process(make_config, tmp_path):

@@ -37,11 +37,11 @@ def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, run_dir: Path, timeout: float = TIMEOUT) -> str:
     try:
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as hung:
         os.killpg(proc.pid, signal.SIGKILL)  # both ranks
         proc.wait()
         raise AssertionError(f"the DDP run hung (killed after {timeout} s):\n"
-                             + (run_dir.parent / f"{run_dir.name}.out").read_text()[-3000:])
+                             + (run_dir.parent / f"{run_dir.name}.out").read_text()[-3000:]) from hung
     printed = (run_dir.parent / f"{run_dir.name}.out").read_text()
     assert proc.returncode == 0, printed[-3000:]
     return printed

@@ -97,7 +97,7 @@ def test_loss_ceiling_modes_and_bad_values(make_config, tmp_path):
     with pytest.raises(DivergenceError, match="above the ceiling 0.001"):
         run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.on_loss_ceiling=error"],
                         output_dir=tmp_path / "err"))
-    metrics = run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.patience=1",
+    run(make_config([*QUICK, "callbacks.divergence.max_loss=0.001", "callbacks.divergence.patience=1",
                                "callbacks.divergence.on_loss_ceiling=warn", "callbacks.divergence.check_every_n_steps=1"],
                               output_dir=tmp_path / "warn"))
     results = json.loads((tmp_path / "warn" / "results.json").read_text())

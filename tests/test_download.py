@@ -166,7 +166,7 @@ def test_a_refused_download_is_refused_again_by_the_identical_rerun(tmp_path, se
     root = tmp_path / "data" / "omniglot"
     settings = dict(root=str(root), download=True, url=url, checksums={}, class_split="background_evaluation",
                     val_characters=1, split="train")
-    for attempt in range(2):  # the first run and its identical rerun fail alike
+    for _attempt in range(2):  # the first run and its identical rerun fail alike
         with pytest.raises(UnsafeArchiveError, match=r"images_background\.zip: archive member '\.\./escape\.png'"):
             OmniglotTasks(2, 1, 2, **settings)
         assert not (root / "images_background.zip").exists(), "a refused archive does not stay in data.root"
@@ -179,7 +179,7 @@ def test_a_download_with_a_wrong_checksum_is_refused_again_by_the_rerun(tmp_path
     make_omniglot_zip(mirror, "images_background", alphabets=1, characters=2)
     url = serve(mirror)
     root = tmp_path / "omniglot"
-    for attempt in range(2):
+    for _attempt in range(2):
         with pytest.raises(DownloadError, match="does not match its checksum"):
             ensure_part(root, "images_background", download=True, url=url,
                         checksums={"images_background.zip": "sha256:" + "0" * 64})

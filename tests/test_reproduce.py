@@ -235,7 +235,7 @@ def test_quick_group_runs_end_to_end_apart_from_the_committed_reproduction(tmp_p
     report = json.loads((quick / "reproduction.json").read_text())
     assert [r["row"] for r in report["rows"]] == ["maml_sinusoid_5shot", "maml_omniglot_5w1s"]  # a small table
     assert {t["row"] for t in report["time_to_accuracy"]} == {"maml_omniglot_5w1s"}
-    assert set(report["calibration"]["cpu:%dcores:%dthreads" % (os.cpu_count(), os.cpu_count())]) == \
+    assert set(report["calibration"][f"cpu:{os.cpu_count()}cores:{os.cpu_count()}threads"]) == \
         {"maml_omniglot_5w1s", "maml_sinusoid_5shot"}
     text = (quick / "reproduction.md").read_text()
     assert "![curves](curves.png)" in text and "maml sinusoid 5-shot" in text and "mamlpp" not in text
@@ -437,7 +437,7 @@ def test_calibration_measures_each_phase_and_plans_on_their_epoch_weighted_cost(
     assert seen == [True, False]
     assert timing.s_per_iteration == pytest.approx((15 * 12.0 + 85 * 3.0) / 100)   # CPU seconds, 1 thread
     assert timing.s_per_val_episode == pytest.approx(0.9)
-    entry = json.loads(store.read_text())["cpu:%dcores:1threads" % os.cpu_count()]["mamlpp_miniimagenet_5w1s"]
+    entry = json.loads(store.read_text())[f"cpu:{os.cpu_count()}cores:1threads"]["mamlpp_miniimagenet_5w1s"]
     assert [(p["epochs"], p["cpu_s_per_iteration"]) for p in entry["phases"]] == [(15, 12.0), (85, 3.0)]
     assert entry["s_per_iteration"] == pytest.approx((15 * 13.0 + 85 * 4.0) / 100)
     # the cached entry plans the same as the measurement

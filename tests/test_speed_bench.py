@@ -44,7 +44,7 @@ def test_meta_floor_gradient_is_the_learners_meta_gradient(case):
 
     assert expected and got.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-8, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_meta_floor_differs_when_the_derivative_order_differs():
