@@ -13,7 +13,7 @@ STAMP := $(VENV)/.metaplus-installed
 ARGS ?= trainer.max_epochs=2
 TEST_ARGS ?=
 
-.PHONY: setup train test test-all bench clean
+.PHONY: setup train test test-all lint bench clean
 setup: $(STAMP)
 
 # torch/torchvision come from the machine's local wheel store; learn2learn 0.2.0 ships C files that
@@ -32,6 +32,11 @@ train: setup
 
 test: setup
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(TEST_ARGS)
+
+# ruff, configured in pyproject.toml: the lint rules and the formatting CI checks (pre-commit runs the same).
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-all: setup
 	WANDB_MODE=offline $(PY) -m pytest $(TEST_ARGS)
