@@ -245,7 +245,7 @@ def test_the_reference_is_fed_the_training_batches_metaplus_trains_on(make_confi
 
     cfg = make_config(["data=sinusoid", "data.batches_per_epoch=3", "data.meta_batch_size=2", "seed=5"])
     datamodule = instantiate_group(cfg.data, "data")
-    datamodule.trainer = SimpleNamespace(current_epoch=1, world_size=1)
+    datamodule.trainer = SimpleNamespace(current_epoch=1, world_size=1, state=SimpleNamespace(status=None))
     loaded = list(datamodule.train_dataloader())
     fed = parity.training_batch(datamodule, 3 + 2)  # epoch 1, batch 2
     assert torch.equal(fed.support_x, loaded[2].support_x) and torch.equal(fed.query_y, loaded[2].query_y)

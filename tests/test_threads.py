@@ -80,7 +80,7 @@ def test_submitit_local_jobs_share_the_cores(tmp_path):
     (the sweeper's max_batch_size caps them); under the basic launcher they run one after another."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import open_dict
+    from omegaconf import open_dict, read_write
 
     from metaplus.compose import compose_config
     from metaplus.threads import parallel_jobs
@@ -90,7 +90,7 @@ def test_submitit_local_jobs_share_the_cores(tmp_path):
                                ("basic", 1)):
         name, *extra = launcher.split()
         cfg = compose_config([f"hydra/launcher={name}", *extra], keep_hydra=True)
-        with open_dict(cfg):
+        with read_write(cfg.hydra), open_dict(cfg):  # compose_config registered the Hydra node, read-only
             cfg.hydra.mode, cfg.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
         HydraConfig.instance().set_config(cfg)
         assert parallel_jobs() == expected, launcher

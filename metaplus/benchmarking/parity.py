@@ -550,10 +550,12 @@ def training_batch(datamodule, iteration: int):
     from types import SimpleNamespace
 
     epoch, i = divmod(iteration, datamodule.batches_per_epoch)
-    datamodule.trainer = SimpleNamespace(current_epoch=epoch, world_size=1)
+    # not a running trainer (state.status): the loader yields model inputs, normalised, as the reference wants
+    datamodule.trainer = SimpleNamespace(current_epoch=epoch, world_size=1, state=SimpleNamespace(status=None))
     loader = datamodule.train_dataloader()
     size = datamodule.meta_batch_size
-    return loader.collate_fn([loader.dataset[j] for j in range(i * size, (i + 1) * size)])
+    # (epoch, index) pairs, as the loader's EpochSampler hands them out
+    return loader.collate_fn([loader.dataset[(epoch, j)] for j in range(i * size, (i + 1) * size)])
 
 
 def save_atomic(obj: Any, path: Path) -> None:
