@@ -51,14 +51,10 @@ from metaplus.algorithms.base import EpisodicLearner
 from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive
 from metaplus.data.episodes import TaskBatch, episode_generator
 from metaplus.inner.clone_adapt import UpdateRule
+from metaplus.inner.learned_rates import parameter_key
 from metaplus.nn.transform import insert_transforms, linear_maps, transform_parameter_names, transformed_layers
 
 MASK_PER = ("task", "batch")
-
-
-def logit_key(name: str) -> str:
-    """A module or parameter name as a ParameterDict key (keys may not contain dots)."""
-    return name.replace(".", "__")
 
 
 def logistic_noise(shape: torch.Size, generator: torch.Generator) -> Tensor:
@@ -134,7 +130,7 @@ class MTNet(EpisodicLearner):
             module = self.backbone.get_submodule(path)
             for pname, param in module.named_parameters(recurse=False):
                 full = f"{path}.{pname}"
-                key = logit_key(layer if self.share_M else full)
+                key = parameter_key(layer if self.share_M else full)
                 shape = param.shape[:1] if self.share_M else param.shape
                 logits.setdefault(key, nn.Parameter(torch.full(shape, init, dtype=param.dtype,
                                                                   device=param.device)))
