@@ -37,8 +37,8 @@ Calls outside a Lightning batch (notebooks, tests) draw from a generator seeded 
 Logged: ``mtnet/update_fraction/<layer>`` = P(M = 1) averaged over the layer's mask entries (the
 fraction of units the inner loop updates, in expectation) and ``mtnet/sampled_fraction/<layer>`` (the
 fraction in the masks actually drawn for the batch), plus ``tnet/transform_change/<layer>``
-= ||T - I||_F / ||I||_F. The update fractions and T changes are also added to ``eval_results`` so
-they land in results.json.
+= ||T - I||_F / ||I||_F. The update fractions and T changes are also logged at the end of each
+validation and test, so they are among the metrics trainer.validate/test return (and results.json).
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ class MTNet(EpisodicLearner):
     # -- what a researcher wants to see --------------------------------------------------------
     # The figures below are 0-dim tensors on the learner's device, logged as they are: reading them
     # as floats every step would make the host wait for the device (results.json gets floats once
-    # per evaluation, in ``add_mask_summary``).
+    # per evaluation, through what trainer.validate/test return).
     def update_fractions(self) -> dict[str, Tensor]:
         """P(M = 1) averaged over each layer's mask entries, and over all entries (``all``)."""
         if not self.use_M:
@@ -254,15 +254,15 @@ class MTNet(EpisodicLearner):
         for key, value in self.transform_changes().items():
             self.log(key, value)
 
-    def add_mask_summary(self, stage: str) -> None:
-        if stage in self.eval_results:
-            self.eval_results[stage].update({key: float(value) for key, value in
-                                             {**self.update_fractions(), **self.transform_changes()}.items()})
+    def log_mask_summary(self) -> None:
+        """The update fractions and T changes of the evaluated learner, logged at the end of an evaluation."""
+        for key, value in {**self.update_fractions(), **self.transform_changes()}.items():
+            self.log(key, value, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.add_mask_summary("val")
+        self.log_mask_summary()
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self.add_mask_summary("test")
+        self.log_mask_summary()
