@@ -11,7 +11,7 @@ name made a valid ParameterDict key by :func:`parameter_key`.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
