@@ -100,10 +100,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if cfg.test:
         # The validation score of the evaluated checkpoint, then its test score on the fixed episodes.
-        trainer.validate(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        trainer.test(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        for stage in ("val", "test"):
-            metrics.update(learner.eval_results.get(stage, {}))
+        # Each returns its logged metrics (one dict per dataloader); the curves are lists, not logged.
+        for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
+            for logged in evaluate(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+                metrics.update(logged)
+            metrics.update(learner.adaptation_curves.get(stage, {}))
         if cfg.ensemble_top_k:
             metrics.update(evaluate_ensemble(learner, datamodule, ensemble[:cfg.ensemble_top_k]))
     metrics["monitor"] = cfg.monitor

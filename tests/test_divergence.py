@@ -85,12 +85,10 @@ def test_chance_level_validation_is_warned_after_enough_steps(tmp_path, capsys):
 
 def test_an_accuracy_of_exactly_chance_with_zero_spread_is_at_chance():
     """float32 episode accuracies of 1/5 average to 0.20000000298, CI 0: still chance level."""
-    class Learner:
-        eval_results = {"test": {"test/acc": float(torch.tensor(0.2)), "test/acc_ci95": 0.0}}
-
-    assert Divergence().at_chance(Learner(), "test", 5).startswith("chance level: test/acc 0.2000 ± 0.0000")
-    Learner.eval_results["test"]["test/acc"] = 0.2001
-    assert Divergence().at_chance(Learner(), "test", 5) is None
+    logged = {"test/acc": torch.tensor(0.2).double(), "test/acc_ci95": torch.tensor(0.0, dtype=torch.float64)}
+    assert Divergence().at_chance(logged, "test", 5).startswith("chance level: test/acc 0.2000 ± 0.0000")
+    logged["test/acc"] = torch.tensor(0.2001, dtype=torch.float64)
+    assert Divergence().at_chance(logged, "test", 5) is None
 
 
 def test_loss_ceiling_modes_and_bad_values(make_config, tmp_path):

@@ -43,8 +43,8 @@ def evaluated(n: int, **kwargs) -> tuple[dict, list[int]]:
     learner.evaluate_task = recording
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                         enable_model_summary=False, inference_mode=False)
-    trainer.test(learner, dataloaders=DataLoader(episodes, batch_size=4, collate_fn=collate_tasks), verbose=False)
-    return learner.eval_results["test"], per_step_episodes
+    logged, = trainer.test(learner, dataloaders=DataLoader(episodes, batch_size=4, collate_fn=collate_tasks), verbose=False)
+    return {**logged, **learner.adaptation_curves.get("test", {})}, per_step_episodes
 
 
 def test_the_curve_uses_the_first_episodes_and_the_final_metrics_every_episode():

@@ -118,9 +118,9 @@ def evaluate(learner, episodes, **trainer_args):
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
                         **trainer_args)
-    trainer.validate(learner, dataloaders=loader(episodes), verbose=False)
-    trainer.test(learner, dataloaders=loader(episodes), verbose=False)
-    return {**learner.eval_results["val"], **learner.eval_results["test"]}
+    val, = trainer.validate(learner, dataloaders=loader(episodes), verbose=False)
+    test, = trainer.test(learner, dataloaders=loader(episodes), verbose=False)
+    return {**val, **learner.adaptation_curves.get("val", {}), **test, **learner.adaptation_curves.get("test", {})}
 
 
 def assert_same(new: dict, old: dict):
@@ -203,3 +203,21 @@ def test_results_equal_the_former_formulas_under_two_process_ddp(task_type, tmp_
         results = torch.load(tmp_path / f"rank{rank}.pt")
         assert_same(results["test"], {k: v for k, v in expected.items() if k.startswith("test/")})
         assert results["test"]["test/episodes"] == 7
+
+
+def test_validate_and_test_return_the_exact_results_and_the_curves_live_on_the_learner():
+    """results.json takes the scalars from what trainer.validate/test return: they must be the float64
+    means of the former formulas (logged as Python floats they were float32), and the curve lists,
+    which cannot be logged, are the learner's ``adaptation_curves``."""
+    learner = regression_learner(eval_curve="all")
+    expected = {**old_results(learner, sinusoid_episodes(), "val"), **old_results(learner, sinusoid_episodes(), "test")}
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, inference_mode=False)
+    for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
+        logged, = evaluate(learner, dataloaders=loader(sinusoid_episodes()), verbose=False)
+        scalars = {k: v for k, v in expected.items() if k.startswith(f"{stage}/") and "by_step" not in k}
+        assert logged.keys() == scalars.keys()
+        for key, value in scalars.items():
+            assert logged[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+        assert learner.adaptation_curves[stage] == {k: v for k, v in expected.items()
+                                                    if k.startswith(f"{stage}/") and "by_step" in k}

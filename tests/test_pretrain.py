@@ -96,8 +96,7 @@ def test_pretraining_improves_finetuned_loss_on_sinusoid(make_config, tmp_path):
                  "algo.finetune=all"]
     trained = run(make_config(overrides, output_dir=tmp_path / "trained"))
     parts = build(make_config(overrides, output_dir=tmp_path / "untrained"))
-    parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
-    untrained = parts["learner"].eval_results["test"]["test/mse"]
+    untrained = parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)[0]["test/mse"]
     print(f"pretrain sinusoid test/mse after fine-tuning: trained {trained['test/mse']:.3f}, untrained {untrained:.3f}")
     assert trained["test/mse"] < 0.9 * untrained, (trained["test/mse"], untrained)
 

@@ -24,8 +24,8 @@ def test_short_sinusoid_run_learns_to_adapt(make_config, tmp_path):
     assert trained["test/mse"] == pytest.approx(after, rel=1e-5)
     assert trained["test/mse_step0"] == pytest.approx(before, rel=1e-5)
     untrained_parts = build(make_config([*QUICK, *LEARN], output_dir=tmp_path / "untrained"))
-    untrained_parts["trainer"].test(untrained_parts["learner"], datamodule=untrained_parts["datamodule"], verbose=False)
-    untrained = untrained_parts["learner"].eval_results["test"]
+    untrained, = untrained_parts["trainer"].test(untrained_parts["learner"], datamodule=untrained_parts["datamodule"],
+                                                 verbose=False)
 
     after, before = trained["test/mse"], trained["test/mse_step0"]
     assert after < 0.9 * before, f"adaptation should help after meta-training: {before:.3f} -> {after:.3f}"
@@ -137,5 +137,5 @@ def test_diverging_evaluation_warns_and_reports_nan(make_config, tmp_path):
 
     parts = build(make_config([*QUICK, "algo.inner_lr=1e12", "algo.test_inner_steps=3"], output_dir=tmp_path / "d"))
     with pytest.warns(UserWarning, match="adaptation diverged"):
-        parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
-    assert math.isnan(parts["learner"].eval_results["test"]["test/mse"])
+        logged, = parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
+    assert math.isnan(logged["test/mse"])

@@ -151,7 +151,10 @@ class EpisodicLearner(L.LightningModule):
         # ``self.log`` becomes a host->device copy every step. Not saved (the scheduler holds the rate).
         self.register_buffer("logged_meta_lr", torch.tensor(float(meta_lr)), persistent=False)
         self.first_nonfinite_step: Tensor | None = None  # device-side record, see ``check_finite``
-        self.eval_results: dict[str, dict] = {}
+        # The per-step adaptation curves of the last val/test evaluation, by stage: lists, which
+        # ``self.log`` cannot hold (it logs scalars). The scalar metrics are logged, and
+        # results.json takes them from what trainer.validate/test return and the curves from here.
+        self.adaptation_curves: dict[str, dict[str, list[float]]] = {}
 
     # -- hooks for subclasses ------------------------------------------------------------------
     #: False where training is not "query loss after adaptation" (Reptile, MT-net, pretrain): such a
@@ -471,14 +474,17 @@ class EpisodicLearner(L.LightningModule):
                            f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps.")
         summary = summarise(stage, self.metric, loss, values)
         for key, value in summary.items():
-            self.log(key, value, prog_bar=key == f"{stage}/{self.metric}", sync_dist=False)
-        self.eval_results[stage] = dict(summary)
+            # float64: what trainer.validate/test return (and results.json records) is the exact mean;
+            # a Python float would be logged as float32.
+            self.log(key, torch.tensor(value, dtype=torch.float64), prog_bar=key == f"{stage}/{self.metric}",
+                     sync_dist=False)
+        self.adaptation_curves.pop(stage, None)
         if self.curve_at(stage):  # the adaptation curve exists only where it was computed
             _, _, step_values = self.step_curves[stage].compute()
             self.step_curves[stage].reset()
             by_step, ci_by_step = curve(step_values)
-            self.eval_results[stage].update({f"{stage}/{self.metric}_by_step": by_step,
-                                             f"{stage}/{self.metric}_ci95_by_step": ci_by_step})
+            self.adaptation_curves[stage] = {f"{stage}/{self.metric}_by_step": by_step,
+                                             f"{stage}/{self.metric}_ci95_by_step": ci_by_step}
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -32,13 +32,14 @@ from metaplus.algorithms.base import EpisodicLearner
 from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import Task
 from metaplus.inner.clone_adapt import UpdateRule
+from metaplus.inner.learned_rates import LearnedRates
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
 from metaplus.schedules import first_order_at, msl_weights
 
 
-def lr_key(name: str) -> str:
-    """ParameterDict keys cannot contain dots: ``blocks.0.conv.weight`` -> ``blocks-0-conv-weight``."""
-    return name.replace(".", "-")
+#: LSLR's ParameterDict keys join the parameter name's parts with "-" (``blocks-0-conv-weight``): the
+#: keys of every MAML++ checkpoint so far, kept so that they load.
+LSLR_KEY_SEPARATOR = "-"
 
 
 class MAML(EpisodicLearner):
@@ -92,11 +93,14 @@ class MAML(EpisodicLearner):
         frozen = bnwb or not adapt_bn_affine
         self.frozen_in_inner_loop = batchnorm_parameter_names(self.backbone) if frozen else set()
 
-    def make_inner_lrs(self, steps: int, inner_lr: float) -> nn.ParameterDict:
+    def make_inner_lrs(self, steps: int, inner_lr: float) -> LearnedRates:
         """LSLR: one learning rate per adapted tensor and per step, registered here so Adam trains it."""
-        self.lr_names = {name: lr_key(name) for name in sorted(self.adapted_names())}
-        return nn.ParameterDict({key: nn.Parameter(torch.full((max(steps, 1),), float(inner_lr)))
-                                 for key in self.lr_names.values()})
+        return LearnedRates.per_step_rates(sorted(self.adapted_names()), steps, inner_lr, LSLR_KEY_SEPARATOR)
+
+    @property
+    def lr_names(self) -> dict[str, str]:
+        """Adapted parameter name -> the key of its rates in ``inner_lrs`` (LSLR only)."""
+        return self.inner_lrs.key_of
 
     # -- the hooks each switch overrides ---------------------------------------------------------
     def adapted_names(self) -> set[str]:
@@ -105,13 +109,7 @@ class MAML(EpisodicLearner):
     def inner_rule(self) -> UpdateRule:
         if self.inner_lrs is None:
             return super().inner_rule()
-        lrs, keys = self.inner_lrs, self.lr_names
-
-        def learned_rate(name: str, param: Tensor, grad: Tensor, step: int) -> Tensor:
-            rates = lrs[keys[name]]
-            return -rates[min(step, rates.shape[0] - 1)] * grad  # more test steps reuse the last rate
-
-        return learned_rate
+        return self.inner_lrs.rule()
 
     def training_first_order(self) -> bool:
         if self.da and first_order_at(self.current_epoch, self.da_epochs):
@@ -197,7 +195,7 @@ class MAML(EpisodicLearner):
         """``inner_lr/<parameter>/step<k>`` for every learned rate, plus the mean over tensors per step."""
         if self.inner_lrs is None:
             return {}
-        table = {name: self.inner_lrs[key].detach().cpu() for name, key in self.lr_names.items()}
+        table = self.inner_lrs.table()
         out = {f"inner_lr/{name}/step{k + 1}": float(v) for name, rates in table.items()
                for k, v in enumerate(rates)}
         mean = torch.stack(list(table.values())).mean(dim=0)

@@ -8,32 +8,26 @@ inner gradient still multiplies alpha in the graph.
 
 learn2learn's ``l2l.algorithms.MetaSGD`` wraps and clones the whole model itself and updates every
 parameter, which does not fit the CloneAdapt engine (it clones, and adapts a chosen subset); so the
-rates live here in a ParameterDict and reach the engine through the ``inner_rule`` hook.
+rates live in a :class:`~metaplus.inner.learned_rates.LearnedRates` dict (keys: the parameter names
+with "__" for "."), which is also the update rule handed to the engine by the ``inner_rule`` hook.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.inner.clone_adapt import UpdateRule
-
-
-def rate_key(name: str) -> str:
-    """A parameter name as a ParameterDict key (module keys may not contain dots)."""
-    return name.replace(".", "__")
+from metaplus.inner.learned_rates import LearnedRates
 
 
 class MetaSGD(EpisodicLearner):
     def __init__(self, backbone: nn.Module, task_type: str, name: str = "metasgd", **shared: Any):
         super().__init__(backbone, task_type, name=name, **shared)
         adapted = self.adapted_names()
-        self.inner_lrs = nn.ParameterDict({
-            rate_key(n): nn.Parameter(torch.full_like(p.detach(), self.inner_lr))
-            for n, p in backbone.named_parameters() if n in adapted})
+        self.inner_lrs = LearnedRates.per_element_rates(
+            {n: p for n, p in backbone.named_parameters() if n in adapted}, self.inner_lr)
 
     def inner_rule(self) -> UpdateRule:
-        rates = self.inner_lrs
-        return lambda name, param, grad, step: -rates[rate_key(name)] * grad
+        return self.inner_lrs.rule()

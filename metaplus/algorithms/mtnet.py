@@ -37,8 +37,8 @@ Calls outside a Lightning batch (notebooks, tests) draw from a generator seeded 
 Logged: ``mtnet/update_fraction/<layer>`` = P(M = 1) averaged over the layer's mask entries (the
 fraction of units the inner loop updates, in expectation) and ``mtnet/sampled_fraction/<layer>`` (the
 fraction in the masks actually drawn for the batch), plus ``tnet/transform_change/<layer>``
-= ||T - I||_F / ||I||_F. The update fractions and T changes are also added to ``eval_results`` so
-they land in results.json.
+= ||T - I||_F / ||I||_F. The update fractions and T changes are also logged at the end of each
+validation and test, so they are among the metrics trainer.validate/test return (and results.json).
 """
 from __future__ import annotations
 
@@ -51,14 +51,10 @@ from metaplus.algorithms.base import EpisodicLearner
 from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive
 from metaplus.data.episodes import TaskBatch, episode_generator
 from metaplus.inner.clone_adapt import UpdateRule
+from metaplus.inner.learned_rates import parameter_key
 from metaplus.nn.transform import insert_transforms, linear_maps, transform_parameter_names, transformed_layers
 
 MASK_PER = ("task", "batch")
-
-
-def logit_key(name: str) -> str:
-    """A module or parameter name as a ParameterDict key (keys may not contain dots)."""
-    return name.replace(".", "__")
 
 
 def logistic_noise(shape: torch.Size, generator: torch.Generator) -> Tensor:
@@ -134,7 +130,7 @@ class MTNet(EpisodicLearner):
             module = self.backbone.get_submodule(path)
             for pname, param in module.named_parameters(recurse=False):
                 full = f"{path}.{pname}"
-                key = logit_key(layer if self.share_M else full)
+                key = parameter_key(layer if self.share_M else full)
                 shape = param.shape[:1] if self.share_M else param.shape
                 logits.setdefault(key, nn.Parameter(torch.full(shape, init, dtype=param.dtype,
                                                                   device=param.device)))
@@ -217,7 +213,7 @@ class MTNet(EpisodicLearner):
     # -- what a researcher wants to see --------------------------------------------------------
     # The figures below are 0-dim tensors on the learner's device, logged as they are: reading them
     # as floats every step would make the host wait for the device (results.json gets floats once
-    # per evaluation, in ``add_mask_summary``).
+    # per evaluation, through what trainer.validate/test return).
     def update_fractions(self) -> dict[str, Tensor]:
         """P(M = 1) averaged over each layer's mask entries, and over all entries (``all``)."""
         if not self.use_M:
@@ -258,15 +254,15 @@ class MTNet(EpisodicLearner):
         for key, value in self.transform_changes().items():
             self.log(key, value)
 
-    def add_mask_summary(self, stage: str) -> None:
-        if stage in self.eval_results:
-            self.eval_results[stage].update({key: float(value) for key, value in
-                                             {**self.update_fractions(), **self.transform_changes()}.items()})
+    def log_mask_summary(self) -> None:
+        """The update fractions and T changes of the evaluated learner, logged at the end of an evaluation."""
+        for key, value in {**self.update_fractions(), **self.transform_changes()}.items():
+            self.log(key, value, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.add_mask_summary("val")
+        self.log_mask_summary()
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self.add_mask_summary("test")
+        self.log_mask_summary()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -119,10 +120,13 @@ class Divergence(Callback):
             self.above = 0
         self.record(message)
 
-    def at_chance(self, pl_module, stage: str, ways: int) -> str | None:
-        results = getattr(pl_module, "eval_results", {}).get(stage, {})
-        acc, ci = results.get(f"{stage}/acc"), results.get(f"{stage}/acc_ci95")
-        if acc is None or ci is None or not math.isfinite(acc):
+    def at_chance(self, metrics: Mapping[str, Any], stage: str, ways: int) -> str | None:
+        """Whether the logged ``metrics`` (``trainer.callback_metrics``) put ``stage``'s accuracy at chance."""
+        acc, ci = metrics.get(f"{stage}/acc"), metrics.get(f"{stage}/acc_ci95")
+        if acc is None or ci is None:
+            return None
+        acc, ci = float(acc), float(ci)
+        if not math.isfinite(acc):
             return None
         chance = 1.0 / ways
         if abs(acc - chance) > ci + 1e-6:  # accuracies are float32 means: 0.2 reads 0.20000000298
@@ -136,7 +140,7 @@ class Divergence(Callback):
             return
         if trainer.global_step < self.chance_after_steps:
             return
-        found = self.at_chance(pl_module, "val", ways)
+        found = self.at_chance(trainer.callback_metrics, "val", ways)
         if found is None:
             return
         message = (f"{found} after {trainer.global_step} training steps: training never left chance level "
@@ -148,7 +152,7 @@ class Divergence(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         ways = self.ways(trainer, pl_module)
-        found = self.at_chance(pl_module, "test", ways) if ways else None
+        found = self.at_chance(trainer.callback_metrics, "test", ways) if ways else None
         if found is not None:
             self.record(f"{found}: the test score is no better than guessing")
 

@@ -5,6 +5,7 @@
 from metaplus.errors import ConfigError, check_choice
 from metaplus.inner.batched import BatchedAdapt
 from metaplus.inner.clone_adapt import CloneAdapt, gradient_step, sgd
+from metaplus.inner.learned_rates import LearnedRates, parameter_key
 
 ENGINES = ("l2l", "batched")
 
@@ -20,4 +21,5 @@ def make_engine(engine: str = "l2l", chunk_size: int | None = None) -> CloneAdap
     return BatchedAdapt(chunk_size)
 
 
-__all__ = ["BatchedAdapt", "CloneAdapt", "ENGINES", "gradient_step", "make_engine", "sgd"]
+__all__ = ["BatchedAdapt", "CloneAdapt", "ENGINES", "LearnedRates", "gradient_step", "make_engine", "parameter_key",
+           "sgd"]

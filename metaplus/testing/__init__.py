@@ -136,8 +136,7 @@ def trained_vs_untrained(make_config, tmp_path, overrides: list[str], metric: st
     assert trained[metric] == pytest.approx(after, rel=1e-5, abs=1e-7), (metric, trained[metric], after)
     assert trained[f"{metric}_step0"] == pytest.approx(before, rel=1e-5, abs=1e-7), (metric, "step 0")
     parts = build(make_config(overrides, output_dir=tmp_path / "untrained"))
-    parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
-    return trained, parts["learner"].eval_results["test"][metric]
+    return trained, parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)[0][metric]
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:

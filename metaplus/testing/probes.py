@@ -42,13 +42,20 @@ class Pace(Callback):
 
 
 class EvalResultsProbe(Callback):
-    """Saves, per rank, the learner's ``eval_results`` (what results.json gets) after each evaluation."""
+    """Saves, per rank, what results.json gets from each evaluation, by stage: its logged metrics and
+    the learner's ``adaptation_curves``."""
 
     def __init__(self, path: str):
-        self.path = Path(path)
+        self.path, self.results = Path(path), {}
+
+    def save(self, trainer, pl_module, stage: str):
+        logged = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(f"{stage}/")}
+        self.results[stage] = {**logged, **pl_module.adaptation_curves.get(stage, {})}
+        self.path.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(self.results), self.path / f"rank{trainer.global_rank}.pt")
 
     def on_test_end(self, trainer, pl_module):
-        self.path.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(pl_module.eval_results), self.path / f"rank{trainer.global_rank}.pt")
+        self.save(trainer, pl_module, "test")
 
-    on_validation_end = on_test_end
+    def on_validation_end(self, trainer, pl_module):
+        self.save(trainer, pl_module, "val")
