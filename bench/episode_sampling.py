@@ -20,10 +20,9 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
-
-import tempfile
 
 import torch
 

@@ -35,6 +35,7 @@ def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
     """Runs inside the measured process."""
     import lightning as L
     import torch
+
     from metaplus.compose import compose_config
     from metaplus.run import build
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from metaplus.reproduce.records import validation_curve  # noqa: E402 (after the path is set)
 from metaplus.results import portable_path  # noqa: E402 (after the path is set)
 from metaplus.threads import available_cores, decide_threads  # noqa: E402 (after the path is set)
+
 RESULTS = REPO / "bench" / "results"
 
 # The MAML paper's Omniglot settings (1 step of 0.4 for 5-way, 5 steps of 0.1 for 20-way) and MAML++'s

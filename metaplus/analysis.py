@@ -12,7 +12,7 @@ with X_c, Y_c the column-centred (n examples x features) activation matrices.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn

@@ -26,19 +26,19 @@ import importlib
 import inspect
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.config import instantiate_group
-from metaplus.errors import ConfigError, check_choice
-from metaplus.resolvers import register_resolvers
 from metaplus.data.episodes import Task
+from metaplus.errors import ConfigError, check_choice
 from metaplus.nn.batchnorm import STATS_MODES, per_step_batchnorms
 from metaplus.nn.init_from import build_backbone
+from metaplus.resolvers import register_resolvers
 from metaplus.results import expand_portable
 
 

@@ -6,8 +6,8 @@ initialise / compose / HydraConfig boilerplate.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, open_dict
 

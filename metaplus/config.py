@@ -15,9 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from metaplus.errors import ConfigError
 # Re-exported for code written before the split (errors and resolvers had their home here).
-from metaplus.errors import check, check_choice, check_int, check_positive, metric_name  # noqa: F401
+from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name  # noqa: F401
 from metaplus.resolvers import register_resolvers  # noqa: F401
 
 

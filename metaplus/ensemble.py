@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from metaplus.errors import ConfigError
 from metaplus.data.episodes import EpisodeDataset, collate_tasks
+from metaplus.errors import ConfigError
 from metaplus.evaluation import mean_ci95
 
 
@@ -95,7 +97,7 @@ def ensemble_members(learner, checkpoints: list[tuple[Path, float]], device: tor
 
 
 def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]], device: torch.device | str | None = None,
-                      forward_context: Callable[[], ContextManager] | None = None) -> dict[str, Any]:
+                      forward_context: Callable[[], AbstractContextManager] | None = None) -> dict[str, Any]:
     """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes.
 
     ``device`` defaults to :func:`ensemble_device` of the datamodule's trainer; ``forward_context``

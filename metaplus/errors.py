@@ -17,7 +17,7 @@ class ConfigError(ValueError):
         self.key, self.detail = key, message
         super().__init__(f"{key}: {message}")
 
-    def within(self, group: str) -> "ConfigError":
+    def within(self, group: str) -> ConfigError:
         return ConfigError(f"{group}.{self.key}", self.detail)
 
 

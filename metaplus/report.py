@@ -26,9 +26,10 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from metaplus.mamlpp_switches import SWITCHES as MAMLPP_SWITCHES
 from metaplus.results import portable_path

@@ -19,11 +19,12 @@ from metaplus.api import checkpoint_config
 from metaplus.callbacks.checkpoint_io import checkpoint_damage
 from metaplus.config import instantiate_group
 from metaplus.devices import check_accelerator, describe_devices
-from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.ensemble import evaluate_ensemble, top_k_from_callback, top_k_from_directory
-from metaplus.presets import describe as describe_preset, preset_info, row_name
+from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.loggers import build_callbacks, build_loggers, finish_loggers, log_config
 from metaplus.nn.init_from import build_backbone
+from metaplus.presets import describe as describe_preset
+from metaplus.presets import preset_info, row_name
 from metaplus.results import portable_path, write_results
 from metaplus.runlock import LOCK_NAME, one_process_per_run_directory
 from metaplus.threads import configure_run_threads

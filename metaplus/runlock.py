@@ -27,8 +27,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("metaplus")
 
@@ -79,7 +80,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -109,7 +110,7 @@ class RunLock:
             self.write_holder()
             return self
 
-    def acquire_without_locking(self) -> "RunLock":
+    def acquire_without_locking(self) -> RunLock:
         """The filesystem cannot lock: judge the holder written in the file by its host and PID."""
         holder = read_holder(self.path)
         if holder and holder.get("pid") != os.getpid():
@@ -151,7 +152,7 @@ class RunLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc_info) -> None:

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaplus.testing import DATA, QUICK, needs_omniglot, trained_vs_untrained
 from metaplus.algorithms import ANIL, MAML
 from metaplus.data.episodes import Task
+from metaplus.testing import DATA, QUICK, needs_omniglot, trained_vs_untrained
 
 
 class TinyNet(nn.Module):

@@ -25,7 +25,7 @@ def assert_engines_agree(make_learner, batch, epoch=0, chunk_sizes=(None,)):
     expected = meta_gradients(lambda engine: make_learner(engine, None), batch, "l2l", epoch)
     assert expected and all(g.abs().sum() > 0 for g in expected.values())
     for chunk in chunk_sizes:
-        got = meta_gradients(lambda engine: make_learner(engine, chunk), batch, "batched", epoch)
+        got = meta_gradients(lambda engine, chunk=chunk: make_learner(engine, chunk), batch, "batched", epoch)
         assert got.keys() == expected.keys()
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], **TOLERANCE, msg=f"{name}, chunk {chunk}")

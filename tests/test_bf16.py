@@ -6,10 +6,10 @@ parameters and their gradients stay float32. This CPU has no native bf16 (AVX2 o
 """
 import torch
 
-from metaplus.testing import QUICK
 from metaplus.algorithms import MAML
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP
+from metaplus.testing import QUICK
 
 # bf16 keeps 8 significant bits (unit roundoff 2^-8 = 0.4 %). Autocast rounds the input of every
 # matmul; the meta-gradient goes through the forward, the inner backward and its backward (double

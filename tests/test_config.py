@@ -6,10 +6,10 @@ import torch
 from omegaconf import OmegaConf
 
 from metaplus.compose import CONFIG_DIR as CONF
-from metaplus.testing import QUICK, shared_data_dir
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data.errors import DatasetNotFoundError
 from metaplus.run import build, run
+from metaplus.testing import QUICK, shared_data_dir
 
 # Options that need a particular companion to make sense (an image backbone needs image data).
 COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("model", "resnet12"): ["data=omniglot"],

@@ -1,8 +1,7 @@
 """What a user sees: a config error in one line (exit 2), no dependency banners, a start line, a summary
 that says where everything is, and train.log holding what the console showed."""
-from metaplus.testing import commands
-
 from metaplus.devices import cpu_name
+from metaplus.testing import commands
 
 BANNERS = ("Gym has been unmaintained", "litlogger", "LeafSpec")
 

@@ -7,25 +7,23 @@ cached under pytest's cache folder so that only the first session pays for decod
 from __future__ import annotations
 
 import hashlib
-
 import zipfile
-
 from pathlib import Path
 
 import pytest
 import torch
 
 from metaplus.compose import compose_config
-from metaplus.testing import DATA, OMNIGLOT, QUICK, REPO, needs_omniglot, recompute_test_metric
-from metaplus.testing.zoo import make_class_folders, make_omniglot_zip, write_png
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data import omniglot as omniglot_module
-from metaplus.data.imagefolder import ImageFolderTasks
 from metaplus.data.class_images import ClassImages
 from metaplus.data.errors import CorruptDatasetError, CorruptImageError, DatasetNotFoundError
-from metaplus.data.sampler import ImageEpisodes
+from metaplus.data.imagefolder import ImageFolderTasks
 from metaplus.data.miniimagenet import MiniImageNetTasks
 from metaplus.data.omniglot import OmniglotTasks
+from metaplus.data.sampler import ImageEpisodes
+from metaplus.testing import DATA, OMNIGLOT, QUICK, REPO, needs_omniglot, recompute_test_metric
+from metaplus.testing.zoo import make_class_folders, make_omniglot_zip, write_png
 
 MINI = DATA / "miniimagenet" if DATA else None
 needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),

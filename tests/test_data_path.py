@@ -10,10 +10,10 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from PIL import Image
 
 from metaplus.compose import compose_config
-from metaplus.testing import QUICK
 from metaplus.config import instantiate_group
 from metaplus.data.datamodule import EpisodicDataModule
 from metaplus.data.episodes import TaskBatch
+from metaplus.testing import QUICK
 
 FIELDS = ("support_x", "support_y", "query_x", "query_y", "index", "support_classes", "query_classes")
 

@@ -25,10 +25,10 @@ def train(*overrides, timeout=400):
 
 def reference_meta_gradient(make_config, indices):
     """The single-process meta-gradient over the same tasks (epoch 0, these indices)."""
+    import lightning as L
+
     from metaplus.data.episodes import EpisodeDataset
     from metaplus.run import build
-
-    import lightning as L
 
     cfg = make_config([*QUICK, *TASKS, "trainer.max_epochs=1"])
     L.seed_everything(cfg.seed)  # as run() does, so the initialisation matches

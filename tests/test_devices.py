@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.devices import cpu_name, device_line
+from metaplus.testing import QUICK
 
 
 @pytest.mark.parametrize("trainer", ["ddp", "gpu"])

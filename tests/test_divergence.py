@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 
-from metaplus.testing import OMNIGLOT, QUICK, needs_omniglot
-from metaplus.testing.zoo import pattern_folder
 from metaplus.callbacks.divergence import Divergence, DivergenceError
 from metaplus.config import ConfigError
 from metaplus.run import run
+from metaplus.testing import OMNIGLOT, QUICK, needs_omniglot
+from metaplus.testing.zoo import pattern_folder
 
 TINY = [*QUICK, "model=conv4", "model.filters=8", "data.batches_per_epoch=6", "data.meta_batch_size=2",
         "algo.test_inner_steps=1", "callbacks.divergence.check_every_n_steps=3"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from metaplus.testing import shared_data_dir
 from metaplus.data.download import DownloadError, UnsafeArchiveError, download_file, safe_extract_zip
 from metaplus.data.omniglot import OmniglotTasks, ensure_part
+from metaplus.testing import shared_data_dir
 from metaplus.testing.zoo import make_omniglot_zip
 
 DATA = shared_data_dir()

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaplus.testing import QUICK, shared_data_dir
 from metaplus.config import ConfigError
 from metaplus.data.episodes import EpisodeDataset
 from metaplus.evaluation import mean_ci95
 from metaplus.run import build, run
+from metaplus.testing import QUICK, shared_data_dir
 
 SINUSOID = [*QUICK, "trainer.max_epochs=4", "data.batches_per_epoch=2", "data.test_episodes=12",
             "data.val_episodes=6", "algo.test_inner_steps=2"]

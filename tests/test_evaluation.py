@@ -21,7 +21,6 @@ from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.evaluation import EpisodeCurves, episode_score
 from metaplus.nn import MLP, Conv4
-
 from metaplus.testing.probes import EvalResultsProbe
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.compose import CONFIG_DIR as CONF
+from metaplus.compose import compose_config
 from metaplus.mamlpp_switches import SWITCHES
-from metaplus.testing import shared_data_dir
 from metaplus.run import build
-
+from metaplus.testing import shared_data_dir
 
 # The MAML paper (Finn et al. 2017, appendix A.1; REFERENCE.md §3-4):
 # experiment: (data, ways, shots, meta-batch, train inner steps, inner lr, Conv-4 filters)

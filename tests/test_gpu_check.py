@@ -8,9 +8,8 @@ import time
 import pytest
 import torch
 
-from metaplus.testing import REPO
-
 from metaplus.benchmarking import gpu_check
+from metaplus.testing import REPO
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")

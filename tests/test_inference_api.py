@@ -19,11 +19,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import metaplus
-from metaplus.compose import compose_config
-from metaplus.testing import OMNIGLOT, QUICK
 from metaplus.algorithms import MAML
 from metaplus.api import RunNotFoundError, fixed_episodes
+from metaplus.compose import compose_config
 from metaplus.run import run
+from metaplus.testing import OMNIGLOT, QUICK
 
 # MAML++ with 2 inner steps: per-step BN weights (bnwb) make the step index matter, bnrs keeps
 # per-step running statistics (for bn_stats="running").

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from metaplus.compose import compose_config
-from metaplus.testing import QUICK
 from metaplus.config import ConfigError
 from metaplus.nn import ResNet12
 from metaplus.nn.init_from import init_backbone_from
 from metaplus.run import build, run
+from metaplus.testing import QUICK
 
 SINE = [*QUICK, "data=sinusoid", "data.batches_per_epoch=2", "data.meta_batch_size=2", "data.val_episodes=2",
         "data.test_episodes=2", "model=mlp", "model.hidden=[8,8]"]

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaplus.testing import TinyLinear, quadratic_terms
 from metaplus.algorithms import MAML
 from metaplus.data.episodes import Task
 from metaplus.inner import CloneAdapt, sgd
+from metaplus.testing import TinyLinear, quadratic_terms
+
 
 @pytest.fixture
 def problem():

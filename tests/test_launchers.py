@@ -1,7 +1,6 @@
 """Hydra's submitit launcher: local processes here; the SLURM config is composed and checked."""
 import json
 
-
 from metaplus.compose import compose_config
 from metaplus.testing import QUICK, commands
 

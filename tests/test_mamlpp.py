@@ -9,7 +9,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from metaplus.testing import QUICK
 from metaplus.algorithms import MAML
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.data.episodes import Task
@@ -18,6 +17,7 @@ from metaplus.nn import Conv4, PerStepBatchNorm2d
 from metaplus.nn.init_from import split_init_from
 from metaplus.run import build
 from metaplus.schedules import first_order_at, msl_weights
+from metaplus.testing import QUICK
 
 
 def at_epoch(learner: MAML, epoch: int, max_epochs: int = 100) -> MAML:

@@ -8,9 +8,9 @@ One inner step with rates a (same shape as w): w' = w - a * g, g = A_s w - b_s. 
 import pytest
 import torch
 
-from metaplus.testing import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
 from metaplus.algorithms import MetaSGD
 from metaplus.data.episodes import Task
+from metaplus.testing import DATA, QUICK, TinyLinear, needs_omniglot, quadratic_terms, trained_vs_untrained
 
 
 @pytest.fixture

@@ -9,16 +9,15 @@ test passes ``MixedPrecision("16-mixed", "cpu")``: a real GradScaler scales ever
 """
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
-import lightning as L
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from metaplus.algorithms import MAML, base
 from metaplus.data.episodes import TaskBatch
 from metaplus.nn import MLP
-
 
 SCALE = 2.0 ** 10
 

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaplus.compose import compose_config
-from metaplus.testing import QUICK, needs_omniglot
 from metaplus.algorithms import MAML, MTNet
+from metaplus.compose import compose_config
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.nn import MLP, Conv4
 from metaplus.nn.transform import Transformed, insert_transforms, transform_parameter_names
 from metaplus.run import run
+from metaplus.testing import QUICK, needs_omniglot
 
 SURE = 30.0  # |logit| beyond the clamped logistic noise (|noise| <= 13.9): the mask value is certain
 
@@ -76,7 +76,6 @@ def test_masked_rows_of_w_and_their_biases_stay_while_unmasked_rows_move():
     rows = torch.tensor([SURE, -SURE, SURE, -SURE, -SURE, SURE], dtype=torch.float64)
     set_logits(masked, "body__0", rows)
     task = regression_task()
-    w0, b0 = masked.backbone.body[0].layer.weight, masked.backbone.body[0].layer.bias
     step_full = {n: p - masked.backbone.get_parameter(n)
                  for n, p in full.adapt(task, steps=1, first_order=True).named_parameters()}
     step = {n: p - masked.backbone.get_parameter(n)

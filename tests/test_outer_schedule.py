@@ -7,10 +7,10 @@ import lightning as L
 import pytest
 import torch
 
-from metaplus.testing import QUICK
 from metaplus.algorithms.base import outer_lr_factor
 from metaplus.config import ConfigError
 from metaplus.run import build
+from metaplus.testing import QUICK
 from metaplus.testing.probes import FirstStepProbe
 
 

@@ -222,8 +222,8 @@ def test_recorder_keeps_per_episode_scores_at_every_validation_and_the_final_tes
     """A tiny metaplus run with the harness's overrides: validation every 2 iterations inside an epoch,
     stopped by max_steps at an evaluated iteration, per-episode scores written for each, the final test's
     too, and the iteration times; the episode indices are the fixed episodes 0..n-1."""
-    from metaplus.testing import QUICK
     from metaplus.run import run
+    from metaplus.testing import QUICK
 
     out = tmp_path / "parity"
     cfg = make_config([*QUICK, "algo=maml", "data=sinusoid", "data.batches_per_epoch=5", "trainer.max_epochs=2",
@@ -240,8 +240,9 @@ def test_recorder_keeps_per_episode_scores_at_every_validation_and_the_final_tes
 def test_the_reference_is_fed_the_training_batches_metaplus_trains_on(make_config):
     """training_batch(datamodule, t) is batch t % batches_per_epoch of epoch t // batches_per_epoch of
     metaplus's own train loader: the same episodes for both codes."""
-    from metaplus.config import instantiate_group
     from types import SimpleNamespace
+
+    from metaplus.config import instantiate_group
 
     cfg = make_config(["data=sinusoid", "data.batches_per_epoch=3", "data.meta_batch_size=2", "seed=5"])
     datamodule = instantiate_group(cfg.data, "data")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from metaplus.testing import QUICK, REPO
 from metaplus.results import expand_portable, portable, portable_path
 from metaplus.run import run
+from metaplus.testing import QUICK, REPO
 
 # An absolute path of some machine: a slash-rooted path under one of the usual top-level folders.
 ABSOLUTE = re.compile(r"(?<![\w.~$])/(?:work|home|root|tmp|Users|mnt|scratch|check|var|opt|data)/[\w.-]")

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaplus.testing import QUICK, REPO, train_losses
 from metaplus.callbacks.checkpoint_io import AtomicCheckpointIO
 from metaplus.config import ConfigError
 from metaplus.run import run
+from metaplus.testing import QUICK, REPO, train_losses
 
 STEPS = 6  # per epoch
 SETTING = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=3", f"data.batches_per_epoch={STEPS}",

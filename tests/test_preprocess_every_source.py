@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import metaplus
-from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.compose import CONFIG_DIR as CONF
+from metaplus.compose import compose_config
 from metaplus.config import ConfigError, instantiate_group
 from metaplus.nn.init_from import build_backbone
 from metaplus.testing.zoo import make_cifar100, make_cub, make_tiered_folders, make_tiered_pickled

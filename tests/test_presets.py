@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from metaplus.compose import CONFIG_DIR as CONF, compose_config
+from metaplus.compose import CONFIG_DIR as CONF
+from metaplus.compose import compose_config
 from metaplus.presets import describe, preset_info
 
 # (algo, data, ways, shots) -> the published setting.

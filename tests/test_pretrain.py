@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaplus.testing import DATA, QUICK, needs_omniglot
 from metaplus.algorithms import Pretrain
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP
 from metaplus.run import build, run
+from metaplus.testing import DATA, QUICK, needs_omniglot
 
 
 def rand(g, *shape):

@@ -17,9 +17,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metaplus.testing import commands
 from metaplus.compose import CONFIG_DIR as CONF
-from metaplus.testing import REPO, shared_data_dir
+from metaplus.testing import REPO, commands, shared_data_dir
 
 README = REPO / "README.md"
 DEBUG = "fast"
@@ -147,8 +146,8 @@ def test_readme_api_snippet_runs(tmp_path, monkeypatch):
     from PIL import Image
 
     from metaplus.compose import compose_config
-    from metaplus.testing import QUICK
     from metaplus.run import run
+    from metaplus.testing import QUICK
     from metaplus.testing.zoo import pattern_folder
 
     monkeypatch.chdir(tmp_path)  # results.json names data.root relative to the working directory

@@ -11,9 +11,9 @@ import pytest
 
 from metaplus.compose import compose_config
 from metaplus.mamlpp_switches import SWITCHES
-from metaplus.testing import commands, shared_data_dir
 from metaplus.report import main, report
 from metaplus.run import run
+from metaplus.testing import commands, shared_data_dir
 
 ALGO_KEYS = {  # algorithm-specific keys, as the real algo configs have them
     "maml": {"first_order": False, **{s: False for s in SWITCHES}},

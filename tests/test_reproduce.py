@@ -11,8 +11,8 @@ import pytest
 
 from metaplus.compose import compose_config
 from metaplus.presets import applied_row, row_name
-from metaplus.reproduce import calibration, cli, locations, phases, planner, render, runner
-from metaplus.reproduce import registry, report as reporting
+from metaplus.reproduce import calibration, cli, locations, phases, planner, registry, render, runner
+from metaplus.reproduce import report as reporting
 
 
 # -- the registry composes through the presets ---------------------------------------------------------

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metaplus.testing import DATA, QUICK, needs_omniglot, quadratic_terms, TinyLinear, trained_vs_untrained
 from metaplus.algorithms import Reptile
 from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.run import build
+from metaplus.testing import DATA, QUICK, TinyLinear, needs_omniglot, quadratic_terms, trained_vs_untrained
 
 
 def random_tasks(count, seed=2, dim=3):

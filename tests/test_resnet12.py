@@ -9,15 +9,15 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.func import functional_call
 
-from metaplus.compose import compose_config
-from metaplus.testing import QUICK
 from metaplus.algorithms import ANIL, MAML, MTNet
+from metaplus.compose import compose_config
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task
 from metaplus.nn import PerStepBatchNorm2d, ResNet12, head_parameter_names
 from metaplus.nn.init_from import split_init_from
 from metaplus.nn.resnet12 import drop_block
 from metaplus.nn.transform import transform_parameter_names, transformed_layers
+from metaplus.testing import QUICK
 
 TINY = dict(input_shape=[3, 16, 16], output_dim=3, widths=[2, 3, 4, 5])
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from metaplus.compose import compose_config
-from metaplus.testing import QUICK, train_losses
 from metaplus.callbacks.rng_state import collect_rng_states, restore_rng_states
+from metaplus.compose import compose_config
 from metaplus.run import run
+from metaplus.testing import QUICK, train_losses
 
 STEPS_PER_EPOCH = 3
 SETTING = [*QUICK, "logger=csv", "trainer.max_epochs=2", f"data.batches_per_epoch={STEPS_PER_EPOCH}",

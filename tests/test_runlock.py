@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from metaplus.testing import REPO
 from metaplus import runlock
 from metaplus.runlock import LOCK_NAME, RunDirectoryBusy, RunLock
+from metaplus.testing import REPO
 
 SETTING = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=8",
            "data.meta_batch_size=2", "data.val_episodes=4", "data.test_episodes=4", "trainer.enable_progress_bar=false",
@@ -92,5 +92,5 @@ def test_without_file_locking_the_holder_is_judged_by_host_and_pid(tmp_path, mon
     with pytest.raises(RunDirectoryBusy, match=f"PID {os.getppid()} on host {here}"):
         RunLock(tmp_path).acquire()
     lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then", "command": "x"}))
-    with pytest.raises(RunDirectoryBusy, match=f"cannot be checked from here: if that process no longer runs, delete"):
+    with pytest.raises(RunDirectoryBusy, match="cannot be checked from here: if that process no longer runs, delete"):
         RunLock(tmp_path).acquire()

@@ -5,8 +5,8 @@ import lightning as L
 import pytest
 import torch
 
-from metaplus.testing import QUICK
 from metaplus.config import ConfigError
+from metaplus.testing import QUICK
 from metaplus.threads import decide_threads, sweep_size, trainer_processes
 
 

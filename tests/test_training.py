@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from metaplus.testing import QUICK, REPO, commands, recompute_test_metric
 from metaplus.algorithms import NonFiniteLossError
 from metaplus.run import build, run
+from metaplus.testing import QUICK, REPO, commands, recompute_test_metric
 
 LEARN = ["trainer.max_epochs=3", "data.batches_per_epoch=100", "data.meta_batch_size=10",
          "data.val_episodes=50", "data.test_episodes=100", "algo.test_inner_steps=5", "algo.meta_lr=0.003"]

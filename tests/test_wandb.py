@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from metaplus.testing import QUICK, wandb_records
 from metaplus.loggers import dashboard
 from metaplus.run import run
+from metaplus.testing import QUICK, wandb_records
 
 
 def offline_run_records(out, expected_keys, timeout=60):
@@ -113,7 +113,8 @@ def test_wandb_sweep_grid_is_the_ablation_grid_and_every_job_composes(tmp_path):
 
     import yaml
 
-    from metaplus.compose import CONFIG_DIR as CONF, compose_config
+    from metaplus.compose import CONFIG_DIR as CONF
+    from metaplus.compose import compose_config
 
     sweep = yaml.safe_load((CONF / "wandb" / "sweep_mamlpp_ablation.yaml").read_text())
     assert sweep["program"] == "train.py" and sweep["method"] == "grid"

@@ -11,14 +11,22 @@ import pytest
 import torch
 
 from metaplus.compose import compose_config
-from metaplus.testing import QUICK
 from metaplus.data.cifar import CifarTasks
 from metaplus.data.class_splits import read_split
 from metaplus.data.cub import CUBTasks
 from metaplus.data.errors import CorruptDatasetError, CorruptImageError, DatasetNotFoundError
 from metaplus.data.tieredimagenet import TieredImageNetTasks
-from metaplus.testing.zoo import (CIFAR100_SUPERCLASSES, FINE_NAMES, cifar_pixel, class_value, make_cifar100, make_cub,
-                          make_tiered_folders, make_tiered_pickled)
+from metaplus.testing import QUICK
+from metaplus.testing.zoo import (
+    CIFAR100_SUPERCLASSES,
+    FINE_NAMES,
+    cifar_pixel,
+    class_value,
+    make_cifar100,
+    make_cub,
+    make_tiered_folders,
+    make_tiered_pickled,
+)
 
 SPLITS = ("train", "val", "test")
 

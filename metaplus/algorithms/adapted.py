@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.errors import check, check_int
 from metaplus.data.episodes import Task
+from metaplus.errors import check, check_int
 
 
 class Score(NamedTuple):

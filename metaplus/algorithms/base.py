@@ -22,16 +22,15 @@ from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-
 from torchmetrics import MeanMetric
 
 from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
-from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.data.episodes import Task, TaskBatch
+from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
 from metaplus.inner import make_engine, sgd
 

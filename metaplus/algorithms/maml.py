@@ -29,13 +29,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import Task
+from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.inner.learned_rates import LearnedRates
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
 from metaplus.schedules import first_order_at, msl_weights
-
 
 #: LSLR's ParameterDict keys join the parameter name's parts with "-" (``blocks-0-conv-weight``): the
 #: keys of every MAML++ checkpoint so far, kept so that they load.

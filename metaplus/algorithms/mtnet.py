@@ -48,8 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive
 from metaplus.data.episodes import TaskBatch, episode_generator
+from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.inner.learned_rates import parameter_key
 from metaplus.nn.transform import insert_transforms, linear_maps, transform_parameter_names, transformed_layers

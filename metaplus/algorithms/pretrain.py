@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.errors import check, check_choice, check_int
 from metaplus.data.episodes import Task
+from metaplus.errors import check, check_choice, check_int
 from metaplus.nn import head_parameter_names
 
 

@@ -23,14 +23,15 @@ episode's support set.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from metaplus.algorithms.base import EpisodicLearner
-from metaplus.errors import check, check_choice
 from metaplus.data.episodes import Task
+from metaplus.errors import check, check_choice
 from metaplus.inner import sgd
 from metaplus.inner.clone_adapt import UpdateRule
 

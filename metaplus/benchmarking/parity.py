@@ -57,9 +57,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from metaplus.reproduce.calibration import CalibrationTimer
 
@@ -474,6 +475,7 @@ def reference_child(spec_path: Path) -> None:
 
     ref.load_reference(code, spec["threads"])
     import torch
+
     from bench.reproduce import compose
     from metaplus.config import instantiate_group
 
@@ -626,6 +628,7 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
 
     ref.load_reference(code, threads)
     import torch
+
     from bench.reproduce import compose
     from metaplus.config import instantiate_group
     from metaplus.nn.init_from import build_backbone
@@ -1065,8 +1068,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = reference_dir(comparison, a.reference)  # first: nothing starts without the reference
     if comparison.driver is None:
         sys.exit(f"parity {comparison.name}: " + " ".join(comparison.notes))
-    from metaplus.benchmarking import reference_mamlpp as ref
     from bench.reproduce import compose
+    from metaplus.benchmarking import reference_mamlpp as ref
 
     data_root = prepare_data(comparison, code, out)
     overrides = metaplus_overrides(comparison, 0, a, out / comparison.name / "metaplus" / "seed0", data_root)

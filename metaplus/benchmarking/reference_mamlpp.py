@@ -40,15 +40,15 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
-import re
-import zipfile
 
 HOW_TO_GET = "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch"
 

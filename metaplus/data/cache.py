@@ -12,8 +12,8 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 

@@ -16,8 +16,8 @@ uint8 under ``cache_dir``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -7,9 +7,9 @@ from image files or archive members; :mod:`metaplus.data.cache` keeps it on disk
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ class ClassImages:
         start = int(self.offsets[c])
         return self.images[start : start + int(self.counts[c])]
 
-    def select(self, classes: Sequence[int]) -> "ClassImages":
+    def select(self, classes: Sequence[int]) -> ClassImages:
         """A new set holding only ``classes`` (in that order)."""
         parts = [self.of_class(c) for c in classes]
         return ClassImages(torch.cat(parts) if parts else self.images[:0], self.counts[list(classes)].clone(),

@@ -7,8 +7,8 @@ quick trial, or an incomplete download) trains on the ones present and says so i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metaplus.data.errors import CorruptDatasetError
 

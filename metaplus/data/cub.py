@@ -10,8 +10,8 @@ normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metaplus.data.cache import load_image_files
 from metaplus.data.class_splits import present_classes, read_split

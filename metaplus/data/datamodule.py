@@ -14,16 +14,16 @@ as the CPU would have; loaders asked for outside a running trainer yield normali
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader
 
-from metaplus.errors import ConfigError, check, check_choice, check_int
 from metaplus.data.episodes import EpisodeDataset, EpochSampler, TaskBatch, TaskSource, collate_tasks
+from metaplus.errors import ConfigError, check, check_choice, check_int
 
 SPLITS = ("train", "val", "test")
 

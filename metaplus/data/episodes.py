@@ -7,8 +7,9 @@ meta-batch along a leading dimension. Sources only ever build single tasks from 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass, fields
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -51,13 +52,13 @@ class TaskBatch(TaskFields):
     def __getitem__(self, b: int) -> Task:
         return _each_field(Task, self, lambda t: t[b])
 
-    def pin_memory(self) -> "TaskBatch":
+    def pin_memory(self) -> TaskBatch:
         """The batch with every tensor in page-locked memory, so that its copy to a GPU can run
         asynchronously. ``DataLoader(pin_memory=True)`` calls this on custom batch types; without it the
         loader returns the batch unpinned."""
         return _each_field(TaskBatch, self, lambda t: t.pin_memory())
 
-    def split(self, parts: int, part: int) -> "TaskBatch":
+    def split(self, parts: int, part: int) -> TaskBatch:
         """The ``part``-th of ``parts`` equal slices (used to share a meta-batch across ranks)."""
         n = len(self)
         if n % parts:

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from metaplus.errors import check, check_choice, check_int
 from metaplus.data.cache import load_image_files
 from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
 from metaplus.data.image_source import SPLITS, ImageSource
 from metaplus.data.listing import IMAGE_SUFFIXES, folder_classes, is_image, list_class_folders
 from metaplus.data.preprocessing import Preprocessing
+from metaplus.errors import check, check_choice, check_int
 
 
 def preprocessing(image_size: int = 84, channels: int = 3, mean: Sequence[float] = (0.5,),

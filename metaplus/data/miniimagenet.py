@@ -11,8 +11,8 @@ per-channel ``mean``/``std`` (ImageNet statistics by default). ``max_classes`` a
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metaplus.data.cache import load_image_files
 from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError

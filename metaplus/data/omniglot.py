@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from metaplus.errors import check, check_int
 from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity
 from metaplus.data.class_images import ClassImages, decode_classes
 from metaplus.data.download import check_members, download_file, quarantine, safe_extract_zip
@@ -37,6 +36,7 @@ from metaplus.data.episodes import Task, seeded_permutation
 from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError, UnsafeArchiveError
 from metaplus.data.image_source import ImageSource
 from metaplus.data.preprocessing import Preprocessing
+from metaplus.errors import check, check_int
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OFFICIAL_CHECKSUMS = {  # MD5s of the official archives (as published by torchvision's Omniglot)

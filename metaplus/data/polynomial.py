@@ -1,12 +1,12 @@
 """Polynomial regression of a given order (Lee & Choi 2018): y = sum_i c_i x^i, c_i ~ U[-1, 1] / 2^i."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from metaplus.errors import check
 from metaplus.data.episodes import Task, float_inputs, uniform
+from metaplus.errors import check
 
 
 def preprocessing() -> Callable:

@@ -5,12 +5,12 @@ y = A sin(f x - phi),  A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range], f ~ U[f
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from metaplus.errors import check
 from metaplus.data.episodes import Task, float_inputs, uniform
+from metaplus.errors import check
 
 
 def preprocessing() -> Callable:

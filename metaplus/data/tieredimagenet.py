@@ -17,8 +17,8 @@ into a uint8 cache and normalised with ImageNet's per-channel mean/std (:func:`p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ ensemble adapt one task through the inherited ``adapt`` (learn2learn).
 """
 from __future__ import annotations
 
-from typing import Collection
+from collections.abc import Collection
 
 import torch
 from torch import Tensor, nn

@@ -9,7 +9,7 @@ Swapping the engine (e.g. for a vectorised torch.func one) means providing the s
 """
 from __future__ import annotations
 
-from typing import Callable, Collection
+from collections.abc import Callable, Collection
 
 import learn2learn as l2l
 import torch

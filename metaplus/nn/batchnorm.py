@@ -20,8 +20,8 @@ them: a forward pass of an adapted clone updates the statistics of the original 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ it and MAML++'s per-step BN works without this module knowing about it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -1,7 +1,7 @@
 """Fully connected backbone for regression (MAML's 1-40-40-1 ReLU network by default)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

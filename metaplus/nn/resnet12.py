@@ -20,7 +20,7 @@ drop probability is the rate itself from the first step (MetaOptNet ramps it up 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

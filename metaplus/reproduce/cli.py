@@ -6,20 +6,26 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
 
 import metaplus.reproduce
 from metaplus.reproduce import locations
 from metaplus.reproduce.calibration import calibrate, device_key, load_calibration, timing_of
 from metaplus.reproduce.locations import relative
 from metaplus.reproduce.phases import Schedule, preset_schedule
-from metaplus.reproduce.planner import (DEFAULT_BUDGET_MIN, QUICK_BUDGET_MIN, TEST_EPISODES, budget_overrides, max_time,
-                                        plan_budget)
-from metaplus.reproduce.render import write_report
+from metaplus.reproduce.planner import (
+    DEFAULT_BUDGET_MIN,
+    QUICK_BUDGET_MIN,
+    TEST_EPISODES,
+    budget_overrides,
+    max_time,
+    plan_budget,
+)
 from metaplus.reproduce.registry import GROUP_SEEDS, ROWS, Row, select_rows
+from metaplus.reproduce.render import write_report
 from metaplus.reproduce.runner import run_dir, run_seed, seed_state
 
 

@@ -5,16 +5,23 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metaplus.reproduce import locations
 from metaplus.reproduce.locations import relative
-from metaplus.reproduce.planner import (MAX_VALIDATIONS, MIN_VAL_EPISODES, MIN_VALIDATIONS, PLAN_SHARE, TEST_EPISODES,
-                                        VAL_EPISODES, VAL_SHARE)
+from metaplus.reproduce.planner import (
+    MAX_VALIDATIONS,
+    MIN_VAL_EPISODES,
+    MIN_VALIDATIONS,
+    PLAN_SHARE,
+    TEST_EPISODES,
+    VAL_EPISODES,
+    VAL_SHARE,
+)
 from metaplus.reproduce.records import load_summaries
-from metaplus.reproduce.report import build_report
 from metaplus.reproduce.registry import ROWS, TIME_ROWS, Row
+from metaplus.reproduce.report import build_report
 
 
 def fmt_value(value: float | None, metric: str, ci: float | None = None) -> str:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from metaplus.reproduce import locations
 from metaplus.reproduce.calibration import load_calibration
 from metaplus.reproduce.locations import relative
-from metaplus.reproduce.planner import (DEFAULT_BUDGET_MIN, MAX_VALIDATIONS, MIN_VAL_EPISODES, MIN_VALIDATIONS,
-                                        PLAN_SHARE, TEST_EPISODES, VAL_EPISODES, VAL_SHARE)
+from metaplus.reproduce.planner import (
+    DEFAULT_BUDGET_MIN,
+    MAX_VALIDATIONS,
+    MIN_VAL_EPISODES,
+    MIN_VALIDATIONS,
+    PLAN_SHARE,
+    TEST_EPISODES,
+    VAL_EPISODES,
+    VAL_SHARE,
+)
 from metaplus.reproduce.records import load_summaries
 from metaplus.reproduce.registry import ACCURACY_TARGETS, ROWS, TIME_ROWS, TIME_TO_ACCURACY, Row
 
