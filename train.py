@@ -8,6 +8,7 @@ Returns the monitored validation metric so Hydra sweepers (e.g. Optuna) can opti
 A configuration error (metaplus.config.ConfigError) prints one line naming the key, its value and
 what is allowed, and exits with status 2; HYDRA_FULL_ERROR=1 shows the traceback instead.
 """
+
 import logging
 import os
 import sys

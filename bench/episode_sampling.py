@@ -12,6 +12,7 @@ per class, fewer than the real ~1,300 and ~60: sampling cost depends on ways, sh
 image size, not on the images per class). Queries are per class. Decoding/cache loading is timed
 separately. Prints a table and writes bench/results/episode_sampling.{json,csv}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,9 @@ def synthetic_root(dataset: str, data: Path, scratch: Path, images: int) -> tupl
 
     folder = "cifar100" if dataset in ("cifarfs", "fc100") else dataset
     marker = {"cifar100": "cifar-100-python/train", "tieredimagenet": "train", "cub": "CUB_200_2011/images"}[folder]
-    if (data / folder / marker).exists() or (dataset == "tieredimagenet" and (data / folder / "train_labels.pkl").exists()):
+    if (data / folder / marker).exists() or (
+        dataset == "tieredimagenet" and (data / folder / "train_labels.pkl").exists()
+    ):
         return data / folder, "real"
     root = scratch / ("cifar100" if dataset in ("cifarfs", "fc100") else dataset)
     if root.exists():
@@ -86,7 +89,9 @@ def build(dataset: str, ways: int, shots: int, queries: int, data: Path, cache: 
         task_class = TieredImageNetTasks if dataset == "tieredimagenet" else CUBTasks
         return task_class(ways, shots, queries, **args), f"train ({kind})"
     if dataset == "omniglot":
-        return OmniglotTasks(ways, shots, queries, root=str(data / "omniglot"), cache_dir=str(cache), split="train"), "train"
+        return OmniglotTasks(
+            ways, shots, queries, root=str(data / "omniglot"), cache_dir=str(cache), split="train"
+        ), "train"
     root = data / "miniimagenet"
     split = "train" if (root / "train").is_dir() else "val"
     return MiniImageNetTasks(ways, shots, queries, root=str(root), cache_dir=str(cache), split=split), split
@@ -94,7 +99,9 @@ def build(dataset: str, ways: int, shots: int, queries: int, data: Path, cache: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("METAPLUS_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("METAPLUS_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("METAPLUS_CACHE", REPO / ".cache")))
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -113,13 +120,31 @@ def main() -> None:
         source, split = build(dataset, ways, shots, queries, args.data, args.cache, scratch, args.synthetic_images)
         load_s = time.perf_counter() - start
         episodes, _ = rate(lambda i, source=source: source.sample(episode_generator("bench", i)), args.seconds)
-        batches, _ = rate(lambda i, source=source, meta_batch=meta_batch: collate_tasks(
-            [(j, source.sample(episode_generator("bench", i, j))) for j in range(meta_batch)]), args.seconds)
-        rows.append(dict(setting=name, split=split, classes=source.num_classes, ways=ways, shots=shots,
-                         queries_per_class=queries, load_s=round(load_s, 2), episodes_per_s=round(episodes, 1),
-                         meta_batch=meta_batch, meta_batches_per_s=round(batches, 1)))
-        print(f"{name:20s} split={split:5s} classes={source.num_classes:5d} load {load_s:6.2f}s  "
-              f"{episodes:8.1f} episodes/s  {batches:7.1f} meta-batches/s of {meta_batch}", flush=True)
+        batches, _ = rate(
+            lambda i, source=source, meta_batch=meta_batch: collate_tasks(
+                [(j, source.sample(episode_generator("bench", i, j))) for j in range(meta_batch)]
+            ),
+            args.seconds,
+        )
+        rows.append(
+            dict(
+                setting=name,
+                split=split,
+                classes=source.num_classes,
+                ways=ways,
+                shots=shots,
+                queries_per_class=queries,
+                load_s=round(load_s, 2),
+                episodes_per_s=round(episodes, 1),
+                meta_batch=meta_batch,
+                meta_batches_per_s=round(batches, 1),
+            )
+        )
+        print(
+            f"{name:20s} split={split:5s} classes={source.num_classes:5d} load {load_s:6.2f}s  "
+            f"{episodes:8.1f} episodes/s  {batches:7.1f} meta-batches/s of {meta_batch}",
+            flush=True,
+        )
 
     shutil.rmtree(scratch, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +153,13 @@ def main() -> None:
         measured = {r["setting"] for r in rows}
         kept = [r for r in json.loads(previous.read_text())["results"] if r["setting"] not in measured]
         rows = [*kept, *rows]
-    meta = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
-                cpus=os.cpu_count(), seconds_per_measurement=args.seconds)
+    meta = dict(
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        seconds_per_measurement=args.seconds,
+    )
     (args.out / "episode_sampling.json").write_text(json.dumps(dict(environment=meta, results=rows), indent=2) + "\n")
     with open(args.out / "episode_sampling.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[-1]))

@@ -14,6 +14,7 @@ and reports val_fraction = val_episodes * s_per_val_episode / (batches_per_epoch
 Episodes are random tensors of the preset's shapes: the time depends on shapes, not pixels, and the
 image caches need not be built. One warm-up iteration/episode is not timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ def random_task(cfg, generator: torch.Generator) -> Task:
     shape = tuple(OmegaConf.to_container(cfg.data.input_shape, resolve=True))
     support_y = torch.arange(ways).repeat_interleave(shots)
     query_y = torch.arange(ways).repeat_interleave(queries)
-    return Task(torch.randn(len(support_y), *shape, generator=generator), support_y,
-                torch.randn(len(query_y), *shape, generator=generator), query_y)
+    return Task(
+        torch.randn(len(support_y), *shape, generator=generator),
+        support_y,
+        torch.randn(len(query_y), *shape, generator=generator),
+        query_y,
+    )
 
 
 def time_iterations(learner, cfg, iterations: int, generator) -> float:
@@ -98,12 +103,21 @@ def measure(name: str, experiment: str, iterations: int, episodes: int) -> dict:
     final = time_val_episodes(learner, cfg, episodes, False, generator)
     train_s = cfg.data.batches_per_epoch * s_iter
     row = {
-        "preset": name, "experiment": experiment, "algo": cfg.algo.name, "filters": cfg.model.filters,
-        "ways": cfg.data.ways, "shots": cfg.data.shots, "queries": cfg.data.queries,
-        "meta_batch_size": cfg.data.meta_batch_size, "inner_steps": cfg.algo.inner_steps,
-        "test_inner_steps": cfg.algo.test_inner_steps, "batches_per_epoch": cfg.data.batches_per_epoch,
-        "val_episodes": cfg.data.val_episodes, "s_per_iteration": round(s_iter, 4),
-        "s_per_val_episode_curve": round(curve, 4), "s_per_val_episode_final": round(final, 4),
+        "preset": name,
+        "experiment": experiment,
+        "algo": cfg.algo.name,
+        "filters": cfg.model.filters,
+        "ways": cfg.data.ways,
+        "shots": cfg.data.shots,
+        "queries": cfg.data.queries,
+        "meta_batch_size": cfg.data.meta_batch_size,
+        "inner_steps": cfg.algo.inner_steps,
+        "test_inner_steps": cfg.algo.test_inner_steps,
+        "batches_per_epoch": cfg.data.batches_per_epoch,
+        "val_episodes": cfg.data.val_episodes,
+        "s_per_iteration": round(s_iter, 4),
+        "s_per_val_episode_curve": round(curve, 4),
+        "s_per_val_episode_final": round(final, 4),
         "val_fraction_curve": round(cfg.data.val_episodes * curve / train_s, 4),
         "val_fraction_final": round(cfg.data.val_episodes * final / train_s, 4),
     }
@@ -113,17 +127,23 @@ def measure(name: str, experiment: str, iterations: int, episodes: int) -> dict:
 
 
 def markdown(rows: list[dict], args) -> str:
-    lines = [f"# Validation time / training time per epoch (1 thread, {args.iterations} iterations and "
-             f"{args.episodes} episodes timed per preset, after one warm-up)", "",
-             "before = query scored after every inner step (the former validation); after = step 0 and "
-             "the last step only (`algo.eval_curve=test`, the default). Target <= 10 %.", "",
-             "| preset | s/iteration | s/val episode before | after | val fraction before | after |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Validation time / training time per epoch (1 thread, {args.iterations} iterations and "
+        f"{args.episodes} episodes timed per preset, after one warm-up)",
+        "",
+        "before = query scored after every inner step (the former validation); after = step 0 and "
+        "the last step only (`algo.eval_curve=test`, the default). Target <= 10 %.",
+        "",
+        "| preset | s/iteration | s/val episode before | after | val fraction before | after |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['preset']} ({r['val_episodes']} val episodes, {r['batches_per_epoch']} iterations) "
-                     f"| {r['s_per_iteration']:.3f} | {r['s_per_val_episode_curve']:.3f} | "
-                     f"{r['s_per_val_episode_final']:.3f} | {100 * r['val_fraction_curve']:.1f} % | "
-                     f"{100 * r['val_fraction_final']:.1f} % |")
+        lines.append(
+            f"| {r['preset']} ({r['val_episodes']} val episodes, {r['batches_per_epoch']} iterations) "
+            f"| {r['s_per_iteration']:.3f} | {r['s_per_val_episode_curve']:.3f} | "
+            f"{r['s_per_val_episode_final']:.3f} | {100 * r['val_fraction_curve']:.1f} % | "
+            f"{100 * r['val_fraction_final']:.1f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -137,8 +157,14 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = [measure(name, PRESETS[name], args.iterations, args.episodes) for name in args.presets]
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"threads": 1, "iterations": args.iterations, "episodes": args.episodes, "target": TARGET,
-               "torch": torch.__version__, "rows": rows}
+    payload = {
+        "threads": 1,
+        "iterations": args.iterations,
+        "episodes": args.episodes,
+        "target": TARGET,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     (args.out / "eval_cost.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.out / "eval_cost.md").write_text(markdown(rows, args))
     print(markdown(rows, args))

@@ -17,6 +17,7 @@ episodes. Each algorithm evaluates with its own config's ``test_inner_steps`` (1
 paper: its learned rates are meta-trained for one step, and 10 steps of them diverge on sinusoid). Training is far too short to reach the published numbers; it compares the learners at
 an equal, small budget on a shared 2-core CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,16 +66,38 @@ class IterationTimer(Callback):
 def budget(dataset: str, args: argparse.Namespace) -> list[str]:
     """The overrides every algorithm of a dataset's multirun shares."""
     epochs = 2
-    per_epoch = max(1, args.iterations // epochs) if dataset == "sinusoid" else max(1, args.omniglot_iterations // epochs)
-    common = [f"trainer.max_epochs={epochs}", f"data.batches_per_epoch={per_epoch}", "logger=none",
-              "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-              "+callbacks.timer._target_=bench.learners.IterationTimer"]
+    per_epoch = (
+        max(1, args.iterations // epochs) if dataset == "sinusoid" else max(1, args.omniglot_iterations // epochs)
+    )
+    common = [
+        f"trainer.max_epochs={epochs}",
+        f"data.batches_per_epoch={per_epoch}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        "+callbacks.timer._target_=bench.learners.IterationTimer",
+    ]
     if dataset == "sinusoid":
-        return [*common, "data=sinusoid", "data.shots=5,10", "data.meta_batch_size=25", "data.val_episodes=100",
-                "data.test_episodes=600"]
-    return [*common, "data=omniglot", "model=conv4", "model.filters=32", "data.ways=5", "data.shots=1",
-            "data.meta_batch_size=8", "data.val_episodes=40", f"data.test_episodes={args.omniglot_test_episodes}",
-            "algo.inner_lr=0.4"]
+        return [
+            *common,
+            "data=sinusoid",
+            "data.shots=5,10",
+            "data.meta_batch_size=25",
+            "data.val_episodes=100",
+            "data.test_episodes=600",
+        ]
+    return [
+        *common,
+        "data=omniglot",
+        "model=conv4",
+        "model.filters=32",
+        "data.ways=5",
+        "data.shots=1",
+        "data.meta_batch_size=8",
+        "data.val_episodes=40",
+        f"data.test_episodes={args.omniglot_test_episodes}",
+        "algo.inner_lr=0.4",
+    ]
 
 
 def multirun(dataset: str, args: argparse.Namespace) -> tuple[Path, list[str]]:
@@ -92,8 +115,11 @@ def timings(sweep: Path) -> dict[tuple[str, str], float]:
     """(algo, data label as the report prints it) -> s / meta-iteration, from each job's results.json."""
     from metaplus.report import data_label, find_results, load_runs
 
-    return {(str(run.config.get("algo.name")), data_label(run)): run.results[TIMING_KEY]
-            for run in load_runs(find_results([sweep])) if TIMING_KEY in run.results}
+    return {
+        (str(run.config.get("algo.name")), data_label(run)): run.results[TIMING_KEY]
+        for run in load_runs(find_results([sweep]))
+        if TIMING_KEY in run.results
+    }
 
 
 def add_timing_column(report_md: str, seconds: dict[tuple[str, str], float]) -> str:
@@ -116,8 +142,12 @@ def add_timing_column(report_md: str, seconds: dict[tuple[str, str], float]) -> 
 
 
 def publish(dataset: str, sweep: Path, command: list[str]) -> Path:
-    subprocess.run([sys.executable, "-m", "metaplus.report", str(sweep), "--title", f"learners_{dataset}"],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "metaplus.report", str(sweep), "--title", f"learners_{dataset}"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = add_timing_column((sweep / "report.md").read_text(), timings(sweep))
     md += "\nCommand (from the repository root, OMP_NUM_THREADS=1):\n\n    " + " ".join(portable(command[1:])) + "\n"

@@ -13,6 +13,7 @@ order, then this script and the report:
     python -m metaplus.report outputs/bench/mtnet_polynomial_60k --out bench/results/mtnet_polynomial_60k \\
         --metrics 'mtnet/update_fraction/*'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def fraction_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         for row in csv.DictReader(handle):
             for key, value in row.items():
                 if key.startswith(PREFIX) and value:
-                    curves.setdefault(key[len(PREFIX):], []).append((int(row["step"]), float(value)))
+                    curves.setdefault(key[len(PREFIX) :], []).append((int(row["step"]), float(value)))
     if not curves:
         raise SystemExit(f"{metrics}: no {PREFIX}* columns (is it an MT-net run with use_M=true?)")
     return curves
@@ -66,8 +67,11 @@ def main() -> None:
     table = ["| run | step | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
     for name, per_run in curves.items():
         step = max(s for points in per_run.values() for s, _ in points)
-        table.append(f"| {name} | {step + 1} | " + " | ".join(f"{per_run[l][-1][1]:.3f}" if l in per_run else "–"
-                                                             for l in layers) + " |")
+        table.append(
+            f"| {name} | {step + 1} | "
+            + " | ".join(f"{per_run[l][-1][1]:.3f}" if l in per_run else "–" for l in layers)
+            + " |"
+        )
     text = "# MT-net: fraction of updated units at the end of training\n\n" + "\n".join(table) + "\n"
     (args.out / "update_fraction.md").write_text(text)
     print(text + f"\nsaved {args.out / 'update_fraction.png'} and {args.out / 'update_fraction.md'}")

@@ -15,6 +15,7 @@ comparison and is not part of the library.
 Reference (measured on this machine kind): MAML++ reference code at meta-batch 16: 6.8 s/iteration,
 10.6 GB; a plain learn2learn per-task loop: 3.0 s, 1.8 GB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,26 @@ def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
     from metaplus.compose import compose_config
     from metaplus.run import build
 
-    overrides = ["algo=mamlpp", "algo.da=false", "data=omniglot", "model=conv4", "model.activation=leaky_relu",
-                 "data.ways=5", "data.shots=1", "data.queries=15", f"data.meta_batch_size={meta_batch}",
-                 f"data.batches_per_epoch={iterations + 1}", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
-                 "logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-                 "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false"]
+    overrides = [
+        "algo=mamlpp",
+        "algo.da=false",
+        "data=omniglot",
+        "model=conv4",
+        "model.activation=leaky_relu",
+        "data.ways=5",
+        "data.shots=1",
+        "data.queries=15",
+        f"data.meta_batch_size={meta_batch}",
+        f"data.batches_per_epoch={iterations + 1}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_val_batches=0",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        "~callbacks.model_checkpoint",
+        "+trainer.enable_checkpointing=false",
+        "test=false",
+    ]
     cfg = compose_config(overrides, out)
     L.seed_everything(0)
     parts = build(cfg)
@@ -62,8 +78,9 @@ def child(meta_batch: int, iterations: int, mode: str, out: Path) -> None:
     trainer.callbacks.append(Timer())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     trainer.fit(learner, datamodule=parts["datamodule"])
-    (out / "timing.json").write_text(json.dumps({"times": times, "rss_before_kb": rss_before,
-                                                 "threads": torch.get_num_threads()}))
+    (out / "timing.json").write_text(
+        json.dumps({"times": times, "rss_before_kb": rss_before, "threads": torch.get_num_threads()})
+    )
 
 
 def hold_all_graphs(learner) -> None:
@@ -85,15 +102,33 @@ def hold_all_graphs(learner) -> None:
 def measure(meta_batch: int, iterations: int, mode: str) -> dict:
     out = REPO / "outputs" / "bench" / f"memory-{mode}-{meta_batch}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    peak_rss_gb = run_measured([sys.executable, __file__, "--child", str(meta_batch), "--iterations", str(iterations),
-                                "--mode", mode, "--out", str(out)], cwd=REPO)
+    peak_rss_gb = run_measured(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(meta_batch),
+            "--iterations",
+            str(iterations),
+            "--mode",
+            mode,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+    )
     timing = json.loads((out / "timing.json").read_text())
     steady = timing["times"][1:] or timing["times"]
-    return {"mode": mode, "meta_batch": meta_batch, "iterations_timed": len(steady),
-            "s_per_iteration": round(sum(steady) / len(steady), 3),
-            "s_per_task": round(sum(steady) / len(steady) / meta_batch, 3),
-            "peak_rss_gb": peak_rss_gb,
-            "rss_before_training_gb": round(timing["rss_before_kb"] / 1024**2, 3), "torch_threads": timing["threads"]}
+    return {
+        "mode": mode,
+        "meta_batch": meta_batch,
+        "iterations_timed": len(steady),
+        "s_per_iteration": round(sum(steady) / len(steady), 3),
+        "s_per_task": round(sum(steady) / len(steady) / meta_batch, 3),
+        "peak_rss_gb": peak_rss_gb,
+        "rss_before_training_gb": round(timing["rss_before_kb"] / 1024**2, 3),
+        "torch_threads": timing["threads"],
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -130,9 +165,12 @@ def main() -> None:
     for meta_batch in args.batches:
         row = measure(meta_batch, args.iterations, args.mode)
         rows.append(row)
-        print(f"{row['mode']:8s} meta-batch {meta_batch:3d}: {row['s_per_iteration']:7.2f} s/iteration "
-              f"({row['s_per_task']:.2f} s/task), peak RSS {row['peak_rss_gb']:.2f} GB "
-              f"(before training {row['rss_before_training_gb']:.2f} GB)", flush=True)
+        print(
+            f"{row['mode']:8s} meta-batch {meta_batch:3d}: {row['s_per_iteration']:7.2f} s/iteration "
+            f"({row['s_per_task']:.2f} s/task), peak RSS {row['peak_rss_gb']:.2f} GB "
+            f"(before training {row['rss_before_training_gb']:.2f} GB)",
+            flush=True,
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"memory_{args.mode}"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")

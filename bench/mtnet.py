@@ -17,6 +17,7 @@ Omniglot instead of 40,000 x 32). Runs execute in this process, one after anothe
     python bench/mtnet.py --only polynomial alpha                 # some experiments
 Writes bench/results/mtnet{tag}.json, .md (the tables) and .png (the plots).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ RESULTS = REPO / "bench" / "results"
 EXPERIMENTS = ("sinusoid", "alpha", "polynomial", "omniglot")
 SINUSOID_ALGOS = ("maml", "metasgd", "tnet", "mtnet")
 ALPHAS = (0.001, 0.01, 0.1, 1.0)
-QUIET = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-         "trainer.max_epochs=1", "trainer.log_every_n_steps=50"]
+QUIET = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=50",
+]
 
 
 def train(name: str, overrides: list[str], out: Path) -> dict:
@@ -47,13 +53,23 @@ def train(name: str, overrides: list[str], out: Path) -> dict:
     metrics = run(compose_config(QUIET + overrides, out / name, cwd=REPO))
     metric = "mse" if "test/mse" in metrics else "acc"
     curve, ci = metrics[f"test/{metric}_by_step"], metrics[f"test/{metric}_ci95_by_step"]
-    row = {"name": name, "overrides": overrides, "metric": metric, "step1": curve[min(1, len(curve) - 1)],
-           "step1_ci95": ci[min(1, len(ci) - 1)], "final": curve[-1], "final_ci95": ci[-1], "curve": curve,
-           "wall_time_s": round(time.time() - start, 1),
-           **{k: v for k, v in metrics.items() if k.startswith(("mtnet/", "tnet/"))}}
-    print(f"{name:40s} test {metric} after 1 step {row['step1']:.4f} ± {row['step1_ci95']:.4f}, after "
-          f"{len(curve) - 1} steps {row['final']:.4f} ± {row['final_ci95']:.4f}  ({row['wall_time_s']:.0f} s)",
-          flush=True)
+    row = {
+        "name": name,
+        "overrides": overrides,
+        "metric": metric,
+        "step1": curve[min(1, len(curve) - 1)],
+        "step1_ci95": ci[min(1, len(ci) - 1)],
+        "final": curve[-1],
+        "final_ci95": ci[-1],
+        "curve": curve,
+        "wall_time_s": round(time.time() - start, 1),
+        **{k: v for k, v in metrics.items() if k.startswith(("mtnet/", "tnet/"))},
+    }
+    print(
+        f"{name:40s} test {metric} after 1 step {row['step1']:.4f} ± {row['step1_ci95']:.4f}, after "
+        f"{len(curve) - 1} steps {row['final']:.4f} ± {row['final_ci95']:.4f}  ({row['wall_time_s']:.0f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -66,9 +82,17 @@ def sinusoid(args, out: Path) -> list[dict]:
     for definition, experiment in (("maml", "mtnet_sinusoid"), ("freq", "mtnet_sinusoid_freq")):
         for shots in (5, 10, 20):
             for algo in SINUSOID_ALGOS:
-                row = train(f"sinusoid-{definition}-{shots}shot-{algo}",
-                            [f"experiment={experiment}", f"algo={algo}", f"data.shots={shots}",
-                             "algo.test_inner_steps=10", *schedule(args.iterations, args.test_episodes)], out)
+                row = train(
+                    f"sinusoid-{definition}-{shots}shot-{algo}",
+                    [
+                        f"experiment={experiment}",
+                        f"algo={algo}",
+                        f"data.shots={shots}",
+                        "algo.test_inner_steps=10",
+                        *schedule(args.iterations, args.test_episodes),
+                    ],
+                    out,
+                )
                 rows.append({**row, "definition": definition, "shots": shots, "algo": algo})
     return rows
 
@@ -77,28 +101,62 @@ def alpha(args, out: Path, done: list[dict]) -> list[dict]:
     rows = []
     for algo in ("maml", "mtnet"):
         for lr in ALPHAS:
-            reuse = [r for r in done if r.get("definition") == "maml" and r.get("shots") == 10
-                     and r.get("algo") == algo and lr == 0.01]  # the sinusoid table already has alpha = 0.01
-            row = reuse[0] if reuse else train(
-                f"alpha-{algo}-{lr}", ["experiment=mtnet_alpha", f"algo={algo}", f"algo.inner_lr={lr}",
-                                       *schedule(args.iterations, args.test_episodes)], out)
+            reuse = [
+                r
+                for r in done
+                if r.get("definition") == "maml" and r.get("shots") == 10 and r.get("algo") == algo and lr == 0.01
+            ]  # the sinusoid table already has alpha = 0.01
+            row = (
+                reuse[0]
+                if reuse
+                else train(
+                    f"alpha-{algo}-{lr}",
+                    [
+                        "experiment=mtnet_alpha",
+                        f"algo={algo}",
+                        f"algo.inner_lr={lr}",
+                        *schedule(args.iterations, args.test_episodes),
+                    ],
+                    out,
+                )
+            )
             rows.append({**row, "algo": algo, "alpha": lr})
     return rows
 
 
 def polynomial(args, out: Path) -> list[dict]:
-    return [{**train(f"polynomial-order{order}-mtnet", ["experiment=mtnet_polynomial", f"data.source.order={order}",
-                                                        *schedule(args.iterations, args.test_episodes)], out),
-             "order": order} for order in (0, 1, 2)]
+    return [
+        {
+            **train(
+                f"polynomial-order{order}-mtnet",
+                [
+                    "experiment=mtnet_polynomial",
+                    f"data.source.order={order}",
+                    *schedule(args.iterations, args.test_episodes),
+                ],
+                out,
+            ),
+            "order": order,
+        }
+        for order in (0, 1, 2)
+    ]
 
 
 def omniglot(args, out: Path) -> list[dict]:
     rows = []
     for algo in ("maml", "mtnet"):
-        row = train(f"omniglot-5w1s-{algo}",
-                    ["experiment=mtnet_omniglot", f"algo={algo}", f"data.meta_batch_size={args.omniglot_meta_batch}",
-                     f"data.batches_per_epoch={args.omniglot_iterations}", "data.val_episodes=50",
-                     f"data.test_episodes={args.omniglot_test_episodes}"], out)
+        row = train(
+            f"omniglot-5w1s-{algo}",
+            [
+                "experiment=mtnet_omniglot",
+                f"algo={algo}",
+                f"data.meta_batch_size={args.omniglot_meta_batch}",
+                f"data.batches_per_epoch={args.omniglot_iterations}",
+                "data.val_episodes=50",
+                f"data.test_episodes={args.omniglot_test_episodes}",
+            ],
+            out,
+        )
         rows.append({**row, "algo": algo})
     return rows
 
@@ -112,40 +170,74 @@ def fmt(row: dict, key: str = "final", ci: bool = True) -> str:
 
 
 def tables(results: dict, budget: dict) -> str:
-    lines = ["# MT-net experiments at a small CPU budget", "",
-             "Budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()) + ". One seed per cell.",
-             "`diverged`: the test loss is not finite on some episodes (that inner step size, kept for that many "
-             "steps, blows up).", ""]
+    lines = [
+        "# MT-net experiments at a small CPU budget",
+        "",
+        "Budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()) + ". One seed per cell.",
+        "`diverged`: the test loss is not finite on some episodes (that inner step size, kept for that many "
+        "steps, blows up).",
+        "",
+    ]
     if results.get("sinusoid"):
         for definition, title in (("maml", "y = A sin(x - phi)"), ("freq", "y = A sin(f x - phi), f ~ U[0.8, 1.2]")):
-            lines += [f"## Sinusoid, {title}: test MSE ± CI95 after 1 / 10 inner steps", "",
-                      "| algo | 5-shot | 10-shot | 20-shot |", "|---|---|---|---|"]
+            lines += [
+                f"## Sinusoid, {title}: test MSE ± CI95 after 1 / 10 inner steps",
+                "",
+                "| algo | 5-shot | 10-shot | 20-shot |",
+                "|---|---|---|---|",
+            ]
             for algo in SINUSOID_ALGOS:
                 cells = []
                 for shots in (5, 10, 20):
-                    match = [r for r in results["sinusoid"] if (r["definition"], r["shots"], r["algo"]) == (definition, shots, algo)]
+                    match = [
+                        r
+                        for r in results["sinusoid"]
+                        if (r["definition"], r["shots"], r["algo"]) == (definition, shots, algo)
+                    ]
                     cells.append(f"{fmt(match[0], 'step1')} / {fmt(match[0])}" if match else "–")
                 lines.append(f"| {algo} | " + " | ".join(cells) + " |")
             lines.append("")
     if results.get("alpha"):
-        lines += ["## Inner learning rate: 10-shot sinusoid test MSE ± CI95 after 10 steps (after 1 step)", "",
-                  "| algo | " + " | ".join(f"α={a}" for a in ALPHAS) + " |", "|---|" + "---|" * len(ALPHAS)]
+        lines += [
+            "## Inner learning rate: 10-shot sinusoid test MSE ± CI95 after 10 steps (after 1 step)",
+            "",
+            "| algo | " + " | ".join(f"α={a}" for a in ALPHAS) + " |",
+            "|---|" + "---|" * len(ALPHAS),
+        ]
         for algo in ("maml", "mtnet"):
-            cells = [f"{fmt(r)} ({fmt(r, 'step1', ci=False)})" for a in ALPHAS for r in results["alpha"] if (r["algo"], r["alpha"]) == (algo, a)]
+            cells = [
+                f"{fmt(r)} ({fmt(r, 'step1', ci=False)})"
+                for a in ALPHAS
+                for r in results["alpha"]
+                if (r["algo"], r["alpha"]) == (algo, a)
+            ]
             lines.append(f"| {algo} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.get("polynomial"):
-        layers = sorted({k.rsplit("/", 1)[1] for r in results["polynomial"] for k in r if k.startswith("mtnet/update_fraction/")},
-                        key=lambda s: (s == "all", s))
-        lines += ["## Polynomial regression (MT-net, 10-shot): learned fraction of updated units, P(M=1), per layer", "",
-                  "| order | " + " | ".join(layers) + " | test MSE (10 steps) |", "|---|" + "---|" * (len(layers) + 1)]
+        layers = sorted(
+            {k.rsplit("/", 1)[1] for r in results["polynomial"] for k in r if k.startswith("mtnet/update_fraction/")},
+            key=lambda s: (s == "all", s),
+        )
+        lines += [
+            "## Polynomial regression (MT-net, 10-shot): learned fraction of updated units, P(M=1), per layer",
+            "",
+            "| order | " + " | ".join(layers) + " | test MSE (10 steps) |",
+            "|---|" + "---|" * (len(layers) + 1),
+        ]
         for r in results["polynomial"]:
-            lines.append(f"| {r['order']} | " + " | ".join(f"{r[f'mtnet/update_fraction/{l}']:.3f}" for l in layers)
-                         + f" | {fmt(r)} |")
+            lines.append(
+                f"| {r['order']} | "
+                + " | ".join(f"{r[f'mtnet/update_fraction/{l}']:.3f}" for l in layers)
+                + f" | {fmt(r)} |"
+            )
         lines.append("")
     if results.get("omniglot"):
-        lines += ["## Omniglot 5-way 1-shot, Conv-4: test accuracy ± CI95", "",
-                  "| algo | after 1 step | after 10 steps | wall time (s) |", "|---|---|---|---|"]
+        lines += [
+            "## Omniglot 5-way 1-shot, Conv-4: test accuracy ± CI95",
+            "",
+            "| algo | after 1 step | after 10 steps | wall time (s) |",
+            "|---|---|---|---|",
+        ]
         for r in results["omniglot"]:
             lines.append(f"| {r['algo']} | {fmt(r, 'step1')} | {fmt(r)} | {r['wall_time_s']:.0f} |")
         lines.append("")
@@ -165,7 +257,9 @@ def plot(results: dict, path: Path) -> None:
         if panel == "sinusoid":
             for algo in SINUSOID_ALGOS:
                 for definition, style in (("maml", "-"), ("freq", "--")):
-                    pts = sorted((r["shots"], r["final"]) for r in rows if (r["algo"], r["definition"]) == (algo, definition))
+                    pts = sorted(
+                        (r["shots"], r["final"]) for r in rows if (r["algo"], r["definition"]) == (algo, definition)
+                    )
                     if pts:
                         ax.plot(*zip(*pts), style, marker="o", label=f"{algo} ({definition})")
             ax.set(xlabel="shots", ylabel="test MSE, 10 steps", yscale="log", title="sinusoid")
@@ -177,8 +271,15 @@ def plot(results: dict, path: Path) -> None:
         elif panel == "polynomial":
             layers = sorted({k.rsplit("/", 1)[1] for r in rows for k in r if k.startswith("mtnet/update_fraction/")})
             for layer in layers:
-                ax.plot([r["order"] for r in rows], [r[f"mtnet/update_fraction/{layer}"] for r in rows], marker="o", label=layer)
-            ax.set(xlabel="polynomial order", ylabel="P(unit updated)", xticks=[0, 1, 2], title="MT-net update fraction")
+                ax.plot(
+                    [r["order"] for r in rows],
+                    [r[f"mtnet/update_fraction/{layer}"] for r in rows],
+                    marker="o",
+                    label=layer,
+                )
+            ax.set(
+                xlabel="polynomial order", ylabel="P(unit updated)", xticks=[0, 1, 2], title="MT-net update fraction"
+            )
         else:
             for r in rows:
                 ax.plot(range(len(r["curve"])), r["curve"], marker="o", label=r["algo"])
@@ -197,8 +298,11 @@ def main() -> None:
     parser.add_argument("--omniglot-test-episodes", type=int, default=300)
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--tag", default="")
-    parser.add_argument("--tables-only", action="store_true",
-                        help="re-render bench/results/mtnet<tag>.md from the saved JSON without training")
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="re-render bench/results/mtnet<tag>.md from the saved JSON without training",
+    )
     args = parser.parse_args()
     if args.tables_only:
         saved = json.loads((RESULTS / f"mtnet{args.tag}.json").read_text())
@@ -216,9 +320,15 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     out = REPO / "outputs" / "bench" / f"mtnet-{time.strftime('%Y%m%d-%H%M%S')}"
-    budget = {"regression_iterations": args.iterations, "regression_meta_batch": 4, "test_episodes": args.test_episodes,
-              "omniglot_iterations": args.omniglot_iterations, "omniglot_meta_batch": args.omniglot_meta_batch,
-              "omniglot_test_episodes": args.omniglot_test_episodes, "threads": os.environ.get("OMP_NUM_THREADS", "all")}
+    budget = {
+        "regression_iterations": args.iterations,
+        "regression_meta_batch": 4,
+        "test_episodes": args.test_episodes,
+        "omniglot_iterations": args.omniglot_iterations,
+        "omniglot_meta_batch": args.omniglot_meta_batch,
+        "omniglot_test_episodes": args.omniglot_test_episodes,
+        "threads": os.environ.get("OMP_NUM_THREADS", "all"),
+    }
     results: dict[str, list] = {}
     start = time.time()
     if "sinusoid" in args.only:
@@ -237,8 +347,19 @@ def main() -> None:
     (RESULTS / f"{name}.md").write_text(report + "\n")
     plot(results, RESULTS / f"{name}.png")
     # The generic per-run table of every results.json, from the project's report script.
-    subprocess.run([sys.executable, "-m", "metaplus.report", str(out), "--out", str(RESULTS / f"{name}_report"),
-                    "--title", f"{name}: every run"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metaplus.report",
+            str(out),
+            "--out",
+            str(RESULTS / f"{name}_report"),
+            "--title",
+            f"{name}: every run",
+        ],
+        check=True,
+    )
     print("\n" + report)
     print(f"saved {RESULTS / name}.json, .md and .png")
 

@@ -18,6 +18,7 @@ Jobs already present are skipped; --force retrains them.
 
 mtnet_masks needs no job here: it shows bench/results/mtnet_polynomial_60k/ (bench/mtnet.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,19 +40,41 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progres
 # of 0.01, Adam 1e-3, K = 5 query points), with 8,000 meta-iterations of 10 tasks instead of 70,000 x 25
 # (MAML about 9 minutes on one CPU thread, pre-training about 3); pre-training sees the same 80,000 tasks' points and is
 # fine-tuned on each test task exactly as MAML adapts (10 SGD steps of 0.01 on every parameter).
-_SINUSOID = ["data=sinusoid", "data.shots=5", "data.queries=5", "data.meta_batch_size=10",
-             "data.batches_per_epoch=1000", "trainer.max_epochs=8", "algo.test_inner_steps=10",
-             "algo.inner_lr=0.01", "algo.meta_lr=0.001", "data.val_episodes=100", "data.test_episodes=600"]
+_SINUSOID = [
+    "data=sinusoid",
+    "data.shots=5",
+    "data.queries=5",
+    "data.meta_batch_size=10",
+    "data.batches_per_epoch=1000",
+    "trainer.max_epochs=8",
+    "algo.test_inner_steps=10",
+    "algo.inner_lr=0.01",
+    "algo.meta_lr=0.001",
+    "data.val_episodes=100",
+    "data.test_episodes=600",
+]
 
 # learners_compared: Omniglot 5-way 1-shot on the Vinyals split with Conv-4 (as the ANIL paper compares
 # MAML and ANIL), every learner from the same 20 epochs x 500 meta-iterations of 8 tasks (each learner's
 # published preset otherwise, e.g. MAML's 5 inner steps of 0.4 and 10 at test), 600 fixed test episodes.
-_OMNIGLOT = ["data=omniglot", "data.ways=5", "data.shots=1", "data.meta_batch_size=8",
-             "data.batches_per_epoch=500", "trainer.max_epochs=20", "data.test_episodes=600",
-             "algo.eval_curve=test"]
-LEARNERS = {"maml": ["algo=maml"], "fomaml": ["algo=fomaml"], "anil": ["algo=anil"],
-            "reptile": ["algo=reptile"], "metasgd": ["algo=metasgd"],
-            "pretrain": ["algo=pretrain", "algo.finetune=all"]}
+_OMNIGLOT = [
+    "data=omniglot",
+    "data.ways=5",
+    "data.shots=1",
+    "data.meta_batch_size=8",
+    "data.batches_per_epoch=500",
+    "trainer.max_epochs=20",
+    "data.test_episodes=600",
+    "algo.eval_curve=test",
+]
+LEARNERS = {
+    "maml": ["algo=maml"],
+    "fomaml": ["algo=fomaml"],
+    "anil": ["algo=anil"],
+    "reptile": ["algo=reptile"],
+    "metasgd": ["algo=metasgd"],
+    "pretrain": ["algo=pretrain", "algo.finetune=all"],
+}
 
 # mamlpp_ablation: conf/experiment/ablation_mamlpp.yaml (Omniglot 20-way 1-shot, second order, 5 inner
 # steps: a setting where MAML++'s fixes matter), each variant x seeds 1, 2, 3, at 30 of its 100 epochs
@@ -65,14 +88,17 @@ _ABLATION = ["experiment=ablation_mamlpp", "trainer.max_epochs=30"]
 JOBS: dict[str, dict[str, list[str]]] = {
     "maml_basics": {"maml": ["algo=maml", *_SINUSOID], "pretrain": ["algo=pretrain", "algo.finetune=all", *_SINUSOID]},
     "learners_compared": {name: [*algo, *_OMNIGLOT] for name, algo in LEARNERS.items()},
-    "mamlpp_ablation": {f"{i * len(ABLATION_SEEDS) + j}_{variant}_seed{seed}": [*_ABLATION, f"ablation={variant}", f"seed={seed}"]
-                        for i, variant in enumerate(ABLATION_VARIANTS) for j, seed in enumerate(ABLATION_SEEDS)},
+    "mamlpp_ablation": {
+        f"{i * len(ABLATION_SEEDS) + j}_{variant}_seed{seed}": [*_ABLATION, f"ablation={variant}", f"seed={seed}"]
+        for i, variant in enumerate(ABLATION_VARIANTS)
+        for j, seed in enumerate(ABLATION_SEEDS)
+    },
 }
 BUDGETS = {
     "maml_basics": "per learner 8 epochs x 1,000 meta-iterations x 10 tasks (80,000 tasks); one thread: MAML ~9 min, pre-training ~3 min",
     "learners_compared": "per learner 20 epochs x 500 meta-iterations x 8 tasks; ~1-3 CPU-hours each, 6 learners",
     "mamlpp_ablation": "per job 30 epochs x 500 meta-iterations x 8 tasks; 8 variants x 3 seeds = 24 jobs, "
-                       "~2-4 CPU-hours each (a GPU: minutes)",
+    "~2-4 CPU-hours each (a GPU: minutes)",
 }
 
 

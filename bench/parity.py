@@ -1,5 +1,6 @@
 """``python bench/parity.py ARGS`` is ``python -m metaplus.benchmarking.parity ARGS`` (the code lives in the package, where
 the tests import it; this file keeps the commands the docs print working)."""
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 ``python bench/reproduce.py ARGS`` is ``python -m metaplus.reproduce ARGS``; the code is the package
 metaplus/reproduce/ (``--help`` describes it).
 """
+
 import sys
 from pathlib import Path
 

@@ -15,6 +15,7 @@ uncontended core would take. Progress lines go to stderr as each iteration ends.
 bench/results/resnet12_cost_{first,second}.json (one per order, as soon as it is measured) and
 their summary bench/results/resnet12_cost.{json,md} (from whichever order files exist).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,25 @@ def measure(order: str, iterations: int, data: Path, cache: Path, images_per_cla
     from metaplus.nn import ResNet12
 
     start = time.perf_counter()
-    source = MiniImageNetTasks(5, 1, 15, root=str(data / "miniimagenet"), cache_dir=str(cache),
-                               max_images_per_class=images_per_class, split="train")
+    source = MiniImageNetTasks(
+        5,
+        1,
+        15,
+        root=str(data / "miniimagenet"),
+        cache_dir=str(cache),
+        max_images_per_class=images_per_class,
+        split="train",
+    )
     load_s = time.perf_counter() - start
     rss_data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.manual_seed(0)
-    learner = MAML(ResNet12(input_shape=[3, 84, 84], output_dim=5), "classification", inner_steps=5,
-                   inner_lr=0.01, first_order=order == "first")
+    learner = MAML(
+        ResNet12(input_shape=[3, 84, 84], output_dim=5),
+        "classification",
+        inner_steps=5,
+        inner_lr=0.01,
+        first_order=order == "first",
+    )
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     times, cpu_times, losses = [], [], []
     for it in range(iterations):
@@ -62,24 +75,41 @@ def measure(order: str, iterations: int, data: Path, cache: Path, images_per_cla
         cpu_times.append(time.process_time() - cpu_tick)
         losses.append(round(total, 4))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"  {order} order: iteration {it}: {times[-1]:.1f} s wall, {cpu_times[-1]:.1f} s CPU "
-              f"(loss {total:.3f}, peak RSS so far {rss:.0f} MB)", file=sys.stderr, flush=True)
-    return dict(order=order, iterations=iterations, seconds=[round(t, 2) for t in times],
-                cpu_seconds=[round(t, 2) for t in cpu_times],
-                first_iteration_s=round(times[0], 2),
-                later_iterations_mean_s=round(sum(times[1:]) / len(times[1:]), 2) if len(times) > 1 else None,
-                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                rss_after_data_mb=round(rss_data_mb), load_s=round(load_s, 2), losses=losses,
-                parameters=sum(p.numel() for p in learner.backbone.parameters()))
+        print(
+            f"  {order} order: iteration {it}: {times[-1]:.1f} s wall, {cpu_times[-1]:.1f} s CPU "
+            f"(loss {total:.3f}, peak RSS so far {rss:.0f} MB)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return dict(
+        order=order,
+        iterations=iterations,
+        seconds=[round(t, 2) for t in times],
+        cpu_seconds=[round(t, 2) for t in cpu_times],
+        first_iteration_s=round(times[0], 2),
+        later_iterations_mean_s=round(sum(times[1:]) / len(times[1:]), 2) if len(times) > 1 else None,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        rss_after_data_mb=round(rss_data_mb),
+        load_s=round(load_s, 2),
+        losses=losses,
+        parameters=sum(p.numel() for p in learner.backbone.parameters()),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", nargs="+", default=["first", "second"], choices=["first", "second"])
-    parser.add_argument("--iterations", type=int, nargs="+", default=[2],
-                        help="iterations per order (one number for all, or one per order)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="iterations per order (one number for all, or one per order)",
+    )
     parser.add_argument("--images-per-class", type=int, default=40)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("METAPLUS_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("METAPLUS_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("METAPLUS_CACHE", REPO / ".cache")))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -92,27 +122,55 @@ def main() -> None:
         return
     counts = args.iterations * len(args.orders) if len(args.iterations) == 1 else args.iterations
     for order, iterations in zip(args.orders, counts):
-        command = [sys.executable, __file__, "--child", "--orders", order, "--iterations", str(iterations),
-                   "--images-per-class", str(args.images_per_class), "--data", str(args.data), "--cache", str(args.cache),
-                   "--out", str(args.out)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--orders",
+            order,
+            "--iterations",
+            str(iterations),
+            "--images-per-class",
+            str(args.images_per_class),
+            "--data",
+            str(args.data),
+            "--cache",
+            str(args.cache),
+            "--out",
+            str(args.out),
+        ]
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    rows = [json.loads((args.out / f"resnet12_cost_{order}.json").read_text()) for order in ("first", "second")
-            if (args.out / f"resnet12_cost_{order}.json").is_file()]
+    rows = [
+        json.loads((args.out / f"resnet12_cost_{order}.json").read_text())
+        for order in ("first", "second")
+        if (args.out / f"resnet12_cost_{order}.json").is_file()
+    ]
 
-    environment = dict(torch=torch.__version__, threads=os.environ.get("OMP_NUM_THREADS", "unset"),
-                       cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                       setting="mini-ImageNet 5w1s, 15 queries/class, 84x84, meta-batch 4, 5 inner steps, "
-                               "ResNet-12 64-160-320-640 (avg pool), Adam")
-    (args.out / "resnet12_cost.json").write_text(json.dumps(dict(environment=environment, results=rows), indent=2) + "\n")
-    lines = ["| order | iterations | wall s per iteration | CPU s per iteration | peak RSS (MB) |",
-             "|---|---|---|---|---|"]
+    environment = dict(
+        torch=torch.__version__,
+        threads=os.environ.get("OMP_NUM_THREADS", "unset"),
+        cpu=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        setting="mini-ImageNet 5w1s, 15 queries/class, 84x84, meta-batch 4, 5 inner steps, "
+        "ResNet-12 64-160-320-640 (avg pool), Adam",
+    )
+    (args.out / "resnet12_cost.json").write_text(
+        json.dumps(dict(environment=environment, results=rows), indent=2) + "\n"
+    )
+    lines = [
+        "| order | iterations | wall s per iteration | CPU s per iteration | peak RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         wall = " / ".join(f"{t:.0f}" for t in r["seconds"])
         cpu = " / ".join(f"{t:.0f}" for t in r["cpu_seconds"])
         lines.append(f"| {r['order']} | {r['iterations']} | {wall} | {cpu} | {r['peak_rss_mb']} |")
     (args.out / "resnet12_cost.md").write_text(
         f"ResNet-12 MAML cost: {environment['setting']}; OMP_NUM_THREADS={environment['threads']}, "
-        f"{environment['cpus']} CPUs shared with other jobs, torch {environment['torch']}.\n\n" + "\n".join(lines) + "\n")
+        f"{environment['cpus']} CPUs shared with other jobs, torch {environment['torch']}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -9,6 +9,7 @@ RSS, plus the adaptation-curve figure, under bench/results/.
     python bench/sinusoid.py --iterations 2000 --algos maml   # a quick look
 Reference: Meta-SGD paper, 5-shot MAML 1.13 +- 0.18.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,26 @@ RESULTS = REPO / "bench" / "results"
 
 def train(algo: str, iterations: int, shots: int, out: Path, threads: int) -> dict:
     epochs = max(1, iterations // 1000)
-    args = [sys.executable, "train.py", f"algo={algo}", "data=sinusoid", f"data.shots={shots}",
-            "data.meta_batch_size=25", f"data.batches_per_epoch={iterations // epochs}",
-            f"trainer.max_epochs={epochs}", "algo.inner_steps=1", "algo.test_inner_steps=10",
-            "algo.inner_lr=0.01", "algo.meta_lr=0.001", "data.test_episodes=600", "data.val_episodes=200",
-            "logger=csv", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-            f"hydra.run.dir={out}"]
+    args = [
+        sys.executable,
+        "train.py",
+        f"algo={algo}",
+        "data=sinusoid",
+        f"data.shots={shots}",
+        "data.meta_batch_size=25",
+        f"data.batches_per_epoch={iterations // epochs}",
+        f"trainer.max_epochs={epochs}",
+        "algo.inner_steps=1",
+        "algo.test_inner_steps=10",
+        "algo.inner_lr=0.01",
+        "algo.meta_lr=0.001",
+        "data.test_episodes=600",
+        "data.val_episodes=200",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        f"hydra.run.dir={out}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
     start = time.time()
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -42,12 +57,18 @@ def train(algo: str, iterations: int, shots: int, out: Path, threads: int) -> di
         raise RuntimeError(f"{algo} failed:\n{proc.stderr.read().decode()[-3000:]}")
     results = json.loads((out / "results.json").read_text())
     return {
-        "algo": algo, "shots": shots, "iterations": iterations,
-        "mse_1step": results["test/mse_by_step"][1], "ci95_1step": results["test/mse_ci95_by_step"][1],
-        "mse_10step": results["test/mse_by_step"][10], "ci95_10step": results["test/mse_ci95_by_step"][10],
-        "curve": results["test/mse_by_step"], "wall_time_s": round(time.time() - start, 1),
+        "algo": algo,
+        "shots": shots,
+        "iterations": iterations,
+        "mse_1step": results["test/mse_by_step"][1],
+        "ci95_1step": results["test/mse_ci95_by_step"][1],
+        "mse_10step": results["test/mse_by_step"][10],
+        "ci95_10step": results["test/mse_ci95_by_step"][10],
+        "curve": results["test/mse_by_step"],
+        "wall_time_s": round(time.time() - start, 1),
         "s_per_iteration": round(results["wall_time_s"] / iterations, 4),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "run_dir": portable_path(str(out)),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "run_dir": portable_path(str(out)),
     }
 
 
@@ -78,11 +99,16 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for algo in args.algos:
-        row = train(algo, args.iterations, args.shots, REPO / "outputs" / "bench" / f"sinusoid-{algo}-{stamp}", args.threads)
+        row = train(
+            algo, args.iterations, args.shots, REPO / "outputs" / "bench" / f"sinusoid-{algo}-{stamp}", args.threads
+        )
         rows.append(row)
-        print(f"{algo:7s} {args.shots}-shot  MSE after 1 step {row['mse_1step']:.3f} ± {row['ci95_1step']:.3f}  "
-              f"after 10 steps {row['mse_10step']:.3f} ± {row['ci95_10step']:.3f}  "
-              f"{row['s_per_iteration'] * 1000:.1f} ms/iteration  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"{algo:7s} {args.shots}-shot  MSE after 1 step {row['mse_1step']:.3f} ± {row['ci95_1step']:.3f}  "
+            f"after 10 steps {row['mse_10step']:.3f} ± {row['ci95_10step']:.3f}  "
+            f"{row['s_per_iteration'] * 1000:.1f} ms/iteration  peak RSS {row['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"sinusoid{args.tag}"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")

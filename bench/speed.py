@@ -42,6 +42,7 @@ Writes bench/results/speed.json (one row per setting and engine) and speed.md. m
 read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content does not change the
 cost of an iteration, and decoding all 60,000 images would dominate a quick run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,46 +68,146 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "mamlpp_omniglot_5w1s": (
         "MAML++ Omniglot 5w1s (released config): Conv-4 64 leaky ReLU, 1 query/class, meta-batch 8, "
         "5 second-order steps",
-        ["experiment=mamlpp_omniglot_5w1s", "model.filters=64", "model.activation=leaky_relu", "data.ways=5",
-         "data.shots=1", "data.queries=1", "data.meta_batch_size=8", "algo.inner_steps=5", "algo.da=false"]),
+        [
+            "experiment=mamlpp_omniglot_5w1s",
+            "model.filters=64",
+            "model.activation=leaky_relu",
+            "data.ways=5",
+            "data.shots=1",
+            "data.queries=1",
+            "data.meta_batch_size=8",
+            "algo.inner_steps=5",
+            "algo.da=false",
+        ],
+    ),
     "mamlpp_omniglot_5w1s_q15_mb16": (
         "MAML++ Omniglot 5w1s, 15 queries/class, meta-batch 16 (issue 13's measured case)",
-        ["experiment=mamlpp_omniglot_5w1s", "model.filters=64", "model.activation=leaky_relu", "data.ways=5",
-         "data.shots=1", "data.queries=15", "data.meta_batch_size=16", "algo.inner_steps=5", "algo.da=false"]),
+        [
+            "experiment=mamlpp_omniglot_5w1s",
+            "model.filters=64",
+            "model.activation=leaky_relu",
+            "data.ways=5",
+            "data.shots=1",
+            "data.queries=15",
+            "data.meta_batch_size=16",
+            "algo.inner_steps=5",
+            "algo.da=false",
+        ],
+    ),
     "maml_omniglot_20w1s": (
         "MAML Omniglot 20w1s: Conv-4 64 ReLU, 1 query/class (MAML's code), meta-batch 16, 5 second-order steps",
-        ["experiment=omniglot_20w1s", "model.filters=64", "data.ways=20", "data.shots=1", "data.queries=1",
-         "data.meta_batch_size=16", "algo.inner_steps=5", "algo.first_order=false"]),
+        [
+            "experiment=omniglot_20w1s",
+            "model.filters=64",
+            "data.ways=20",
+            "data.shots=1",
+            "data.queries=1",
+            "data.meta_batch_size=16",
+            "algo.inner_steps=5",
+            "algo.first_order=false",
+        ],
+    ),
     "mamlpp_miniimagenet_5w1s": (
         "MAML++ mini-ImageNet 5w1s: Conv-4 48 leaky ReLU, 15 queries/class, meta-batch 2, 5 second-order steps",
-        ["experiment=mamlpp_miniimagenet_5w1s", "model.filters=48", "model.activation=leaky_relu", "data.ways=5",
-         "data.shots=1", "data.queries=15", "data.meta_batch_size=2", "algo.inner_steps=5", "algo.da=false",
-         f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}"]),
+        [
+            "experiment=mamlpp_miniimagenet_5w1s",
+            "model.filters=48",
+            "model.activation=leaky_relu",
+            "data.ways=5",
+            "data.shots=1",
+            "data.queries=15",
+            "data.meta_batch_size=2",
+            "algo.inner_steps=5",
+            "algo.da=false",
+            f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}",
+        ],
+    ),
     "mamlpp_miniimagenet_5w1s_resnet12": (
         "MAML++ mini-ImageNet 5w1s with ResNet-12 (meta-batch 2, 5 second-order steps, 15 queries/class)",
-        ["experiment=mamlpp_miniimagenet_5w1s", "model=resnet12", "data.ways=5", "data.shots=1", "data.queries=15",
-         "data.meta_batch_size=2", "algo.inner_steps=5", "algo.da=false",
-         f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}"]),
+        [
+            "experiment=mamlpp_miniimagenet_5w1s",
+            "model=resnet12",
+            "data.ways=5",
+            "data.shots=1",
+            "data.queries=15",
+            "data.meta_batch_size=2",
+            "algo.inner_steps=5",
+            "algo.da=false",
+            f"data.source.max_images_per_class={MINI_IMAGES_PER_CLASS}",
+        ],
+    ),
 }
 QUICK_SETTINGS = ["mamlpp_omniglot_5w1s", "mamlpp_miniimagenet_5w1s"]
 # The MAML++ reference code on the same episode shapes (bench/reference_mamlpp.py; its own network,
 # the same Conv-4 and switches), timed when --reference-code or METAPLUS_MAMLPP_REFERENCE names it.
 REFERENCE_SHAPES: dict[str, list[str]] = {
-    "mamlpp_omniglot_5w1s": ["--ways", "5", "--shots", "1", "--queries", "1", "--meta-batch", "8", "--steps", "5",
-                             "--filters", "64", "--image-shape", "1,28,28"],
-    "mamlpp_omniglot_5w1s_q15_mb16": ["--ways", "5", "--shots", "1", "--queries", "15", "--meta-batch", "16",
-                                      "--steps", "5", "--filters", "64", "--image-shape", "1,28,28"],
-    "mamlpp_miniimagenet_5w1s": ["--ways", "5", "--shots", "1", "--queries", "15", "--meta-batch", "2",
-                                 "--steps", "5", "--filters", "48", "--image-shape", "3,84,84"],
+    "mamlpp_omniglot_5w1s": [
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "1",
+        "--meta-batch",
+        "8",
+        "--steps",
+        "5",
+        "--filters",
+        "64",
+        "--image-shape",
+        "1,28,28",
+    ],
+    "mamlpp_omniglot_5w1s_q15_mb16": [
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "15",
+        "--meta-batch",
+        "16",
+        "--steps",
+        "5",
+        "--filters",
+        "64",
+        "--image-shape",
+        "1,28,28",
+    ],
+    "mamlpp_miniimagenet_5w1s": [
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "15",
+        "--meta-batch",
+        "2",
+        "--steps",
+        "5",
+        "--filters",
+        "48",
+        "--image-shape",
+        "3,84,84",
+    ],
 }
 # What each row's engine means. l2l_first_order is a diagnostic: the default engine with the inner
 # gradients detached (first order), which separates the machinery's overhead from the cost of the
 # second-order terms when compared with the floor.
-ENGINES = {"l2l": ["algo.engine=l2l"], "batched": ["algo.engine=batched"],
-           "l2l_first_order": ["algo.engine=l2l", "algo.first_order=true"]}
-MEASURE = ["logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-           "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false",
-           "trainer.num_sanity_val_steps=0"]
+ENGINES = {
+    "l2l": ["algo.engine=l2l"],
+    "batched": ["algo.engine=batched"],
+    "l2l_first_order": ["algo.engine=l2l", "algo.first_order=true"],
+}
+MEASURE = [
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "~callbacks.model_checkpoint",
+    "+trainer.enable_checkpointing=false",
+    "test=false",
+    "trainer.num_sanity_val_steps=0",
+]
 
 
 def missing_reason(setting: str) -> str | None:
@@ -142,27 +243,52 @@ def child(args) -> None:
     if args.gpu and not cuda:
         raise SystemExit("--gpu: torch.cuda.is_available() is False on this machine")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    measure = [*MEASURE, *device_overrides(args), f"data.batches_per_epoch={args.iterations + 1}",
-               f"+trainer.limit_val_batches={args.val_batches + 1 if args.child == 'train' else 0}",
-               f"+data.eval_batch_size={args.val_batch_size}"]
+    measure = [
+        *MEASURE,
+        *device_overrides(args),
+        f"data.batches_per_epoch={args.iterations + 1}",
+        f"+trainer.limit_val_batches={args.val_batches + 1 if args.child == 'train' else 0}",
+        f"+data.eval_batch_size={args.val_batch_size}",
+    ]
     if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
     cfg = compose_config([*overrides, *measure], args.out)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]
-    record = {"threads": threads, "batches_per_epoch": per_epoch, "val_episodes": val_episodes,
-              "meta_batch": int(cfg.data.meta_batch_size), "device": "cuda" if cuda else "cpu"}
+    record = {
+        "threads": threads,
+        "batches_per_epoch": per_epoch,
+        "val_episodes": val_episodes,
+        "meta_batch": int(cfg.data.meta_batch_size),
+        "device": "cuda" if cuda else "cpu",
+    }
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     if args.child == "train":
         record.update(time_training(trainer, learner, datamodule, sync))
     elif args.child == "meta_floor":
-        record.update(time_meta_floor(learner, datamodule, args.iterations, torch.device("cuda" if cuda else "cpu"),
-                                      sync, cfg.trainer.get("precision")))
+        record.update(
+            time_meta_floor(
+                learner,
+                datamodule,
+                args.iterations,
+                torch.device("cuda" if cuda else "cpu"),
+                sync,
+                cfg.trainer.get("precision"),
+            )
+        )
     else:
-        record.update(time_floor(learner, datamodule, args.iterations, torch.device("cuda" if cuda else "cpu"),
-                                 sync, cfg.trainer.get("precision")))
+        record.update(
+            time_floor(
+                learner,
+                datamodule,
+                args.iterations,
+                torch.device("cuda" if cuda else "cpu"),
+                sync,
+                cfg.trainer.get("precision"),
+            )
+        )
     if cuda:
         record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
     (args.out / "speed.json").write_text(json.dumps(record))
@@ -188,8 +314,12 @@ def time_training(trainer, learner, datamodule, sync) -> dict:
 
     trainer.callbacks.append(Timer())
     trainer.fit(learner, datamodule=datamodule)
-    return {"train_times": train.wall, "train_cpu_times": train.cpu,
-            "val_episode_times": val.wall, "val_episode_cpu_times": val.cpu}
+    return {
+        "train_times": train.wall,
+        "train_cpu_times": train.cpu,
+        "val_episode_times": val.wall,
+        "val_episode_cpu_times": val.cpu,
+    }
 
 
 class Clock:
@@ -216,8 +346,11 @@ def time_plain_loop(learner, datamodule, iterations: int, device, sync, precisio
 
     backbone = learner.backbone.to(device)
     optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision and "bf16" in str(precision)
-                else torch.autocast(device.type, enabled=False))
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision and "bf16" in str(precision)
+        else torch.autocast(device.type, enabled=False)
+    )
     batches = iter(datamodule.train_dataloader())
     clock = Clock(sync)
     for _ in range(iterations + 1):
@@ -244,8 +377,11 @@ def time_floor(learner, datamodule, iterations: int, device, sync, precision) ->
         for step in range(steps - query_passes, steps):
             learner.loss_fn(backbone(qx, step=step), qy).backward()
 
-    return {**time_plain_loop(learner, datamodule, iterations, device, sync, precision, plain_passes),
-            "query_passes": query_passes, "support_passes": steps}
+    return {
+        **time_plain_loop(learner, datamodule, iterations, device, sync, precision, plain_passes),
+        "query_passes": query_passes,
+        "support_passes": steps,
+    }
 
 
 def time_meta_floor(learner, datamodule, iterations: int, device, sync, precision) -> dict:
@@ -255,17 +391,41 @@ def time_meta_floor(learner, datamodule, iterations: int, device, sync, precisio
     def meta_backward(backbone, task):
         meta_floor_loss(learner, backbone, task, device).backward()
 
-    return {**time_plain_loop(learner, datamodule, iterations, device, sync, precision, meta_backward),
-            "first_order": learner.training_first_order()}
+    return {
+        **time_plain_loop(learner, datamodule, iterations, device, sync, precision, meta_backward),
+        "first_order": learner.training_first_order(),
+    }
 
 
 # -- the parent -----------------------------------------------------------------------------------
 def run_child(kind: str, setting: str, engine: str, args) -> dict:
-    out = REPO / "outputs" / "bench" / f"speed-{setting}-{kind if kind == 'floor' else f'{kind}-{engine}'}-{time.strftime('%H%M%S')}"
+    out = (
+        REPO
+        / "outputs"
+        / "bench"
+        / f"speed-{setting}-{kind if kind == 'floor' else f'{kind}-{engine}'}-{time.strftime('%H%M%S')}"
+    )
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, __file__, "--child", kind, "--setting", setting, "--engine", engine,
-               "--out", str(out), "--iterations", str(args.iterations), "--val-batches", str(args.val_batches),
-               "--val-batch-size", str(args.val_batch_size), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--setting",
+        setting,
+        "--engine",
+        engine,
+        "--out",
+        str(out),
+        "--iterations",
+        str(args.iterations),
+        "--val-batches",
+        str(args.val_batches),
+        "--val-batch-size",
+        str(args.val_batch_size),
+        "--threads",
+        str(args.threads),
+    ]
     command += (["--gpu"] if args.gpu else []) + (["--precision", args.precision] if args.precision else [])
     peak = measured(command, kind if kind == "floor" else f"{kind} {engine}", cwd=REPO)
     record = json.loads((out / "speed.json").read_text())
@@ -285,9 +445,21 @@ def run_reference(setting: str, args) -> dict:
     out = REPO / "outputs" / "bench" / f"speed-{setting}-reference-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     # --warmup 0: every iteration is reported and steady() drops the first, as for our own rows.
-    command = [sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(args.reference_code),
-               *REFERENCE_SHAPES[setting], "--iterations", str(args.iterations + 1), "--warmup", "0",
-               "--threads", str(args.threads), "--out", str(out / "speed.json")]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "reference_mamlpp.py"),
+        "--code",
+        str(args.reference_code),
+        *REFERENCE_SHAPES[setting],
+        "--iterations",
+        str(args.iterations + 1),
+        "--warmup",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out / "speed.json"),
+    ]
     peak = measured(command, "MAML++ reference code", cwd=REPO)
     record = json.loads((out / "speed.json").read_text())
     record["peak_rss_gb"] = peak
@@ -298,11 +470,18 @@ def ratio_fields(s_it: float, cpu_it: float, floor: dict, meta: dict) -> dict:
     """A row's time against both floors, wall clock and CPU time (engine and reference rows alike)."""
     floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
     meta_s, meta_cpu = steady(meta["train_times"]), steady(meta["train_cpu_times"])
-    return {"s_per_iteration": round(s_it, 3), "floor_s": round(floor_s, 3), "ratio_to_floor": round(s_it / floor_s, 3),
-            "cpu_s_per_iteration": round(cpu_it, 3), "cpu_floor_s": round(floor_cpu, 3),
-            "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
-            "meta_floor_s": round(meta_s, 3), "ratio_to_meta_floor": round(s_it / meta_s, 3),
-            "cpu_meta_floor_s": round(meta_cpu, 3), "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3)}
+    return {
+        "s_per_iteration": round(s_it, 3),
+        "floor_s": round(floor_s, 3),
+        "ratio_to_floor": round(s_it / floor_s, 3),
+        "cpu_s_per_iteration": round(cpu_it, 3),
+        "cpu_floor_s": round(floor_cpu, 3),
+        "cpu_ratio_to_floor": round(cpu_it / floor_cpu, 3),
+        "meta_floor_s": round(meta_s, 3),
+        "ratio_to_meta_floor": round(s_it / meta_s, 3),
+        "cpu_meta_floor_s": round(meta_cpu, 3),
+        "cpu_ratio_to_meta_floor": round(cpu_it / meta_cpu, 3),
+    }
 
 
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
@@ -320,49 +499,82 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
         s_it, cpu_it = steady(train["train_times"]), steady(train["train_cpu_times"])
         val_s, val_cpu = steady(train["val_episode_times"]), steady(train["val_episode_cpu_times"])
         epoch = train["batches_per_epoch"]
-        rows.append({
-            "setting": setting, "engine": engine, **ratio_fields(s_it, cpu_it, floor, meta),
-            "peak_rss_gb": train["peak_rss_gb"],
-            "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
-            "meta_floor_peak_rss_gb": meta["peak_rss_gb"], "meta_floor_first_order": meta["first_order"],
-            "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
-            "s_per_val_episode": round(val_s, 3), "val_episodes": train["val_episodes"],
-            "batches_per_epoch": train["batches_per_epoch"], "meta_batch": train["meta_batch"],
-            "floor_peak_rss_gb": floor["peak_rss_gb"], "iterations_timed": len(train["train_times"]) - 1,
-            "threads": train["threads"], "device": train["device"], "precision": args.precision or "32-true",
-            **({"peak_gpu_gb": train["peak_gpu_gb"], "floor_peak_gpu_gb": floor["peak_gpu_gb"]}
-               if "peak_gpu_gb" in train else {}),
-        })
-        print(f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
-              f"(CPU time x{cpu_it / floor_cpu:5.2f})  meta floor {meta_s:7.3f} s x{s_it / meta_s:5.2f} "
-              f"(CPU time x{cpu_it / meta_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
-              f"eval {rows[-1]['eval_fraction']:.1%}", flush=True)
+        rows.append(
+            {
+                "setting": setting,
+                "engine": engine,
+                **ratio_fields(s_it, cpu_it, floor, meta),
+                "peak_rss_gb": train["peak_rss_gb"],
+                "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
+                "meta_floor_peak_rss_gb": meta["peak_rss_gb"],
+                "meta_floor_first_order": meta["first_order"],
+                "cpu_eval_fraction": round(train["val_episodes"] * val_cpu / (epoch * cpu_it), 3),
+                "s_per_val_episode": round(val_s, 3),
+                "val_episodes": train["val_episodes"],
+                "batches_per_epoch": train["batches_per_epoch"],
+                "meta_batch": train["meta_batch"],
+                "floor_peak_rss_gb": floor["peak_rss_gb"],
+                "iterations_timed": len(train["train_times"]) - 1,
+                "threads": train["threads"],
+                "device": train["device"],
+                "precision": args.precision or "32-true",
+                **(
+                    {"peak_gpu_gb": train["peak_gpu_gb"], "floor_peak_gpu_gb": floor["peak_gpu_gb"]}
+                    if "peak_gpu_gb" in train
+                    else {}
+                ),
+            }
+        )
+        print(
+            f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
+            f"(CPU time x{cpu_it / floor_cpu:5.2f})  meta floor {meta_s:7.3f} s x{s_it / meta_s:5.2f} "
+            f"(CPU time x{cpu_it / meta_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
+            f"eval {rows[-1]['eval_fraction']:.1%}",
+            flush=True,
+        )
     if args.reference_code and setting in REFERENCE_SHAPES:
         ref = run_reference(setting, args)
         s_it, cpu_it = steady(ref["train_times"]), steady(ref["train_cpu_times"])
         meta = meta_floors.get("default") or run_child("meta_floor", setting, "l2l", args)
         meta_cpu = steady(meta["train_cpu_times"])
-        rows.append({
-            "setting": setting, "engine": "mamlpp_reference", **ratio_fields(s_it, cpu_it, floor, meta),
-            "peak_rss_gb": ref["peak_rss_gb"], "eval_fraction": None,
-            "iterations_timed": len(ref["train_times"]) - 1, "threads": ref["threads"], "device": "cpu",
-            "reference_commit": ref.get("code_commit"),
-        })
-        print(f"{setting:32s} {'mamlpp_reference':15s} {s_it:7.3f} s/it  (CPU time x{cpu_it / meta_cpu:5.2f} the meta "
-              f"floor)  RSS {ref['peak_rss_gb']:5.2f} GB", flush=True)
+        rows.append(
+            {
+                "setting": setting,
+                "engine": "mamlpp_reference",
+                **ratio_fields(s_it, cpu_it, floor, meta),
+                "peak_rss_gb": ref["peak_rss_gb"],
+                "eval_fraction": None,
+                "iterations_timed": len(ref["train_times"]) - 1,
+                "threads": ref["threads"],
+                "device": "cpu",
+                "reference_commit": ref.get("code_commit"),
+            }
+        )
+        print(
+            f"{setting:32s} {'mamlpp_reference':15s} {s_it:7.3f} s/it  (CPU time x{cpu_it / meta_cpu:5.2f} the meta "
+            f"floor)  RSS {ref['peak_rss_gb']:5.2f} GB",
+            flush=True,
+        )
     return rows
 
 
 def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
-    lines = ["| setting | engine | s/iteration | meta floor s | ratio to meta floor | CPU-time ratio | floor s | "
-             "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | engine | s/iteration | meta floor s | ratio to meta floor | CPU-time ratio | floor s | "
+        "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        meta = (f"{r['meta_floor_s']:.3f} | {r['ratio_to_meta_floor']:.2f} | {r['cpu_ratio_to_meta_floor']:.2f}"
-                if "meta_floor_s" in r else "n/a | n/a | n/a")
-        lines.append(f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {meta} | {r['floor_s']:.3f} | "
-                     f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
-                     f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} |")
+        meta = (
+            f"{r['meta_floor_s']:.3f} | {r['ratio_to_meta_floor']:.2f} | {r['cpu_ratio_to_meta_floor']:.2f}"
+            if "meta_floor_s" in r
+            else "n/a | n/a | n/a"
+        )
+        lines.append(
+            f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {meta} | {r['floor_s']:.3f} | "
+            f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
+            f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} |"
+        )
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
 
@@ -371,19 +583,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), help="default: all (--quick: a subset)")
     parser.add_argument("--engine", choices=[*ENGINES, "both"], default="both")
-    parser.add_argument("--first-order-row", action="store_true",
-                        help="also time the l2l engine first order (machinery overhead without second-order terms)")
+    parser.add_argument(
+        "--first-order-row",
+        action="store_true",
+        help="also time the l2l engine first order (machinery overhead without second-order terms)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_SETTINGS)}; 2 timed iterations")
     parser.add_argument("--iterations", type=int, default=None, help="timed meta-iterations after one warm-up")
     parser.add_argument("--val-batches", type=int, default=None, help="timed validation batches after one warm-up")
     parser.add_argument("--val-batch-size", type=int, default=2, help="episodes per validation batch")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS, else all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS, else all cores)"
+    )
     parser.add_argument("--gpu", action="store_true", help="train on cuda (timers synchronise the device)")
     parser.add_argument("--precision", default=None, help="trainer.precision, e.g. bf16-mixed")
-    parser.add_argument("--reference-code", type=Path, default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
-                        help="directory of the MAML++ reference code: adds its rows (bench/reference_mamlpp.py)")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the saved rows of the settings not measured now (their note is kept too)")
+    parser.add_argument(
+        "--reference-code",
+        type=Path,
+        default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
+        help="directory of the MAML++ reference code: adds its rows (bench/reference_mamlpp.py)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the saved rows of the settings not measured now (their note is kept too)",
+    )
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
     parser.add_argument("--child", choices=["train", "floor", "meta_floor"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
@@ -398,17 +622,21 @@ def main() -> None:
     from metaplus.threads import available_cores, decide_threads
 
     if args.reference_code is not None and not (Path(args.reference_code) / "few_shot_learning_system.py").is_file():
-        raise SystemExit(f"--reference-code / METAPLUS_MAMLPP_REFERENCE: no few_shot_learning_system.py in "
-                         f"{args.reference_code}; get the MAML++ reference code with "
-                         "`git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch`")
+        raise SystemExit(
+            f"--reference-code / METAPLUS_MAMLPP_REFERENCE: no few_shot_learning_system.py in "
+            f"{args.reference_code}; get the MAML++ reference code with "
+            "`git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch`"
+        )
     args.threads, why = decide_threads(args.threads, os.environ, available_cores(), 1)
     engines = ["l2l", "batched"] if args.engine == "both" else [args.engine]
     engines += ["l2l_first_order"] if args.first_order_row and "l2l_first_order" not in engines else []
     settings = args.settings or (QUICK_SETTINGS if args.quick else list(SETTINGS))
     device = "cuda" if args.gpu else "cpu"
     argv = public_command(sys.argv[1:], args.reference_code)
-    note = (f"Measured in one run by `python bench/speed.py {' '.join(argv)}` on {device}, "
-            f"{args.threads} torch thread(s) ({why}). {args.note}").strip()
+    note = (
+        f"Measured in one run by `python bench/speed.py {' '.join(argv)}` on {device}, "
+        f"{args.threads} torch thread(s) ({why}). {args.note}"
+    ).strip()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "speed" if not args.gpu else "speed_gpu"
     rows, skipped, kept, earlier = [], {}, [], ""
@@ -418,8 +646,9 @@ def main() -> None:
         measured = set(engines) | ({"mamlpp_reference"} if args.reference_code else set())
         kept = [r for r in saved["rows"] if not (r["setting"] in settings and r["engine"] in measured)]
         skipped = {k: v for k, v in saved.get("skipped", {}).items() if k not in settings}
-        earlier = saved["note"] + (f" Then the rows of {', '.join(settings)} x {', '.join(sorted(measured))} were "
-                                   "measured again: ")
+        earlier = saved["note"] + (
+            f" Then the rows of {', '.join(settings)} x {', '.join(sorted(measured))} were measured again: "
+        )
     note = earlier + note
     order = {setting: i for i, setting in enumerate(SETTINGS)}
     for setting in settings:
@@ -437,7 +666,8 @@ def main() -> None:
         done = "" if setting == settings[-1] else f" Incomplete: interrupted after {setting}."
         table = sorted(kept + rows, key=lambda r: order[r["setting"]])  # stable: engines keep their order
         (RESULTS / f"{name}.json").write_text(
-            json.dumps({"note": note + done, "skipped": skipped, "rows": table}, indent=2) + "\n")
+            json.dumps({"note": note + done, "skipped": skipped, "rows": table}, indent=2) + "\n"
+        )
         (RESULTS / f"{name}.md").write_text(markdown(table, skipped, note + done))
     print(f"saved bench/results/{name}.json and {name}.md")
 

@@ -7,6 +7,7 @@ dependencies that no user of metaplus can act on, without touching the installed
 deprecation banner (learn2learn imports gym), Lightning's litlogger advertisement, and torch's
 deprecation of ``LeafSpec``, which Lightning still uses. Real warnings are left alone.
 """
+
 import contextlib
 import importlib.util
 import io
@@ -31,7 +32,7 @@ def _import_gym_without_its_banner() -> None:
     printed = captured.getvalue()
     if GYM_NOTICE in printed:
         # the banner is one block of lines starting with the notice; what came before it is kept
-        printed = printed[:printed.index(GYM_NOTICE)]
+        printed = printed[: printed.index(GYM_NOTICE)]
     sys.stderr.write(printed)
 
 
@@ -41,8 +42,12 @@ class _DropLitloggerTip(logging.Filter):
 
 
 # Lightning's rank-zero messages come from whichever of these loggers the installed packages name.
-for _name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
-              "lightning.fabric.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+for _name in (
+    "lightning.pytorch.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+):
     logging.getLogger(_name).addFilter(_DropLitloggerTip())
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 _import_gym_without_its_banner()

@@ -10,6 +10,7 @@ of either representation:
 
 with X_c, Y_c the column-centred (n examples x features) activation matrices.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -36,8 +37,9 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 def default_layers(model: nn.Module) -> list[str]:
     """The modules that hold parameters themselves (convolutions, linear layers, norms), in order."""
-    return [name for name, module in model.named_modules()
-            if name and any(True for _ in module.parameters(recurse=False))]
+    return [
+        name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))
+    ]
 
 
 def layer_activations(model: nn.Module, x: Tensor, layers: Iterable[str], step: int = 0) -> dict[str, Tensor]:
@@ -48,9 +50,12 @@ def layer_activations(model: nn.Module, x: Tensor, layers: Iterable[str], step: 
     if unknown:
         raise KeyError(f"no such layer(s) {unknown}; the model has {[n for n in modules if n]}")
     captured: dict[str, Tensor] = {}
-    handles = [modules[name].register_forward_hook(
-        lambda module, inputs, output, name=name: captured.__setitem__(name, output.detach().flatten(1)))
-        for name in layers]
+    handles = [
+        modules[name].register_forward_hook(
+            lambda module, inputs, output, name=name: captured.__setitem__(name, output.detach().flatten(1))
+        )
+        for name in layers
+    ]
     try:
         with torch.no_grad():
             model(x, step=step)
@@ -60,8 +65,14 @@ def layer_activations(model: nn.Module, x: Tensor, layers: Iterable[str], step: 
     return {name: captured[name] for name in layers}
 
 
-def representation_similarity(before: nn.Module, after: nn.Module, x: Tensor, layers: Iterable[str] | None = None,
-                              step_before: int = 0, step_after: int = 0) -> dict[str, float]:
+def representation_similarity(
+    before: nn.Module,
+    after: nn.Module,
+    x: Tensor,
+    layers: Iterable[str] | None = None,
+    step_before: int = 0,
+    step_after: int = 0,
+) -> dict[str, float]:
     """Linear CKA per layer between two networks of the same architecture on the same inputs."""
     layers = default_layers(before) if layers is None else list(layers)
     a = layer_activations(before, x, layers, step_before)
@@ -74,5 +85,6 @@ def adaptation_similarity(learner, task, steps: int, layers: Iterable[str] | Non
     ``steps`` inner steps, measured on the task's query inputs (as the ANIL paper)."""
     with torch.enable_grad():
         adapted = learner.adapt(task, steps, first_order=True)
-    return representation_similarity(learner.backbone, adapted, task.query_x, layers,
-                                     step_before=0, step_after=max(steps - 1, 0))
+    return representation_similarity(
+        learner.backbone, adapted, task.query_x, layers, step_before=0, step_after=max(steps - 1, 0)
+    )

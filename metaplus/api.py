@@ -20,6 +20,7 @@ weights and returns the learner in evaluation mode on ``device``, with
 :func:`fixed_episodes` yields the run's own fixed validation/test episodes, e.g. to check a loaded
 learner against results.json.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,8 +47,9 @@ class RunNotFoundError(FileNotFoundError):
     """No checkpoint or no config where :func:`load` looked; the message lists where that was."""
 
 
-def load(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu",
-         bn_stats: str | None = None) -> EpisodicLearner:
+def load(
+    run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu", bn_stats: str | None = None
+) -> EpisodicLearner:
     """The trained learner of a run directory or checkpoint file, ready for ``adapt_to``/``predict``.
 
     ``bn_stats``: ``None`` keeps the run's batch-norm mode; ``"running"`` normalises with the stored
@@ -106,8 +108,10 @@ def run_config(run_dir: Path) -> DictConfig:
             return OmegaConf.create(expand_portable(config))
     hydra_config = run_dir / ".hydra" / "config.yaml"
     if not hydra_config.is_file():
-        raise RunNotFoundError(f"no config for the run in {run_dir}: looked for {results} ('config') and "
-                               f"{hydra_config}; load needs the run directory the checkpoint was written in")
+        raise RunNotFoundError(
+            f"no config for the run in {run_dir}: looked for {results} ('config') and "
+            f"{hydra_config}; load needs the run directory the checkpoint was written in"
+        )
     cfg = OmegaConf.load(hydra_config)
     with open_dict(cfg):  # Hydra's runtime values are not available outside the run: fill them in
         cfg.paths.output_dir = str(run_dir)
@@ -144,17 +148,23 @@ def checkpoint_config(cfg: DictConfig) -> DictConfig:
     except RunNotFoundError:
         missing = [group for group in ("algo", "data") if group not in given]
         if missing:
-            raise ConfigError("ckpt_path", f"{ckpt} has no run config beside it (no results.json or .hydra/config.yaml "
-                                           f"in {run_dir}), so the algorithm and data it was trained with are "
-                                           f"unknown: add {' '.join(g + '=<its ' + g + '>' for g in missing)} (and "
-                                           f"any other setting the run changed) to the command") from None
+            raise ConfigError(
+                "ckpt_path",
+                f"{ckpt} has no run config beside it (no results.json or .hydra/config.yaml "
+                f"in {run_dir}), so the algorithm and data it was trained with are "
+                f"unknown: add {' '.join(g + '=<its ' + g + '>' for g in missing)} (and "
+                f"any other setting the run changed) to the command",
+            ) from None
         return cfg  # the command line says what the run was
     for group, key in IDENTITY.items():
         mine, theirs = OmegaConf.select(cfg, key), OmegaConf.select(ran, key)
         if group in given and theirs is not None and mine != theirs:
             name = str(theirs).rsplit(".", 1)[-1].lower()  # metaplus.nn.Conv4 -> conv4, its choice's name
-            raise ConfigError(group, f"{choices[group]!r} is not the checkpoint's: its run {run_dir} trained with "
-                                     f"{group}={name}; drop {group}= to evaluate with the run's config")
+            raise ConfigError(
+                group,
+                f"{choices[group]!r} is not the checkpoint's: its run {run_dir} trained with "
+                f"{group}={name}; drop {group}= to evaluate with the run's config",
+            )
     merged = cfg.copy()
     with open_dict(merged):
         for key in RUN_KEYS:
@@ -195,7 +205,9 @@ def group_keys(group: str, choice: str) -> list[str]:
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-    loaded = loader.repository.load_config(f"{group}/{choice}") if loader is not None and isinstance(choice, str) else None
+    loaded = (
+        loader.repository.load_config(f"{group}/{choice}") if loader is not None and isinstance(choice, str) else None
+    )
     if loaded is None or loaded.header.get("package") != "_global_":
         return [group]
     node = OmegaConf.masked_copy(loaded.config, [k for k in loaded.config if k != "defaults"])
@@ -225,10 +237,12 @@ def set_batchnorm_stats(learner: EpisodicLearner, mode: str) -> None:
     if mode == "running":
         missing = [name for name, layer in layers.items() if layer.running_mean is None]
         if not layers or missing:
-            raise ValueError("bn_stats='running' needs running statistics, and this run kept none "
-                             f"({'no per-step batch-norm layer' if not layers else 'layers ' + ', '.join(missing)}): "
-                             "it trained with algo.bn_stats=batch and algo.bnrs=false, so its predictions depend "
-                             "on the batch; score whole query sets with predict(), as evaluation does")
+            raise ValueError(
+                "bn_stats='running' needs running statistics, and this run kept none "
+                f"({'no per-step batch-norm layer' if not layers else 'layers ' + ', '.join(missing)}): "
+                "it trained with algo.bn_stats=batch and algo.bnrs=false, so its predictions depend "
+                "on the batch; score whole query sets with predict(), as evaluation does"
+            )
     for layer in layers.values():
         layer.stats = mode
 
@@ -242,14 +256,18 @@ def preprocessing(cfg: DictConfig) -> Callable:
     source = cfg.data.get("source")
     target = source.get("_target_") if source is not None else None
     if not target:
-        raise ConfigError("data.source._target_", "is missing from the run's config: cannot tell how its inputs "
-                                                  "were prepared")
+        raise ConfigError(
+            "data.source._target_", "is missing from the run's config: cannot tell how its inputs were prepared"
+        )
     module_name = target.rsplit(".", 1)[0]
     make = getattr(importlib.import_module(module_name), "preprocessing", None)
     if not callable(make):
-        raise ConfigError("data.source._target_", f"{target!r}: its module {module_name} defines no module-level "
-                                                  f"preprocessing(...) (every data source module must: it is what "
-                                                  f"metaplus.load's learner.preprocess returns)")
+        raise ConfigError(
+            "data.source._target_",
+            f"{target!r}: its module {module_name} defines no module-level "
+            f"preprocessing(...) (every data source module must: it is what "
+            f"metaplus.load's learner.preprocess returns)",
+        )
     accepted = inspect.signature(make).parameters
     return make(**{key: value for key, value in source.items() if key in accepted})
 

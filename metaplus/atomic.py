@@ -9,6 +9,7 @@ mkstemp's private 0600, which would make results and checkpoints unreadable to t
 a caller may fix the mode instead (the shared image cache is always 0644). No import beyond the standard
 library (torch is imported by :func:`save_torch_atomic` only), so leaf packages may use it.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def umask_mode() -> int:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, *, text: bool = False, mode: int | None = None,
-                fsync: bool = False) -> Iterator[IO]:
+def atomic_file(
+    path: str | os.PathLike, *, text: bool = False, mode: int | None = None, fsync: bool = False
+) -> Iterator[IO]:
     """An open file (``text``: str, UTF-8; else bytes) that becomes ``path`` when the block ends without an
     error. ``mode``: the file's permission bits (default: :func:`umask_mode`); ``fsync``: flush it to the
     disk before the rename (checkpoints: a crash right after the rename must not leave an empty file)."""

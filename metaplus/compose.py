@@ -4,6 +4,7 @@ Scripts, tests and notebooks that run :func:`metaplus.run.run` (or only read a p
 going through ``train.py``'s command line call :func:`compose_config` instead of repeating Hydra's
 initialise / compose / HydraConfig boilerplate.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,9 +16,14 @@ from omegaconf import DictConfig, open_dict
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None, *,
-                   cwd: str | Path | None = None, keep_hydra: bool = False,
-                   config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    *,
+    cwd: str | Path | None = None,
+    keep_hydra: bool = False,
+    config_dir: str | Path = CONFIG_DIR,
+) -> DictConfig:
     """The config ``python train.py <overrides>`` would run, ready for :func:`metaplus.run.run`.
 
     ``output_dir`` becomes the run directory (``hydra.runtime.output_dir``, else Hydra's default under
@@ -34,8 +40,10 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 
     config_dir = Path(config_dir).resolve()
     if not (config_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"no Hydra config tree at {config_dir} (config.yaml missing): compose_config needs "
-                                "the conf/ folder of a metaplus checkout, or config_dir= pointing at one")
+        raise FileNotFoundError(
+            f"no Hydra config tree at {config_dir} (config.yaml missing): compose_config needs "
+            "the conf/ folder of a metaplus checkout, or config_dir= pointing at one"
+        )
     register_resolvers()
     GlobalHydra.instance().clear()  # another initialisation (a notebook cell run twice) would refuse to start
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):

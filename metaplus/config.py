@@ -6,6 +6,7 @@ does not accept (with the allowed ones listed), and prefixes any :class:`ConfigE
 so the message reads ``algo.inner_lr=-1 is invalid: must be > 0``. Resolvers: :mod:`metaplus.resolvers`;
 composing the config as ``train.py`` does: :mod:`metaplus.compose`.
 """
+
 from __future__ import annotations
 
 import difflib

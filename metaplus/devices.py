@@ -6,6 +6,7 @@ for it (issue 24, bug 7): a "multi-GPU" run then trains CPU ranks over gloo and 
 built, and :func:`describe_devices` says what the trainer really uses (``results.json`` key
 ``device``); :func:`device_line` is the same as one line for a run's start.
 """
+
 from __future__ import annotations
 
 import platform
@@ -30,7 +31,9 @@ def cuda_unusable_reason() -> str | None:
         return None
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is a CPU-only build"
-    why = "; ".join(str(w.message).strip() for w in caught) or "no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver?)"
+    why = (
+        "; ".join(str(w.message).strip() for w in caught) or "no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver?)"
+    )
     return f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but cannot use a GPU: {why}"
 
 
@@ -43,9 +46,12 @@ def check_accelerator(trainer_cfg: Mapping[str, Any]) -> None:
         return
     reason = cuda_unusable_reason()
     if reason is not None:
-        raise ConfigError("trainer.accelerator", f"{accelerator!r} asks for GPUs, but {reason}. Fix the driver/CUDA "
-                                                 f"install, or train on the CPU on purpose: trainer.accelerator=cpu "
-                                                 f"(DDP on CPU: trainer=ddp trainer.accelerator=cpu, gloo)")
+        raise ConfigError(
+            "trainer.accelerator",
+            f"{accelerator!r} asks for GPUs, but {reason}. Fix the driver/CUDA "
+            f"install, or train on the CPU on purpose: trainer.accelerator=cpu "
+            f"(DDP on CPU: trainer=ddp trainer.accelerator=cpu, gloo)",
+        )
 
 
 def cpu_name() -> str:
@@ -68,9 +74,16 @@ def describe_devices(trainer) -> dict[str, Any]:
         capability = ".".join(map(str, torch.cuda.get_device_capability(root)))
     else:
         name, capability = cpu_name() if root.type == "cpu" else root.type, None
-    described = {"type": root.type, "name": name, "devices_per_node": trainer.num_devices,
-                 "nodes": trainer.num_nodes, "processes": trainer.world_size, "precision": str(trainer.precision),
-                 "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    described = {
+        "type": root.type,
+        "name": name,
+        "devices_per_node": trainer.num_devices,
+        "nodes": trainer.num_nodes,
+        "processes": trainer.world_size,
+        "precision": str(trainer.precision),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
     if root.type == "cuda":
         described.update({"compute_capability": capability, "cudnn": torch.backends.cudnn.version()})
     return described
@@ -81,6 +94,8 @@ def device_line(described: Mapping[str, Any]) -> str:
     precision bf16-mixed, torch 2.14.1 (built for CUDA 13.0)``."""
     cuda = f" (built for CUDA {described['torch_cuda']})" if described.get("torch_cuda") else ""
     nodes = described["nodes"]
-    return (f"device: {described['devices_per_node']} x {described['type']} {described['name']} ({nodes} "
-            f"node{'s' if nodes != 1 else ''}, {described['processes']} process{'es' if described['processes'] != 1 else ''}), "
-            f"precision {described['precision']}, torch {described['torch']}{cuda}")
+    return (
+        f"device: {described['devices_per_node']} x {described['type']} {described['name']} ({nodes} "
+        f"node{'s' if nodes != 1 else ''}, {described['processes']} process{'es' if described['processes'] != 1 else ''}), "
+        f"precision {described['precision']}, torch {described['torch']}{cuda}"
+    )

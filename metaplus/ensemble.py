@@ -12,6 +12,7 @@ The test episodes are the ones ``trainer.test`` scores (same data seed and indic
 rank takes every world-size-th episode and the per-episode results are gathered, so each episode is
 counted once; every rank returns the same figures.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,11 @@ def top_k_from_directory(directory: Path, k: int, mode: str) -> list[tuple[Path,
     paths = sorted(p for p in Path(directory).glob("*.ckpt") if p.name != "last.ckpt")
     ranked = rank_checkpoints(paths, mode)
     if not ranked:
-        raise ConfigError("ckpt_path", f"{directory} holds no checkpoint with a recorded validation score "
-                                       f"(best-*.ckpt files written by a metaplus run)")
+        raise ConfigError(
+            "ckpt_path",
+            f"{directory} holds no checkpoint with a recorded validation score "
+            f"(best-*.ckpt files written by a metaplus run)",
+        )
     return ranked[:k]
 
 
@@ -96,8 +100,13 @@ def ensemble_members(learner, checkpoints: list[tuple[Path, float]], device: tor
     return members
 
 
-def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]], device: torch.device | str | None = None,
-                      forward_context: Callable[[], AbstractContextManager] | None = None) -> dict[str, Any]:
+def evaluate_ensemble(
+    learner,
+    datamodule,
+    checkpoints: list[tuple[Path, float]],
+    device: torch.device | str | None = None,
+    forward_context: Callable[[], AbstractContextManager] | None = None,
+) -> dict[str, Any]:
     """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes.
 
     ``device`` defaults to :func:`ensemble_device` of the datamodule's trainer; ``forward_context``
@@ -106,8 +115,11 @@ def evaluate_ensemble(learner, datamodule, checkpoints: list[tuple[Path, float]]
     memory on a GPU, normalised there as training batches are) and scored by every member.
     """
     if not learner.supports_checkpoint_ensemble():
-        raise ConfigError("ensemble_top_k", f"is not supported for algo={learner.hparams.get('name')} "
-                                            f"(its evaluation draws per-batch state); set ensemble_top_k=0")
+        raise ConfigError(
+            "ensemble_top_k",
+            f"is not supported for algo={learner.hparams.get('name')} "
+            f"(its evaluation draws per-batch state); set ensemble_top_k=0",
+        )
     if not checkpoints:
         raise ConfigError("ensemble_top_k", "no validation checkpoint was kept: the run saved none")
     trainer = getattr(datamodule, "trainer", None)

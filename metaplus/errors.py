@@ -5,6 +5,7 @@ training with ``key=value is invalid: must be <allowed>``; :func:`metaplus.confi
 prefixes the key with its group. Nothing here imports Hydra or OmegaConf: ``from metaplus.nn import
 Conv4`` stays a torch-only import.
 """
+
 from __future__ import annotations
 
 from typing import Any

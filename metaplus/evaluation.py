@@ -9,6 +9,7 @@ of it, two thin pieces torchmetrics does not have: episodes are keyed by index s
 distributed sampler padded or duplicated are counted exactly once (:func:`unique_episodes`), and the
 population-std normal interval of the MAML papers (:func:`mean_ci95`).
 """
+
 from __future__ import annotations
 
 import math

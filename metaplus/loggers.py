@@ -5,6 +5,7 @@ a group named after the sweep directory, so a dashboard groups a sweep without m
 end of a run its summary holds the final metrics and :func:`dashboard` logs the adaptation curve,
 learned inner learning rates and MT-net mask fractions of the evaluated checkpoint.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,9 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     for key, node in (cfg.get("logger") or {}).items():
         if key == "wandb":
             group = node.get("group") or multirun_group()
-            loggers.append(instantiate_group(node, f"logger.{key}", group=group, tags=run_tags(cfg),
-                                             name=run_name(node, cfg)))
+            loggers.append(
+                instantiate_group(node, f"logger.{key}", group=group, tags=run_tags(cfg), name=run_name(node, cfg))
+            )
         else:
             loggers.append(instantiate_group(node, f"logger.{key}"))
     return loggers
@@ -61,8 +63,11 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     # No LearningRateMonitor: EpisodicLearner.training_step logs the same value (the outer optimizer's one
     # param group's lr) as train/meta_lr at every step, also without a logger; the monitor repeated it once
     # per epoch as lr-Adam (lr-SGD for Reptile), which misses lr_interval=step schedules within an epoch.
-    callbacks = [instantiate_group(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items()
-                 if node is not None]
+    callbacks = [
+        instantiate_group(node, f"callbacks.{key}")
+        for key, node in (cfg.get("callbacks") or {}).items()
+        if node is not None
+    ]
     if (cfg.get("trainer") or {}).get("enable_progress_bar") is False:
         # Lightning refuses a progress-bar callback when the bar is off: the switch alone turns it off.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -97,22 +102,32 @@ def dashboard(metrics: dict, learner=None) -> dict:
             continue
         stage, metric = key[: -len("_by_step")].split("/", 1)
         cis = metrics.get(f"{stage}/{metric}_ci95_by_step") or [0.0] * len(curve)
-        table = wandb.Table(columns=["inner_step", metric, "ci95", "low", "high"],
-                            data=[[k, m, c, m - c, m + c] for k, (m, c) in enumerate(zip(curve, cis))])
+        table = wandb.Table(
+            columns=["inner_step", metric, "ci95", "low", "high"],
+            data=[[k, m, c, m - c, m + c] for k, (m, c) in enumerate(zip(curve, cis))],
+        )
         panels[f"{stage}/adaptation_curve"] = wandb.plot.line(
-            table, "inner_step", metric, title=f"{stage} {metric} against inner steps (evaluated checkpoint)")
+            table, "inner_step", metric, title=f"{stage} {metric} against inner steps (evaluated checkpoint)"
+        )
     rates = getattr(learner, "learned_inner_lrs", lambda: {})()
-    rows = [[name.split("/")[1], int(name.rsplit("/step", 1)[1]), value] for name, value in rates.items()
-            if not name.startswith("inner_lr/mean/")]
+    rows = [
+        [name.split("/")[1], int(name.rsplit("/step", 1)[1]), value]
+        for name, value in rates.items()
+        if not name.startswith("inner_lr/mean/")
+    ]
     if rows:
         panels["inner_lr/table"] = wandb.Table(columns=["parameter", "step", "inner_lr"], data=rows)
-    fractions = [[key.rsplit("/", 1)[1], value] for key, value in metrics.items()
-                 if key.startswith("mtnet/update_fraction/") and isinstance(value, float)]
+    fractions = [
+        [key.rsplit("/", 1)[1], value]
+        for key, value in metrics.items()
+        if key.startswith("mtnet/update_fraction/") and isinstance(value, float)
+    ]
     if fractions:
         table = wandb.Table(columns=["layer", "update_fraction"], data=fractions)
         panels["mtnet/update_fraction_table"] = table
-        panels["mtnet/update_fraction_bar"] = wandb.plot.bar(table, "layer", "update_fraction",
-                                                             title="MT-net: fraction of units the masks update")
+        panels["mtnet/update_fraction_bar"] = wandb.plot.bar(
+            table, "layer", "update_fraction", title="MT-net: fraction of units the masks update"
+        )
     return panels
 
 

@@ -5,6 +5,7 @@ Each name is a keyword argument of :class:`metaplus.algorithms.MAML` (``algo.<na
 (a column per switch) and the tests read. A leaf module with no import, so that ``metaplus.report``
 reads it without loading torch and the learners.
 """
+
 from __future__ import annotations
 
 SWITCHES: tuple[str, ...] = ("msl", "da", "bnrs", "bnwb", "lslr", "ca")

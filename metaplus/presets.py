@@ -22,6 +22,7 @@ replaces the interpolation itself. The backbone's published values live under ``
 and the model config reads them with a fallback, so choosing another backbone (``model=mlp``)
 never receives keys it does not have.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,8 +44,10 @@ def applied_row(root: DictConfig) -> tuple[str, str]:
     if row in preset.rows:
         return row, row
     if preset.get("default_row") not in preset.rows:
-        raise ConfigError("preset.default_row", f"{preset.get('default_row')!r} is not one of the rows of "
-                                                f"preset {preset.name} ({', '.join(preset.rows)})")
+        raise ConfigError(
+            "preset.default_row",
+            f"{preset.get('default_row')!r} is not one of the rows of preset {preset.name} ({', '.join(preset.rows)})",
+        )
     return row, preset.default_row
 
 
@@ -69,18 +72,27 @@ def preset_info(cfg: DictConfig) -> dict[str, Any]:
     if not preset:
         return {"name": None, "pair": f"{cfg.algo.name}_{cfg.data.name}"}
     requested, applied = applied_row(cfg)
-    return {"name": preset.name, "source": preset.get("source"), "row": requested, "applied_row": applied,
-            "published_rows": list(preset.rows)}
+    return {
+        "name": preset.name,
+        "source": preset.get("source"),
+        "row": requested,
+        "applied_row": applied,
+        "published_rows": list(preset.rows),
+    }
 
 
 def describe(cfg: DictConfig) -> str:
     """The one start-up line naming the preset that applied (or that none did)."""
     info = preset_info(cfg)
     if info["name"] is None:
-        return (f"preset: none for algo={cfg.algo.name} data={cfg.data.name} (no published setting of this "
-                f"pair in conf/preset); the group defaults apply")
+        return (
+            f"preset: none for algo={cfg.algo.name} data={cfg.data.name} (no published setting of this "
+            f"pair in conf/preset); the group defaults apply"
+        )
     line = f"preset: {info['name']} row {info['applied_row']} ({info['source']})"
     if info["row"] != info["applied_row"]:
-        line += (f"; no published {info['row']} row (published: {', '.join(info['published_rows'])}), "
-                 f"so its {info['applied_row']} values apply")
+        line += (
+            f"; no published {info['row']} row (published: {', '.join(info['published_rows'])}), "
+            f"so its {info['applied_row']} values apply"
+        )
     return line + "; explicit overrides win"

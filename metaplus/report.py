@@ -15,6 +15,7 @@ the validation metric and the wall time. Accuracy is shown in %, MSE as is; the 
 algorithm differ in them. Which keys they are is the caller's to say (``switches=``, ``--switches``);
 the command line's default is MAML++'s six (:data:`metaplus.mamlpp_switches.SWITCHES`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,33 @@ from metaplus.mamlpp_switches import SWITCHES as MAMLPP_SWITCHES
 from metaplus.results import portable_path
 
 # Keys that differ between runs without making them different experiments.
-IGNORED = ("seed", "*.seed", "paths.*", "ckpt_path", "*dirpath", "*save_dir", "*default_root_dir", "*output_dir",
-           "*log_dir", "*cache_dir", "*root", "*root_dir", "logger.*.name", "tags", "train", "test")
+IGNORED = (
+    "seed",
+    "*.seed",
+    "paths.*",
+    "ckpt_path",
+    "*dirpath",
+    "*save_dir",
+    "*default_root_dir",
+    "*output_dir",
+    "*log_dir",
+    "*cache_dir",
+    "*root",
+    "*root_dir",
+    "logger.*.name",
+    "tags",
+    "train",
+    "test",
+)
 MISSING = "—"  # a key the run's config does not have (e.g. algo.msl for Reptile)
 
 
 # -- loading ---------------------------------------------------------------------------------------
 @dataclass
 class Run:
-    path: Path                 # the run's directory
+    path: Path  # the run's directory
     results: dict[str, Any]
-    config: dict[str, Any]     # flattened: {"algo.inner_lr": 0.01, ...}
+    config: dict[str, Any]  # flattened: {"algo.inner_lr": 0.01, ...}
 
     @property
     def metric(self) -> str:
@@ -153,9 +170,9 @@ def switches_vary_within_an_algorithm(runs: Sequence[Run], switches: Sequence[st
 
 @dataclass
 class Row:
-    labels: dict[str, Any]                  # column -> value, in display order
+    labels: dict[str, Any]  # column -> value, in display order
     runs: list[Run] = field(default_factory=list)
-    switches: tuple[str, ...] = ()          # the label columns that are switches (shown as ✓)
+    switches: tuple[str, ...] = ()  # the label columns that are switches (shown as ✓)
 
     @property
     def metric(self) -> str:
@@ -189,8 +206,10 @@ def group_runs(runs: Sequence[Run], switches: Sequence[str] = ()) -> list[Row]:
     ``switches``: the boolean ``algo.*`` keys shown as switch columns (see the module's docstring)."""
     varying = varying_keys(runs)
     name_rows = switches_vary_within_an_algorithm(runs, switches)
-    identity = {run.path: (variant_label(run, switches, name_rows), run.config.get("algo.name"), data_label(run))
-                for run in runs}
+    identity = {
+        run.path: (variant_label(run, switches, name_rows), run.config.get("algo.name"), data_label(run))
+        for run in runs
+    }
     shown = label_columns(runs, identity, varying, switches, switches_differ(runs, switches))
     rows: dict[tuple, Row] = {}
     for run in runs:
@@ -283,28 +302,45 @@ def extra_keys(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
     the order the runs wrote them; a pattern that matches nothing is an error, not a silent empty column."""
     keys: dict[str, None] = {}
     for pattern in patterns:
-        matched = [k for run in runs for k in run.results if fnmatch.fnmatchcase(k, pattern)
-                   and run.value(k) is not None]
+        matched = [
+            k for run in runs for k in run.results if fnmatch.fnmatchcase(k, pattern) and run.value(k) is not None
+        ]
         if not matched:
             numeric = sorted({k for run in runs for k in run.results if run.value(k) is not None})
-            raise ValueError(f"--metrics {pattern!r} matches no numeric key of these results.json files "
-                             f"(they have: {', '.join(numeric)})")
+            raise ValueError(
+                f"--metrics {pattern!r} matches no numeric key of these results.json files "
+                f"(they have: {', '.join(numeric)})"
+            )
         keys.update(dict.fromkeys(matched))
     return list(keys)
 
 
 def main_table(rows: Sequence[Row], extras: Sequence[str] = ()) -> str:
     columns = list(rows[0].labels)
-    header = [*columns, f"{metric_header(rows, 'test')} ± CI95", "seeds", "mean ± std over seeds",
-              metric_header(rows, "val"), "wall time", *extras]
+    header = [
+        *columns,
+        f"{metric_header(rows, 'test')} ± CI95",
+        "seeds",
+        "mean ± std over seeds",
+        metric_header(rows, "val"),
+        "wall time",
+        *extras,
+    ]
     body = []
     for row in rows:
         s, m = row.stats(), row.metric
         over_seeds = f"{fmt(s['test_mean'], m)} ± {fmt(s['test_std_over_seeds'], m)}" if s["runs"] > 1 else "–"
-        body.append([*(fmt_label(row.labels[c], c, row.switches) for c in columns),
-                     f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}", str(s["runs"]), over_seeds,
-                     fmt(s["val_mean"], m), fmt_time(s["wall_time_s"]),
-                     *(fmt(row.mean(key), key) for key in extras)])
+        body.append(
+            [
+                *(fmt_label(row.labels[c], c, row.switches) for c in columns),
+                f"{fmt(s['test_mean'], m)} ± {fmt(s['test_ci95'], m)}",
+                str(s["runs"]),
+                over_seeds,
+                fmt(s["val_mean"], m),
+                fmt_time(s["wall_time_s"]),
+                *(fmt(row.mean(key), key) for key in extras),
+            ]
+        )
     return markdown_table(header, body)
 
 
@@ -336,9 +372,13 @@ def write_csv(rows: Sequence[Row], path: Path, extras: Sequence[str] = ()) -> No
         writer.writerow([*columns, *stat_names, *extras, "run_dirs"])
         for row in rows:
             values = {**row.stats(), **{key: row.mean(key) for key in extras}}
-            writer.writerow([*(row.labels[c] for c in columns),
-                             *("" if values[k] is None else values[k] for k in (*stat_names, *extras)),
-                             ";".join(portable_path(str(run.path)) for run in row.runs)])
+            writer.writerow(
+                [
+                    *(row.labels[c] for c in columns),
+                    *("" if values[k] is None else values[k] for k in (*stat_names, *extras)),
+                    ";".join(portable_path(str(run.path)) for run in row.runs),
+                ]
+            )
 
 
 def row_name(row: Row) -> str:
@@ -387,26 +427,41 @@ def default_out(sources: Sequence[str | Path], found: Sequence[Path]) -> Path:
 def checked_switches(runs: Sequence[Run], switches: Sequence[str]) -> tuple[str, ...]:
     """``switches`` as given, each a true/false ``algo.<name>`` key of some run: a misspelt name is an
     error, not a column that silently never appears."""
-    flags = sorted({k.removeprefix("algo.") for run in runs for k, v in run.config.items()
-                    if k.startswith("algo.") and isinstance(v, bool)})
+    flags = sorted(
+        {
+            k.removeprefix("algo.")
+            for run in runs
+            for k, v in run.config.items()
+            if k.startswith("algo.") and isinstance(v, bool)
+        }
+    )
     for name in switches:
         if name not in flags:
-            raise ValueError(f"--switches {name}: no run has a true/false algo.{name} (their true/false algo keys: "
-                             f"{', '.join(flags) or 'none'})")
+            raise ValueError(
+                f"--switches {name}: no run has a true/false algo.{name} (their true/false algo keys: "
+                f"{', '.join(flags) or 'none'})"
+            )
     return tuple(switches)
 
 
-def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: str | None = None,
-           title: str | None = None, metrics: Sequence[str] = (), switches: Sequence[str] | None = None,
-           ) -> dict[str, Path]:
+def report(
+    sources: Sequence[str | Path],
+    out: str | Path | None = None,
+    pivot: str | None = None,
+    title: str | None = None,
+    metrics: Sequence[str] = (),
+    switches: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """Write report.md, report.csv and report.png (and the pivot table inside report.md); return their paths.
     ``metrics``: globs of further results.json keys to show as columns (mean over seeds). ``switches``: the
     true/false ``algo.*`` keys an ablation turns on and off, each checked to exist in some run; None: MAML++'s
     six, where the runs have them."""
     found = find_results(sources)
     if not found:
-        raise FileNotFoundError(f"no results.json under {', '.join(map(str, sources))} (runs write it when they "
-                                f"finish; a failed or unfinished run has none)")
+        raise FileNotFoundError(
+            f"no results.json under {', '.join(map(str, sources))} (runs write it when they "
+            f"finish; a failed or unfinished run has none)"
+        )
     runs = load_runs(found)
     rows = group_runs(runs, MAMLPP_SWITCHES if switches is None else checked_switches(runs, switches))
     extras = extra_keys(runs, metrics)
@@ -416,11 +471,17 @@ def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: 
     paths = {"md": out_dir / "report.md", "csv": out_dir / "report.csv", "png": out_dir / "report.png"}
     write_csv(rows, paths["csv"], extras)
     write_plot(rows, paths["png"], title)
-    parts = [f"# {title}", "",
-             f"{len(runs)} runs, {len(rows)} rows, from {', '.join(portable_path(str(s)) for s in sources)}. "
-             "Test metric of the evaluated checkpoint on the fixed test episodes, ± 95% CI over episodes "
-             "(1.96·std/√n), both averaged over seeds; `mean ± std over seeds` is given when a row has "
-             "several seeds (sample std).", "", main_table(rows, extras), ""]
+    parts = [
+        f"# {title}",
+        "",
+        f"{len(runs)} runs, {len(rows)} rows, from {', '.join(portable_path(str(s)) for s in sources)}. "
+        "Test metric of the evaluated checkpoint on the fixed test episodes, ± 95% CI over episodes "
+        "(1.96·std/√n), both averaged over seeds; `mean ± std over seeds` is given when a row has "
+        "several seeds (sample std).",
+        "",
+        main_table(rows, extras),
+        "",
+    ]
     if pivot:
         parts += [f"## By {pivot}", "", pivot_table(rows, pivot), ""]
     parts += [f"![test metric per row, CI95 error bars]({paths['png'].name})", ""]
@@ -430,17 +491,30 @@ def report(sources: Sequence[str | Path], out: str | Path | None = None, pivot: 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m metaplus.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", nargs="+", help="multirun directories, run directories, results.json files or "
-                                                   "glob patterns (quote them)")
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        help="multirun directories, run directories, results.json files or glob patterns (quote them)",
+    )
     parser.add_argument("--out", help="output directory (default: the directory given, else the common parent)")
     parser.add_argument("--pivot", help="also write a table with this column's values as columns (e.g. data)")
     parser.add_argument("--title", help="report title (default: the output directory's name)")
-    parser.add_argument("--metrics", nargs="+", default=[], metavar="GLOB",
-                        help="further results.json keys to show as columns, mean over seeds "
-                             "(e.g. 'mtnet/update_fraction/*' 'test/acc_step*')")
-    parser.add_argument("--switches", nargs="*", default=None, metavar="NAME",
-                        help="the true/false algo.* keys an ablation turns on and off: a column each where runs "
-                             f"differ (default: MAML++'s {' '.join(MAMLPP_SWITCHES)}; --switches alone: none)")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="further results.json keys to show as columns, mean over seeds "
+        "(e.g. 'mtnet/update_fraction/*' 'test/acc_step*')",
+    )
+    parser.add_argument(
+        "--switches",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="the true/false algo.* keys an ablation turns on and off: a column each where runs "
+        f"differ (default: MAML++'s {' '.join(MAMLPP_SWITCHES)}; --switches alone: none)",
+    )
     args = parser.parse_args(argv)
     try:
         paths = report(args.sources, args.out, args.pivot, args.title, args.metrics, args.switches)

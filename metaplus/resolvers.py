@@ -1,4 +1,5 @@
 """The OmegaConf resolvers the config tree (conf/) interpolates; registered once per process."""
+
 from __future__ import annotations
 
 from omegaconf import OmegaConf

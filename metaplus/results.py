@@ -5,6 +5,7 @@ No absolute path of the machine that made it (:func:`portable`): files of the ru
 to the run directory (``checkpoints/best.ckpt``), data under ``$METAPLUS_DATA`` as
 ``$METAPLUS_DATA/omniglot``, anything else relative to the directory the run was started from.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -91,14 +93,26 @@ def expand_portable(obj: Any) -> Any:
         return [expand_portable(value) for value in obj]
     prefix = f"${DATA_ENV}"
     if isinstance(obj, str) and (obj == prefix or obj.startswith(prefix + "/")) and os.environ.get(DATA_ENV):
-        return os.environ[DATA_ENV].rstrip("/") + obj[len(prefix):]
+        return os.environ[DATA_ENV].rstrip("/") + obj[len(prefix) :]
     return obj
 
 
-def write_results(output_dir: Path, metrics: dict[str, Any], config: dict, seed: int, wall_time_s: float,
-                  extra: dict[str, Any] | None = None) -> Path:
-    payload = {**metrics, "seed": seed, "wall_time_s": round(wall_time_s, 2), **(extra or {}),
-               "versions": versions(), "config": config}
+def write_results(
+    output_dir: Path,
+    metrics: dict[str, Any],
+    config: dict,
+    seed: int,
+    wall_time_s: float,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    payload = {
+        **metrics,
+        "seed": seed,
+        "wall_time_s": round(wall_time_s, 2),
+        **(extra or {}),
+        "versions": versions(),
+        "config": config,
+    }
     payload = portable(payload, run_dir=output_dir)
     path = Path(output_dir) / "results.json"
     write_json_atomic(path, payload)

@@ -3,6 +3,7 @@
 ``train.py`` is a thin Hydra wrapper around :func:`run`; tests and notebooks call :func:`run` with a
 config composed by Hydra's compose API.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,9 +37,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, backbone, learner, loggers, callbacks and trainer (no training yet)."""
     check_int("seed", cfg.seed, 0)
     check_int("ensemble_top_k", cfg.ensemble_top_k, 0)
-    check("ckpt_path", cfg.ckpt_path, cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file()
-          or (not cfg.train and Path(cfg.ckpt_path).is_dir()),
-          "an existing checkpoint file, a run's checkpoint directory (with train=false), or null")
+    check(
+        "ckpt_path",
+        cfg.ckpt_path,
+        cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file() or (not cfg.train and Path(cfg.ckpt_path).is_dir()),
+        "an existing checkpoint file, a run's checkpoint directory (with train=false), or null",
+    )
     check("train", cfg.train, cfg.train or cfg.ckpt_path is not None, "true unless ckpt_path names a checkpoint")
     check_choice("resume", cfg.get("resume", "auto"), {"auto", "never"})
     check_accelerator(cfg.trainer)  # GPUs asked for and none usable: say so now, not train on the CPU
@@ -50,11 +54,16 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
-    trainer = instantiate_group(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
-                                **ddp_overrides(cfg.trainer, learner))
+    trainer = instantiate_group(
+        cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks, **ddp_overrides(cfg.trainer, learner)
+    )
     # Before any process is launched: each rank must adapt the same number of tasks.
-    check("data.meta_batch_size", datamodule.meta_batch_size, datamodule.meta_batch_size % trainer.world_size == 0,
-          f"divisible by the number of processes ({trainer.world_size} = devices x nodes)")
+    check(
+        "data.meta_batch_size",
+        datamodule.meta_batch_size,
+        datamodule.meta_batch_size % trainer.world_size == 0,
+        f"divisible by the number of processes ({trainer.world_size} = devices x nodes)",
+    )
     return dict(datamodule=datamodule, learner=learner, trainer=trainer, loggers=loggers)
 
 
@@ -107,16 +116,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 metrics.update(logged)
             metrics.update(learner.adaptation_curves.get(stage, {}))
         if cfg.ensemble_top_k:
-            metrics.update(evaluate_ensemble(learner, datamodule, ensemble[:cfg.ensemble_top_k]))
+            metrics.update(evaluate_ensemble(learner, datamodule, ensemble[: cfg.ensemble_top_k]))
     metrics["monitor"] = cfg.monitor
     metrics["best_checkpoint"] = str(ckpt) if ckpt else None
     if trainer.is_global_zero:
         config = OmegaConf.to_container(cfg, resolve=True)
-        extra = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
-                 "warnings": run_warnings(trainer), "data_classes": datamodule.class_lists() or None,
-                 "device": describe_devices(trainer)}
-        path = write_results(output_dir, metrics, config, cfg.seed, time.time() - start,
-                             extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None})
+        extra = {
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "warnings": run_warnings(trainer),
+            "data_classes": datamodule.class_lists() or None,
+            "device": describe_devices(trainer),
+        }
+        path = write_results(
+            output_dir,
+            metrics,
+            config,
+            cfg.seed,
+            time.time() - start,
+            extra={k: v for k, v in {**extra, "preset": preset_info(cfg)}.items() if v is not None},
+        )
         print_summary(cfg, metrics, path, extra["warnings"])
     finish_loggers(parts["loggers"], metrics, learner)
     return metrics
@@ -133,12 +152,17 @@ def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
         return None
     damage = checkpoint_damage(last)
     if damage is not None:
-        older = sorted((p for p in last.parent.glob(f"*{callback.FILE_EXTENSION}") if p != last),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+        older = sorted(
+            (p for p in last.parent.glob(f"*{callback.FILE_EXTENSION}") if p != last),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
         readable = next((p for p in older if checkpoint_damage(p) is None), None)
         way_out = f", or continue from an older checkpoint: ckpt_path={readable}" if readable else ""
-        raise ConfigError("resume", f"auto cannot continue from {last}: the file is damaged ({damage}). Start over "
-                                    f"with resume=never{way_out}")
+        raise ConfigError(
+            "resume",
+            f"auto cannot continue from {last}: the file is damaged ({damage}). Start over with resume=never{way_out}",
+        )
     log.warning(f"resume: auto: continuing from {last} (resume=never starts over)")
     return str(last)
 
@@ -168,8 +192,10 @@ def announce(text: str, output_dir: Path) -> None:
     log file (train.log in the run directory; its console handler prints it too), else printed
     (compose API: tests, notebooks)."""
     run_dir = Path(output_dir).resolve()
-    if any(isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir
-           for handler in logging.getLogger().handlers):
+    if any(
+        isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir
+        for handler in logging.getLogger().handlers
+    ):
         log.info(text)
     else:
         print(text, flush=True)
@@ -180,9 +206,11 @@ def start_line(cfg: DictConfig, trainer: L.Trainer, threads: int, output_dir: Pa
     backbone = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
     device = describe_devices(trainer)  # the same description results.json records
     devices = f"{device['processes']} x {device['type']} ({device['name']})"
-    return (f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
-            f"precision {device['precision']}, {threads} thread{'s' if threads != 1 else ''} per process, "
-            f"run directory {portable_path(str(Path(output_dir).absolute()))}")
+    return (
+        f"run: {cfg.algo.name} on {cfg.data.name} {row_name(cfg.data)}, backbone {backbone}, {devices}, "
+        f"precision {device['precision']}, {threads} thread{'s' if threads != 1 else ''} per process, "
+        f"run directory {portable_path(str(Path(output_dir).absolute()))}"
+    )
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings: list[str] = ()) -> None:
@@ -194,16 +222,22 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
             n = int(metrics[f"{stage}/episodes"])
             curve = metrics.get(f"{key}_by_step")  # step 0 (before adaptation) .. the last step
             steps = len(curve) - 1 if curve else cfg.algo.get("test_inner_steps")
-            lines.append(f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
-                         f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})")
+            lines.append(
+                f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
+                f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})"
+            )
     key = f"test/{metric}_ensemble"
     if key in metrics:
         k = len(metrics["test/ensemble_checkpoints"])
-        lines.append(f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
-                     f"top {k} validation checkpoints)")
+        lines.append(
+            f"  {key} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} (95% CI; mean prediction of the "
+            f"top {k} validation checkpoints)"
+        )
     lines += [f"  WARNING: {warning}" for warning in warnings]
     # named as results.json names files: relative to the working directory (portable_path)
     checkpoints = Path(metrics["best_checkpoint"]).absolute().parent if metrics.get("best_checkpoint") else None
-    lines.append(f"  results: {portable_path(str(path.absolute()))}"
-                 + (f"; checkpoints: {portable_path(str(checkpoints))}/" if checkpoints else ""))
+    lines.append(
+        f"  results: {portable_path(str(path.absolute()))}"
+        + (f"; checkpoints: {portable_path(str(checkpoints))}/" if checkpoints else "")
+    )
     announce("\n".join(lines), path.parent)

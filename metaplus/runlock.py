@@ -16,6 +16,7 @@ or one on another host (which cannot be checked from here), keeps the directory.
 Only the launching process locks (global rank 0): the ranks Lightning's DDP launcher starts re-run
 the same entry point in the same directory and belong to the same run.
 """
+
 from __future__ import annotations
 
 import errno
@@ -45,8 +46,10 @@ class RunDirectoryBusy(RuntimeError):
 def holder_description(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "a process that left no description"
-    return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
-            f" ({holder.get('command', '?')})")
+    return (
+        f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        f" ({holder.get('command', '?')})"
+    )
 
 
 def read_holder(path: Path) -> dict[str, Any] | None:
@@ -67,9 +70,12 @@ def process_alive(pid: int) -> bool:
 
 
 def this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime()),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500]}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime()),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],
+    }
 
 
 class RunLock:
@@ -104,8 +110,9 @@ class RunLock:
             # POSIX lock we just took (a lockf pitfall).
             previous = read_holder_fd(fd)
             if previous:  # left behind by a process that ended without releasing (killed, crashed)
-                log.info("run lock: %s held by %s, which has ended; taking it over", self.path,
-                         holder_description(previous))
+                log.info(
+                    "run lock: %s held by %s, which has ended; taking it over", self.path, holder_description(previous)
+                )
             self.fd = fd
             self.write_holder()
             return self
@@ -117,8 +124,12 @@ class RunLock:
             same_host = holder.get("host") == socket.gethostname()
             if not same_host or process_alive(int(holder.get("pid", -1))):
                 raise self.busy(holder, unverifiable=not same_host)
-            log.warning("run lock: %s names %s, which no longer runs: stale, taking it over (this filesystem "
-                        "cannot lock files)", self.path, holder_description(holder))
+            log.warning(
+                "run lock: %s names %s, which no longer runs: stale, taking it over (this filesystem "
+                "cannot lock files)",
+                self.path,
+                holder_description(holder),
+            )
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self.write_holder()
         return self
@@ -130,13 +141,17 @@ class RunLock:
         os.fsync(self.fd)
 
     def busy(self, holder: dict[str, Any] | None, unverifiable: bool = False) -> RunDirectoryBusy:
-        message = (f"run directory {self.run_dir} is in use by another run: {holder_description(holder)}. Two runs in "
-                   f"one directory overwrite each other's checkpoints and logs, so this one stops without touching "
-                   f"it. Wait for that run to end (a requeued job: end the old one first), or give this run its "
-                   f"own directory (hydra.run.dir=...).")
+        message = (
+            f"run directory {self.run_dir} is in use by another run: {holder_description(holder)}. Two runs in "
+            f"one directory overwrite each other's checkpoints and logs, so this one stops without touching "
+            f"it. Wait for that run to end (a requeued job: end the old one first), or give this run its "
+            f"own directory (hydra.run.dir=...)."
+        )
         if unverifiable:
-            message += (f" This filesystem cannot lock files and that host cannot be checked from here: if that "
-                        f"process no longer runs, delete {self.path}.")
+            message += (
+                f" This filesystem cannot lock files and that host cannot be checked from here: if that "
+                f"process no longer runs, delete {self.path}."
+            )
         return RunDirectoryBusy(message)
 
     def release(self) -> None:

@@ -2,6 +2,7 @@
 
 The outer learning-rate cosine is not here: it is Lightning's scheduler (``CosineAnnealingLR``).
 """
+
 from __future__ import annotations
 
 import torch

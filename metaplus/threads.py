@@ -7,6 +7,7 @@ job of a bench script's ``--jobs``) therefore takes ``cores // processes`` threa
 ``processes`` is how many such processes share this machine's cores. The user's choice wins:
 the ``threads`` config key first, then ``OMP_NUM_THREADS`` (torch already honours it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,12 @@ def available_cores() -> int:
 def decide_threads(configured: Any, environ: Mapping[str, str], cores: int, processes: int) -> tuple[int, str]:
     """(threads, why). ``configured`` is the ``threads`` key (None = not set)."""
     if configured is not None:
-        check("threads", configured,
-              isinstance(configured, int) and not isinstance(configured, bool) and configured >= 1,
-              "null (cores / processes) or an integer >= 1")
+        check(
+            "threads",
+            configured,
+            isinstance(configured, int) and not isinstance(configured, bool) and configured >= 1,
+            "null (cores / processes) or an integer >= 1",
+        )
         return configured, "config key threads"
     omp = environ.get("OMP_NUM_THREADS", "").strip()
     if omp:
@@ -112,8 +116,7 @@ def sweep_size(multirun_yaml: Path) -> int:
     return size
 
 
-def configure_threads(configured: Any = None, processes: int = 1,
-                      environ: Mapping[str, str] | None = None) -> int:
+def configure_threads(configured: Any = None, processes: int = 1, environ: Mapping[str, str] | None = None) -> int:
     """Decide, apply (``torch.set_num_threads``) and log ``threads: N (why)``; return N."""
     environ = os.environ if environ is None else environ
     threads, why = decide_threads(configured, environ, available_cores(), processes)

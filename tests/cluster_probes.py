@@ -1,5 +1,6 @@
 """Test-only callbacks for the cluster cases (run lock, DDP stop and preemption), injected through the
 config (``+callbacks.x._target_=cluster_probes....``) so they also run in the DDP ranks' processes."""
+
 from __future__ import annotations
 
 import os

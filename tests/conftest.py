@@ -3,6 +3,7 @@
 Helpers shared by several tests live in :mod:`metaplus.testing` and :mod:`metaplus.compose`, imported
 from there: tests import no other test module.
 """
+
 from __future__ import annotations
 
 import os

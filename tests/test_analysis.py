@@ -1,4 +1,5 @@
 """Linear CKA on cases whose value is known, and per-layer similarity before/after adaptation."""
+
 import copy
 
 import pytest
@@ -35,7 +36,7 @@ def test_hand_computed_values_on_tiny_examples():
     # Y^T Y = [[5, 4], [4, 4]] -> sqrt(73). CKA = 45 / (7 sqrt(73)).
     x2 = torch.tensor([[1.0, 1.0], [2.0, -1.0], [3.0, 1.0], [4.0, -1.0]])
     y2 = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 2.0], [4.0, 2.0]])
-    assert linear_cka(x2, y2) == pytest.approx(45 / (7 * 73 ** 0.5), abs=1e-12)
+    assert linear_cka(x2, y2) == pytest.approx(45 / (7 * 73**0.5), abs=1e-12)
 
 
 def test_independent_random_features_are_near_zero():

@@ -1,4 +1,5 @@
 """ANIL: only the head adapts; the body's meta-gradient is the query loss through the head-only update."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,8 +75,17 @@ def test_body_gradient_comes_only_through_the_query_loss(problem, first_order, s
 
 
 def test_anil_meta_training_improves_adaptation_on_sinusoid(make_config, tmp_path):
-    overrides = [*QUICK, "algo=anil", "trainer.max_epochs=2", "data.batches_per_epoch=100", "data.meta_batch_size=10",
-                 "data.val_episodes=20", "data.test_episodes=100", "algo.test_inner_steps=5", "algo.meta_lr=0.003"]
+    overrides = [
+        *QUICK,
+        "algo=anil",
+        "trainer.max_epochs=2",
+        "data.batches_per_epoch=100",
+        "data.meta_batch_size=10",
+        "data.val_episodes=20",
+        "data.test_episodes=100",
+        "algo.test_inner_steps=5",
+        "algo.meta_lr=0.003",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/mse")
     print(f"anil sinusoid test/mse after 5 steps: trained {trained['test/mse']:.3f}, untrained {untrained:.3f}")
     assert trained["test/mse"] < 0.9 * untrained, (trained["test/mse"], untrained)
@@ -83,9 +93,20 @@ def test_anil_meta_training_improves_adaptation_on_sinusoid(make_config, tmp_pat
 
 @needs_omniglot
 def test_anil_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
-    overrides = [*QUICK, "algo=anil", "algo.inner_lr=0.4", "algo.test_inner_steps=3",
-                 "data=omniglot", "model=conv4", f"data.root={DATA / 'omniglot'}", "model.filters=32",
-                 "data.batches_per_epoch=30", "data.meta_batch_size=4", "data.val_episodes=20", "data.test_episodes=40"]
+    overrides = [
+        *QUICK,
+        "algo=anil",
+        "algo.inner_lr=0.4",
+        "algo.test_inner_steps=3",
+        "data=omniglot",
+        "model=conv4",
+        f"data.root={DATA / 'omniglot'}",
+        "model.filters=32",
+        "data.batches_per_epoch=30",
+        "data.meta_batch_size=4",
+        "data.val_episodes=20",
+        "data.test_episodes=40",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"anil omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")
     assert trained["test/acc"] > untrained + 0.05, (trained["test/acc"], untrained)

@@ -1,6 +1,7 @@
 """metaplus.atomic, the one atomic writer of results.json, checkpoints and the image cache: a new file gets
 the mode open() gives (0666 less the umask, not mkstemp's 0600) unless its writer fixes one, and a failed
 write keeps the previous file and leaves no temporary file behind."""
+
 import os
 import pickle
 import stat

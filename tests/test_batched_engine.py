@@ -7,6 +7,7 @@ learner owns (initialisation, LSLR rates, Meta-SGD rates, per-step BN affine set
 1e-5. Models run in float64 so the comparison sees the algorithms, not float32 rounding (the two
 paths sum in different orders); a wrong per-task batch norm under vmap is off by ~3e-2.
 """
+
 import pytest
 import torch
 
@@ -44,16 +45,18 @@ CONV_CASES = {
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_conv4_meta_gradients_equal_learn2learn(case):
     switches = CONV_CASES[case]
-    make = lambda engine, chunk: MAML(conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine,
-                                      chunk_size=chunk, **switches)
+    make = lambda engine, chunk: MAML(
+        conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine, chunk_size=chunk, **switches
+    )
     assert_engines_agree(make, image_batch(), chunk_sizes=(None, 2) if case == "mamlpp_all" else (None,))
 
 
 def test_msl_weights_reach_the_batched_engine():
     """At epoch 0 of MSL every step's query loss counts: the gradients differ from the last step only."""
     batch = image_batch()
-    make = lambda msl: (lambda engine: MAML(conv4(), "classification", inner_steps=2, inner_lr=0.1,
-                                            engine=engine, msl=msl))
+    make = lambda msl: (
+        lambda engine: MAML(conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine, msl=msl)
+    )
     with_msl = meta_gradients(make(True), batch, "batched")
     without = meta_gradients(make(False), batch, "batched")
     assert not torch.allclose(with_msl["backbone.head.weight"], without["backbone.head.weight"])
@@ -69,15 +72,27 @@ def test_anil_meta_gradients_equal_learn2learn(backbone):
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_metasgd_meta_gradients_equal_learn2learn(first_order):
-    make = lambda engine, chunk: MetaSGD(MLP(input_shape=[1], output_dim=1, hidden=[8, 8]), "regression",
-                                         inner_steps=2, inner_lr=0.05, first_order=first_order, engine=engine,
-                                         chunk_size=chunk)
+    make = lambda engine, chunk: MetaSGD(
+        MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
+        "regression",
+        inner_steps=2,
+        inner_lr=0.05,
+        first_order=first_order,
+        engine=engine,
+        chunk_size=chunk,
+    )
     assert_engines_agree(make, regression_batch(), chunk_sizes=(None, 3))
 
 
 def test_mlp_maml_second_order_equal_learn2learn():
-    make = lambda engine, chunk: MAML(MLP(input_shape=[1], output_dim=1, hidden=[8, 8]), "regression",
-                                      inner_steps=3, inner_lr=0.05, engine=engine, chunk_size=chunk)
+    make = lambda engine, chunk: MAML(
+        MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
+        "regression",
+        inner_steps=3,
+        inner_lr=0.05,
+        engine=engine,
+        chunk_size=chunk,
+    )
     assert_engines_agree(make, regression_batch(), chunk_sizes=(None, 1))
 
 
@@ -98,9 +113,19 @@ def test_engine_choices_fail_early_naming_the_key():
         Reptile(MLP(), "regression", engine="batched")
     learner, b = MAML(conv4(), "classification", engine="batched", bn_stats="running"), image_batch()
     with pytest.raises(ConfigError, match="algo.engine.*bn_stats"):  # refused at the first training call
-        learner.inner.query_losses(learner.backbone, b.support_x.float(), b.support_y, b.query_x.float(), b.query_y,
-                                   loss_fn=learner.loss_fn, steps=1, adapted=learner.adapted_names(),
-                                   rule=learner.inner_rule(), first_order=False)
+        learner.inner.query_losses(
+            learner.backbone,
+            b.support_x.float(),
+            b.support_y,
+            b.query_x.float(),
+            b.query_y,
+            loss_fn=learner.loss_fn,
+            steps=1,
+            adapted=learner.adapted_names(),
+            rule=learner.inner_rule(),
+            first_order=False,
+        )
+
 
 def test_batched_engine_trains_through_the_real_trainer(make_config, tmp_path):
     """algo.engine=batched from the command line: a real (tiny) run of MAML++ switches on Omniglot-
@@ -126,9 +151,17 @@ def test_batched_engine_trains_resnet12_with_dropblock_one_mask_per_task():
 
     def losses(rate: float) -> torch.Tensor:
         torch.manual_seed(0)
-        learner = at_epoch(MAML(ResNet12(input_shape=[3, 16, 16], output_dim=3, widths=[2, 2, 4, 4],
-                                         dropblock_rate=rate, dropblock_size=2),
-                                "classification", inner_steps=1, engine="batched"), 0)
+        learner = at_epoch(
+            MAML(
+                ResNet12(
+                    input_shape=[3, 16, 16], output_dim=3, widths=[2, 2, 4, 4], dropblock_rate=rate, dropblock_size=2
+                ),
+                "classification",
+                inner_steps=1,
+                engine="batched",
+            ),
+            0,
+        )
         x = torch.randn(1, 6, 3, 16, 16).repeat(3, 1, 1, 1, 1)
         y = torch.arange(3).repeat_interleave(2).repeat(3, 1)
         loss, _ = learner.accumulate_batched(TaskBatch(x, y, x.clone(), y.clone(), torch.arange(3)))
@@ -141,15 +174,32 @@ def test_batched_engine_trains_resnet12_with_dropblock_one_mask_per_task():
 
 
 EVAL_CASES = {
-    "mamlpp_all": lambda engine, curve: MAML(conv4(), "classification", inner_steps=2, test_inner_steps=3, inner_lr=0.1,
-                                             msl=True, lslr=True, bnrs=True, bnwb=True, engine=engine,
-                                             chunk_size=2 if engine == "batched" else None,
-                                             eval_curve=curve),
-    "anil": lambda engine, curve: ANIL(conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine,
-                                       eval_curve=curve),
-    "metasgd_zero_steps": lambda engine, curve: MetaSGD(MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
-                                                        "regression", inner_steps=2, test_inner_steps=0,
-                                                        inner_lr=0.05, engine=engine, eval_curve=curve),
+    "mamlpp_all": lambda engine, curve: MAML(
+        conv4(),
+        "classification",
+        inner_steps=2,
+        test_inner_steps=3,
+        inner_lr=0.1,
+        msl=True,
+        lslr=True,
+        bnrs=True,
+        bnwb=True,
+        engine=engine,
+        chunk_size=2 if engine == "batched" else None,
+        eval_curve=curve,
+    ),
+    "anil": lambda engine, curve: ANIL(
+        conv4(), "classification", inner_steps=2, inner_lr=0.1, engine=engine, eval_curve=curve
+    ),
+    "metasgd_zero_steps": lambda engine, curve: MetaSGD(
+        MLP(input_shape=[1], output_dim=1, hidden=[8, 8]),
+        "regression",
+        inner_steps=2,
+        test_inner_steps=0,
+        inner_lr=0.05,
+        engine=engine,
+        eval_curve=curve,
+    ),
 }
 
 
@@ -166,8 +216,10 @@ def test_batched_engine_evaluates_whole_batches_equal_to_one_task_at_a_time(case
         learner = EVAL_CASES[case](engine, curve).double().eval()
         learner.validation_step(batch, 0)
         # the first and last step of every episode, then the per-step curve of the curve's subset
-        return (*learner.episode_curves["val"].compute(),
-                *(learner.step_curves["val"].compute() if curve == "all" else ()))
+        return (
+            *learner.episode_curves["val"].compute(),
+            *(learner.step_curves["val"].compute() if curve == "all" else ()),
+        )
 
     expected = evaluated("l2l")
 

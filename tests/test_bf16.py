@@ -4,6 +4,7 @@ Under manual optimisation Lightning wraps ``training_step`` in ``torch.autocast(
 the inner loop (forward passes, ``autograd.grad(create_graph=True)``) runs under autocast too; the
 parameters and their gradients stay float32. This CPU has no native bf16 (AVX2 only): tiny models.
 """
+
 import torch
 
 from metaplus.algorithms import MAML
@@ -27,8 +28,13 @@ def sinusoid_task(seed: int = 1) -> Task:
 
 def meta_gradient(bf16: bool, first_order: bool = False) -> torch.Tensor:
     torch.manual_seed(0)
-    learner = MAML(MLP(input_shape=[1], output_dim=1, hidden=[40, 40]), "regression", inner_steps=2,
-                   inner_lr=0.01, first_order=first_order)
+    learner = MAML(
+        MLP(input_shape=[1], output_dim=1, hidden=[40, 40]),
+        "regression",
+        inner_steps=2,
+        inner_lr=0.01,
+        first_order=first_order,
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss, _ = learner.task_loss(sinusoid_task())
     loss.backward()
@@ -59,8 +65,11 @@ def test_bf16_mixed_trains_second_order_maml_through_the_trainer(make_config, mo
         return original(self, prediction, target)
 
     monkeypatch.setattr(MAML, "loss_fn", recording_loss)
-    parts = build(make_config([*QUICK, "trainer.precision=bf16-mixed", "trainer.accelerator=cpu",
-                               "algo.inner_steps=2", "test=false"]))
+    parts = build(
+        make_config(
+            [*QUICK, "trainer.precision=bf16-mixed", "trainer.accelerator=cpu", "algo.inner_steps=2", "test=false"]
+        )
+    )
     learner, trainer = parts["learner"], parts["trainer"]
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     trainer.fit(learner, datamodule=parts["datamodule"])
@@ -105,8 +114,15 @@ def conv4_bf16_losses(engine: str, first_order: bool) -> tuple[torch.Tensor, set
     from metaplus.nn import Conv4
 
     torch.manual_seed(0)
-    learner = MAML(Conv4(input_shape=[1, 28, 28], output_dim=5, filters=16), "classification", inner_steps=2,
-                   inner_lr=0.1, msl=True, first_order=first_order, engine=engine)
+    learner = MAML(
+        Conv4(input_shape=[1, 28, 28], output_dim=5, filters=16),
+        "classification",
+        inner_steps=2,
+        inner_lr=0.1,
+        msl=True,
+        first_order=first_order,
+        engine=engine,
+    )
     learner.manual_backward = lambda loss: loss.backward()
     learner.gradient_sync = lambda last: nullcontext()
     batch, query_dtypes = prototype_batch(), set()

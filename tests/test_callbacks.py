@@ -1,4 +1,5 @@
 """The callbacks room: building callbacks from the config (progress bar switch, one record of the outer rate)."""
+
 from __future__ import annotations
 
 import csv
@@ -37,4 +38,6 @@ def test_a_logged_run_records_the_outer_learning_rate_once(make_config, tmp_path
     columns = set(rows[0])
     assert [c for c in columns if c.startswith("lr-")] == [], "the outer learning rate is logged twice"
     rates = [float(row["train/meta_lr"]) for row in rows if row.get("train/meta_lr")]
-    assert rates == pytest.approx([cfg.algo.meta_lr] * cfg.data.batches_per_epoch, rel=1e-6)  # QUICK: constant, every step
+    assert rates == pytest.approx(
+        [cfg.algo.meta_lr] * cfg.data.batches_per_epoch, rel=1e-6
+    )  # QUICK: constant, every step

@@ -4,6 +4,7 @@ The run trains polynomial regression with a 16-16 MLP, so the default compositio
 could not even load its weights: the evaluation must take algo/data/model from the run's
 ``.hydra/config.yaml``, while values on the command line still win.
 """
+
 import json
 import shutil
 
@@ -28,8 +29,13 @@ def new_runs(cwd, trained_dir):
 
 def test_checkpoint_is_evaluated_with_its_runs_config_and_the_command_line_wins(trained):
     cwd, run_dir = trained
-    proc = commands.train("train=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "data.test_episodes=4",
-                          "trainer.enable_progress_bar=false", cwd=cwd)
+    proc = commands.train(
+        "train=false",
+        f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+        "data.test_episodes=4",
+        "trainer.enable_progress_bar=false",
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [evaluation] = new_runs(cwd, run_dir)
     results = json.loads((evaluation / "results.json").read_text())

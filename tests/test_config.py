@@ -1,4 +1,5 @@
 """Every config option composes and instantiates; bad values fail early, naming the key."""
+
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from metaplus.run import build, run
 from metaplus.testing import QUICK, shared_data_dir
 
 # Options that need a particular companion to make sense (an image backbone needs image data).
-COMPANIONS = {("model", "conv4"): ["data=omniglot"], ("model", "resnet12"): ["data=omniglot"],
-              ("trainer", "ddp"): ["data.meta_batch_size=24"]}
+COMPANIONS = {
+    ("model", "conv4"): ["data=omniglot"],
+    ("model", "resnet12"): ["data=omniglot"],
+    ("trainer", "ddp"): ["data.meta_batch_size=24"],
+}
 NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}
 NOT_SHIPPED = {"cifarfs", "fc100", "tieredimagenet", "cub"}
 
@@ -26,6 +30,8 @@ def tiny_image_folder(root: Path, classes: int = 40, images: int = 17) -> Path:
         for i in range(images):
             Image.new("RGB", (10, 10), (20 * c, 10 * i, 99)).save(root / f"class{c:02d}" / f"{i}.png")
     return root
+
+
 GROUPS = ["algo", "data", "model", "trainer", "logger", "callbacks", "experiment"]
 
 
@@ -64,7 +70,9 @@ def test_every_group_option_composes_and_instantiates(make_config, tmp_path, gro
         assert datamodule.source("test").num_classes == 20
         return
     if group == "trainer" and option in ("gpu", "ddp") and not torch.cuda.is_available():
-        pytest.skip(f"trainer={option} composes; instantiating it needs a GPU (tests/test_devices.py: its error without one)")
+        pytest.skip(
+            f"trainer={option} composes; instantiating it needs a GPU (tests/test_devices.py: its error without one)"
+        )
     parts = build(cfg)
     assert parts["learner"].backbone is not None
     assert parts["trainer"].max_epochs == cfg.trainer.max_epochs
@@ -79,24 +87,28 @@ def test_defaults_are_maml_on_sinusoid_with_csv(make_config):
 def test_fomaml_is_maml_with_first_order(make_config):
     maml, fomaml = make_config(["algo=maml"]).algo, make_config(["algo=fomaml"]).algo
     assert fomaml.first_order is True and maml.first_order is False
-    assert {k: v for k, v in fomaml.items() if k not in ("name", "first_order")} == \
-           {k: v for k, v in maml.items() if k not in ("name", "first_order")}
+    assert {k: v for k, v in fomaml.items() if k not in ("name", "first_order")} == {
+        k: v for k, v in maml.items() if k not in ("name", "first_order")
+    }
 
 
-@pytest.mark.parametrize("override,key,allowed", [
-    ("data.shots=0", "data.shots", "an integer >= 1"),
-    ("data.queries=-2", "data.queries", "an integer >= 1"),
-    ("data.meta_batch_size=0", "data.meta_batch_size", "an integer >= 1"),
-    ("algo.inner_steps=-1", "algo.inner_steps", "an integer >= 0"),
-    ("algo.inner_steps=abc", "algo.inner_steps", "an integer >= 0"),
-    ("algo.inner_lr=0", "algo.inner_lr", "a number > 0"),
-    ("algo.meta_lr=-0.1", "algo.meta_lr", "a number > 0"),
-    ("algo.first_order=maybe", "algo.first_order", "true or false"),
-    ("data.task=ranking", "data.task", "one of ['classification', 'regression']"),
-    ("model.hidden=[40,0]", "model.hidden", "a list of positive integers"),
-    ("data.source.amplitude=[5,1]", "data.source.amplitude", "a [low, high] pair with low <= high"),
-    ("seed=-3", "seed", "an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "override,key,allowed",
+    [
+        ("data.shots=0", "data.shots", "an integer >= 1"),
+        ("data.queries=-2", "data.queries", "an integer >= 1"),
+        ("data.meta_batch_size=0", "data.meta_batch_size", "an integer >= 1"),
+        ("algo.inner_steps=-1", "algo.inner_steps", "an integer >= 0"),
+        ("algo.inner_steps=abc", "algo.inner_steps", "an integer >= 0"),
+        ("algo.inner_lr=0", "algo.inner_lr", "a number > 0"),
+        ("algo.meta_lr=-0.1", "algo.meta_lr", "a number > 0"),
+        ("algo.first_order=maybe", "algo.first_order", "true or false"),
+        ("data.task=ranking", "data.task", "one of ['classification', 'regression']"),
+        ("model.hidden=[40,0]", "model.hidden", "a list of positive integers"),
+        ("data.source.amplitude=[5,1]", "data.source.amplitude", "a [low, high] pair with low <= high"),
+        ("seed=-3", "seed", "an integer >= 0"),
+    ],
+)
 def test_bad_values_fail_before_training_naming_key_and_allowed(make_config, tmp_path, override, key, allowed):
     out = tmp_path / "bad_run"
     cfg = make_config([*QUICK, override], output_dir=out)

@@ -1,5 +1,6 @@
 """What a user sees: a config error in one line (exit 2), no dependency banners, a start line, a summary
 that says where everything is, and train.log holding what the console showed."""
+
 from metaplus.devices import cpu_name
 from metaplus.testing import commands
 
@@ -29,11 +30,19 @@ def test_short_run_console_has_no_banners_and_train_log_holds_what_it_showed(tmp
     printed = proc.stdout + proc.stderr
     assert not [banner for banner in BANNERS if banner in printed], printed[-3000:]
     run_dir = commands.only_directory(tmp_path / "outputs" / "runs")
-    start = f"run: maml on sinusoid 5shot, backbone MLP, 1 x cpu ({cpu_name()}), precision 32-true, 1 thread per process, " \
-            f"run directory outputs/runs/{run_dir.name}"
+    start = (
+        f"run: maml on sinusoid 5shot, backbone MLP, 1 x cpu ({cpu_name()}), precision 32-true, 1 thread per process, "
+        f"run directory outputs/runs/{run_dir.name}"
+    )
     end = f"results: outputs/runs/{run_dir.name}/results.json; checkpoints: outputs/runs/{run_dir.name}/checkpoints/"
-    shown = ["preset: maml_sinusoid row 5shot", start, "test/mse  = ", "after 10 inner steps", end,
-             "algo.msl=true with algo.inner_steps=1"]
+    shown = [
+        "preset: maml_sinusoid row 5shot",
+        start,
+        "test/mse  = ",
+        "after 10 inner steps",
+        end,
+        "algo.msl=true with algo.inner_steps=1",
+    ]
     log = (run_dir / "train.log").read_text()
     for line in shown:
         assert line in printed, line

@@ -1,4 +1,5 @@
 """Conv-4 backbone and its per-step batch norm: shapes, head sizing, clone/adapt compatibility."""
+
 import learn2learn as l2l
 import pytest
 import torch
@@ -25,10 +26,15 @@ def test_config_derives_shapes_from_the_data_node(make_config):
     assert model(torch.randn(2, 3, 84, 84)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("kwargs, key", [(dict(input_shape=[1, 8, 8]), "input_shape"),
-                                         (dict(input_shape=[28, 28]), "input_shape"),
-                                         (dict(activation="tanh"), "activation"),
-                                         (dict(filters=0), "filters")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(input_shape=[1, 8, 8]), "input_shape"),
+        (dict(input_shape=[28, 28]), "input_shape"),
+        (dict(activation="tanh"), "activation"),
+        (dict(filters=0), "filters"),
+    ],
+)
 def test_bad_settings_name_their_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         Conv4(**kwargs)
@@ -84,7 +90,7 @@ def test_xavier_init_matches_the_mamlpp_reference():
         assert torch.count_nonzero(layer.bias) == 0
         assert weight.abs().max() <= bound
         # uniform on [-b, b] has std b / sqrt(3)
-        assert weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
     default = Conv4(input_shape=[1, 28, 28], output_dim=5, filters=64)
     assert torch.count_nonzero(default.head.bias) > 0  # PyTorch's default init draws the biases
     with pytest.raises(ConfigError, match="init"):

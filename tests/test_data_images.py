@@ -4,6 +4,7 @@ Real-data tests read $METAPLUS_DATA (or ../shared/data beside the repository) an
 formats are also tested on tiny synthetic image sets written to tmp_path. Decoded real data is
 cached under pytest's cache folder so that only the first session pays for decoding.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,10 @@ from metaplus.testing import DATA, OMNIGLOT, QUICK, REPO, needs_omniglot, recomp
 from metaplus.testing.zoo import make_class_folders, make_omniglot_zip, write_png
 
 MINI = DATA / "miniimagenet" if DATA else None
-needs_mini = pytest.mark.skipif(MINI is None or not (MINI / "val").is_dir(),
-                                reason="shared mini-ImageNet val split absent (set $METAPLUS_DATA or provide ../shared/data/miniimagenet)")
+needs_mini = pytest.mark.skipif(
+    MINI is None or not (MINI / "val").is_dir(),
+    reason="shared mini-ImageNet val split absent (set $METAPLUS_DATA or provide ../shared/data/miniimagenet)",
+)
 
 
 # -- synthetic data --------------------------------------------------------------------------------
@@ -56,13 +59,16 @@ def test_episodes_have_the_right_shapes_labels_and_disjoint_sets():
         support, query = image_ids(task.support_x), image_ids(task.query_x)
         assert not set(support) & set(query) and len(set(support + query)) == 20
         # every image belongs to the global class its label stands for, the same in both sets
-        for ids, labels, classes in ((support, task.support_y, task.support_classes),
-                                     (query, task.query_y, task.query_classes)):
+        for ids, labels, classes in (
+            (support, task.support_y, task.support_classes),
+            (query, task.query_y, task.query_classes),
+        ):
             assert [i // 6 for i in ids] == classes.tolist()
             mapping = dict(zip(labels.tolist(), classes.tolist()))
             assert len(set(mapping.values())) == 4
-        assert dict(zip(task.support_y.tolist(), task.support_classes.tolist())) == \
-            dict(zip(task.query_y.tolist(), task.query_classes.tolist()))
+        assert dict(zip(task.support_y.tolist(), task.support_classes.tolist())) == dict(
+            zip(task.query_y.tolist(), task.query_classes.tolist())
+        )
 
 
 def test_label_order_is_random_and_sampling_is_reproducible():
@@ -84,8 +90,10 @@ def test_unequal_class_sizes_never_pick_another_class_image():
     g = torch.Generator().manual_seed(1)
     for _ in range(100):
         task = source.sample(g)
-        for ids, classes in ((image_ids(task.support_x), task.support_classes),
-                             (image_ids(task.query_x), task.query_classes)):
+        for ids, classes in (
+            (image_ids(task.support_x), task.support_classes),
+            (image_ids(task.query_x), task.query_classes),
+        ):
             for i, c in zip(ids, classes.tolist()):
                 assert starts[c] <= i < starts[c + 1]
 
@@ -99,8 +107,18 @@ def test_impossible_episodes_fail_naming_the_key():
 
 def test_normalisation_uses_per_channel_mean_and_std(tmp_path):
     root = make_class_folders(tmp_path / "rgb", classes=12, per_class=3, mode="RGB")
-    source = ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", ratios=[0.5, 0.25, 0.25], image_size=12,
-                              mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0], split="train")
+    source = ImageFolderTasks(
+        2,
+        1,
+        1,
+        root=str(root),
+        class_split="ratios",
+        ratios=[0.5, 0.25, 0.25],
+        image_size=12,
+        mean=[0.5, 0.25, 0.0],
+        std=[0.5, 0.25, 2.0],
+        split="train",
+    )
     raw = source.data.images[:1].float() / 255
     expected = (raw - torch.tensor([0.5, 0.25, 0.0]).view(3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(3, 1, 1)
     assert torch.allclose(source.images_at(torch.tensor([0])), expected, atol=1e-6)
@@ -109,8 +127,10 @@ def test_normalisation_uses_per_channel_mean_and_std(tmp_path):
 # -- Omniglot --------------------------------------------------------------------------------------
 @needs_omniglot
 def test_omniglot_vinyals_split_on_the_shared_data(cache_dir):
-    sources = {s: OmniglotTasks(5, 1, 5, root=str(OMNIGLOT), cache_dir=str(cache_dir), split=s)
-               for s in ("train", "val", "test")}
+    sources = {
+        s: OmniglotTasks(5, 1, 5, root=str(OMNIGLOT), cache_dir=str(cache_dir), split=s)
+        for s in ("train", "val", "test")
+    }
     assert {s: src.num_classes for s, src in sources.items()} == {"train": 4112, "val": 688, "test": 1692}
     characters = {s: {n.rsplit("/", 1)[0] for n in src.class_names} for s, src in sources.items()}
     assert not characters["train"] & characters["val"] and not characters["val"] & characters["test"]
@@ -133,8 +153,12 @@ def test_omniglot_vinyals_split_on_the_shared_data(cache_dir):
 
 @needs_omniglot
 def test_omniglot_background_evaluation_split(cache_dir):
-    sources = {s: OmniglotTasks(20, 1, 1, root=str(OMNIGLOT), class_split="background_evaluation",
-                                cache_dir=str(cache_dir), split=s) for s in ("train", "val", "test")}
+    sources = {
+        s: OmniglotTasks(
+            20, 1, 1, root=str(OMNIGLOT), class_split="background_evaluation", cache_dir=str(cache_dir), split=s
+        )
+        for s in ("train", "val", "test")
+    }
     assert {s: src.num_classes for s, src in sources.items()} == {"train": 864, "val": 100, "test": 659}
     names = {s: set(src.class_names) for s, src in sources.items()}
     assert not names["train"] & names["val"] and not (names["train"] | names["val"]) & names["test"]
@@ -145,8 +169,16 @@ def test_omniglot_from_zip_and_folder_agree_and_the_cache_is_reused(tmp_path, mo
     make_omniglot_zip(root, "images_background", alphabets=3, characters=4)
     make_omniglot_zip(root, "images_evaluation", alphabets=2, characters=3)
     cache = tmp_path / "cache"
-    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="background_evaluation", val_characters=2,
-                image_size=14, cache_dir=str(cache))
+    args = dict(
+        ways=2,
+        shots=1,
+        queries=1,
+        root=str(root),
+        class_split="background_evaluation",
+        val_characters=2,
+        image_size=14,
+        cache_dir=str(cache),
+    )
     from_zip = OmniglotTasks(**args, split="train")
     assert from_zip.num_classes == 10 and from_zip.data.images.shape == (40, 1, 14, 14)
     assert len(list(cache.glob("omniglot-images_background-14px-*.pt"))) == 1
@@ -199,15 +231,18 @@ def test_corrupt_omniglot_image_names_the_file(tmp_path):
     make_omniglot_zip(tmp_path, "images_evaluation", alphabets=1, characters=2)
     with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as zf:
         zf.writestr("images_background/Bad/character01/0001_01.png", b"not a png")
-    with pytest.raises(CorruptImageError, match=r"images_background\.zip:images_background/Bad/character01/0001_01\.png"):
+    with pytest.raises(
+        CorruptImageError, match=r"images_background\.zip:images_background/Bad/character01/0001_01\.png"
+    ):
         OmniglotTasks(2, 1, 1, root=str(tmp_path), class_split="background_evaluation", split="train")
 
 
 # -- mini-ImageNet ---------------------------------------------------------------------------------
 @needs_mini
 def test_miniimagenet_subset_from_the_shared_folders(tmp_path):
-    source = MiniImageNetTasks(3, 2, 3, root=str(MINI), cache_dir=str(tmp_path), max_classes=4,
-                               max_images_per_class=6, split="val")
+    source = MiniImageNetTasks(
+        3, 2, 3, root=str(MINI), cache_dir=str(tmp_path), max_classes=4, max_images_per_class=6, split="val"
+    )
     assert source.num_classes == 4 and source.data.images.shape == (24, 3, 84, 84)
     assert source.class_names == sorted(p.name for p in (MINI / "val").iterdir())[:4]
     task = source.sample(torch.Generator().manual_seed(0))
@@ -263,8 +298,17 @@ def test_miniimagenet_folder_that_disagrees_with_its_csv_fails(tmp_path):
 # -- image folders ---------------------------------------------------------------------------------
 def test_imagefolder_ratio_split_is_seeded_disjoint_and_complete(tmp_path):
     root = make_class_folders(tmp_path / "set", classes=10, per_class=3, mode="L")
-    args = dict(ways=2, shots=1, queries=1, root=str(root), class_split="ratios", ratios=[0.5, 0.25, 0.25],
-                image_size=8, channels=1, cache_dir=str(tmp_path / "cache"))
+    args = dict(
+        ways=2,
+        shots=1,
+        queries=1,
+        root=str(root),
+        class_split="ratios",
+        ratios=[0.5, 0.25, 0.25],
+        image_size=8,
+        channels=1,
+        cache_dir=str(tmp_path / "cache"),
+    )
     names = {s: ImageFolderTasks(**args, split=s).class_names for s in ("train", "val", "test")}
     # Independently: sha256("<seed>/<name>") as a fraction of 2**64, cut at the cumulative ratios.
     expected = {"train": [], "val": [], "test": []}
@@ -301,8 +345,10 @@ def test_imagefolder_reports_skipped_files_and_empty_folders_in_one_warning(tmp_
     ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", image_size=8, channels=1, split="train")
     messages = [str(w.message) for w in recwarn if "image folder" in str(w.message)]
     assert len(messages) == 1, messages
-    assert ("skipped 3 entries that are not images (class03/notes.txt, class05/labels.csv, only_text/readme.md) "
-            "and 2 class folders without images (empty_class, only_text)") in messages[0]
+    assert (
+        "skipped 3 entries that are not images (class03/notes.txt, class05/labels.csv, only_text/readme.md) "
+        "and 2 class folders without images (empty_class, only_text)"
+    ) in messages[0]
     ImageFolderTasks(2, 1, 1, root=str(root), class_split="ratios", image_size=8, channels=1, split="test")
     assert len([w for w in recwarn if "image folder" in str(w.message)]) == 1, "the val/test sources do not repeat it"
 
@@ -329,13 +375,25 @@ def test_corrupt_image_names_the_file(tmp_path):
 @needs_omniglot
 def test_fixed_val_and_test_episodes_are_identical_across_datamodules(tmp_path, cache_dir):
     def batches(seed):
-        cfg = compose_config([f"seed={seed}", "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}",
-                              "data.ways=20", "data.queries=5", "data.val_episodes=4", "data.test_episodes=4"],
-                             tmp_path / str(seed))
+        cfg = compose_config(
+            [
+                f"seed={seed}",
+                "data=omniglot",
+                f"data.root={OMNIGLOT}",
+                f"data.cache_dir={cache_dir}",
+                "data.ways=20",
+                "data.queries=5",
+                "data.val_episodes=4",
+                "data.test_episodes=4",
+            ],
+            tmp_path / str(seed),
+        )
         datamodule = instantiate_group(cfg.data, "data")
         datamodule.setup()
-        return [next(iter(loader())) for loader in (datamodule.val_dataloader, datamodule.test_dataloader,
-                                                    datamodule.train_dataloader)]
+        return [
+            next(iter(loader()))
+            for loader in (datamodule.val_dataloader, datamodule.test_dataloader, datamodule.train_dataloader)
+        ]
 
     (val_a, test_a, train_a), (val_b, test_b, train_b) = batches(1), batches(2)
     for a, b in ((val_a, val_b), (test_a, test_b)):
@@ -358,8 +416,17 @@ def test_two_training_iterations_on_omniglot(tmp_path, cache_dir):
     from metaplus.run import run
 
     model = ["model=conv4", "model.filters=8"] if (REPO / "conf" / "model" / "conv4.yaml").is_file() else ["model=mlp"]
-    overrides = [*QUICK, "data=omniglot", f"data.root={OMNIGLOT}", f"data.cache_dir={cache_dir}", *model,
-                 "data.batches_per_epoch=2", "data.meta_batch_size=2", "data.val_episodes=4", "data.test_episodes=4"]
+    overrides = [
+        *QUICK,
+        "data=omniglot",
+        f"data.root={OMNIGLOT}",
+        f"data.cache_dir={cache_dir}",
+        *model,
+        "data.batches_per_epoch=2",
+        "data.meta_batch_size=2",
+        "data.val_episodes=4",
+        "data.test_episodes=4",
+    ]
     cfg = compose_config(overrides, tmp_path / "run")
     metrics = run(cfg)
     assert metrics["test/episodes"] == 4
@@ -399,7 +466,9 @@ def decoding_lines(caplog) -> list[tuple[int, str, str]]:
 
     found = []
     for record in caplog.records:
-        match = re.match(r"decoding \S+: ([\d,]+) images of (\S+) \(~[\d.]+ [kMG]?B\) into (\S+), once", record.getMessage())
+        match = re.match(
+            r"decoding \S+: ([\d,]+) images of (\S+) \(~[\d.]+ [kMG]?B\) into (\S+), once", record.getMessage()
+        )
         if record.getMessage().startswith("decoding"):
             assert match, record.getMessage()
             found.append((int(match.group(1).replace(",", "")), match.group(2), match.group(3)))
@@ -412,7 +481,9 @@ def test_a_first_decode_says_what_where_and_how_big_and_a_cached_one_says_nothin
     make_class_folders(tmp_path / "set" / "val", classes=3, per_class=4, mode="RGB")
     cache = tmp_path / "cache"
     with caplog.at_level(logging.INFO, logger="metaplus"):
-        source = MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, cache_dir=str(cache), split="val")
+        source = MiniImageNetTasks(
+            2, 1, 1, root=str(tmp_path / "set"), image_size=12, cache_dir=str(cache), split="val"
+        )
     [(count, shape, where)] = decoding_lines(caplog)
     [written] = cache.glob("*.pt")
     assert (count, shape, Path(where)) == (12, "3x12x12", written)
@@ -443,14 +514,43 @@ def test_the_announced_size_is_the_decoded_size_for_archives_and_arrays(tmp_path
     make_cifar100(tmp_path / "cifar", train_per_class=2, test_per_class=1)
     make_tiered_pickled(tmp_path / "tiered", "val", classes=3, images=4, size=10, layout="npz")
     with caplog.at_level(logging.INFO, logger="metaplus"):
-        OmniglotTasks(2, 1, 1, root=str(tmp_path / "omniglot"), class_split="background_evaluation", image_size=14,
-                      val_characters=2, cache_dir=str(tmp_path / "cache"), split="test")
-        cifar = CifarTasks(2, 1, 1, root=str(tmp_path / "cifar"), image_size=16, max_images_per_class=2,
-                           cache_dir=str(tmp_path / "cache"), split="val")
-        tiered = TieredImageNetTasks(2, 1, 1, root=str(tmp_path / "tiered"), image_size=8, max_images_per_class=3,
-                                     cache_dir=str(tmp_path / "cache"), split="val")
-    announced = {tuple(Path(where).name.split("-")[:2]): (count, shape) for count, shape, where in decoding_lines(caplog)}
-    parts = {part: omniglot_module._PARTS_IN_MEMORY[key] for key in omniglot_module._PARTS_IN_MEMORY for part in key[:1]}
+        OmniglotTasks(
+            2,
+            1,
+            1,
+            root=str(tmp_path / "omniglot"),
+            class_split="background_evaluation",
+            image_size=14,
+            val_characters=2,
+            cache_dir=str(tmp_path / "cache"),
+            split="test",
+        )
+        cifar = CifarTasks(
+            2,
+            1,
+            1,
+            root=str(tmp_path / "cifar"),
+            image_size=16,
+            max_images_per_class=2,
+            cache_dir=str(tmp_path / "cache"),
+            split="val",
+        )
+        tiered = TieredImageNetTasks(
+            2,
+            1,
+            1,
+            root=str(tmp_path / "tiered"),
+            image_size=8,
+            max_images_per_class=3,
+            cache_dir=str(tmp_path / "cache"),
+            split="val",
+        )
+    announced = {
+        tuple(Path(where).name.split("-")[:2]): (count, shape) for count, shape, where in decoding_lines(caplog)
+    }
+    parts = {
+        part: omniglot_module._PARTS_IN_MEMORY[key] for key in omniglot_module._PARTS_IN_MEMORY for part in key[:1]
+    }
     assert announced == {
         ("omniglot", "images_background"): (len(parts["images_background"].images), "1x14x14"),
         ("omniglot", "images_evaluation"): (len(parts["images_evaluation"].images), "1x14x14"),

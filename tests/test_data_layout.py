@@ -1,5 +1,6 @@
 """The data layer's shared pieces (issue 27, "one home per concept"): the checks every image source
 starts with, one field list for Task and TaskBatch, torchvision's image suffixes."""
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,14 @@ from metaplus.data.image_source import ImageSource
 from metaplus.data.imagefolder import ImageFolderTasks
 from metaplus.data.listing import folder_classes
 
-SOURCES = {"cub": "CUBTasks", "tieredimagenet": "TieredImageNetTasks", "cifar": "CifarTasks",
-           "miniimagenet": "MiniImageNetTasks", "omniglot": "OmniglotTasks", "imagefolder": "ImageFolderTasks"}
+SOURCES = {
+    "cub": "CUBTasks",
+    "tieredimagenet": "TieredImageNetTasks",
+    "cifar": "CifarTasks",
+    "miniimagenet": "MiniImageNetTasks",
+    "omniglot": "OmniglotTasks",
+    "imagefolder": "ImageFolderTasks",
+}
 
 
 def source_class(module: str) -> type:
@@ -63,9 +70,17 @@ def test_task_and_task_batch_share_one_field_list_and_round_trip():
     assert [f.name for f in fields(TaskBatch)] == [f.name for f in fields(Task)] + ["index"]
     g = torch.Generator().manual_seed(0)
     for with_classes in (True, False):
-        tasks = [Task(torch.rand(3, 2, generator=g), torch.arange(3), torch.rand(4, 2, generator=g), torch.arange(4),
-                      support_classes=torch.arange(3) + 10 if with_classes else None,
-                      query_classes=torch.arange(4) + 10 if with_classes else None) for _ in range(4)]
+        tasks = [
+            Task(
+                torch.rand(3, 2, generator=g),
+                torch.arange(3),
+                torch.rand(4, 2, generator=g),
+                torch.arange(4),
+                support_classes=torch.arange(3) + 10 if with_classes else None,
+                query_classes=torch.arange(4) + 10 if with_classes else None,
+            )
+            for _ in range(4)
+        ]
         batch = collate_tasks(list(enumerate(tasks, 7)))
         assert batch.index.tolist() == [7, 8, 9, 10] and len(batch) == 4
         assert (batch.support_classes is None) == (not with_classes)

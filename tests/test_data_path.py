@@ -1,5 +1,6 @@
 """The data path (issue 24): image episodes travel as uint8 and are normalised on the device, with the
 same numbers as the float path; loader workers draw each epoch's own tasks."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -25,25 +26,47 @@ def noise_folders(root, classes: int = 4, per_class: int = 3) -> None:
         for c in range(classes):
             (root / split / f"c{c}").mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (11, 14, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (11, 14, 3), dtype=np.uint8)).save(
+                    root / split / f"c{c}" / f"{i}.png"
+                )
 
 
 def image_overrides(root, cache) -> list[str]:
-    return [*QUICK, "data=imagefolder", f"data.root={root}", f"data.cache_dir={cache}", "data.image_size=16",
-            "data.ways=2", "data.shots=1", "data.queries=2", "data.meta_batch_size=2", "data.batches_per_epoch=2",
-            "data.val_episodes=2", "data.test_episodes=2", "model.filters=4", "algo.test_inner_steps=1",
-            "data.source.mean=[0.4,0.5,0.6]", "data.source.std=[0.2,0.3,0.25]"]
+    return [
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        "data.image_size=16",
+        "data.ways=2",
+        "data.shots=1",
+        "data.queries=2",
+        "data.meta_batch_size=2",
+        "data.batches_per_epoch=2",
+        "data.val_episodes=2",
+        "data.test_episodes=2",
+        "model.filters=4",
+        "algo.test_inner_steps=1",
+        "data.source.mean=[0.4,0.5,0.6]",
+        "data.source.std=[0.2,0.3,0.25]",
+    ]
 
 
 def running_trainer(epoch: int = 0, training: bool = True, testing: bool = False) -> SimpleNamespace:
     """What the datamodule reads of a trainer in the middle of ``fit``/``test``."""
-    return SimpleNamespace(current_epoch=epoch, world_size=1, training=training, testing=testing,
-                           state=SimpleNamespace(status=TrainerStatus.RUNNING))
+    return SimpleNamespace(
+        current_epoch=epoch,
+        world_size=1,
+        training=training,
+        testing=testing,
+        state=SimpleNamespace(status=TrainerStatus.RUNNING),
+    )
 
 
 def same_batches(a: TaskBatch, b: TaskBatch) -> bool:
-    return all((getattr(a, f) is None and getattr(b, f) is None) or torch.equal(getattr(a, f), getattr(b, f))
-               for f in FIELDS)
+    return all(
+        (getattr(a, f) is None and getattr(b, f) is None) or torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS
+    )
 
 
 def test_image_batches_travel_as_uint8_and_are_normalised_to_the_float_path(tmp_path):
@@ -73,15 +96,21 @@ def test_a_run_on_uint8_batches_equals_the_float_path(tmp_path, monkeypatch):
     noise_folders(tmp_path / "set")
     seen = []
     normalise = EpisodicDataModule.normalise
-    monkeypatch.setattr(EpisodicDataModule, "normalise",
-                        lambda self, batch, split: seen.append((split, batch.support_x.dtype)) or normalise(self, batch, split))
+    monkeypatch.setattr(
+        EpisodicDataModule,
+        "normalise",
+        lambda self, batch, split: seen.append((split, batch.support_x.dtype)) or normalise(self, batch, split),
+    )
     runs = {}
     for path in ("uint8", "float"):
         if path == "float":  # as before: the loaders hand Lightning normalised floats
             monkeypatch.setattr(EpisodicDataModule, "sends_pixels", lambda self: False)
         seen.clear()
         metrics = run(compose_config(image_overrides(tmp_path / "set", tmp_path / "cache"), tmp_path / path))
-        runs[path] = (metrics, torch.load(tmp_path / path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+        runs[path] = (
+            metrics,
+            torch.load(tmp_path / path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"],
+        )
         if path == "uint8":
             assert {("train", torch.uint8), ("val", torch.uint8), ("test", torch.uint8)} <= set(seen)
         else:

@@ -1,4 +1,5 @@
 """Multi-process meta-training with Lightning DDP on CPU (gloo): two real processes per run."""
+
 import json
 import os
 import subprocess
@@ -9,16 +10,29 @@ import torch
 
 from metaplus.testing import QUICK, REPO
 
-DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false",
-       "~callbacks.progress_bar", "logger=none", "trainer.log_every_n_steps=1"]
-TASKS = ["data.meta_batch_size=8", "data.batches_per_epoch=2", "data.val_episodes=6", "data.test_episodes=11",
-         "algo.inner_steps=2"]
+DDP = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "logger=none",
+    "trainer.log_every_n_steps=1",
+]
+TASKS = [
+    "data.meta_batch_size=8",
+    "data.batches_per_epoch=2",
+    "data.val_episodes=6",
+    "data.test_episodes=11",
+    "algo.inner_steps=2",
+]
 
 
 def train(*overrides, timeout=400):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -43,8 +57,14 @@ def reference_meta_gradient(make_config, indices):
 
 def test_two_process_meta_gradient_equals_single_process(make_config, tmp_path):
     probe = tmp_path / "probe"
-    train(*DDP, *TASKS, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-          "+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe", f"+callbacks.probe.path={probe}")
+    train(
+        *DDP,
+        *TASKS,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe",
+        f"+callbacks.probe.path={probe}",
+    )
     ranks = [torch.load(probe / f"rank{r}.pt") for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     idx0, idx1 = ranks[0]["indices"], ranks[1]["indices"]
@@ -81,12 +101,21 @@ def test_checkpoint_ensemble_under_ddp_equals_single_process(make_config, tmp_pa
     single-process figure on the same checkpoints; meta-gradient clipping runs under DDP too."""
     from metaplus.run import run
 
-    train(*DDP, *TASKS, "trainer.max_epochs=3", "ensemble_top_k=2", "algo.grad_clip_value=0.5",
-          f"hydra.run.dir={tmp_path / 'ddp'}")
+    train(
+        *DDP,
+        *TASKS,
+        "trainer.max_epochs=3",
+        "ensemble_top_k=2",
+        "algo.grad_clip_value=0.5",
+        f"hydra.run.dir={tmp_path / 'ddp'}",
+    )
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert ddp["test/ensemble_episodes"] == 11 and len(ddp["test/ensemble_checkpoints"]) == 2
-    single = run(make_config([*QUICK, *TASKS, "ensemble_top_k=2", "train=false",
-                              f"ckpt_path={tmp_path / 'ddp' / 'checkpoints'}"]))
+    single = run(
+        make_config(
+            [*QUICK, *TASKS, "ensemble_top_k=2", "train=false", f"ckpt_path={tmp_path / 'ddp' / 'checkpoints'}"]
+        )
+    )
     assert single["test/ensemble_checkpoints"] == ddp["test/ensemble_checkpoints"]
     assert single["test/mse_ensemble"] == pytest.approx(ddp["test/mse_ensemble"], rel=1e-5)
 
@@ -105,9 +134,14 @@ def test_resume_from_a_ddp_checkpoint(tmp_path):
 
 def test_meta_batch_must_divide_across_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", *DDP, *TASKS, "data.meta_batch_size=5",
-                           f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *DDP, *TASKS, "data.meta_batch_size=5", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "data.meta_batch_size: 5 is invalid: must be divisible by the number of processes (2" in proc.stderr
     assert not tmp_path.exists() or not any(tmp_path.glob("checkpoints")), "stopped before training"

@@ -6,6 +6,7 @@ rank 0 episodes 0, 2, 4, 6 and rank 1 episodes 1, 3, 5, 7; one process gets 0..7
 deterministic: its masks are seeded per episode. Every DDP run also tests, and each fixed test episode
 is evaluated exactly once.
 """
+
 import json
 import os
 import subprocess
@@ -18,16 +19,24 @@ from omegaconf import OmegaConf
 from metaplus.testing import REPO, shared_data_dir
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-COMMON = ["logger=none", "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.max_epochs=1",
-          "data.meta_batch_size=8", "data.batches_per_epoch=1", "data.val_episodes=4", "data.test_episodes=6"]
+COMMON = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "trainer.max_epochs=1",
+    "data.meta_batch_size=8",
+    "data.batches_per_epoch=1",
+    "data.val_episodes=4",
+    "data.test_episodes=6",
+]
 OMNIGLOT = ["data=omniglot", "model=conv4", "model.filters=4", "data.ways=3", "data.queries=2"]
 PROBE = "+callbacks.probe._target_=metaplus.testing.probes.FirstStepProbe"
-
 
 
 def skip_without_data(name):
     if name in ON_OMNIGLOT and (shared_data_dir() is None or not (shared_data_dir() / "omniglot").is_dir()):
         pytest.skip("Omniglot not found under $METAPLUS_DATA or ../shared/data")
+
 
 # name -> overrides; each algorithm with a small inner loop so a step is cheap.
 SETTINGS = {
@@ -39,8 +48,7 @@ SETTINGS = {
     "mamlpp": ["algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.da=false", *OMNIGLOT],
     # First order (da) without MSL: step 1's BN weights and biases shape only detached inner gradients;
     # they are rows of one (steps, C) parameter with step 2's, so plain DDP still sees a gradient.
-    "mamlpp_first_order": ["algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl=false",
-                           *OMNIGLOT],
+    "mamlpp_first_order": ["algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl=false", *OMNIGLOT],
     "mtnet": ["algo=mtnet", "algo.inner_steps=2"],
     "tnet": ["algo=tnet", "algo.inner_steps=2"],
     # Classification pre-training: the episode head gets no gradient.
@@ -54,8 +62,9 @@ def train(*overrides, timeout=600):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
     if shared_data_dir() is not None:
         env.setdefault("METAPLUS_DATA", str(shared_data_dir()))
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -73,8 +82,12 @@ def single_process_gradient(name, make_config, tmp_path):
     from metaplus.run import run
 
     probe = tmp_path / "single_probe"
-    run(make_config([*COMMON, *SETTINGS[name], "test=false", PROBE, f"+callbacks.probe.path={probe}"],
-                    output_dir=tmp_path / "single"))
+    run(
+        make_config(
+            [*COMMON, *SETTINGS[name], "test=false", PROBE, f"+callbacks.probe.path={probe}"],
+            output_dir=tmp_path / "single",
+        )
+    )
     single = torch.load(probe / "rank0.pt")
     assert single["world_size"] == 1 and sorted(single["indices"]) == list(range(8))
     return single["grads"]
@@ -93,7 +106,9 @@ def assert_same_meta_gradient(name, make_config, tmp_path):
             # atol 1e-5: a conv bias followed by BatchNorm has an exactly-zero true gradient (BN subtracts
             # the mean), so what is compared there is float noise of order 1e-6 that depends on the
             # summation order; a wrong DDP reduction (sum instead of mean, a missing rank) is off by ~50%.
-            torch.testing.assert_close(rank["grads"][key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+            torch.testing.assert_close(
+                rank["grads"][key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}"
+            )
 
 
 def test_anil_two_process_meta_gradient_equals_single_process(make_config, tmp_path):
@@ -131,10 +146,20 @@ def learner_for(make_config, overrides):
     return instantiate_group(cfg.algo, "algo", backbone=backbone, task_type=datamodule.task)
 
 
-@pytest.mark.parametrize("name, searches", [
-    ("anil", False), ("metasgd", False), ("reptile", False), ("mtnet", False), ("tnet", False),
-    ("pretrain_regression", False), ("pretrain", True), ("mamlpp", False), ("mamlpp_first_order", False),
-])
+@pytest.mark.parametrize(
+    "name, searches",
+    [
+        ("anil", False),
+        ("metasgd", False),
+        ("reptile", False),
+        ("mtnet", False),
+        ("tnet", False),
+        ("pretrain_regression", False),
+        ("pretrain", True),
+        ("mamlpp", False),
+        ("mamlpp_first_order", False),
+    ],
+)
 def test_ddp_searches_unused_parameters_only_where_a_learner_leaves_some(name, searches, make_config):
     from metaplus.run import ddp_overrides
 

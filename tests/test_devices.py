@@ -1,4 +1,5 @@
 """The device a run trains on is asked for explicitly and recorded (issue 24, bug 7)."""
+
 import json
 
 import pytest
@@ -28,7 +29,17 @@ def test_results_record_the_device_the_run_used(make_config, tmp_path):
 
     run(make_config([*QUICK, "trainer.accelerator=cpu"], output_dir=tmp_path / "run"))
     device = json.loads((tmp_path / "run" / "results.json").read_text())["device"]
-    assert device == {"type": "cpu", "name": cpu_name(), "devices_per_node": 1, "nodes": 1, "processes": 1,
-                      "precision": "32-true", "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    assert device == {
+        "type": "cpu",
+        "name": cpu_name(),
+        "devices_per_node": 1,
+        "nodes": 1,
+        "processes": 1,
+        "precision": "32-true",
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
     line = device_line(device)
-    assert line.startswith(f"device: 1 x cpu {cpu_name()} (1 node, 1 process), precision 32-true, torch {torch.__version__}")
+    assert line.startswith(
+        f"device: 1 x cpu {cpu_name()} (1 node, 1 process), precision 32-true, torch {torch.__version__}"
+    )

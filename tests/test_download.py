@@ -1,4 +1,5 @@
 """Download, checksum and safe extraction, against a local HTTP server on 127.0.0.1 (never the internet)."""
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,10 @@ def sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.skipif(SHARED_OMNIGLOT is None or not (SHARED_OMNIGLOT / "images_background.zip").is_file(),
-                    reason="shared Omniglot archives absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
+@pytest.mark.skipif(
+    SHARED_OMNIGLOT is None or not (SHARED_OMNIGLOT / "images_background.zip").is_file(),
+    reason="shared Omniglot archives absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)",
+)
 def test_shared_archives_download_verify_and_extract(tmp_path, serve):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -57,8 +60,9 @@ def test_shared_archives_download_verify_and_extract(tmp_path, serve):
     expected = dict(line.split()[::-1] for line in (DATA / "SHA256SUMS").read_text().splitlines())
     digest = "sha256:" + expected["omniglot/images_evaluation.zip"]
     root = tmp_path / "root"
-    ensure_part(root, "images_evaluation", download=True, url=serve(mirror),
-                checksums={"images_evaluation.zip": digest})
+    ensure_part(
+        root, "images_evaluation", download=True, url=serve(mirror), checksums={"images_evaluation.zip": digest}
+    )
     assert sha256(root / "images_evaluation.zip") == digest == sha256(Path(archive))
     pngs = list((root / "images_evaluation").glob("*/*/*.png"))
     assert len(pngs) == 13180
@@ -75,8 +79,17 @@ def test_download_flag_fetches_everything_omniglot_needs(tmp_path, serve):
     url = serve(mirror)
     checksums = {f"{p}.zip": sha256(mirror / f"{p}.zip") for p in ("images_background", "images_evaluation")}
     root = tmp_path / "data" / "omniglot"
-    source = OmniglotTasks(2, 1, 2, root=str(root), download=True, url=url, splits_url=f"{url}/splits/vinyals",
-                           checksums=checksums, split="test")
+    source = OmniglotTasks(
+        2,
+        1,
+        2,
+        root=str(root),
+        download=True,
+        url=url,
+        splits_url=f"{url}/splits/vinyals",
+        checksums=checksums,
+        split="test",
+    )
     assert source.class_names == ["evaluation_alpha0/character01/rot000", "evaluation_alpha1/character02/rot180"]
     assert (root / "images_background" / "background_alpha1" / "character03").is_dir()
     assert (root / "splits" / "vinyals" / "test.txt").is_file()
@@ -118,14 +131,17 @@ def malicious_zip(path: Path, member: str, symlink: bool = False) -> Path:
     return path
 
 
-@pytest.mark.parametrize("member, symlink", [
-    ("../escape.txt", False),
-    ("good/../../escape.txt", False),
-    ("/tmp/absolute-escape.txt", False),
-    ("C:/escape.txt", False),
-    ("..\\escape.txt", False),
-    ("good/link", True),
-])
+@pytest.mark.parametrize(
+    "member, symlink",
+    [
+        ("../escape.txt", False),
+        ("good/../../escape.txt", False),
+        ("/tmp/absolute-escape.txt", False),
+        ("C:/escape.txt", False),
+        ("..\\escape.txt", False),
+        ("good/link", True),
+    ],
+)
 def test_malicious_archive_is_refused_before_anything_is_written(tmp_path, member, symlink):
     archive = malicious_zip(tmp_path / "evil.zip", member, symlink)
     target = tmp_path / "target"
@@ -164,8 +180,15 @@ def test_a_refused_download_is_refused_again_by_the_identical_rerun(tmp_path, se
     make_omniglot_zip(mirror, "images_evaluation", alphabets=1, characters=2)
     url = serve(mirror)
     root = tmp_path / "data" / "omniglot"
-    settings = dict(root=str(root), download=True, url=url, checksums={}, class_split="background_evaluation",
-                    val_characters=1, split="train")
+    settings = dict(
+        root=str(root),
+        download=True,
+        url=url,
+        checksums={},
+        class_split="background_evaluation",
+        val_characters=1,
+        split="train",
+    )
     for _attempt in range(2):  # the first run and its identical rerun fail alike
         with pytest.raises(UnsafeArchiveError, match=r"images_background\.zip: archive member '\.\./escape\.png'"):
             OmniglotTasks(2, 1, 2, **settings)
@@ -181,14 +204,24 @@ def test_a_download_with_a_wrong_checksum_is_refused_again_by_the_rerun(tmp_path
     root = tmp_path / "omniglot"
     for _attempt in range(2):
         with pytest.raises(DownloadError, match="does not match its checksum"):
-            ensure_part(root, "images_background", download=True, url=url,
-                        checksums={"images_background.zip": "sha256:" + "0" * 64})
+            ensure_part(
+                root,
+                "images_background",
+                download=True,
+                url=url,
+                checksums={"images_background.zip": "sha256:" + "0" * 64},
+            )
         assert not (root / "images_background.zip").exists()
 
 
-@pytest.mark.parametrize("member, symlink", [("images_background/../../escape.png", False),
-                                             ("/abs/escape.png", False),
-                                             ("images_background/a/character01/link.png", True)])
+@pytest.mark.parametrize(
+    "member, symlink",
+    [
+        ("images_background/../../escape.png", False),
+        ("/abs/escape.png", False),
+        ("images_background/a/character01/link.png", True),
+    ],
+)
 def test_an_unsafe_member_in_an_archive_read_in_place_fails(tmp_path, member, symlink):
     root = tmp_path / "omniglot"
     add_member(make_omniglot_zip(root, "images_background", alphabets=2, characters=2), member, symlink)
@@ -199,5 +232,7 @@ def test_an_unsafe_member_in_an_archive_read_in_place_fails(tmp_path, member, sy
     root2 = tmp_path / "clean"
     make_omniglot_zip(root2, "images_background", alphabets=2, characters=2)
     make_omniglot_zip(root2, "images_evaluation", alphabets=1, characters=2)
-    source = OmniglotTasks(2, 1, 2, root=str(root2), class_split="background_evaluation", val_characters=1, split="train")
+    source = OmniglotTasks(
+        2, 1, 2, root=str(root2), class_split="background_evaluation", val_characters=1, split="train"
+    )
     assert source.num_classes == 3

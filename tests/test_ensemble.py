@@ -1,5 +1,6 @@
 """MAML++'s top-k checkpoint ensemble (``ensemble_top_k``): its figures sit beside the best
 checkpoint's in results.json, and they are checked against independent computations."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from metaplus.evaluation import mean_ci95
 from metaplus.run import build, run
 from metaplus.testing import QUICK, shared_data_dir
 
-SINUSOID = [*QUICK, "trainer.max_epochs=4", "data.batches_per_epoch=2", "data.test_episodes=12",
-            "data.val_episodes=6", "algo.test_inner_steps=2"]
+SINUSOID = [
+    *QUICK,
+    "trainer.max_epochs=4",
+    "data.batches_per_epoch=2",
+    "data.test_episodes=12",
+    "data.val_episodes=6",
+    "algo.test_inner_steps=2",
+]
 
 
 def test_ensemble_of_one_is_the_best_checkpoint(make_config, tmp_path):
@@ -51,15 +58,20 @@ def test_ensemble_averages_the_predictions_of_the_top_k_checkpoints(make_config,
                 adapted = learner.adapt(task, 2, first_order=True)
             per_episode.append(adapted(task.query_x, step=1).detach())
         predictions.append(per_episode)
-    mse = torch.tensor([F.mse_loss(sum(p[i] for p in predictions) / 3, dataset[i][1].query_y).item()
-                        for i in range(len(dataset))])
+    mse = torch.tensor(
+        [F.mse_loss(sum(p[i] for p in predictions) / 3, dataset[i][1].query_y).item() for i in range(len(dataset))]
+    )
     mean, ci = mean_ci95(mse)
     assert metrics["test/mse_ensemble"] == pytest.approx(mean, rel=1e-5)
     assert metrics["test/mse_ensemble_ci95"] == pytest.approx(ci, rel=1e-4)
 
     # train=false with the run's checkpoint directory: the same best checkpoint and the same ensemble
-    again = run(make_config([*SINUSOID, "ensemble_top_k=3", "train=false",
-                             f"ckpt_path={tmp_path / 'run' / 'checkpoints'}"], tmp_path / "eval"))
+    again = run(
+        make_config(
+            [*SINUSOID, "ensemble_top_k=3", "train=false", f"ckpt_path={tmp_path / 'run' / 'checkpoints'}"],
+            tmp_path / "eval",
+        )
+    )
     assert again["test/mse"] == pytest.approx(metrics["test/mse"], rel=1e-6)
     assert again["test/mse_ensemble"] == pytest.approx(metrics["test/mse_ensemble"], rel=1e-6)
     assert again["test/ensemble_checkpoints"] == members
@@ -67,9 +79,18 @@ def test_ensemble_averages_the_predictions_of_the_top_k_checkpoints(make_config,
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared Omniglot (METAPLUS_DATA or ../shared/data)")
 def test_classification_ensemble_of_one_equals_the_test_accuracy(make_config, tmp_path):
-    overrides = [*QUICK, "algo=mamlpp", "data=omniglot", "model.filters=8", "data.meta_batch_size=2",
-                 "data.batches_per_epoch=2", "trainer.max_epochs=2", "data.val_episodes=4", "data.test_episodes=10",
-                 "ensemble_top_k=1"]
+    overrides = [
+        *QUICK,
+        "algo=mamlpp",
+        "data=omniglot",
+        "model.filters=8",
+        "data.meta_batch_size=2",
+        "data.batches_per_epoch=2",
+        "trainer.max_epochs=2",
+        "data.val_episodes=4",
+        "data.test_episodes=10",
+        "ensemble_top_k=1",
+    ]
     metrics = run(make_config(overrides, tmp_path / "run"))
     assert metrics["test/acc_ensemble"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert len(metrics["test/ensemble_checkpoints"]) == 1
@@ -117,7 +138,11 @@ def previous_evaluate_ensemble(learner, datamodule, checkpoints):
             losses.append(values[-1])
     metric = learner.metric
     m, ci = mean_ci95(torch.tensor(values))
-    return {f"test/{metric}_ensemble": m, f"test/{metric}_ensemble_ci95": ci, "test/loss_ensemble": mean_ci95(torch.tensor(losses))[0]}
+    return {
+        f"test/{metric}_ensemble": m,
+        f"test/{metric}_ensemble_ci95": ci,
+        "test/loss_ensemble": mean_ci95(torch.tensor(losses))[0],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +228,21 @@ def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_
     seen = []
 
     def spy(self, task, steps):
-        seen.append((next(self.parameters()).device.type, task.support_x.device.type, task.query_y.device.type,
-                     torch.is_autocast_enabled("cpu")))
+        seen.append(
+            (
+                next(self.parameters()).device.type,
+                task.support_x.device.type,
+                task.query_y.device.type,
+                torch.is_autocast_enabled("cpu"),
+            )
+        )
         raise Stop
 
     monkeypatch.setattr(MAML, "adapted_prediction", spy)
-    meta = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),
-                           precision_plugin=L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False).precision_plugin)
+    meta = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("meta")),
+        precision_plugin=L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False).precision_plugin,
+    )
     datamodule.trainer = meta
     with pytest.raises(Stop):
         evaluate_ensemble(learner, datamodule, members_of(cfg, metrics))
@@ -221,9 +254,18 @@ def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_
 def test_classification_ensemble_figures_equal_the_previous_path(make_config, tmp_path):
     from metaplus.ensemble import evaluate_ensemble
 
-    overrides = [*QUICK, "algo=mamlpp", "data=omniglot", "model.filters=8", "data.meta_batch_size=2",
-                 "data.batches_per_epoch=2", "trainer.max_epochs=2", "data.val_episodes=4", "data.test_episodes=6",
-                 "ensemble_top_k=2"]
+    overrides = [
+        *QUICK,
+        "algo=mamlpp",
+        "data=omniglot",
+        "model.filters=8",
+        "data.meta_batch_size=2",
+        "data.batches_per_epoch=2",
+        "trainer.max_epochs=2",
+        "data.val_episodes=4",
+        "data.test_episodes=6",
+        "ensemble_top_k=2",
+    ]
     cfg = make_config(overrides, tmp_path / "run")
     metrics = run(cfg)
     members = members_of(cfg, metrics)

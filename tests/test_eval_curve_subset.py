@@ -1,5 +1,6 @@
 """The adaptation curve on a fixed subset of the evaluation episodes (issue 26): ``eval_curve_episodes``
 first episodes (by index) score every inner step; the final-step metrics still cover every episode."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,9 @@ def sinusoid_episodes(n: int) -> list[tuple[int, Task]]:
     for i in range(n):
         amplitude, phase = 0.1 + 4.9 * torch.rand((), generator=g), math.pi * torch.rand((), generator=g)
         x = 10 * torch.rand(15, 1, generator=g) - 5
-        episodes.append((i, Task(x[:5], amplitude * torch.sin(x[:5] - phase), x[5:], amplitude * torch.sin(x[5:] - phase))))
+        episodes.append(
+            (i, Task(x[:5], amplitude * torch.sin(x[:5] - phase), x[5:], amplitude * torch.sin(x[5:] - phase)))
+        )
     return episodes
 
 
@@ -41,9 +44,18 @@ def evaluated(n: int, **kwargs) -> tuple[dict, list[int]]:
 
     episodes = sinusoid_episodes(n)
     learner.evaluate_task = recording
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False, inference_mode=False)
-    logged, = trainer.test(learner, dataloaders=DataLoader(episodes, batch_size=4, collate_fn=collate_tasks), verbose=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+    )
+    (logged,) = trainer.test(
+        learner, dataloaders=DataLoader(episodes, batch_size=4, collate_fn=collate_tasks), verbose=False
+    )
     return {**logged, **learner.adaptation_curves.get("test", {})}, per_step_episodes
 
 

@@ -6,6 +6,7 @@ population-std 95% interval, episodes de-duplicated by index): the new code is c
 fixed episodes, in one process and under 2-process DDP (gloo), with the episode the distributed
 sampler pads counted once.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,11 @@ def old_results(learner, episodes, stage):
     loss_mean, loss_ci = old_mean_ci95(loss[:, -1])
     by_step = [old_mean_ci95(values[:, k]) for k in range(values.shape[1])]
     return {
-        f"{stage}/loss": loss_mean, f"{stage}/loss_ci95": loss_ci, f"{stage}/{metric}": m,
-        f"{stage}/{metric}_ci95": ci, f"{stage}/{metric}_step0": old_mean_ci95(values[:, 0])[0],
+        f"{stage}/loss": loss_mean,
+        f"{stage}/loss_ci95": loss_ci,
+        f"{stage}/{metric}": m,
+        f"{stage}/{metric}_ci95": ci,
+        f"{stage}/{metric}_step0": old_mean_ci95(values[:, 0])[0],
         f"{stage}/episodes": float(values.shape[0]),
         f"{stage}/{metric}_by_step": [round(mean, 6) for mean, _ in by_step],
         f"{stage}/{metric}_ci95_by_step": [round(ci, 6) for _, ci in by_step],
@@ -90,8 +94,18 @@ def sinusoid_episodes(n=7):
 def image_episodes(n=7, ways=3):
     g = torch.Generator().manual_seed(6)
     labels = torch.arange(ways).repeat_interleave(2)
-    return [(i, Task(torch.randn(len(labels), 1, 16, 16, generator=g), labels,
-                     torch.randn(len(labels), 1, 16, 16, generator=g), labels)) for i in range(n)]
+    return [
+        (
+            i,
+            Task(
+                torch.randn(len(labels), 1, 16, 16, generator=g),
+                labels,
+                torch.randn(len(labels), 1, 16, 16, generator=g),
+                labels,
+            ),
+        )
+        for i in range(n)
+    ]
 
 
 def regression_learner(**kwargs):
@@ -101,12 +115,20 @@ def regression_learner(**kwargs):
 
 def classification_learner(**kwargs):
     torch.manual_seed(0)
-    return MAML(Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4), "classification", inner_steps=1,
-                test_inner_steps=3, inner_lr=0.5, **kwargs)
+    return MAML(
+        Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4),
+        "classification",
+        inner_steps=1,
+        test_inner_steps=3,
+        inner_lr=0.5,
+        **kwargs,
+    )
 
 
-LEARNERS = {"regression": (regression_learner, sinusoid_episodes),
-            "classification": (classification_learner, image_episodes)}
+LEARNERS = {
+    "regression": (regression_learner, sinusoid_episodes),
+    "classification": (classification_learner, image_episodes),
+}
 
 
 def loader(episodes, batch_size=3):
@@ -114,11 +136,18 @@ def loader(episodes, batch_size=3):
 
 
 def evaluate(learner, episodes, **trainer_args):
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-                        **trainer_args)
-    val, = trainer.validate(learner, dataloaders=loader(episodes), verbose=False)
-    test, = trainer.test(learner, dataloaders=loader(episodes), verbose=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        **trainer_args,
+    )
+    (val,) = trainer.validate(learner, dataloaders=loader(episodes), verbose=False)
+    (test,) = trainer.test(learner, dataloaders=loader(episodes), verbose=False)
     return {**val, **learner.adaptation_curves.get("val", {}), **test, **learner.adaptation_curves.get("test", {})}
 
 
@@ -151,15 +180,16 @@ def test_curve_off_gives_the_same_endpoints_without_the_by_step_keys():
     learner = regression_learner()
     full = old_results(learner, sinusoid_episodes(), "val")
     new = evaluate(learner, sinusoid_episodes())
-    assert_same({k: v for k, v in new.items() if k.startswith("val/")},
-                {k: v for k, v in full.items() if "by_step" not in k})
+    assert_same(
+        {k: v for k, v in new.items() if k.startswith("val/")}, {k: v for k, v in full.items() if "by_step" not in k}
+    )
     assert "test/mse_by_step" in new and len(new["test/mse_by_step"]) == 4
 
 
 def test_curve_off_scores_the_query_set_twice():
     """No per-step query forward passes: one before adaptation, one after the last step."""
     learner = classification_learner()
-    (_, task), = image_episodes(1)
+    ((_, task),) = image_episodes(1)
     calls = []
     # learn2learn's clones share the original module's forward hooks, so adapted forwards count too
     learner.backbone.head.register_forward_hook(lambda module, inputs, output: calls.append(1))
@@ -194,9 +224,17 @@ def test_results_equal_the_former_formulas_under_two_process_ddp(task_type, tmp_
     make, episodes = LEARNERS[task_type]
     learner = make(eval_curve="all")
     expected = {**old_results(learner, episodes(), "val"), **old_results(learner, episodes(), "test")}
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-                        callbacks=[EvalResultsProbe(str(tmp_path))])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        callbacks=[EvalResultsProbe(str(tmp_path))],
+    )
     trainer.test(learner, dataloaders=loader(episodes(), batch_size=2), verbose=False)
     for rank in (0, 1):  # every rank holds the gathered result
         results = torch.load(tmp_path / f"rank{rank}.pt")
@@ -210,13 +248,21 @@ def test_validate_and_test_return_the_exact_results_and_the_curves_live_on_the_l
     which cannot be logged, are the learner's ``adaptation_curves``."""
     learner = regression_learner(eval_curve="all")
     expected = {**old_results(learner, sinusoid_episodes(), "val"), **old_results(learner, sinusoid_episodes(), "test")}
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, inference_mode=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+    )
     for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
-        logged, = evaluate(learner, dataloaders=loader(sinusoid_episodes()), verbose=False)
+        (logged,) = evaluate(learner, dataloaders=loader(sinusoid_episodes()), verbose=False)
         scalars = {k: v for k, v in expected.items() if k.startswith(f"{stage}/") and "by_step" not in k}
         assert logged.keys() == scalars.keys()
         for key, value in scalars.items():
             assert logged[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
-        assert learner.adaptation_curves[stage] == {k: v for k, v in expected.items()
-                                                    if k.startswith(f"{stage}/") and "by_step" in k}
+        assert learner.adaptation_curves[stage] == {
+            k: v for k, v in expected.items() if k.startswith(f"{stage}/") and "by_step" in k
+        }

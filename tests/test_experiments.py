@@ -1,5 +1,6 @@
 """The paper settings in conf/experiment (issue 3) and the MAML++ ablation variants (issue 4) compose
 to what the papers say and build on the real data (skipped, with the reason, when it is absent)."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,9 +44,17 @@ def build_on_shared_data(cfg, tmp_path):
         placeholder = tmp_path / "placeholder.ckpt"
         placeholder.touch()  # build() only checks that ckpt_path names a file
         needed = cfg.data.shots + cfg.data.queries
-        cfg.merge_with(OmegaConf.from_dotlist([
-            "train=false", f"ckpt_path={placeholder}", f"data.cache_dir={tmp_path / 'cache'}",
-            f"data.source.max_classes={cfg.data.ways}", f"data.source.max_images_per_class={needed}"]))
+        cfg.merge_with(
+            OmegaConf.from_dotlist(
+                [
+                    "train=false",
+                    f"ckpt_path={placeholder}",
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    f"data.source.max_classes={cfg.data.ways}",
+                    f"data.source.max_images_per_class={needed}",
+                ]
+            )
+        )
     return build(cfg)
 
 
@@ -76,7 +85,12 @@ def test_mamlpp_released_settings(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", "logger=none"], tmp_path / "run")
     assert (cfg.algo.name, cfg.data.name) == ("mamlpp", data)
     assert all(cfg.algo[s] for s in SWITCHES), "MAML++: all six fixes"
-    assert (cfg.data.ways, cfg.data.shots, cfg.data.meta_batch_size, cfg.data.queries) == (ways, shots, meta_batch, queries)
+    assert (cfg.data.ways, cfg.data.shots, cfg.data.meta_batch_size, cfg.data.queries) == (
+        ways,
+        shots,
+        meta_batch,
+        queries,
+    )
     assert (cfg.algo.inner_steps, cfg.algo.test_inner_steps, cfg.algo.msl_epochs) == (5, 5, msl_epochs)
     assert (cfg.model.filters, cfg.model.activation) == (filters, "leaky_relu")
     assert cfg.trainer.max_epochs * cfg.data.batches_per_epoch == 50_000, "100 epochs x 500 iterations"
@@ -119,8 +133,10 @@ def test_each_variant_sets_exactly_its_switches(variant):
 
 
 def test_variants_differ_only_in_their_switches_and_label():
-    configs = {v: OmegaConf.to_container(compose_config(["experiment=ablation_mamlpp", f"ablation={v}"]), resolve=True)
-               for v in ("maml", "lslr", "mamlpp")}
+    configs = {
+        v: OmegaConf.to_container(compose_config(["experiment=ablation_mamlpp", f"ablation={v}"]), resolve=True)
+        for v in ("maml", "lslr", "mamlpp")
+    }
     for config in configs.values():
         del config["variant"]
         for s in SWITCHES:
@@ -129,8 +145,12 @@ def test_variants_differ_only_in_their_switches_and_label():
 
 
 def test_ablation_end_points_match_algo_maml_and_algo_mamlpp():
-    assert switches(compose_config(["experiment=ablation_mamlpp", "ablation=maml"])) == switches(compose_config(["algo=maml"]))
-    assert switches(compose_config(["experiment=ablation_mamlpp", "ablation=mamlpp"])) == switches(compose_config(["algo=mamlpp"]))
+    assert switches(compose_config(["experiment=ablation_mamlpp", "ablation=maml"])) == switches(
+        compose_config(["algo=maml"])
+    )
+    assert switches(compose_config(["experiment=ablation_mamlpp", "ablation=mamlpp"])) == switches(
+        compose_config(["algo=mamlpp"])
+    )
 
 
 def test_a_single_ablation_run_is_mamlpp_and_builds(tmp_path):

@@ -1,4 +1,5 @@
 """results.json and checkpoints get the mode a plain open() gives (0666 less the umask), not mkstemp's 0600."""
+
 import os
 import stat
 

@@ -1,4 +1,5 @@
 """bench/gpu_check.py without a GPU: its clean refusal, its plan and its report."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,14 @@ from metaplus.testing import REPO
 def test_without_cuda_it_exits_at_once_saying_so(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "no CUDA device" in done.stderr and "torch.cuda.is_available() is False" in done.stderr
     assert time.perf_counter() - start < 60  # at once: torch's import, nothing measured
@@ -26,8 +33,14 @@ def test_without_cuda_it_exits_at_once_saying_so(tmp_path):
 
 def test_plan_fits_ten_minutes_and_adds_ddp_only_with_two_gpus():
     one, two = gpu_check.plan(1, 300), gpu_check.plan(2, 300)
-    assert [c["check"] for c in one] == ["gradients", "train/l2l/32-true", "train/l2l/bf16-mixed",
-                                         "train/batched/32-true", "train/batched/bf16-mixed", "ensemble"]
+    assert [c["check"] for c in one] == [
+        "gradients",
+        "train/l2l/32-true",
+        "train/l2l/bf16-mixed",
+        "train/batched/32-true",
+        "train/batched/bf16-mixed",
+        "ensemble",
+    ]
     assert [c["check"] for c in two] == [c["check"] for c in one] + ["ddp"]
     assert gpu_check.planned_seconds(two) <= gpu_check.BUDGET_S
     assert gpu_check.planned_seconds(gpu_check.plan(1, 3000)) > gpu_check.BUDGET_S  # main refuses this one
@@ -49,19 +62,57 @@ def test_gradient_verdict_leaves_out_zero_gradients_and_scales_the_fp32_toleranc
 
 
 def fake_results(ddp=None) -> dict:
-    row = lambda error, tolerance, ok: {"worst_tensor": "backbone.blocks.0.conv.weight", "worst_relative_error": error,
-                                        "tensors_compared": 20, "tensors_negligible": 8, "tolerance": tolerance, "ok": ok}
-    gradients = {"l2l": {"fp64_gpu_vs_cpu": row(1e-12, 1e-6, True), "fp32_cpu_vs_fp64": row(0.05, None, True),
-                         "fp32_gpu_vs_fp64": row(0.04, 0.5, True), "ok": True},
-                 "batched": {"fp64_gpu_vs_cpu": row(0.3, 1e-6, False), "fp32_cpu_vs_fp64": row(0.05, None, True),
-                             "fp32_gpu_vs_fp64": row(0.3, 0.5, True), "ok": False}}
-    training = [{"engine": e, "precision": p, "iterations": 300, "iterations_per_s": 12.5, "peak_gpu_gb": 1.25,
-                 "gpu_busy_fraction": 0.4} for e in gpu_check.ENGINES for p in gpu_check.PRECISIONS]
-    return {"device": {"name": "NVIDIA H100 80GB HBM3", "count": 1, "torch": "2.x", "cuda": "12.x", "cudnn": 90000},
-            "planned_s": 500.0, "seconds": 431.0, "data": "synthetic mini-ImageNet layout", "gradients": gradients,
-            "training": training, "ensemble": {"ensemble_device": "cuda:0", "ensemble_seconds": 12.0, "episodes": 100,
-                                               "test/acc_ensemble": 0.3, "ok": True},
-            "ddp": ddp, "errors": {}}
+    row = lambda error, tolerance, ok: {
+        "worst_tensor": "backbone.blocks.0.conv.weight",
+        "worst_relative_error": error,
+        "tensors_compared": 20,
+        "tensors_negligible": 8,
+        "tolerance": tolerance,
+        "ok": ok,
+    }
+    gradients = {
+        "l2l": {
+            "fp64_gpu_vs_cpu": row(1e-12, 1e-6, True),
+            "fp32_cpu_vs_fp64": row(0.05, None, True),
+            "fp32_gpu_vs_fp64": row(0.04, 0.5, True),
+            "ok": True,
+        },
+        "batched": {
+            "fp64_gpu_vs_cpu": row(0.3, 1e-6, False),
+            "fp32_cpu_vs_fp64": row(0.05, None, True),
+            "fp32_gpu_vs_fp64": row(0.3, 0.5, True),
+            "ok": False,
+        },
+    }
+    training = [
+        {
+            "engine": e,
+            "precision": p,
+            "iterations": 300,
+            "iterations_per_s": 12.5,
+            "peak_gpu_gb": 1.25,
+            "gpu_busy_fraction": 0.4,
+        }
+        for e in gpu_check.ENGINES
+        for p in gpu_check.PRECISIONS
+    ]
+    return {
+        "device": {"name": "NVIDIA H100 80GB HBM3", "count": 1, "torch": "2.x", "cuda": "12.x", "cudnn": 90000},
+        "planned_s": 500.0,
+        "seconds": 431.0,
+        "data": "synthetic mini-ImageNet layout",
+        "gradients": gradients,
+        "training": training,
+        "ensemble": {
+            "ensemble_device": "cuda:0",
+            "ensemble_seconds": 12.0,
+            "episodes": 100,
+            "test/acc_ensemble": 0.3,
+            "ok": True,
+        },
+        "ddp": ddp,
+        "errors": {},
+    }
 
 
 def test_report_names_the_device_and_every_figure(tmp_path):
@@ -70,8 +121,10 @@ def test_report_names_the_device_and_every_figure(tmp_path):
     assert json.loads((tmp_path / "gpu.json").read_text())["training"] == results["training"]
     md = (tmp_path / "gpu.md").read_text()
     assert md.startswith("# GPU check: NVIDIA H100 80GB HBM3 x1")
-    assert ("| batched | 3.0e-01 (backbone.blocks.0.conv.weight) | 5.0e-02 | 3.0e-01 (backbone.blocks.0.conv.weight) "
-            "| 5.0e-01 | 20 (+8 negligible) | NO |") in md
+    assert (
+        "| batched | 3.0e-01 (backbone.blocks.0.conv.weight) | 5.0e-02 | 3.0e-01 (backbone.blocks.0.conv.weight) "
+        "| 5.0e-01 | 20 (+8 negligible) | NO |"
+    ) in md
     assert "| l2l | 1.0e-12" in md and md.count("| yes |") == 1
     assert md.count("| 300 | 12.50 | 1.25 | 40% |") == 4
     assert "device cuda:0, 100 episodes, 12.0 s; test/acc_ensemble 0.3000; ok: yes" in md

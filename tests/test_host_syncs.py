@@ -27,6 +27,7 @@ ALLOWLIST (also in the README): what the hot loop may still do on the host, and 
   evaluation summary (means and CIs for results.json), ``AdaptedLearner.score`` (returns floats by
   definition). Not recorded here.
 """
+
 from __future__ import annotations
 
 import traceback
@@ -47,8 +48,13 @@ from metaplus.nn import MLP, Conv4
 DEVICE = torch.device("meta")
 aten = torch.ops.aten
 COPIES = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default}
-DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
-                  aten.bincount.default}
+DATA_DEPENDENT = {
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.bincount.default,
+}
 
 
 def metaplus_frames() -> str:
@@ -67,8 +73,9 @@ class HostTraffic(TorchDispatchMode):
 
     def record(self, what: str, func) -> None:
         if not self.paused:
-            self.events.append((self.section, what, f"{what} ({func}) in {self.section} at "
-                                                     f"{metaplus_frames() or 'outside metaplus'}"))
+            self.events.append(
+                (self.section, what, f"{what} ({func}) in {self.section} at {metaplus_frames() or 'outside metaplus'}")
+            )
 
     @contextmanager
     def inside(self, section: str):
@@ -142,8 +149,20 @@ STEPS = dict(inner_steps=2, test_inner_steps=2)
 LEARNERS = {
     "maml": lambda engine: MAML(conv4(), "classification", engine=engine, **STEPS),
     "fomaml": lambda engine: MAML(conv4(), "classification", engine=engine, first_order=True, **STEPS),
-    "mamlpp": lambda engine: MAML(conv4(), "classification", engine=engine, msl=True, da=True, da_epochs=0,
-                                  bnrs=True, bnwb=True, lslr=True, ca=True, min_meta_lr=1e-4, **STEPS),
+    "mamlpp": lambda engine: MAML(
+        conv4(),
+        "classification",
+        engine=engine,
+        msl=True,
+        da=True,
+        da_epochs=0,
+        bnrs=True,
+        bnwb=True,
+        lslr=True,
+        ca=True,
+        min_meta_lr=1e-4,
+        **STEPS,
+    ),
     "maml_regression": lambda engine: MAML(mlp(), "regression", engine=engine, **STEPS),
     "anil": lambda engine: ANIL(conv4(), "classification", engine=engine, **STEPS),
     "metasgd": lambda engine: MetaSGD(mlp(), "regression", engine=engine, **STEPS),
@@ -152,8 +171,12 @@ LEARNERS = {
     "tnet": lambda engine: MTNet(conv4(), "classification", engine=engine, use_M=False, **STEPS),
     "pretrain": lambda engine: Pretrain(conv4(), "classification", engine=engine, test_inner_steps=2),
 }
-CASES = [(name, engine) for name in LEARNERS for engine in ("l2l", "batched")
-         if engine == "l2l" or name not in ("reptile", "mtnet", "tnet", "pretrain")]  # the others refuse batched
+CASES = [
+    (name, engine)
+    for name in LEARNERS
+    for engine in ("l2l", "batched")
+    if engine == "l2l" or name not in ("reptile", "mtnet", "tnet", "pretrain")
+]  # the others refuse batched
 
 
 def host_batch(regression: bool, tasks: int = 2) -> TaskBatch:
@@ -163,8 +186,15 @@ def host_batch(regression: bool, tasks: int = 2) -> TaskBatch:
         return TaskBatch(rand(5), rand(5), rand(5), rand(5), torch.arange(tasks))
     labels = torch.arange(3).repeat_interleave(2).repeat(tasks, 1)
     images = lambda: torch.randn(tasks, 6, 1, 16, 16)
-    return TaskBatch(images(), labels, images(), labels.clone(), torch.arange(tasks), support_classes=labels.clone(),
-                     query_classes=labels.clone())
+    return TaskBatch(
+        images(),
+        labels,
+        images(),
+        labels.clone(),
+        torch.arange(tasks),
+        support_classes=labels.clone(),
+        query_classes=labels.clone(),
+    )
 
 
 def transferred(learner, batch: TaskBatch) -> TaskBatch:
@@ -182,8 +212,14 @@ def on_device(name: str, engine: str, events: list[str], traffic: HostTraffic):
     if name == "pretrain":
         learner.build_pretrain_head(6)
     learner = learner.to(DEVICE)
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     learner.trainer = trainer
     optimizer = learner.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer

@@ -4,6 +4,7 @@ A tiny run is trained, then only the public API (``metaplus.load``, ``metaplus.a
 ``adapt_to``, ``predict``/``score``) reproduces the test numbers its results.json holds, which the
 trainer computed with ``evaluate_task``.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,19 @@ from metaplus.testing import OMNIGLOT, QUICK
 
 # MAML++ with 2 inner steps: per-step BN weights (bnwb) make the step index matter, bnrs keeps
 # per-step running statistics (for bn_stats="running").
-OMNIGLOT_RUN = [*QUICK, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "model=conv4",
-                "model.filters=8", "data=omniglot", "data.meta_batch_size=2", "data.batches_per_epoch=4",
-                "data.val_episodes=4", "data.test_episodes=6"]
+OMNIGLOT_RUN = [
+    *QUICK,
+    "algo=mamlpp",
+    "algo.inner_steps=2",
+    "algo.test_inner_steps=2",
+    "model=conv4",
+    "model.filters=8",
+    "data=omniglot",
+    "data.meta_batch_size=2",
+    "data.batches_per_epoch=4",
+    "data.val_episodes=4",
+    "data.test_episodes=6",
+]
 SINUSOID_RUN = [*QUICK, "algo.test_inner_steps=3", "data.test_episodes=10"]
 
 
@@ -139,8 +150,10 @@ def test_a_checkpoint_path_and_a_run_without_results_json_load_too(omniglot_run,
     assert from_hydra.checkpoint_path == copy / "checkpoints" / "last.ckpt"
     assert from_hydra.config.paths.output_dir == str(copy)
     last = metaplus.load(omniglot_run / "checkpoints" / "last.ckpt")
-    assert torch.equal(from_hydra.adapt_to(task.support_x, task.support_y)(task.query_x),
-                       last.adapt_to(task.support_x, task.support_y)(task.query_x))
+    assert torch.equal(
+        from_hydra.adapt_to(task.support_x, task.support_y)(task.query_x),
+        last.adapt_to(task.support_x, task.support_y)(task.query_x),
+    )
 
 
 def test_sinusoid_run_reproduces_its_test_mse(sinusoid_run):
@@ -182,9 +195,11 @@ def test_each_image_source_prepares_its_data_with_its_preprocessing(tmp_path, mo
     mean, std = [0.5, 0.25, 0.1], [0.2, 0.3, 0.4]
     if module == "miniimagenet":
         from metaplus.data.miniimagenet import MiniImageNetTasks
+
         source = MiniImageNetTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, mean=mean, std=std, split="val")
     else:
         from metaplus.data.imagefolder import ImageFolderTasks
+
         (tmp_path / "set" / "train").mkdir()
         source = ImageFolderTasks(2, 1, 1, root=str(tmp_path / "set"), image_size=12, mean=mean, std=std, split="val")
     prep = importlib.import_module(f"metaplus.data.{module}").preprocessing(image_size=12, mean=mean, std=std)
@@ -192,6 +207,8 @@ def test_each_image_source_prepares_its_data_with_its_preprocessing(tmp_path, mo
     row = int(source.data.offsets[source.class_names.index("class01")])
     assert torch.equal(prep(file)[0], source.images_at(torch.tensor([row]))[0])
     # By hand: (x / 255 - mean) / std per channel of the 12x12 Lanczos-resized RGB image.
-    pixels = torch.tensor(np.asarray(Image.open(file).convert("RGB").resize((12, 12), Image.LANCZOS)), dtype=torch.float32)
+    pixels = torch.tensor(
+        np.asarray(Image.open(file).convert("RGB").resize((12, 12), Image.LANCZOS)), dtype=torch.float32
+    )
     expected = (pixels.permute(2, 0, 1) / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(prep(str(file))[0], expected, atol=1e-5)

@@ -4,6 +4,7 @@ For f(x) = X w and L(w) = mean((X w - y)^2): grad L = A w - b with A = 2/n X^T X
 After k inner steps w_k = w_{k-1} - alpha (A_s w_{k-1} - b_s), the exact (second-order) meta-gradient of
 L_q(w_k) is (I - alpha A_s)^k (A_q w_k - b_q); the first-order one drops the (I - alpha A_s)^k factor.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,16 @@ def test_one_inner_step_is_a_hand_computed_gradient_step(problem):
     w = model.head.weight.detach().T.clone()
     a_s, b_s = quadratic_terms(task.support_x, task.support_y)
     expected = w - alpha * (a_s @ w - b_s)
-    adapted = CloneAdapt().adapt(model, task.support_x, task.support_y, loss_fn=F.mse_loss, steps=1,
-                                 adapted={"head.weight"}, rule=sgd(alpha), first_order=False)
+    adapted = CloneAdapt().adapt(
+        model,
+        task.support_x,
+        task.support_y,
+        loss_fn=F.mse_loss,
+        steps=1,
+        adapted={"head.weight"},
+        rule=sgd(alpha),
+        first_order=False,
+    )
     torch.testing.assert_close(adapted.head.weight.T, expected)
     # the original model is untouched, the clone stays differentiable w.r.t. it
     torch.testing.assert_close(model.head.weight.T, w)
@@ -66,6 +75,14 @@ def test_maml_meta_gradient_matches_analytic(problem, steps, first_order):
 def test_only_adapted_parameters_move(problem):
     model, task = problem
     model.extra = nn.Linear(1, 1)  # a parameter the loss never sees and the rule never names
-    adapted = CloneAdapt().adapt(model, task.support_x, task.support_y, loss_fn=F.mse_loss, steps=2,
-                                 adapted=set(), rule=sgd(0.1), first_order=True)
+    adapted = CloneAdapt().adapt(
+        model,
+        task.support_x,
+        task.support_y,
+        loss_fn=F.mse_loss,
+        steps=2,
+        adapted=set(),
+        rule=sgd(0.1),
+        first_order=True,
+    )
     torch.testing.assert_close(adapted.head.weight, model.head.weight)

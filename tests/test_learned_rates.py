@@ -1,5 +1,6 @@
 """One learned-rates component (metaplus.inner.learned_rates) behind MAML++'s LSLR, Meta-SGD and the
 MT-net mask keys: checkpoint keys and parameter order as before it existed, and the update rules."""
+
 import ast
 from pathlib import Path
 
@@ -25,30 +26,45 @@ def extra_keys(learner):
     return keys
 
 
-
-
 def test_lslr_keys_are_those_of_earlier_checkpoints():
     learner = MAML(conv4(), "classification", lslr=True, bnwb=True, bnrs=True, inner_steps=2)
     assert extra_keys(learner) == [
-        "inner_lrs.blocks-0-conv-bias", "inner_lrs.blocks-0-conv-weight", "inner_lrs.blocks-1-conv-bias",
-        "inner_lrs.blocks-1-conv-weight", "inner_lrs.blocks-2-conv-bias", "inner_lrs.blocks-2-conv-weight",
-        "inner_lrs.blocks-3-conv-bias", "inner_lrs.blocks-3-conv-weight", "inner_lrs.head-bias", "inner_lrs.head-weight"]
+        "inner_lrs.blocks-0-conv-bias",
+        "inner_lrs.blocks-0-conv-weight",
+        "inner_lrs.blocks-1-conv-bias",
+        "inner_lrs.blocks-1-conv-weight",
+        "inner_lrs.blocks-2-conv-bias",
+        "inner_lrs.blocks-2-conv-weight",
+        "inner_lrs.blocks-3-conv-bias",
+        "inner_lrs.blocks-3-conv-weight",
+        "inner_lrs.head-bias",
+        "inner_lrs.head-weight",
+    ]
     assert learner.lr_names["blocks.0.conv.weight"] == "blocks-0-conv-weight"
 
 
 def test_metasgd_keys_are_those_of_earlier_checkpoints():
     assert extra_keys(MetaSGD(conv4(), "classification")) == [
-        f"inner_lrs.blocks__{i}__{layer}__{p}" for i in range(4) for layer in ("conv", "norm")
-        for p in ("bias", "weight")] + ["inner_lrs.head__bias", "inner_lrs.head__weight"]
+        f"inner_lrs.blocks__{i}__{layer}__{p}"
+        for i in range(4)
+        for layer in ("conv", "norm")
+        for p in ("bias", "weight")
+    ] + ["inner_lrs.head__bias", "inner_lrs.head__weight"]
 
 
 def test_mtnet_mask_keys_are_those_of_earlier_checkpoints():
     assert extra_keys(MTNet(conv4(), "classification")) == [
-        "mask_logits.blocks__0__conv", "mask_logits.blocks__1__conv", "mask_logits.blocks__2__conv",
-        "mask_logits.blocks__3__conv", "mask_logits.head"]
+        "mask_logits.blocks__0__conv",
+        "mask_logits.blocks__1__conv",
+        "mask_logits.blocks__2__conv",
+        "mask_logits.blocks__3__conv",
+        "mask_logits.head",
+    ]
     assert extra_keys(MTNet(conv4(), "classification", share_M=False)) == [
-        f"mask_logits.{layer}__layer__{p}" for layer in [f"blocks__{i}__conv" for i in range(4)] + ["head"]
-        for p in ("bias", "weight")]
+        f"mask_logits.{layer}__layer__{p}"
+        for layer in [f"blocks__{i}__conv" for i in range(4)] + ["head"]
+        for p in ("bias", "weight")
+    ]
 
 
 def test_parameter_key():

@@ -3,6 +3,7 @@
 CI once failed because the training budget (`ARGS`) was handed to pytest as a file name; these
 tests read what make would run, without running it.
 """
+
 import shutil
 import subprocess
 from pathlib import Path

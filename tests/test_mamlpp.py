@@ -1,4 +1,5 @@
 """MAML++'s six switches: each changes its own piece, checked against direct computations."""
+
 import math
 
 import lightning as L
@@ -22,8 +23,13 @@ from metaplus.testing import QUICK
 
 def at_epoch(learner: MAML, epoch: int, max_epochs: int = 100) -> MAML:
     """Attach a real (idle) Trainer whose current epoch is ``epoch``: schedules read it from there."""
-    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit_loop.epoch_progress.current.completed = epoch
     learner.trainer = trainer
     return learner
@@ -33,8 +39,12 @@ def image_task(ways=3, shots=2, queries=2, shape=(1, 16, 16), seed=0) -> Task:
     g = torch.Generator().manual_seed(seed)
     support_y = torch.arange(ways).repeat_interleave(shots)
     query_y = torch.arange(ways).repeat_interleave(queries)
-    return Task(torch.randn(len(support_y), *shape, generator=g), support_y,
-                torch.randn(len(query_y), *shape, generator=g), query_y)
+    return Task(
+        torch.randn(len(support_y), *shape, generator=g),
+        support_y,
+        torch.randn(len(query_y), *shape, generator=g),
+        query_y,
+    )
 
 
 def conv_learner(**switches) -> MAML:
@@ -154,8 +164,12 @@ def test_lslr_rates_move_in_training_and_are_logged(make_config, tmp_path):
     moved = [not torch.equal(before[k], v.detach()) for k, v in learner.inner_lrs.items()]
     assert all(moved)
     header = (tmp_path / "r" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"inner_lr/head.weight/step1", "inner_lr/head.weight/step2", "inner_lr/mean/step2",
-            "train/derivative_order"} <= set(header)
+    assert {
+        "inner_lr/head.weight/step1",
+        "inner_lr/head.weight/step2",
+        "inner_lr/mean/step2",
+        "train/derivative_order",
+    } <= set(header)
 
 
 # -- BNRS / BNWB --------------------------------------------------------------------------------
@@ -165,8 +179,9 @@ def bn_outputs_by_step(learner: MAML, task: Task):
     changes them)."""
     norm = learner.backbone.blocks[0].norm
     calls = []
-    handle = norm.register_forward_hook(lambda m, args, kwargs, out: calls.append((kwargs["step"], args[0], out, (m.weight, m.bias))),
-                                        with_kwargs=True)
+    handle = norm.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append((kwargs["step"], args[0], out, (m.weight, m.bias))), with_kwargs=True
+    )
     try:
         learner.evaluate_task(task, learner.test_inner_steps)
     finally:
@@ -257,8 +272,18 @@ class RecordLR(L.Callback):
 @pytest.mark.parametrize("ca", [True, False])
 def test_cosine_annealing_of_the_outer_lr(make_config, tmp_path, ca):
     epochs, lr, lr_min = 4, 0.003, 0.0002
-    cfg = make_config([*QUICK, f"trainer.max_epochs={epochs}", "data.batches_per_epoch=1", "data.meta_batch_size=2",
-                       f"algo.ca={str(ca).lower()}", f"algo.meta_lr={lr}", f"algo.min_meta_lr={lr_min}"], output_dir=tmp_path / "ca")
+    cfg = make_config(
+        [
+            *QUICK,
+            f"trainer.max_epochs={epochs}",
+            "data.batches_per_epoch=1",
+            "data.meta_batch_size=2",
+            f"algo.ca={str(ca).lower()}",
+            f"algo.meta_lr={lr}",
+            f"algo.min_meta_lr={lr_min}",
+        ],
+        output_dir=tmp_path / "ca",
+    )
     parts = build(cfg)
     recorder = RecordLR()
     parts["trainer"].callbacks.append(recorder)
@@ -274,8 +299,13 @@ def test_cosine_annealing_of_the_outer_lr(make_config, tmp_path, ca):
 def test_mamlpp_is_maml_with_the_six_switches_on(make_config):
     mamlpp = make_config(["algo=mamlpp"]).algo
     declared = OmegaConf.to_container(mamlpp)
-    maml = make_config(["algo=maml", *(f"algo.{s}=true" for s in SWITCHES),
-                        *(f"algo.{k}={declared[k]}" for k in ("inner_steps", "test_inner_steps", "inner_lr"))]).algo
+    maml = make_config(
+        [
+            "algo=maml",
+            *(f"algo.{s}=true" for s in SWITCHES),
+            *(f"algo.{k}={declared[k]}" for k in ("inner_steps", "test_inner_steps", "inner_lr")),
+        ]
+    ).algo
     a, b = OmegaConf.to_container(mamlpp, resolve=True), OmegaConf.to_container(maml, resolve=True)
     assert a.pop("name") == "mamlpp" and b.pop("name") == "maml"
     assert a == b
@@ -285,8 +315,9 @@ def test_mamlpp_is_maml_with_the_six_switches_on(make_config):
 
 
 def test_mamlpp_builds_on_conv4(make_config):
-    cfg = make_config(["algo=mamlpp", "model=conv4", "data.input_shape=[1,28,28]", "data.output_dim=5",
-                       "model.filters=4"])
+    cfg = make_config(
+        ["algo=mamlpp", "model=conv4", "data.input_shape=[1,28,28]", "data.output_dim=5", "model.filters=4"]
+    )
     backbone = instantiate(split_init_from(cfg.model)[0], _convert_="all")
     learner = instantiate_group(cfg.algo, "algo", backbone=backbone, task_type="classification")
     norms = [m for m in backbone.modules() if isinstance(m, PerStepBatchNorm2d)]
@@ -294,10 +325,15 @@ def test_mamlpp_builds_on_conv4(make_config):
     assert learner.lslr and learner.ca and learner.msl and learner.da
 
 
-@pytest.mark.parametrize("override, key", [("algo.min_meta_lr=0.1", "algo.min_meta_lr"),
-                                           ("algo.bn_stats=moving", "algo.bn_stats"),
-                                           ("algo.msl=maybe", "algo.msl"),
-                                           ("algo.da_epochs=-1", "algo.da_epochs")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algo.min_meta_lr=0.1", "algo.min_meta_lr"),
+        ("algo.bn_stats=moving", "algo.bn_stats"),
+        ("algo.msl=maybe", "algo.msl"),
+        ("algo.da_epochs=-1", "algo.da_epochs"),
+    ],
+)
 def test_bad_switch_values_name_their_key(make_config, override, key):
     cfg = make_config([override])
     backbone = instantiate(split_init_from(cfg.model)[0], _convert_="all")
@@ -324,16 +360,37 @@ def test_batch_norm_affine_is_not_adapted_unless_asked():
 
 
 def test_inert_switches_are_named_at_start():
-    learner = MAML(Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4), "classification", inner_steps=2,
-                   da=True, da_epochs=50, msl=True, msl_epochs=15, bnrs=True, ca=True, meta_lr=1e-3,
-                   min_meta_lr=1e-3)
+    learner = MAML(
+        Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4),
+        "classification",
+        inner_steps=2,
+        da=True,
+        da_epochs=50,
+        msl=True,
+        msl_epochs=15,
+        bnrs=True,
+        ca=True,
+        meta_lr=1e-3,
+        min_meta_lr=1e-3,
+    )
     found = " | ".join(learner.inert_switches(max_epochs=20))
     assert "algo.da=true with algo.da_epochs=50 >= trainer.max_epochs=20" in found
-    assert "algo.msl_epochs=15 > trainer.max_epochs=20" not in found and "algo.msl_epochs=15 > trainer.max_epochs=10" \
-        in " | ".join(learner.inert_switches(max_epochs=10))
+    assert (
+        "algo.msl_epochs=15 > trainer.max_epochs=20" not in found
+        and "algo.msl_epochs=15 > trainer.max_epochs=10" in " | ".join(learner.inert_switches(max_epochs=10))
+    )
     assert "algo.bnrs=true with algo.bn_stats=batch" in found and "cosine schedule is constant" in found
-    quiet = MAML(Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4), "classification", inner_steps=2,
-                 da=True, da_epochs=5, msl=True, msl_epochs=10, bnrs=True, bn_stats="running")
+    quiet = MAML(
+        Conv4(input_shape=[1, 16, 16], output_dim=3, filters=4),
+        "classification",
+        inner_steps=2,
+        da=True,
+        da_epochs=5,
+        msl=True,
+        msl_epochs=10,
+        bnrs=True,
+        bn_stats="running",
+    )
     assert quiet.inert_switches(max_epochs=20) == []
 
 

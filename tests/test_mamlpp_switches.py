@@ -1,4 +1,5 @@
 """metaplus.mamlpp_switches is the one list of MAML++'s switches: it must name exactly the learner's."""
+
 from torch import nn
 
 from metaplus.algorithms import MAML

@@ -5,6 +5,7 @@ One inner step with rates a (same shape as w): w' = w - a * g, g = A_s w - b_s. 
   dL_q/da = -q * g                        (w' is linear in a, whatever the derivative order)
   dL_q/dw = (I - A_s diag(a)) q            (second order);  q  (first order).
 """
+
 import pytest
 import torch
 
@@ -67,8 +68,16 @@ def test_adaptation_uses_the_learned_rates(problem):
 
 
 def test_metasgd_learns_rates_and_improves_adaptation_on_sinusoid(make_config, tmp_path):
-    overrides = [*QUICK, "algo=metasgd", "trainer.max_epochs=2", "data.batches_per_epoch=100",
-                 "data.meta_batch_size=10", "data.val_episodes=20", "data.test_episodes=100", "algo.meta_lr=0.003"]
+    overrides = [
+        *QUICK,
+        "algo=metasgd",
+        "trainer.max_epochs=2",
+        "data.batches_per_epoch=100",
+        "data.meta_batch_size=10",
+        "data.val_episodes=20",
+        "data.test_episodes=100",
+        "algo.meta_lr=0.003",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/mse")
     print(f"metasgd sinusoid test/mse after 1 step: trained {trained['test/mse']:.3f}, untrained {untrained:.3f}")
     assert trained["test/mse"] < 0.9 * untrained, (trained["test/mse"], untrained)
@@ -82,9 +91,20 @@ def test_metasgd_learns_rates_and_improves_adaptation_on_sinusoid(make_config, t
 
 @needs_omniglot
 def test_metasgd_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
-    overrides = [*QUICK, "algo=metasgd", "algo.inner_lr=0.1", "algo.test_inner_steps=1",
-                 "data=omniglot", "model=conv4", f"data.root={DATA / 'omniglot'}", "model.filters=32",
-                 "data.batches_per_epoch=30", "data.meta_batch_size=4", "data.val_episodes=20", "data.test_episodes=40"]
+    overrides = [
+        *QUICK,
+        "algo=metasgd",
+        "algo.inner_lr=0.1",
+        "algo.test_inner_steps=1",
+        "data=omniglot",
+        "model=conv4",
+        f"data.root={DATA / 'omniglot'}",
+        "model.filters=32",
+        "data.batches_per_epoch=30",
+        "data.meta_batch_size=4",
+        "data.val_episodes=20",
+        "data.test_episodes=40",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"metasgd omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")
     assert trained["test/acc"] > untrained + 0.05, (trained["test/acc"], untrained)

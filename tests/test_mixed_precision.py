@@ -7,6 +7,7 @@ Lightning only runs ``16-mixed`` on the CPU when handed the plugin itself
 test passes ``MixedPrecision("16-mixed", "cpu")``: a real GradScaler scales every
 ``manual_backward`` and unscales inside ``optimizer.step()``.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -19,7 +20,7 @@ from metaplus.algorithms import MAML, base
 from metaplus.data.episodes import TaskBatch
 from metaplus.nn import MLP
 
-SCALE = 2.0 ** 10
+SCALE = 2.0**10
 
 
 def sinusoid_batch(tasks: int = 2, shots: int = 10) -> TaskBatch:
@@ -33,12 +34,22 @@ def one_step_update(plugins=None, **clip) -> tuple[torch.Tensor, float | None]:
     """The parameter change of one meta-iteration with plain SGD (lr 1: the change is minus the
     clipped meta-gradient; Adam would hide an element-wise clip's scale), and the loss scale used."""
     torch.manual_seed(0)
-    learner = MAML(MLP(input_shape=[1], output_dim=1, hidden=[40, 40]), "regression", inner_steps=1,
-                   inner_lr=0.01, **clip)
+    learner = MAML(
+        MLP(input_shape=[1], output_dim=1, hidden=[40, 40]), "regression", inner_steps=1, inner_lr=0.01, **clip
+    )
     learner.outer_optimizer = lambda: torch.optim.SGD(learner.parameters(), lr=1.0)
     before = torch.cat([p.detach().flatten().clone() for p in learner.parameters()])
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[], plugins=plugins)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[],
+        plugins=plugins,
+    )
     trainer.fit(learner, train_dataloaders=DataLoader([sinusoid_batch()], batch_size=None))
     after = torch.cat([p.detach().flatten() for p in learner.parameters()])
     scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -49,8 +60,9 @@ def one_step_update(plugins=None, **clip) -> tuple[torch.Tensor, float | None]:
 def test_16_mixed_clips_the_unscaled_meta_gradient(kind, monkeypatch):
     """Bug 1: clipping ran before the GradScaler unscaled the gradients, so with a loss scale of S
     a clip of v clipped the true gradient at v / S. Now the 16-mixed update equals the fp32 one."""
-    monkeypatch.setattr(base, "refuse_fp16_inner_loop", lambda precision: None,
-                        raising=False)  # refused to users (bug 9); clipping must be right for any scaler
+    monkeypatch.setattr(
+        base, "refuse_fp16_inner_loop", lambda precision: None, raising=False
+    )  # refused to users (bug 9); clipping must be right for any scaler
     unclipped, _ = one_step_update()
     # A clip that bites: half the elements (value) or half the norm (norm).
     limit = unclipped.abs().median().item() if kind == "grad_clip_value" else 0.5 * unclipped.norm().item()
@@ -76,8 +88,11 @@ def test_16_mixed_is_refused_before_training_naming_what_to_use(precision, make_
     from metaplus.testing import QUICK
 
     out = tmp_path / "fp16"
-    with pytest.raises(ConfigError, match=r"trainer\.precision: '?16(-mixed)?'? is not supported.*bf16-mixed.*"
-                                          r"V100, T4\) use trainer\.precision=32-true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer\.precision: '?16(-mixed)?'? is not supported.*bf16-mixed.*"
+        r"V100, T4\) use trainer\.precision=32-true",
+    ):
         run(make_config([*QUICK, f"trainer.precision={precision}", "trainer.accelerator=cpu"], output_dir=out))
     assert not out.exists(), "nothing written"
 

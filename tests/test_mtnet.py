@@ -1,5 +1,6 @@
 """T-nets and MT-nets: T layers, masked inner updates, gradients to T and to the mask logits, the
 reduction to MAML, reproducible masks, and short real runs (sinusoid MLP, Omniglot Conv-4)."""
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,10 @@ def set_logits(learner: MTNet, key: str, values) -> None:
 
 
 # -- the T layers ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [lambda: MLP(input_shape=(3,), hidden=[8, 8]),
-                                  lambda: Conv4(input_shape=(1, 16, 16), output_dim=4, filters=6)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: MLP(input_shape=(3,), hidden=[8, 8]), lambda: Conv4(input_shape=(1, 16, 16), output_dim=4, filters=6)],
+)
 def test_inserted_identity_transforms_keep_the_function_and_wrap_every_linear_map(make):
     torch.manual_seed(0)
     model = make()
@@ -76,10 +79,14 @@ def test_masked_rows_of_w_and_their_biases_stay_while_unmasked_rows_move():
     rows = torch.tensor([SURE, -SURE, SURE, -SURE, -SURE, SURE], dtype=torch.float64)
     set_logits(masked, "body__0", rows)
     task = regression_task()
-    step_full = {n: p - masked.backbone.get_parameter(n)
-                 for n, p in full.adapt(task, steps=1, first_order=True).named_parameters()}
-    step = {n: p - masked.backbone.get_parameter(n)
-            for n, p in masked.adapt(task, steps=1, first_order=True).named_parameters()}
+    step_full = {
+        n: p - masked.backbone.get_parameter(n)
+        for n, p in full.adapt(task, steps=1, first_order=True).named_parameters()
+    }
+    step = {
+        n: p - masked.backbone.get_parameter(n)
+        for n, p in masked.adapt(task, steps=1, first_order=True).named_parameters()
+    }
     keep = rows > 0
     assert step_full["body.0.layer.weight"][~keep].abs().sum() > 0  # the mask has something to stop
     torch.testing.assert_close(step["body.0.layer.weight"], step_full["body.0.layer.weight"] * keep[:, None])
@@ -153,8 +160,12 @@ def test_mask_logits_get_the_straight_through_gumbel_softmax_gradient(temperatur
     learner = MTNet(model, "regression", inner_lr=0.3, use_T=False, temperature=temperature)
     set_logits(learner, "head", [0.5, -0.3, 1.2, -1.0])
     g = torch.Generator().manual_seed(4)
-    task = Task(torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64),
-                torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(7, 4, generator=g, dtype=torch.float64))
+    task = Task(
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, 4, generator=g, dtype=torch.float64),
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+        torch.randn(7, 4, generator=g, dtype=torch.float64),
+    )
     noise = learner.draw_noise(torch.Generator().manual_seed(9))
     learner.pending_noise = [noise]
     loss, _ = learner.task_loss(task)
@@ -185,8 +196,16 @@ def test_identity_t_and_full_mask_give_exactly_maml(use_T, use_M, first_order):
     maml_model = tiny_mlp(seed=4)
     mt_model = copy.deepcopy(maml_model)
     maml = MAML(maml_model, "regression", inner_steps=2, inner_lr=0.05, first_order=first_order)
-    mt = MTNet(mt_model, "regression", inner_steps=2, inner_lr=0.05, first_order=first_order,
-               use_T=use_T, use_M=use_M, logit_init=SURE)
+    mt = MTNet(
+        mt_model,
+        "regression",
+        inner_steps=2,
+        inner_lr=0.05,
+        first_order=first_order,
+        use_T=use_T,
+        use_M=use_M,
+        logit_init=SURE,
+    )
     plain = lambda name: name.replace(".layer.", ".")
     task = regression_task(seed=5)
 
@@ -209,8 +228,9 @@ def test_identity_t_and_full_mask_give_exactly_maml(use_T, use_M, first_order):
 # -- reproducible masks ----------------------------------------------------------------------------
 def batch_of(indices: list[int]) -> TaskBatch:
     n = len(indices)
-    return TaskBatch(torch.zeros(n, 2, 1), torch.zeros(n, 2, 1), torch.zeros(n, 2, 1), torch.zeros(n, 2, 1),
-                     torch.tensor(indices))
+    return TaskBatch(
+        torch.zeros(n, 2, 1), torch.zeros(n, 2, 1), torch.zeros(n, 2, 1), torch.zeros(n, 2, 1), torch.tensor(indices)
+    )
 
 
 def test_mask_noise_is_a_function_of_the_episode_not_of_its_position():
@@ -238,8 +258,7 @@ def test_mask_per_batch_shares_one_draw_across_the_tasks_of_a_batch():
     assert not torch.equal(learner.pending_noise[0]["head"], noises[0]["head"])
 
 
-@pytest.mark.parametrize("key,value", [("temperature", 0.0), ("mask_per", "step"), ("use_M", "yes"),
-                                       ("mask_seed", -1)])
+@pytest.mark.parametrize("key,value", [("temperature", 0.0), ("mask_per", "step"), ("use_M", "yes"), ("mask_seed", -1)])
 def test_bad_values_fail_naming_their_key(key, value):
     with pytest.raises(ConfigError, match=key):
         MTNet(MLP(hidden=[4]), "regression", **{key: value})
@@ -250,11 +269,14 @@ def test_tnet_config_is_mtnet_without_the_mask(tmp_path):
     tnet = compose_config(["algo=tnet"], tmp_path).algo
     mtnet = compose_config(["algo=mtnet"], tmp_path).algo
     assert tnet.use_M is False and mtnet.use_M is True and tnet._target_ == mtnet._target_
-    assert {k: v for k, v in tnet.items() if k not in ("name", "use_M")} == \
-           {k: v for k, v in mtnet.items() if k not in ("name", "use_M")}
+    assert {k: v for k, v in tnet.items() if k not in ("name", "use_M")} == {
+        k: v for k, v in mtnet.items() if k not in ("name", "use_M")
+    }
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("mtnet_*.yaml")))
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("mtnet_*.yaml"))
+)
 def test_mtnet_experiment_configs_compose_for_mtnet_and_maml(experiment, tmp_path):
     for algo in ("mtnet", "maml"):
         cfg = compose_config([f"experiment={experiment}", f"algo={algo}"], tmp_path)
@@ -269,7 +291,7 @@ def hand_update_fractions(ckpt_path) -> dict[str, float]:
     per_layer: dict[str, list] = {}
     for key, logits in checkpoint["state_dict"].items():
         if key.startswith("mask_logits."):
-            name = key[len("mask_logits."):].replace("__", ".")
+            name = key[len("mask_logits.") :].replace("__", ".")
             layer = name if shared else name.rsplit(".", 1)[0]
             per_layer.setdefault(layer, []).append(torch.sigmoid(logits.double()).flatten())
     out = {f"mtnet/update_fraction/{layer}": float(torch.cat(v).mean()) for layer, v in per_layer.items()}
@@ -296,13 +318,28 @@ def test_mtnet_trains_on_sinusoid_and_reports_update_fractions(tmp_path):
 def test_mtnet_trains_a_conv4_on_omniglot(tmp_path, request):
     cache = request.config.cache.mkdir("metaplus-image-cache")  # shared with the image-data tests
     out = tmp_path / "run"
-    cfg = compose_config(QUICK + ["algo=mtnet", "data=omniglot", "model=conv4", "model.filters=8",
-                                  "data.queries=2", "data.meta_batch_size=2", "data.batches_per_epoch=2",
-                                  "algo.test_inner_steps=2", "data.val_episodes=4", "data.test_episodes=4",
-                                  f"data.cache_dir={cache}"], out)
+    cfg = compose_config(
+        QUICK
+        + [
+            "algo=mtnet",
+            "data=omniglot",
+            "model=conv4",
+            "model.filters=8",
+            "data.queries=2",
+            "data.meta_batch_size=2",
+            "data.batches_per_epoch=2",
+            "algo.test_inner_steps=2",
+            "data.val_episodes=4",
+            "data.test_episodes=4",
+            f"data.cache_dir={cache}",
+        ],
+        out,
+    )
     metrics = run(cfg)
     # 4 episodes of 5 ways x 2 queries: each episode's accuracy is k/10, their mean a multiple of 1/40
     assert metrics["test/acc"] * 40 == pytest.approx(round(metrics["test/acc"] * 40), abs=1e-6)
     fractions = hand_update_fractions(metrics["best_checkpoint"])
     assert {k: metrics[k] for k in fractions} == pytest.approx(fractions, rel=1e-6)
-    assert {f"mtnet/update_fraction/blocks.{i}.conv" for i in range(4)} | {"mtnet/update_fraction/head"} <= metrics.keys()
+    assert {f"mtnet/update_fraction/blocks.{i}.conv" for i in range(4)} | {
+        "mtnet/update_fraction/head"
+    } <= metrics.keys()

@@ -7,6 +7,7 @@ independently (plain formulas from the notebook's models, checkpoints or results
 as JSON {regex with one number group: value}; every regex must match the notebook's printed text with
 that value (to the printed precision).
 """
+
 import json
 import re
 from pathlib import Path
@@ -26,12 +27,17 @@ FULL_MODE = ["learners_compared.ipynb", "maml_basics.ipynb", "mamlpp_ablation.ip
 
 # Per notebook: the check cell's code and the number of plots (image outputs) it must render.
 CHECKS = {
-    "quickstart.ipynb": (1, r'''
+    "quickstart.ipynb": (
+        1,
+        r"""
 import json
 saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["test/mse_by_step"]
 print(json.dumps({r"test MSE before adaptation (\S+),": saved[0], r"after \d+ steps (\S+)": saved[-1]}))
-'''),
-    "maml_basics.ipynb": (1, r'''
+""",
+    ),
+    "maml_basics.ipynb": (
+        1,
+        r"""
 import json
 check = {}
 for name, learner in (("MAML", maml), ("pre-training", pretrained)):
@@ -46,8 +52,11 @@ for name, job in (("MAML", "maml"), ("pre-training", "pretrain")):  # the per-st
         check[rf"step {k:2d}: .*?{name} (\S+) ± "] = saved["test/mse_by_step"][k]
         check[rf"step {k:2d}: .*?{name} \S+ ± (\S+)"] = saved["test/mse_ci95_by_step"][k]
 print(json.dumps(check))
-'''),
-    "learners_compared.ipynb": (2, r'''
+""",
+    ),
+    "learners_compared.ipynb": (
+        2,
+        r'''
 import json, math
 import numpy as np
 
@@ -81,8 +90,11 @@ for t in episodes:
     values.append(hsic_cka(acts["before"], acts["after"]))
 check[r"MAML: CKA body.1 \S+, CKA body.3 \S+, CKA head (\S+)"] = sum(values) / len(values)
 print(json.dumps(check))
-'''),
-    "mamlpp_ablation.ipynb": (3, r'''
+''',
+    ),
+    "mamlpp_ablation.ipynb": (
+        3,
+        r"""
 import json
 state = torch.load(metrics["mamlpp"]["best_checkpoint"], weights_only=False)["state_dict"]
 rows = [v.double() for k, v in state.items() if k.startswith("inner_lrs.")]
@@ -91,8 +103,11 @@ check[r"weights at epoch 0: \[(\S+),"] = 1 / 5  # MAML++ starts MSL with equal w
 saved = json.loads((sweep / "2_mamlpp" / "results.json").read_text())
 check[r"\| mamlpp \|[^\n]*?\| ([\d.]+) ± "] = saved["test/mse"]  # the report's row of the MAML++ job
 print(json.dumps(check))
-'''),
-    "mtnet_masks.ipynb": (1, r'''
+""",
+    ),
+    "mtnet_masks.ipynb": (
+        1,
+        r"""
 import json
 check = {}
 for order, entry in fractions.items():
@@ -101,13 +116,18 @@ for order, entry in fractions.items():
     for layer, value in logits.items():
         check[rf"order {order}: .*{re.escape(layer)} (\S+)"] = float(torch.sigmoid(value.double()).mean())
 print(json.dumps(check))
-'''),
+""",
+    ),
 }
 
 
 def printed_text(notebook) -> str:
-    return "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", [])
-                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    return "".join(
+        o.get("text", "")
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -116,15 +136,19 @@ def test_notebook_runs_renders_plots_and_prints_computed_numbers(path: Path, mon
     notebook = nbformat.read(path, as_version=4)
     images, check = CHECKS[path.name]
     notebook.cells.append(new_code_cell("import re\n" + check))
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, "\n".join(e["ename"] + ": " + e["evalue"] for e in errors)
     rendered = sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", []))
     assert rendered >= images, f"{path.name} rendered {rendered} plots, expected {images}"
 
-    check_output = "".join(o.get("text", "") for o in notebook.cells[-1].outputs
-                           if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    check_output = "".join(
+        o.get("text", "")
+        for o in notebook.cells[-1].outputs
+        if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
     assert check_output.strip(), f"{path.name}: the check cell printed nothing: {notebook.cells[-1].outputs}"
     expected = json.loads(check_output.strip().splitlines()[-1])
     notebook.cells.pop()
@@ -134,7 +158,7 @@ def test_notebook_runs_renders_plots_and_prints_computed_numbers(path: Path, mon
         assert match, f"{path.name}: nothing printed matches {pattern!r}"
         shown = match.group(1).rstrip(",")
         decimals = len(shown.split(".")[1]) if "." in shown else 0
-        assert float(shown) == pytest.approx(value, abs=0.6 * 10 ** -decimals + 1e-9), (pattern, shown, value)
+        assert float(shown) == pytest.approx(value, abs=0.6 * 10**-decimals + 1e-9), (pattern, shown, value)
 
 
 def test_committed_notebooks_keep_their_outputs_and_plots():
@@ -144,8 +168,9 @@ def test_committed_notebooks_keep_their_outputs_and_plots():
         notebook = nbformat.read(path, as_version=4)
         code = [c for c in notebook.cells if c.cell_type == "code"]
         assert all(c.get("execution_count") for c in code), f"{path.name} is stored unexecuted"
-        assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs) or \
-            "NOT PRESENT" in printed_text(notebook), f"{path.name}: no figure and no word on the missing runs"
+        assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs) or "NOT PRESENT" in printed_text(
+            notebook
+        ), f"{path.name}: no figure and no word on the missing runs"
         assert "Agg" not in "".join(c.source for c in code), f"{path.name} forces a non-interactive backend"
 
 

@@ -1,4 +1,5 @@
 """The outer learning-rate schedule and meta-gradient clipping are capabilities of every learner."""
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,9 @@ def test_outer_lr_factor_by_hand():
     assert outer_lr_factor(1, 4, "linear", 0.0) == pytest.approx(0.75)
     assert outer_lr_factor(3, 4, "constant", 0.0) == 1.0
     # warm-up over 3 steps: 1/4, 2/4, 3/4, then the schedule over the remaining 4 - 3 = 1 step
-    assert [outer_lr_factor(t, 4, "linear", 0.0, warmup=3) for t in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 0.0])
+    assert [outer_lr_factor(t, 4, "linear", 0.0, warmup=3) for t in range(5)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 0.0]
+    )
 
 
 class RecordStepLR(L.Callback):
@@ -35,12 +38,19 @@ class RecordStepLR(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-SCHEDULED = ["trainer.max_epochs=2", "data.batches_per_epoch=3", "data.meta_batch_size=2", "algo.lr_interval=step",
-             "algo.lr_schedule=cosine"]
+SCHEDULED = [
+    "trainer.max_epochs=2",
+    "data.batches_per_epoch=3",
+    "data.meta_batch_size=2",
+    "algo.lr_interval=step",
+    "algo.lr_schedule=cosine",
+]
 
 
-@pytest.mark.parametrize("algo, lr", [("maml", 0.004), ("anil", 0.004), ("metasgd", 0.004), ("mtnet", 0.004),
-                                      ("pretrain", 0.004), ("reptile", 0.5)])
+@pytest.mark.parametrize(
+    "algo, lr",
+    [("maml", 0.004), ("anil", 0.004), ("metasgd", 0.004), ("mtnet", 0.004), ("pretrain", 0.004), ("reptile", 0.5)],
+)
 def test_every_learner_anneals_its_outer_lr_on_the_cosine(make_config, algo, lr):
     floor = lr / 8
     cfg = make_config([*QUICK, *SCHEDULED, f"algo={algo}", f"algo.meta_lr={lr}", f"algo.min_meta_lr={floor}"])
@@ -56,8 +66,17 @@ def test_every_learner_anneals_its_outer_lr_on_the_cosine(make_config, algo, lr)
 
 
 def test_warmup_then_constant_per_epoch(make_config):
-    cfg = make_config([*QUICK, "trainer.max_epochs=4", "data.batches_per_epoch=1", "data.meta_batch_size=2",
-                       "algo=anil", "algo.meta_lr=0.002", "algo.warmup_steps=2"])
+    cfg = make_config(
+        [
+            *QUICK,
+            "trainer.max_epochs=4",
+            "data.batches_per_epoch=1",
+            "data.meta_batch_size=2",
+            "algo=anil",
+            "algo.meta_lr=0.002",
+            "algo.warmup_steps=2",
+        ]
+    )
     parts = build(cfg)
     recorder = RecordStepLR()
     parts["trainer"].callbacks.append(recorder)
@@ -71,12 +90,17 @@ def test_maml_ca_switch_is_the_cosine_schedule(make_config):
     assert ca.lr_schedule == named.lr_schedule == "cosine"
 
 
-@pytest.mark.parametrize("override, key", [("algo.lr_schedule=step", "algo.lr_schedule"),
-                                           ("algo.lr_interval=batch", "algo.lr_interval"),
-                                           ("algo.grad_clip_value=-1", "algo.grad_clip_value"),
-                                           ("algo.grad_clip_norm=0", "algo.grad_clip_norm"),
-                                           ("algo.warmup_steps=-2", "algo.warmup_steps"),
-                                           ("algo.min_meta_lr=1.0", "algo.min_meta_lr")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algo.lr_schedule=step", "algo.lr_schedule"),
+        ("algo.lr_interval=batch", "algo.lr_interval"),
+        ("algo.grad_clip_value=-1", "algo.grad_clip_value"),
+        ("algo.grad_clip_norm=0", "algo.grad_clip_norm"),
+        ("algo.warmup_steps=-2", "algo.warmup_steps"),
+        ("algo.min_meta_lr=1.0", "algo.min_meta_lr"),
+    ],
+)
 def test_bad_schedule_values_name_their_key(make_config, override, key):
     with pytest.raises(ConfigError, match=key):
         build(make_config([*QUICK, "algo=anil", override]))
@@ -84,8 +108,16 @@ def test_bad_schedule_values_name_their_key(make_config, override, key):
 
 def first_step_gradients(make_config, tmp_path, *overrides):
     """The meta-gradient the optimizer applied in the first step (after any clipping)."""
-    cfg = make_config([*QUICK, "trainer.max_epochs=1", "data.batches_per_epoch=1", "data.meta_batch_size=4",
-                       "algo.inner_lr=0.1", *overrides])
+    cfg = make_config(
+        [
+            *QUICK,
+            "trainer.max_epochs=1",
+            "data.batches_per_epoch=1",
+            "data.meta_batch_size=4",
+            "algo.inner_lr=0.1",
+            *overrides,
+        ]
+    )
     L.seed_everything(cfg.seed)
     parts = build(cfg)
     parts["trainer"].callbacks.append(FirstStepProbe(str(tmp_path / "probe")))
@@ -100,7 +132,7 @@ def test_meta_gradient_clipping_by_value_and_by_norm(make_config, tmp_path):
     clamped = first_step_gradients(make_config, tmp_path / "value", f"algo.grad_clip_value={value}")
     for name, grad in plain.items():
         torch.testing.assert_close(clamped[name], grad.clamp(-value, value))
-    norm = torch.sqrt(sum((g ** 2).sum() for g in plain.values())).item()
+    norm = torch.sqrt(sum((g**2).sum() for g in plain.values())).item()
     limit = norm / 3
     rescaled = first_step_gradients(make_config, tmp_path / "norm", f"algo.grad_clip_norm={limit}")
     for name, grad in plain.items():

@@ -1,6 +1,7 @@
 """bench/parity.py's planning, statistics and report parts on fake curves (issue 25), and its early
 failure when the reference code is absent. Nothing here trains: the harness's runs are proved by its
 smoke run (docs/parity.md)."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,13 @@ def test_episodes_must_be_the_same_for_every_seed_and_code():
 
 # -- the verdict ----------------------------------------------------------------------------------------
 def point(iteration, low, high, known=True):
-    return {"iteration": iteration, "ci_low": low, "ci_high": high, "difference": (low + high) / 2,
-            "seed_variance_known": known}
+    return {
+        "iteration": iteration,
+        "ci_low": low,
+        "ci_high": high,
+        "difference": (low + high) / 2,
+        "seed_variance_known": known,
+    }
 
 
 def test_verdict_holds_when_every_interval_contains_zero_or_favours_metaplus():
@@ -68,8 +74,10 @@ def test_verdict_without_points_says_so():
 
 
 def test_curves_are_compared_at_the_iterations_every_seed_of_both_codes_evaluated():
-    curves = {"metaplus": {0: {5: [1, 1], 10: [1, 0], 15: [1, 1]}, 1: {5: [0, 1], 10: [1, 1]}},
-              "reference": {0: {5: [0, 0], 10: [1, 0], 15: [0, 0]}}}
+    curves = {
+        "metaplus": {0: {5: [1, 1], 10: [1, 0], 15: [1, 1]}, 1: {5: [0, 1], 10: [1, 1]}},
+        "reference": {0: {5: [0, 0], 10: [1, 0], 15: [0, 0]}},
+    }
     points = parity.compare_curves(curves)
     assert [p["iteration"] for p in points] == [5, 10]  # 15: metaplus seed 1 has not reached it
     assert points[0]["metaplus"]["mean"] == pytest.approx(0.75) and points[0]["reference"]["mean"] == 0
@@ -93,7 +101,7 @@ def fake_run(tmp_path: Path, evaluated: list[int], tested: int | None = None, sp
 def test_run_plan_new_continue_test_done(tmp_path):
     assert parity.run_plan(tmp_path / "absent", 10, SPEC) == "new"
     assert parity.run_plan(fake_run(tmp_path, [5, 10], tested=10), 20, SPEC) == "continue"
-    assert parity.run_plan(fake_run(tmp_path, [5, 10, 15, 20]), 20, SPEC) == "test"   # tested at 10 only
+    assert parity.run_plan(fake_run(tmp_path, [5, 10, 15, 20]), 20, SPEC) == "test"  # tested at 10 only
     assert parity.run_plan(fake_run(tmp_path, [5, 10, 15, 20], tested=20), 20, SPEC) == "done"
     assert parity.run_plan(fake_run(tmp_path, [5, 10, 15, 20], tested=20), 10, SPEC) == "done"
 
@@ -109,17 +117,24 @@ def test_only_the_best_reference_checkpoints_are_kept(tmp_path):
     for iteration, score in [(5, 0.5), (10, 0.7), (15, 0.6), (20, 0.4), (25, 0.8)]:
         parity.keep_top_checkpoints(folder, iteration, score, {"w": torch.zeros(1)}, keep=3)
     ranked = parity.ranked_checkpoints(folder)
-    assert [(p.name.split("-")[0], s) for p, s in ranked] == [("iter000025", 0.8), ("iter000010", 0.7),
-                                                              ("iter000015", 0.6)]
+    assert [(p.name.split("-")[0], s) for p, s in ranked] == [
+        ("iter000025", 0.8),
+        ("iter000010", 0.7),
+        ("iter000015", 0.6),
+    ]
     assert len(list(folder.iterdir())) == 3
 
 
 def test_run_times_and_memory_are_gathered_over_resumed_invocations(tmp_path):
     run = tmp_path / "seed0"
-    parity.write_json(run / "parity" / "timing-000000.json", {"s_per_iteration": 2.0, "cpu_s_per_iteration": 1.0,
-                                                             "iteration_times": [9.0, 2.0, 2.0]})
-    parity.write_json(run / "parity" / "timing-000003.json", {"s_per_iteration": 4.0, "cpu_s_per_iteration": 3.0,
-                                                             "iteration_times": [9.0, 4.0]})
+    parity.write_json(
+        run / "parity" / "timing-000000.json",
+        {"s_per_iteration": 2.0, "cpu_s_per_iteration": 1.0, "iteration_times": [9.0, 2.0, 2.0]},
+    )
+    parity.write_json(
+        run / "parity" / "timing-000003.json",
+        {"s_per_iteration": 4.0, "cpu_s_per_iteration": 3.0, "iteration_times": [9.0, 4.0]},
+    )
     parity.record_invocation(run, 1.5, 3)
     parity.record_invocation(run, 1.2, 5)
     loaded = parity.load_run(run)
@@ -149,8 +164,9 @@ def test_missing_reference_fails_early_with_the_clone_command(tmp_path, monkeypa
     monkeypatch.delenv("METAPLUS_MAMLPP_REFERENCE", raising=False)
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as unset:
-        parity.main(["--comparison", "mamlpp_omniglot_5w1s", "--iterations", "10", "--eval-every", "5",
-                     "--out", str(out)])
+        parity.main(
+            ["--comparison", "mamlpp_omniglot_5w1s", "--iterations", "10", "--eval-every", "5", "--out", str(out)]
+        )
     message = str(unset.value.code)
     assert "METAPLUS_MAMLPP_REFERENCE" in message
     assert "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
@@ -162,13 +178,16 @@ def test_missing_reference_fails_early_with_the_clone_command(tmp_path, monkeypa
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--eval-every", "500"], "at most 250"),
-    (["--eval-every", "30"], "must divide the 500"),
-    (["--iterations", "12", "--eval-every", "5"], "multiple of --eval-every"),
-    (["--seeds", "0"], "a count >= 1"),
-    (["--codes", "metaplus,other"], "subset of"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eval-every", "500"], "at most 250"),
+        (["--eval-every", "30"], "must divide the 500"),
+        (["--iterations", "12", "--eval-every", "5"], "multiple of --eval-every"),
+        (["--seeds", "0"], "a count >= 1"),
+        (["--codes", "metaplus,other"], "subset of"),
+    ],
+)
 def test_bad_arguments_are_refused_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit):
         parity.parse_args(["--comparison", "mamlpp_omniglot_5w1s", *argv])
@@ -187,26 +206,48 @@ def test_report_names_no_path_of_this_machine(tmp_path, monkeypatch):
 
 
 def test_markdown_lists_every_comparison_with_verdict_and_regenerate_command():
-    record = {"name": "mamlpp_omniglot_5w1s", "title": "T", "target": "t", "notes": [],
-              "reference": {"name": "R", "url": "u", "commit": "8696470", "config": "c"},
-              "settings": [], "metaplus_overrides": [], "evaluation": {"val_episodes": 20},
-              "difference": [{"iteration": 5, "metaplus": {"mean": 0.7, "ci95": 0.1, "seeds": 1},
-                              "reference": {"mean": 0.6, "ci95": 0.1, "seeds": 1}, "difference": 0.1,
-                              "ci_low": -0.05, "ci_high": 0.25, "holds": True}],
-              "final_test": {"metaplus": {}, "reference": {}}, "cost": {"metaplus": {}, "reference": {}},
-              "verdict": parity.verdict([point(5, -0.05, 0.25)]), "known_differences": ["d1"],
-              "regenerate": "python bench/parity.py --comparison mamlpp_omniglot_5w1s"}
+    record = {
+        "name": "mamlpp_omniglot_5w1s",
+        "title": "T",
+        "target": "t",
+        "notes": [],
+        "reference": {"name": "R", "url": "u", "commit": "8696470", "config": "c"},
+        "settings": [],
+        "metaplus_overrides": [],
+        "evaluation": {"val_episodes": 20},
+        "difference": [
+            {
+                "iteration": 5,
+                "metaplus": {"mean": 0.7, "ci95": 0.1, "seeds": 1},
+                "reference": {"mean": 0.6, "ci95": 0.1, "seeds": 1},
+                "difference": 0.1,
+                "ci_low": -0.05,
+                "ci_high": 0.25,
+                "holds": True,
+            }
+        ],
+        "final_test": {"metaplus": {}, "reference": {}},
+        "cost": {"metaplus": {}, "reference": {}},
+        "verdict": parity.verdict([point(5, -0.05, 0.25)]),
+        "known_differences": ["d1"],
+        "regenerate": "python bench/parity.py --comparison mamlpp_omniglot_5w1s",
+    }
     text = parity.markdown([record], {}, smoke=True)
     assert "SMOKE RUN" in text and "parity holds" in text and "| 5 | 70.00 ± 10.00 | 60.00 ± 10.00 | +10.00" in text
     assert "python bench/parity.py --comparison mamlpp_omniglot_5w1s" in text and "- d1" in text
 
 
 def test_metaplus_parameters_map_onto_the_reference_names():
-    assert parity.reference_parameter("backbone.blocks.2.conv.weight") == ("classifier.layer_dict.conv2.conv.weight", None)
+    assert parity.reference_parameter("backbone.blocks.2.conv.weight") == (
+        "classifier.layer_dict.conv2.conv.weight",
+        None,
+    )
     assert parity.reference_parameter("backbone.blocks.0.norm.bias")[0] == "classifier.layer_dict.conv0.norm_layer.bias"
     assert parity.reference_parameter("backbone.head.weight")[0] == "classifier.layer_dict.linear.weights"
     assert parity.reference_parameter("inner_lrs.blocks-3-conv-bias") == (
-        "inner_loop_optimizer.names_learning_rates_dict.layer_dict-conv3-conv-bias", -1)
+        "inner_loop_optimizer.names_learning_rates_dict.layer_dict-conv3-conv-bias",
+        -1,
+    )
     assert parity.reference_parameter("inner_lrs.head-weight")[0].endswith("layer_dict-linear-weights")
     with pytest.raises(KeyError, match="backbone.blocks.0.other"):
         parity.reference_parameter("backbone.blocks.0.other")
@@ -226,9 +267,20 @@ def test_recorder_keeps_per_episode_scores_at_every_validation_and_the_final_tes
     from metaplus.testing import QUICK
 
     out = tmp_path / "parity"
-    cfg = make_config([*QUICK, "algo=maml", "data=sinusoid", "data.batches_per_epoch=5", "trainer.max_epochs=2",
-                       "+trainer.max_steps=4", "+trainer.val_check_interval=2", "trainer=cpu",
-                       "+callbacks.parity._target_=metaplus.benchmarking.parity.ParityRecorder", f"+callbacks.parity.out={out}"])
+    cfg = make_config(
+        [
+            *QUICK,
+            "algo=maml",
+            "data=sinusoid",
+            "data.batches_per_epoch=5",
+            "trainer.max_epochs=2",
+            "+trainer.max_steps=4",
+            "+trainer.val_check_interval=2",
+            "trainer=cpu",
+            "+callbacks.parity._target_=metaplus.benchmarking.parity.ParityRecorder",
+            f"+callbacks.parity.out={out}",
+        ]
+    )
     run(cfg)
     assert parity.evaluated_iterations(tmp_path) == [2, 4]
     record = json.loads((out / "val-000004.json").read_text())

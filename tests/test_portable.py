@@ -1,4 +1,5 @@
 """Reports and results never embed absolute paths of the machine that made them."""
+
 import json
 import os
 import re
@@ -27,8 +28,10 @@ def test_portable_path_rules(tmp_path, monkeypatch):
     assert portable_path("/") == "/" and portable_path("val/acc") == "val/acc" and portable_path(3) == 3
     nested = {"a": [str(run_dir / "f"), {"b": str(data)}], "c": 1.5}
     assert portable(nested, run_dir) == {"a": ["f", {"b": "$METAPLUS_DATA"}], "c": 1.5}
-    assert expand_portable({"root": "$METAPLUS_DATA/omniglot", "x": ["$METAPLUS_DATAX"]}) == \
-        {"root": f"{data}/omniglot", "x": ["$METAPLUS_DATAX"]}
+    assert expand_portable({"root": "$METAPLUS_DATA/omniglot", "x": ["$METAPLUS_DATAX"]}) == {
+        "root": f"{data}/omniglot",
+        "x": ["$METAPLUS_DATAX"],
+    }
 
 
 def strings(obj):
@@ -56,8 +59,9 @@ def test_results_json_holds_no_absolute_path_and_loads_back(make_config, tmp_pat
 
 
 def test_committed_reports_hold_no_absolute_path():
-    tracked = subprocess.run(["git", "ls-files", "bench/results", "docs", "notebooks", "README.md"], cwd=REPO,
-                             capture_output=True, text=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "bench/results", "docs", "notebooks", "README.md"], cwd=REPO, capture_output=True, text=True
+    )
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     offenders = []

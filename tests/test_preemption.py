@@ -6,6 +6,7 @@ The kill tests run ``train.py`` in a subprocess with an explicit ``hydra.run.dir
 directory is date-stamped, so "the same command" must name its directory) and a ``Pace`` callback
 (metaplus/testing/probes.py) that makes the moment of the signal predictable.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,19 @@ from metaplus.run import run
 from metaplus.testing import QUICK, REPO, train_losses
 
 STEPS = 6  # per epoch
-SETTING = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=3", f"data.batches_per_epoch={STEPS}",
-           "data.meta_batch_size=4", "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
-           "algo.inner_steps=2", "+callbacks.pace._target_=metaplus.testing.probes.Pace", "+callbacks.pace.seconds=0.3"]
+SETTING = [
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=3",
+    f"data.batches_per_epoch={STEPS}",
+    "data.meta_batch_size=4",
+    "data.val_episodes=8",
+    "data.test_episodes=8",
+    "trainer.enable_progress_bar=false",
+    "algo.inner_steps=2",
+    "+callbacks.pace._target_=metaplus.testing.probes.Pace",
+    "+callbacks.pace.seconds=0.3",
+]
 
 
 def command(run_dir: Path) -> list[str]:
@@ -36,8 +47,13 @@ def command(run_dir: Path) -> list[str]:
 
 def environment() -> dict[str, str]:
     paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "WANDB_MODE": "offline",
-            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "1",
+    }
 
 
 def finish(run_dir: Path) -> str:
@@ -147,11 +163,14 @@ def test_a_damaged_last_checkpoint_names_the_file_and_the_way_out(make_config, t
     run(make_config([*quick, "trainer.max_epochs=1"], output_dir=out))
     last = out / "checkpoints" / "last.ckpt"
     whole = last.read_bytes()
-    last.write_bytes(whole[:len(whole) // 2])
+    last.write_bytes(whole[: len(whole) // 2])
     best = next(p for p in (out / "checkpoints").glob("best-*.ckpt"))
-    with pytest.raises(ConfigError, match=f"resume: auto cannot continue from {last}: the file is damaged "
-                                          f"\\(\\w+Error: .*\\)\\. Start over with resume=never, or continue from an "
-                                          f"older checkpoint: ckpt_path={best}$"):
+    with pytest.raises(
+        ConfigError,
+        match=f"resume: auto cannot continue from {last}: the file is damaged "
+        f"\\(\\w+Error: .*\\)\\. Start over with resume=never, or continue from an "
+        f"older checkpoint: ckpt_path={best}$",
+    ):
         run(make_config([*quick, "trainer.max_epochs=2"], output_dir=out))
-    assert last.read_bytes() == whole[:len(whole) // 2], "left as it was"
+    assert last.read_bytes() == whole[: len(whole) // 2], "left as it was"
     run(make_config([*quick, "trainer.max_epochs=1", "resume=never"], output_dir=out))  # the way out works

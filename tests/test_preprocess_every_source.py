@@ -7,6 +7,7 @@ weights play no part here), and the raw file of the split's first image, passed 
 Images are random noise at a size other than ``data.image_size``, so resizing, channel order and
 normalisation all show.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,17 +67,26 @@ def make_omniglot(root: Path, rng: np.random.Generator) -> None:
 def dataset(option: str, root: Path) -> tuple[list[str], object]:
     """(overrides, the raw first image of a test class given its name) for ``data=option`` under ``root``."""
     rng = np.random.default_rng(0)
-    images = [f"data.image_size={SIZE}", f"data.root={root}", f"data.cache_dir={root.parent / 'cache'}", "data.ways=2",
-              "data.shots=1", "data.queries=1"]
+    images = [
+        f"data.image_size={SIZE}",
+        f"data.root={root}",
+        f"data.cache_dir={root.parent / 'cache'}",
+        "data.ways=2",
+        "data.shots=1",
+        "data.queries=1",
+    ]
     if option == "omniglot":
         make_omniglot(root, rng)
         with zipfile.ZipFile(root / "images_evaluation.zip") as zf:
             members = sorted(zf.namelist())  # test = the evaluation archive's characters; files by name
-            first = {name: zf.read(next(m for m in members if m.startswith(f"images_evaluation/{name}/")))
-                     for name in {m.split("/", 1)[1].rsplit("/", 1)[0] for m in members}}
+            first = {
+                name: zf.read(next(m for m in members if m.startswith(f"images_evaluation/{name}/")))
+                for name in {m.split("/", 1)[1].rsplit("/", 1)[0] for m in members}
+            }
         # class names read "alpha0/character01/rot000" (a rotation suffix, none under this split)
-        return [*images, "data.split=background_evaluation", "data.source.val_characters=2"], \
-            lambda class_name: first[class_name.rsplit("/rot", 1)[0]]
+        return [*images, "data.split=background_evaluation", "data.source.val_characters=2"], lambda class_name: first[
+            class_name.rsplit("/rot", 1)[0]
+        ]
     if option in ("miniimagenet", "imagefolder"):
         for split in ("train", "val", "test"):
             for c in range(2):
@@ -94,7 +104,9 @@ def dataset(option: str, root: Path) -> tuple[list[str], object]:
         return images, first_file(root / "CUB_200_2011" / "images")
     if option in ("cifarfs", "fc100"):
         make_cifar100(root, train_per_class=2, test_per_class=1)
-        fine_names = [n.decode() for n in pickle.loads((root / "cifar-100-python" / "meta").read_bytes())[b"fine_label_names"]]
+        fine_names = [
+            n.decode() for n in pickle.loads((root / "cifar-100-python" / "meta").read_bytes())[b"fine_label_names"]
+        ]
         for name in ("train", "test"):  # noise pixels, labels kept
             path = root / "cifar-100-python" / name
             record = pickle.loads(path.read_bytes())
@@ -125,8 +137,17 @@ def make_run(cfg, run_dir: Path) -> Path:
 
 
 def test_every_data_option_is_covered():
-    assert {"sinusoid", "polynomial", "omniglot", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub",
-            "imagefolder"} <= set(OPTIONS)
+    assert {
+        "sinusoid",
+        "polynomial",
+        "omniglot",
+        "miniimagenet",
+        "tieredimagenet",
+        "cifarfs",
+        "fc100",
+        "cub",
+        "imagefolder",
+    } <= set(OPTIONS)
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -165,9 +186,19 @@ def test_tiered_pickled_layouts_resize_as_the_folders_do(tmp_path, layout):
             Image.fromarray(p).save(buffer, format="PNG")
             encoded.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8).reshape(-1, 1))
         (root / "test_images_png.pkl").write_bytes(pickle.dumps(encoded))
-    cfg = compose_config(["logger=none", "data=tieredimagenet", f"data.root={root}", f"data.image_size={SIZE}",
-                          f"data.cache_dir={tmp_path / 'cache'}", "data.ways=2", "data.shots=1", "data.queries=1"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        [
+            "logger=none",
+            "data=tieredimagenet",
+            f"data.root={root}",
+            f"data.image_size={SIZE}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.ways=2",
+            "data.shots=1",
+            "data.queries=1",
+        ],
+        tmp_path / "run",
+    )
     learner = metaplus.load(make_run(cfg, tmp_path / "run"))
     source = instantiate_group(cfg.data, "data").source("test")
     first = int(np.flatnonzero(labels == 0)[0])  # row 0: class 0's first image in the file's order
@@ -180,6 +211,9 @@ def test_a_source_module_without_preprocessing_is_an_error_not_a_float_conversio
 
     cfg = compose_config(["logger=none"], tmp_path / "run")
     monkeypatch.delattr(sinusoid, "preprocessing")
-    with pytest.raises(ConfigError, match=r"data.source._target_.*metaplus.data.sinusoid defines no module-level "
-                                          r"preprocessing"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.source._target_.*metaplus.data.sinusoid defines no module-level "
+        r"preprocessing",
+    ):
         preprocessing(cfg)

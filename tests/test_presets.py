@@ -1,6 +1,7 @@
 """The short commands mean the papers: ``algo=A data=D`` composes the published setting of the pair
 (conf/preset/<algo>_<data>.yaml), checked field by field against a table written from the papers and
 the released configs (../shared/REFERENCE.md §2, §4, §6, §7), independently of the preset files."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,19 +15,76 @@ from metaplus.presets import describe, preset_info
 #   mb: meta-batch  steps: inner steps train/test  lr: inner lr  meta: (meta lr, schedule, floor)
 #   budget: (epochs, meta-iterations per epoch)  conv: (filters, activation, init)  q: queries per class
 #   msl: MSL epochs (None = MSL off)  order: derivative order  extra: protocol details
-MAML_OMNI = dict(meta=(1e-3, "constant", None), budget=(120, 500), conv=(64, "relu", "default"), msl=None,
-                 order="second", test_steps=10, clip=None, ensemble=0, rotations=False, train_shots=None)
+MAML_OMNI = dict(
+    meta=(1e-3, "constant", None),
+    budget=(120, 500),
+    conv=(64, "relu", "default"),
+    msl=None,
+    order="second",
+    test_steps=10,
+    clip=None,
+    ensemble=0,
+    rotations=False,
+    train_shots=None,
+)
 MAML_MINI = dict(MAML_OMNI, conv=(32, "relu", "default"), steps=5, lr=0.01, q=15)
-MAMLPP_OMNI = dict(mb=8, steps=5, test_steps=5, lr=0.1, meta=(1e-3, "cosine", 1e-5), budget=(100, 500),
-                   conv=(64, "leaky_relu", "xavier"), q=1, msl=10, order="second", clip=None, ensemble=5,
-                   rotations=True, train_shots=None)
-MAMLPP_MINI = dict(MAMLPP_OMNI, mb=2, meta=(1e-3, "cosine", 1e-3), conv=(48, "leaky_relu", "xavier"), q=15,
-                   msl=15, clip=10.0, rotations=None)
-REPTILE_OMNI = dict(mb=5, steps=5, test_steps=50, lr=1e-3, meta=(1.0, "linear", 0.0), budget=(200, 500),
-                    conv=(64, "relu", "default"), q=1, msl=None, order="first", clip=None, ensemble=0,
-                    rotations=False, train_shots=10)
-SINUSOID = dict(mb=25, steps=1, test_steps=10, lr=0.01, meta=(1e-3, "constant", None), budget=(70, 1000),
-                conv=None, msl=None, order="second", clip=None, ensemble=0, rotations=None, train_shots=None)
+MAMLPP_OMNI = dict(
+    mb=8,
+    steps=5,
+    test_steps=5,
+    lr=0.1,
+    meta=(1e-3, "cosine", 1e-5),
+    budget=(100, 500),
+    conv=(64, "leaky_relu", "xavier"),
+    q=1,
+    msl=10,
+    order="second",
+    clip=None,
+    ensemble=5,
+    rotations=True,
+    train_shots=None,
+)
+MAMLPP_MINI = dict(
+    MAMLPP_OMNI,
+    mb=2,
+    meta=(1e-3, "cosine", 1e-3),
+    conv=(48, "leaky_relu", "xavier"),
+    q=15,
+    msl=15,
+    clip=10.0,
+    rotations=None,
+)
+REPTILE_OMNI = dict(
+    mb=5,
+    steps=5,
+    test_steps=50,
+    lr=1e-3,
+    meta=(1.0, "linear", 0.0),
+    budget=(200, 500),
+    conv=(64, "relu", "default"),
+    q=1,
+    msl=None,
+    order="first",
+    clip=None,
+    ensemble=0,
+    rotations=False,
+    train_shots=10,
+)
+SINUSOID = dict(
+    mb=25,
+    steps=1,
+    test_steps=10,
+    lr=0.01,
+    meta=(1e-3, "constant", None),
+    budget=(70, 1000),
+    conv=None,
+    msl=None,
+    order="second",
+    clip=None,
+    ensemble=0,
+    rotations=None,
+    train_shots=None,
+)
 PUBLISHED = {
     ("maml", "omniglot", 5, 1): dict(MAML_OMNI, mb=32, steps=1, lr=0.4, q=1),
     ("maml", "omniglot", 5, 5): dict(MAML_OMNI, mb=32, steps=1, lr=0.4, q=5),
@@ -46,8 +104,9 @@ PUBLISHED = {
     ("mamlpp", "miniimagenet", 5, 5): MAMLPP_MINI,
     ("reptile", "omniglot", 5, 1): REPTILE_OMNI,
     ("reptile", "omniglot", 20, 5): REPTILE_OMNI,
-    ("reptile", "miniimagenet", 5, 1): dict(REPTILE_OMNI, steps=8, conv=(32, "relu", "default"), train_shots=15,
-                                            rotations=None),
+    ("reptile", "miniimagenet", 5, 1): dict(
+        REPTILE_OMNI, steps=8, conv=(32, "relu", "default"), train_shots=15, rotations=None
+    ),
     ("maml", "sinusoid", None, 5): dict(SINUSOID, q=5),
     ("maml", "sinusoid", None, 10): dict(SINUSOID, q=10),
     ("fomaml", "sinusoid", None, 5): dict(SINUSOID, q=5, order="first"),
@@ -66,14 +125,25 @@ def composed(cfg) -> dict:
     else:
         order = "second"
     schedule = "cosine" if algo.get("ca") else algo.lr_schedule
-    conv = None if cfg.model._target_ != "metaplus.nn.Conv4" else (
-        cfg.model.filters, cfg.model.activation, cfg.model.init)
+    conv = (
+        None if cfg.model._target_ != "metaplus.nn.Conv4" else (cfg.model.filters, cfg.model.activation, cfg.model.init)
+    )
     return dict(
-        mb=data.meta_batch_size, steps=algo.get("inner_steps", 0), test_steps=algo.test_inner_steps, lr=algo.inner_lr,
+        mb=data.meta_batch_size,
+        steps=algo.get("inner_steps", 0),
+        test_steps=algo.test_inner_steps,
+        lr=algo.inner_lr,
         meta=(algo.meta_lr, schedule, None if schedule == "constant" else algo.min_meta_lr),
-        budget=(cfg.trainer.max_epochs, data.batches_per_epoch), conv=conv, q=data.queries,
-        msl=algo.msl_epochs if algo.get("msl") else None, order=order, clip=algo.grad_clip_value,
-        ensemble=cfg.ensemble_top_k, rotations=data.source.get("augment_rotations"), train_shots=data.train_shots)
+        budget=(cfg.trainer.max_epochs, data.batches_per_epoch),
+        conv=conv,
+        q=data.queries,
+        msl=algo.msl_epochs if algo.get("msl") else None,
+        order=order,
+        clip=algo.grad_clip_value,
+        ensemble=cfg.ensemble_top_k,
+        rotations=data.source.get("augment_rotations"),
+        train_shots=data.train_shots,
+    )
 
 
 def pair_overrides(algo, data, ways, shots):
@@ -95,17 +165,33 @@ def test_every_preset_file_is_in_the_golden_table():
     untested = {p.stem for p in (CONF / "preset").glob("*.yaml")} - tested
     # T-net presets are MT-net's without masks; MT-net's regression presets are covered by the
     # MT-net experiment tests (tests/test_mtnet.py); FOMAML/ANIL mini-ImageNet inherit MAML's.
-    assert untested <= {"tnet_sinusoid", "tnet_polynomial", "tnet_omniglot", "mtnet_sinusoid", "mtnet_polynomial",
-                        "fomaml_sinusoid", "anil_omniglot", "anil_miniimagenet", "fomaml_miniimagenet",
-                        "reptile_miniimagenet"} | tested
+    assert (
+        untested
+        <= {
+            "tnet_sinusoid",
+            "tnet_polynomial",
+            "tnet_omniglot",
+            "mtnet_sinusoid",
+            "mtnet_polynomial",
+            "fomaml_sinusoid",
+            "anil_omniglot",
+            "anil_miniimagenet",
+            "fomaml_miniimagenet",
+            "reptile_miniimagenet",
+        }
+        | tested
+    )
 
 
-@pytest.mark.parametrize("experiment, pair", [
-    ("mamlpp_miniimagenet_5w1s", ["algo=mamlpp", "data=miniimagenet"]),
-    ("omniglot_5w1s", ["algo=maml", "data=omniglot"]),
-    ("omniglot_20w1s", ["algo=maml", "data=omniglot", "data.ways=20"]),
-    ("miniimagenet_5w5s", ["algo=maml", "data=miniimagenet", "data.shots=5"]),
-])
+@pytest.mark.parametrize(
+    "experiment, pair",
+    [
+        ("mamlpp_miniimagenet_5w1s", ["algo=mamlpp", "data=miniimagenet"]),
+        ("omniglot_5w1s", ["algo=maml", "data=omniglot"]),
+        ("omniglot_20w1s", ["algo=maml", "data=omniglot", "data.ways=20"]),
+        ("miniimagenet_5w5s", ["algo=maml", "data=miniimagenet", "data.shots=5"]),
+    ],
+)
 def test_paper_experiments_equal_the_short_commands(experiment, pair):
     a = OmegaConf.to_container(compose_config([f"experiment={experiment}"]), resolve=True)
     b = OmegaConf.to_container(compose_config(pair), resolve=True)
@@ -114,8 +200,17 @@ def test_paper_experiments_equal_the_short_commands(experiment, pair):
 
 
 def test_explicit_overrides_win_over_the_preset():
-    cfg = compose_config(["algo=mamlpp", "data=miniimagenet", "data.meta_batch_size=4", "model.filters=32",
-                          "algo.inner_lr=0.01", "trainer.max_epochs=3", "ensemble_top_k=0"])
+    cfg = compose_config(
+        [
+            "algo=mamlpp",
+            "data=miniimagenet",
+            "data.meta_batch_size=4",
+            "model.filters=32",
+            "algo.inner_lr=0.01",
+            "trainer.max_epochs=3",
+            "ensemble_top_k=0",
+        ]
+    )
     assert (cfg.data.meta_batch_size, cfg.model.filters, cfg.algo.inner_lr) == (4, 32, 0.01)
     assert (cfg.trainer.max_epochs, cfg.ensemble_top_k) == (3, 0)
     assert cfg.model.activation == "leaky_relu"  # the rest of the preset still applies

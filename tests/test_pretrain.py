@@ -1,5 +1,6 @@
 """Pre-training baseline: supervised gradients by hand, per-episode head reset and fine-tuning switch,
 a real run on sinusoid and on Omniglot."""
+
 import csv
 import math
 
@@ -25,8 +26,14 @@ def classification_task(g, ways=3, shots=2, queries=2, num_classes=7, dim=5):
     classes = torch.randperm(num_classes, generator=g)[:ways]
     support_y, query_y = torch.arange(ways).repeat(shots), torch.arange(ways).repeat(queries)
     points = lambda y: means[classes[y]] + 0.3 * rand(g, len(y), dim)
-    return Task(points(support_y), support_y, points(query_y), query_y,
-                support_classes=classes[support_y], query_classes=classes[query_y])
+    return Task(
+        points(support_y),
+        support_y,
+        points(query_y),
+        query_y,
+        support_classes=classes[support_y],
+        query_classes=classes[query_y],
+    )
 
 
 def test_regression_gradient_is_the_pooled_mse_gradient():
@@ -91,9 +98,17 @@ def test_bad_finetune_switch_fails_naming_the_key(make_config):
 
 
 def test_pretraining_improves_finetuned_loss_on_sinusoid(make_config, tmp_path):
-    overrides = [*QUICK, "algo=pretrain", "trainer.max_epochs=2", "data.batches_per_epoch=100",
-                 "data.meta_batch_size=10", "data.val_episodes=20", "data.test_episodes=100", "algo.meta_lr=0.003",
-                 "algo.finetune=all"]
+    overrides = [
+        *QUICK,
+        "algo=pretrain",
+        "trainer.max_epochs=2",
+        "data.batches_per_epoch=100",
+        "data.meta_batch_size=10",
+        "data.val_episodes=20",
+        "data.test_episodes=100",
+        "algo.meta_lr=0.003",
+        "algo.finetune=all",
+    ]
     trained = run(make_config(overrides, output_dir=tmp_path / "trained"))
     parts = build(make_config(overrides, output_dir=tmp_path / "untrained"))
     untrained = parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)[0]["test/mse"]
@@ -107,14 +122,29 @@ def test_pretraining_on_omniglot_lowers_the_all_classes_loss_and_finetuning_beat
     # (measured: 0.41 vs 0.35 accuracy even after 1,600 tasks), so this checks the mechanics: the
     # all-classes loss falls, each episode starts at chance from a zero head, and fine-tuning learns.
     out = tmp_path / "omniglot"
-    overrides = [*QUICK, "logger=csv", "algo=pretrain", "algo.inner_lr=0.4", "algo.test_inner_steps=3",
-                 "data=omniglot", "model=conv4", f"data.root={DATA / 'omniglot'}", "model.filters=32",
-                 "data.batches_per_epoch=30", "data.meta_batch_size=4", "data.val_episodes=20", "data.test_episodes=40"]
+    overrides = [
+        *QUICK,
+        "logger=csv",
+        "algo=pretrain",
+        "algo.inner_lr=0.4",
+        "algo.test_inner_steps=3",
+        "data=omniglot",
+        "model=conv4",
+        f"data.root={DATA / 'omniglot'}",
+        "model.filters=32",
+        "data.batches_per_epoch=30",
+        "data.meta_batch_size=4",
+        "data.val_episodes=20",
+        "data.test_episodes=40",
+    ]
     metrics = run(make_config(overrides, output_dir=out))
     rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     print(f"pretrain omniglot: train/loss {losses[0]:.2f} -> {losses[-1]:.2f}; 5w1s test/acc {metrics['test/acc']:.3f}")
-    assert len(losses) >= 20 and losses[0] == pytest.approx(math.log(4112), rel=0.1), ("starts near ln(#classes)", losses)
+    assert len(losses) >= 20 and losses[0] == pytest.approx(math.log(4112), rel=0.1), (
+        "starts near ln(#classes)",
+        losses,
+    )
     assert sum(losses[-5:]) / 5 < losses[0] - 0.1, losses
     assert metrics["test/acc_step0"] == pytest.approx(0.2), "a zero head predicts one class: chance for 5 ways"
     assert metrics["test/acc"] > 0.3

@@ -6,6 +6,7 @@ search. No path or plumbing override: the outputs land where the user's would, u
 ``<cwd>/outputs/``. Placeholders (``<run>``, ``<date>``) name the directories earlier commands made.
 Commands on the real image datasets are slow (and skip without them); the multirun grid is fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def with_budget(args: list[str]) -> list[str]:
     """``args`` with only the budget changed (see the module docstring)."""
     if args[:1] != ["train.py"] or "--cfg" in args:
         return args
-    budgeted = [f"{a.split('=', 1)[0]}={DEBUG_VALUES[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in DEBUG_VALUES
-                else a for a in args]
+    budgeted = [
+        f"{a.split('=', 1)[0]}={DEBUG_VALUES[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in DEBUG_VALUES else a
+        for a in args
+    ]
     if any(a.startswith("hparams_search=") for a in args):
         budgeted.append("hydra.sweeper.n_trials=2")
     return [*budgeted, f"debug={DEBUG}"]
@@ -100,8 +103,9 @@ def test_readme_has_the_headline_commands():
     assert any("hparams_search=" in line for line in lines)
 
 
-@pytest.mark.parametrize("args", [pytest.param(c, id=command_id(c), marks=[pytest.mark.slow] if needs_data(c) else [])
-                                  for c in COMMANDS])
+@pytest.mark.parametrize(
+    "args", [pytest.param(c, id=command_id(c), marks=[pytest.mark.slow] if needs_data(c) else []) for c in COMMANDS]
+)
 def test_readme_command_runs_as_written(args, workdir):
     if needs_data(args) and shared_data_dir() is None:
         pytest.skip("needs the image datasets ($METAPLUS_DATA or ../shared/data)")
@@ -153,9 +157,23 @@ def test_readme_api_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # results.json names data.root relative to the working directory
     root = pattern_folder(tmp_path / "images")
     out = tmp_path / "outputs" / "runs" / "tiny"
-    run(compose_config([*QUICK, "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.source.channels=1",
-                        "data.shots=1", "data.queries=2", f"data.cache_dir={tmp_path / 'cache'}", "model.filters=8",
-                        "data.meta_batch_size=2"], out))
+    run(
+        compose_config(
+            [
+                *QUICK,
+                "data=imagefolder",
+                f"data.root={root}",
+                "data.image_size=16",
+                "data.source.channels=1",
+                "data.shots=1",
+                "data.queries=2",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "model.filters=8",
+                "data.meta_batch_size=2",
+            ],
+            out,
+        )
+    )
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     for name, folder in zip(["a", "b", "c", "d", "e"], classes):
         Image.open(next(folder.iterdir())).save(tmp_path / f"{name}.png")

@@ -1,5 +1,6 @@
 """metaplus.report: grouping, statistics and files on synthetic results.json trees, then a tiny real
 MAML++ ablation on Omniglot (issue 4: "a tiny ablation multirun on Omniglot produces the table")."""
+
 from __future__ import annotations
 
 import csv
@@ -23,24 +24,57 @@ ALGO_KEYS = {  # algorithm-specific keys, as the real algo configs have them
 }
 
 
-def write_run(path: Path, *, algo="maml", data="omniglot", task="classification", ways=5, shots=1, seed=0,
-              value=0.9, ci=0.01, val=0.88, wall=10.0, variant=None, algo_keys=None) -> None:
+def write_run(
+    path: Path,
+    *,
+    algo="maml",
+    data="omniglot",
+    task="classification",
+    ways=5,
+    shots=1,
+    seed=0,
+    value=0.9,
+    ci=0.01,
+    val=0.88,
+    wall=10.0,
+    variant=None,
+    algo_keys=None,
+) -> None:
     """A results.json as metaplus.run writes it, with the per-run fields that differ between jobs."""
     metric = "acc" if task == "classification" else "mse"
     config = {
         "seed": seed,
-        "algo": {"_target_": f"metaplus.algorithms.{algo}", "name": algo, "inner_lr": 0.4,
-                 **ALGO_KEYS.get(algo, {}), **(algo_keys or {})},
-        "data": {"name": data, "task": task, "ways": ways, "shots": shots, "seed": seed, "root": f"/data/{data}",
-                 "input_shape": [1, 28, 28]},
+        "algo": {
+            "_target_": f"metaplus.algorithms.{algo}",
+            "name": algo,
+            "inner_lr": 0.4,
+            **ALGO_KEYS.get(algo, {}),
+            **(algo_keys or {}),
+        },
+        "data": {
+            "name": data,
+            "task": task,
+            "ways": ways,
+            "shots": shots,
+            "seed": seed,
+            "root": f"/data/{data}",
+            "input_shape": [1, 28, 28],
+        },
         "paths": {"output_dir": str(path)},
         "callbacks": {"model_checkpoint": {"dirpath": str(path / "checkpoints")}},
         "tags": [],
     }
     if variant is not None:
         config["variant"] = variant
-    results = {f"val/{metric}": val, f"test/{metric}": value, f"test/{metric}_ci95": ci, "monitor": f"val/{metric}",
-               "seed": seed, "wall_time_s": wall, "config": config}
+    results = {
+        f"val/{metric}": val,
+        f"test/{metric}": value,
+        f"test/{metric}_ci95": ci,
+        "monitor": f"val/{metric}",
+        "seed": seed,
+        "wall_time_s": wall,
+        "config": config,
+    }
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps(results))
 
@@ -64,8 +98,15 @@ def ablation_sweep(tmp_path):
         expected[variant] = (values, cis)
         for s, (value, ci) in enumerate(zip(values, cis)):
             job = v * 3 + s
-            write_run(sweep / f"{job}_{variant}", seed=s + 1, value=float(value), ci=float(ci), wall=100.0 + job,
-                      variant=variant, algo_keys={k: k in on for k in SWITCHES})
+            write_run(
+                sweep / f"{job}_{variant}",
+                seed=s + 1,
+                value=float(value),
+                ci=float(ci),
+                wall=100.0 + job,
+                variant=variant,
+                algo_keys={k: k in on for k in SWITCHES},
+            )
     return sweep, expected
 
 
@@ -106,7 +147,10 @@ def test_a_single_seed_row_has_its_episode_ci_and_no_spread(tmp_path):
     write_run(tmp_path / "0", value=0.75, ci=0.03, variant="maml")
     write_run(tmp_path / "1", value=0.8, ci=0.02, variant="mamlpp", algo_keys={s: True for s in SWITCHES})
     rows = read_csv(report([tmp_path])["csv"])
-    assert [(r["runs"], r["test_std_over_seeds"], r["test_ci95"]) for r in rows] == [("1", "", "0.03"), ("1", "", "0.02")]
+    assert [(r["runs"], r["test_std_over_seeds"], r["test_ci95"]) for r in rows] == [
+        ("1", "", "0.03"),
+        ("1", "", "0.02"),
+    ]
     assert "| maml |" in (tmp_path / "report.md").read_text()
 
 
@@ -116,7 +160,9 @@ def test_regression_reports_mse_unscaled(tmp_path):
     paths = report([tmp_path])
     rows = read_csv(paths["csv"])
     assert [(r["algo"], r["data"], r["metric"], r["runs"]) for r in rows] == [
-        ("maml", "sinusoid 5-shot", "mse", "2"), ("metasgd", "sinusoid 5-shot", "mse", "1")]
+        ("maml", "sinusoid 5-shot", "mse", "2"),
+        ("metasgd", "sinusoid 5-shot", "mse", "1"),
+    ]
     assert float(rows[0]["test_mean"]) == pytest.approx(np.mean([0.51234, 0.6]))
     text = paths["md"].read_text()
     assert "test mse ± CI95" in text and f"{np.mean([0.51234, 0.6]):.4g}" in text
@@ -134,7 +180,7 @@ def test_algorithm_comparison_hides_algorithm_specific_keys_and_pivots_datasets(
     assert list(rows[0])[:2] == ["algo", "data"] and "algo.min_meta_lr" not in rows[0] and "msl" not in rows[0]
     assert [(r["algo"], r["data"]) for r in rows][:4] == [(a, "omniglot 20w1s") for a in ALGO_KEYS]
     text = paths["md"].read_text()
-    pivot = text[text.index("## By data"):].splitlines()
+    pivot = text[text.index("## By data") :].splitlines()
     assert pivot[2].startswith("| algo | omniglot 20w1s | miniimagenet 5w1s |")
     reptile = next(line for line in pivot if line.startswith("| reptile |"))
     assert "52.00 ± 1.00" in reptile and "56.00 ± 1.00" in reptile  # jobs 2 and 6: 0.5 + job/100, ci 0.01
@@ -202,12 +248,19 @@ def test_no_results_is_a_clear_error(tmp_path):
 
 def test_metrics_globs_add_columns_averaged_over_seeds(tmp_path):
     for job, (order, seed, fraction) in enumerate([(0, 1, 0.50), (0, 2, 0.60), (2, 1, 0.80), (2, 2, 0.90)]):
-        write_run(tmp_path / str(job), algo="mtnet", data="polynomial", task="regression", seed=seed,
-                  algo_keys={"order": order})
+        write_run(
+            tmp_path / str(job),
+            algo="mtnet",
+            data="polynomial",
+            task="regression",
+            seed=seed,
+            algo_keys={"order": order},
+        )
         results_file = tmp_path / str(job) / "results.json"
         results = json.loads(results_file.read_text())
-        results.update({"mtnet/update_fraction/body.0": fraction, "mtnet/update_fraction/all": fraction / 2,
-                        "mtnet/other": 1.0})
+        results.update(
+            {"mtnet/update_fraction/body.0": fraction, "mtnet/update_fraction/all": fraction / 2, "mtnet/other": 1.0}
+        )
         results_file.write_text(json.dumps(results))
     paths = report([tmp_path], metrics=["mtnet/update_fraction/*"])
     table = [line for line in paths["md"].read_text().splitlines() if line.startswith("|")]
@@ -221,9 +274,20 @@ def test_metrics_globs_add_columns_averaged_over_seeds(tmp_path):
 
 
 # -- a tiny real ablation on Omniglot ---------------------------------------------------------------
-TINY = ["logger=none", "model.filters=4", "data.ways=5", "data.meta_batch_size=2", "data.batches_per_epoch=1",
-        "data.val_episodes=4", "data.test_episodes=4", "trainer.max_epochs=1", "algo.inner_steps=2",
-        "algo.test_inner_steps=2", "trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
+TINY = [
+    "logger=none",
+    "model.filters=4",
+    "data.ways=5",
+    "data.meta_batch_size=2",
+    "data.batches_per_epoch=1",
+    "data.val_episodes=4",
+    "data.test_episodes=4",
+    "trainer.max_epochs=1",
+    "algo.inner_steps=2",
+    "algo.test_inner_steps=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+]
 
 
 def needs_omniglot():
@@ -253,8 +317,9 @@ def test_ablation_multirun_cli_and_report(tmp_path):
     """The documented command: one Hydra multirun of the default grid, W&B offline, then the report."""
     needs_omniglot()
     quick = [o for o in TINY if o != "logger=none"]
-    proc = commands.train("-m", "experiment=ablation_mamlpp", "logger=wandb", *quick, cwd=tmp_path, timeout=600,
-                          HYDRA_FULL_ERROR="1")
+    proc = commands.train(
+        "-m", "experiment=ablation_mamlpp", "logger=wandb", *quick, cwd=tmp_path, timeout=600, HYDRA_FULL_ERROR="1"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = commands.only_directory(tmp_path / "outputs" / "multiruns")
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())

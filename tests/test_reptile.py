@@ -3,6 +3,7 @@
 On linear least squares (grad L = A w - b, A = 2/n X^T X, b = 2/n X^T y) the k inner SGD steps are written
 out by hand, so the whole meta-update is a direct computation.
 """
+
 import copy
 
 import lightning as L
@@ -32,10 +33,17 @@ def inner_sgd(w, x, y, lr, steps):
 
 
 def fit(learner, batches, trainer_kwargs, ckpt_path=None):
-    loader = DataLoader([(i, t) for i, t in enumerate(batches)], batch_size=2,
-                        collate_fn=collate_tasks)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs)
+    loader = DataLoader([(i, t) for i, t in enumerate(batches)], batch_size=2, collate_fn=collate_tasks)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **trainer_kwargs,
+    )
     trainer.fit(learner, train_dataloaders=loader, ckpt_path=ckpt_path)
     return trainer
 
@@ -81,12 +89,19 @@ def test_outer_update_with_the_adam_inner_loop_is_the_hand_written_one(betas):
     model = TinyLinear(3).double()
     phi = model.head.weight.detach().T.clone()
     meta_lr, inner_lr, k = 0.9, 0.05, 4
-    learner = Reptile(model, "regression", inner_steps=k, inner_lr=inner_lr, meta_lr=meta_lr, inner_optimizer="adam",
-                      adam_betas=list(betas))
+    learner = Reptile(
+        model,
+        "regression",
+        inner_steps=k,
+        inner_lr=inner_lr,
+        meta_lr=meta_lr,
+        inner_optimizer="adam",
+        adam_betas=list(betas),
+    )
     fit(learner, tasks, dict(max_steps=3))
 
     for i, eps in enumerate((meta_lr, meta_lr * 2 / 3, meta_lr / 3)):  # linear annealing over 3 meta-iterations
-        targets = [inner_adam(phi, t.support_x, t.support_y, inner_lr, k, betas) for t in tasks[2 * i:2 * i + 2]]
+        targets = [inner_adam(phi, t.support_x, t.support_y, inner_lr, k, betas) for t in tasks[2 * i : 2 * i + 2]]
         phi = phi + eps * torch.stack([w - phi for w in targets]).mean(dim=0)
     torch.testing.assert_close(learner.backbone.head.weight.detach().T, phi, rtol=1e-12, atol=1e-12)
 
@@ -115,8 +130,7 @@ def test_resumed_run_continues_the_schedule_and_matches_an_uninterrupted_one(tmp
 
     def learner():
         torch.manual_seed(1)
-        return Reptile(TinyLinear(3).double(), "regression", inner_steps=2, inner_lr=0.05, meta_lr=1.0,
-                       min_meta_lr=0.2)
+        return Reptile(TinyLinear(3).double(), "regression", inner_steps=2, inner_lr=0.05, meta_lr=1.0, min_meta_lr=0.2)
 
     whole = learner()
     fit(whole, tasks, dict(max_epochs=2))  # 4 meta-iterations per epoch
@@ -144,20 +158,41 @@ def test_bad_final_step_size_fails_naming_the_key(make_config):
 
 
 def test_reptile_improves_adaptation_on_sinusoid(make_config, tmp_path):
-    overrides = [*QUICK, "algo=reptile", "trainer.max_epochs=2", "data.batches_per_epoch=100",  # 200 meta-iterations
-                 "data.meta_batch_size=5", "data.val_episodes=20", "data.test_episodes=100"]
+    overrides = [
+        *QUICK,
+        "algo=reptile",
+        "trainer.max_epochs=2",
+        "data.batches_per_epoch=100",  # 200 meta-iterations
+        "data.meta_batch_size=5",
+        "data.val_episodes=20",
+        "data.test_episodes=100",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/mse")
-    print(f"reptile sinusoid test/mse after 10 steps: trained {trained['test/mse']:.3f}, untrained {untrained:.3f}, "
-          f"trained before adaptation {trained['test/mse_step0']:.3f}")
+    print(
+        f"reptile sinusoid test/mse after 10 steps: trained {trained['test/mse']:.3f}, untrained {untrained:.3f}, "
+        f"trained before adaptation {trained['test/mse_step0']:.3f}"
+    )
     assert trained["test/mse"] < 0.9 * untrained, (trained["test/mse"], untrained)
     assert trained["test/mse"] < trained["test/mse_step0"], "adapting the meta-learned init should help"
 
 
 @needs_omniglot
 def test_reptile_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
-    overrides = [*QUICK, "algo=reptile", "algo.inner_lr=0.1", "algo.inner_steps=5", "algo.test_inner_steps=3",
-                 "data=omniglot", "model=conv4", f"data.root={DATA / 'omniglot'}", "model.filters=32",
-                 "data.batches_per_epoch=30", "data.meta_batch_size=4", "data.val_episodes=20", "data.test_episodes=40"]
+    overrides = [
+        *QUICK,
+        "algo=reptile",
+        "algo.inner_lr=0.1",
+        "algo.inner_steps=5",
+        "algo.test_inner_steps=3",
+        "data=omniglot",
+        "model=conv4",
+        f"data.root={DATA / 'omniglot'}",
+        "model.filters=32",
+        "data.batches_per_epoch=30",
+        "data.meta_batch_size=4",
+        "data.val_episodes=20",
+        "data.test_episodes=40",
+    ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"reptile omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")
     assert trained["test/acc"] > untrained + 0.05, (trained["test/acc"], untrained)

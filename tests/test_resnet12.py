@@ -3,6 +3,7 @@ per-step BN), ANIL's head, MT-nets' T layers, DropBlock, and training from the c
 
 Models are tiny (widths of 2-5 channels, 16x16 images, float64) so the gradient checks run in seconds.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,15 @@ def image_task(ways=3, shots=2, queries=2, seed=0) -> Task:
 
 
 # -- architecture ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, pool, features", [([3, 84, 84], "avg", 640), ([3, 84, 84], "flatten", 640 * 25),
-                                                   ([3, 32, 32], "flatten", 640 * 4), ([1, 28, 28], "avg", 640)])
+@pytest.mark.parametrize(
+    "shape, pool, features",
+    [
+        ([3, 84, 84], "avg", 640),
+        ([3, 84, 84], "flatten", 640 * 25),
+        ([3, 32, 32], "flatten", 640 * 4),
+        ([1, 28, 28], "avg", 640),
+    ],
+)
 def test_head_size_follows_pool_and_input_shape(shape, pool, features):
     model = ResNet12(input_shape=shape, output_dim=7, pool=pool)
     assert model.head.in_features == features and model.head.out_features == 7
@@ -75,10 +83,17 @@ def test_config_derives_shapes_from_the_data_node(make_config):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
-@pytest.mark.parametrize("kwargs, key", [(dict(input_shape=[3, 8, 8]), "input_shape"),
-                                         (dict(widths=[]), "widths"), (dict(widths=[4, 0]), "widths"),
-                                         (dict(pool="max"), "pool"), (dict(dropblock_rate=1.0), "dropblock_rate"),
-                                         (dict(dropblock_size=0), "dropblock_size")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(input_shape=[3, 8, 8]), "input_shape"),
+        (dict(widths=[]), "widths"),
+        (dict(widths=[4, 0]), "widths"),
+        (dict(pool="max"), "pool"),
+        (dict(dropblock_rate=1.0), "dropblock_rate"),
+        (dict(dropblock_size=0), "dropblock_size"),
+    ],
+)
 def test_bad_settings_name_their_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         ResNet12(**kwargs)
@@ -108,8 +123,15 @@ def learner_gradient(learner, task):
 @pytest.mark.parametrize("bnwb,adapt_bn_affine", [(False, False), (False, True), (True, False)])
 def test_second_order_maml_gradient_matches_an_independent_computation(bnwb, adapt_bn_affine):
     steps, alpha = 2, 0.3
-    learner = MAML(tiny_resnet(), "classification", inner_steps=steps, inner_lr=alpha, bnwb=bnwb, bnrs=bnwb,
-                   adapt_bn_affine=adapt_bn_affine).double()
+    learner = MAML(
+        tiny_resnet(),
+        "classification",
+        inner_steps=steps,
+        inner_lr=alpha,
+        bnwb=bnwb,
+        bnrs=bnwb,
+        adapt_bn_affine=adapt_bn_affine,
+    ).double()
     norm = learner.backbone.blocks[1].norm2
     assert norm.weight.shape == ((steps, 3) if bnwb else (3,))
     if bnwb:  # distinct per-step affine sets, so using the wrong step's set would show
@@ -130,8 +152,9 @@ def test_second_order_maml_gradient_matches_an_independent_computation(bnwb, ada
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10, msg=name)
     first = functional_meta_gradient(learner.backbone, task, alpha, steps, adapted, second_order=False)
-    assert not torch.allclose(first["blocks.0.conv1.weight"], expected["blocks.0.conv1.weight"], atol=1e-8), \
+    assert not torch.allclose(first["blocks.0.conv1.weight"], expected["blocks.0.conv1.weight"], atol=1e-8), (
         "this problem separates first from second order"
+    )
 
 
 def test_second_order_meta_gradient_matches_finite_differences():
@@ -168,9 +191,13 @@ def test_second_order_meta_gradient_matches_finite_differences():
 def test_every_batch_norm_receives_the_inner_step():
     learner = MAML(tiny_resnet(), "classification", inner_steps=3, inner_lr=0.1, bnwb=True)
     seen = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, kwargs, name=name: seen.setdefault(name, []).append(kwargs["step"]),
-                                           with_kwargs=True)
-               for name, m in learner.backbone.named_modules() if isinstance(m, PerStepBatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, args, kwargs, name=name: seen.setdefault(name, []).append(kwargs["step"]), with_kwargs=True
+        )
+        for name, m in learner.backbone.named_modules()
+        if isinstance(m, PerStepBatchNorm2d)
+    ]
     learner.task_loss(image_task())
     for h in handles:
         h.remove()
@@ -238,7 +265,7 @@ def test_dropblock_drops_whole_squares_and_rescales_the_rest():
     torch.testing.assert_close(out[~dropped], torch.full((kept,), x.numel() / kept, dtype=torch.float64))
     # every dropped unit lies in a fully dropped 3x3 square (an opening of the mask leaves it unchanged)
     mask = dropped.double()
-    eroded = -F.max_pool2d(-mask, 3, stride=1)                   # squares entirely dropped
+    eroded = -F.max_pool2d(-mask, 3, stride=1)  # squares entirely dropped
     opened = F.max_pool2d(F.pad(eroded, (2, 2, 2, 2)), 3, stride=1)  # grown back to their squares
     assert torch.equal(opened.bool(), dropped)
 
@@ -264,9 +291,25 @@ def test_a_few_training_iterations_from_the_config(tmp_path, algo):
         for i in range(4):
             (root / f"class{c}").mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (20, 20), ((c * 31) % 256, (i * 50) % 256, 90)).save(root / f"class{c}" / f"{i}.png")
-    overrides = [*QUICK, f"algo={algo}", "model=resnet12", "model.widths=[2,3,4,5]", "data=imagefolder",
-                 f"data.root={root}", "data.image_size=16", "data.split=ratios", "data.source.ratios=[0.5,0.25,0.25]",
-                 "data.ways=2", "data.shots=1", "data.queries=2", "data.batches_per_epoch=2", "data.meta_batch_size=2",
-                 "data.val_episodes=2", "data.test_episodes=2", "algo.test_inner_steps=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    overrides = [
+        *QUICK,
+        f"algo={algo}",
+        "model=resnet12",
+        "model.widths=[2,3,4,5]",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "data.split=ratios",
+        "data.source.ratios=[0.5,0.25,0.25]",
+        "data.ways=2",
+        "data.shots=1",
+        "data.queries=2",
+        "data.batches_per_epoch=2",
+        "data.meta_batch_size=2",
+        "data.val_episodes=2",
+        "data.test_episodes=2",
+        "algo.test_inner_steps=2",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["test/episodes"] == 2 and (tmp_path / "run" / "results.json").is_file()

@@ -5,6 +5,7 @@ cosine schedule is the same) and stopped after the first epoch with ``trainer.ma
 killed job would be. MSL, LSLR and CA are on so that epoch-dependent weights, extra meta-parameters
 and the outer-lr scheduler all have to be restored.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,17 @@ from metaplus.run import run
 from metaplus.testing import QUICK, train_losses
 
 STEPS_PER_EPOCH = 3
-SETTING = [*QUICK, "logger=csv", "trainer.max_epochs=2", f"data.batches_per_epoch={STEPS_PER_EPOCH}",
-           "algo.inner_steps=2", "algo.msl=true", "algo.lslr=true", "algo.ca=true",
-           "+callbacks.draws._target_=test_resume.GlobalRandomDraws"]
+SETTING = [
+    *QUICK,
+    "logger=csv",
+    "trainer.max_epochs=2",
+    f"data.batches_per_epoch={STEPS_PER_EPOCH}",
+    "algo.inner_steps=2",
+    "algo.msl=true",
+    "algo.lslr=true",
+    "algo.ca=true",
+    "+callbacks.draws._target_=test_resume.GlobalRandomDraws",
+]
 
 
 class GlobalRandomDraws(Callback):

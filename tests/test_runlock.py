@@ -2,6 +2,7 @@
 directory of a running one (a requeued job while the old one runs, the same command twice) stops at
 once naming the directory and the holder, and the first goes on untouched; a dead holder does not
 keep the directory locked."""
+
 from __future__ import annotations
 
 import errno
@@ -18,22 +19,37 @@ from metaplus import runlock
 from metaplus.runlock import LOCK_NAME, RunDirectoryBusy, RunLock
 from metaplus.testing import REPO
 
-SETTING = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=8",
-           "data.meta_batch_size=2", "data.val_episodes=4", "data.test_episodes=4", "trainer.enable_progress_bar=false",
-           "algo.inner_steps=1", "+callbacks.gate._target_=cluster_probes.Gate"]
+SETTING = [
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=1",
+    "data.batches_per_epoch=8",
+    "data.meta_batch_size=2",
+    "data.val_episodes=4",
+    "data.test_episodes=4",
+    "trainer.enable_progress_bar=false",
+    "algo.inner_steps=1",
+    "+callbacks.gate._target_=cluster_probes.Gate",
+]
 
 
 def environment() -> dict[str, str]:
     paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "WANDB_MODE": "offline",
-            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "1",
+    }
 
 
 def test_a_second_process_in_a_running_directory_refuses_and_the_first_goes_on(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *SETTING]
-    first = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    first = subprocess.Popen(
+        command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.time() + 120
         while not (run_dir / "at_gate").exists():  # the first run is training (and waits at the gate)
@@ -43,8 +59,10 @@ def test_a_second_process_in_a_running_directory_refuses_and_the_first_goes_on(t
         assert first.poll() is None, "the first run was still training when the second one ended"
         assert second.returncode != 0
         message = second.stderr + second.stdout
-        assert f"run directory {run_dir} is in use by another run: PID {first.pid} on host {socket.gethostname()}, " \
-               f"started " in message, message[-3000:]
+        assert (
+            f"run directory {run_dir} is in use by another run: PID {first.pid} on host {socket.gethostname()}, "
+            f"started " in message
+        ), message[-3000:]
         assert "hydra.run.dir=" in message and "train.py" in message
         (run_dir / "open_gate").touch()
         printed, _ = first.communicate(timeout=240)
@@ -54,16 +72,26 @@ def test_a_second_process_in_a_running_directory_refuses_and_the_first_goes_on(t
     results = json.loads((run_dir / "results.json").read_text())
     assert results["global_step"] == 8, "the first run trained to its end"
     steps = [line.split(",") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()]
-    assert len({row[steps[0].index("step")] for row in steps[1:] if row[steps[0].index("train/loss")]}) == 8, \
+    assert len({row[steps[0].index("step")] for row in steps[1:] if row[steps[0].index("train/loss")]}) == 8, (
         "its training log holds its own 8 steps"
+    )
     assert not (run_dir / LOCK_NAME).exists(), "released at the end"
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     """The kernel releases the lock of a process that ended however it ended (here: SIGKILL)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from metaplus.runlock import RunLock; "
-                               f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              cwd=REPO, env=environment(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from metaplus.runlock import RunLock; "
+            f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunDirectoryBusy, match=f"PID {holder.pid} on host"):

@@ -1,4 +1,5 @@
 """``adapted.score(x, y)`` names its fields and still unpacks as (loss, metric)."""
+
 import torch
 
 from metaplus.algorithms import MAML

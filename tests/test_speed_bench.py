@@ -7,6 +7,7 @@ torch.func. It only measures that if it computes the same thing, so its gradient
 with the learn2learn engine's, in float64, for plain second-order MAML, first order, and MAML++ at
 epoch 0 (multi-step loss, per-step batch norm, LSLR at its initial rates).
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,15 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_meta_floor_gradient_is_the_learners_meta_gradient(case):
-    make = lambda engine: MAML(engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1, engine=engine,
-                               **CASES[case])
+    make = lambda engine: MAML(
+        engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1, engine=engine, **CASES[case]
+    )
     batch = engine_tests.image_batch()
-    expected = {n.removeprefix("backbone."): g
-                for n, g in engine_tests.meta_gradients(make, batch, "l2l").items() if n.startswith("backbone.")}
+    expected = {
+        n.removeprefix("backbone."): g
+        for n, g in engine_tests.meta_gradients(make, batch, "l2l").items()
+        if n.startswith("backbone.")
+    }
 
     torch.manual_seed(0)
     learner = engine_tests.at_epoch(make("l2l").double(), 0)
@@ -44,7 +49,9 @@ def test_meta_floor_gradient_is_the_learners_meta_gradient(case):
 
     assert expected and got.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got[name], expected[name], rtol=1e-6, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_meta_floor_differs_when_the_derivative_order_differs():
@@ -53,8 +60,10 @@ def test_meta_floor_differs_when_the_derivative_order_differs():
     grads = {}
     for first_order in (False, True):
         torch.manual_seed(0)
-        learner = engine_tests.at_epoch(MAML(engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1,
-                                             first_order=first_order).double(), 0)
+        learner = engine_tests.at_epoch(
+            MAML(engine_tests.conv4(), "classification", inner_steps=3, inner_lr=0.1, first_order=first_order).double(),
+            0,
+        )
         meta_floor_loss(learner, learner.backbone, batch[0], torch.device("cpu")).backward()
         grads[first_order] = learner.backbone.head.weight.grad.clone()
     assert not torch.allclose(grads[False], grads[True], rtol=1e-4)
@@ -63,7 +72,10 @@ def test_meta_floor_differs_when_the_derivative_order_differs():
 def test_saved_command_names_no_path_of_this_machine():
     ref = Path("/somewhere/mamlpp_ref")
     assert public_command(["--quick", "--reference-code", str(ref)], ref) == [
-        "--quick", "--reference-code", "$METAPLUS_MAMLPP_REFERENCE"]
+        "--quick",
+        "--reference-code",
+        "$METAPLUS_MAMLPP_REFERENCE",
+    ]
     assert public_command([f"--reference-code={ref}"], ref) == ["--reference-code=$METAPLUS_MAMLPP_REFERENCE"]
     assert public_command(["--quick"], ref) == ["--quick", "(reference code from $METAPLUS_MAMLPP_REFERENCE)"]
     assert public_command(["--quick"], None) == ["--quick"]
@@ -72,18 +84,33 @@ def test_saved_command_names_no_path_of_this_machine():
 
 def test_reference_code_missing_fails_naming_where_it_looked_and_how_to_get_it(tmp_path):
     """The script as a user runs it (a test imports no bench script): it stops before importing torch."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "reference_mamlpp.py"), "--code", str(tmp_path),
-                           "--out", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "reference_mamlpp.py"),
+            "--code",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     message = proc.stderr
     assert proc.returncode == 1, (proc.returncode, message)
-    assert str(tmp_path) in message and "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
+    assert (
+        str(tmp_path) in message and "git clone https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch" in message
+    )
     assert not (tmp_path / "out.json").exists()
 
 
 def test_a_killed_child_names_the_signal_and_the_measurement(tmp_path):
     with pytest.raises(ChildFailed, match=r"the floor child failed: killed by SIGKILL \(SIGKILL with no error"):
-        measured([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], "floor", cwd=tmp_path)
+        measured(
+            [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], "floor", cwd=tmp_path
+        )
     with pytest.raises(ChildFailed, match="the train l2l child failed: exit status 3$"):
         measured([sys.executable, "-c", "raise SystemExit(3)"], "train l2l", cwd=tmp_path)
 

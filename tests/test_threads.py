@@ -1,4 +1,5 @@
 """Each training process gets its share of the cores (metaplus.threads), unless the user chose."""
+
 import logging
 
 import lightning as L
@@ -10,15 +11,18 @@ from metaplus.testing import QUICK
 from metaplus.threads import decide_threads, sweep_size, trainer_processes
 
 
-@pytest.mark.parametrize("configured, environ, cores, processes, expected", [
-    (None, {}, 2, 1, (2, "2 cores / 1 processes")),                        # one run takes every core
-    (None, {}, 2, 2, (1, "2 cores / 2 processes")),                        # CPU DDP, 2 ranks on 2 cores
-    (None, {}, 16, 3, (5, "16 cores / 3 processes")),                      # floor of the share
-    (None, {}, 2, 4, (1, "2 cores / 4 processes")),                        # never fewer than one
-    (None, {"OMP_NUM_THREADS": "3"}, 16, 4, (3, "OMP_NUM_THREADS")),       # the user's variable wins
-    (None, {"OMP_NUM_THREADS": ""}, 8, 2, (4, "8 cores / 2 processes")),   # empty = not set
-    (6, {"OMP_NUM_THREADS": "3"}, 16, 4, (6, "config key threads")),       # the key wins over everything
-])
+@pytest.mark.parametrize(
+    "configured, environ, cores, processes, expected",
+    [
+        (None, {}, 2, 1, (2, "2 cores / 1 processes")),  # one run takes every core
+        (None, {}, 2, 2, (1, "2 cores / 2 processes")),  # CPU DDP, 2 ranks on 2 cores
+        (None, {}, 16, 3, (5, "16 cores / 3 processes")),  # floor of the share
+        (None, {}, 2, 4, (1, "2 cores / 4 processes")),  # never fewer than one
+        (None, {"OMP_NUM_THREADS": "3"}, 16, 4, (3, "OMP_NUM_THREADS")),  # the user's variable wins
+        (None, {"OMP_NUM_THREADS": ""}, 8, 2, (4, "8 cores / 2 processes")),  # empty = not set
+        (6, {"OMP_NUM_THREADS": "3"}, 16, 4, (6, "config key threads")),  # the key wins over everything
+    ],
+)
 def test_decision_table(configured, environ, cores, processes, expected):
     assert decide_threads(configured, environ, cores, processes) == expected
 
@@ -44,7 +48,8 @@ def test_processes_of_a_run_follow_the_trainer():
 
 def test_sweep_size_is_the_product_of_the_swept_values(tmp_path):
     (tmp_path / "multirun.yaml").write_text(
-        "hydra:\n  overrides:\n    task: ['seed=1,2,3', 'algo=maml,fomaml', 'data.shots=5', 'x=range(0,4)']\n")
+        "hydra:\n  overrides:\n    task: ['seed=1,2,3', 'algo=maml,fomaml', 'data.shots=5', 'x=range(0,4)']\n"
+    )
     assert sweep_size(tmp_path / "multirun.yaml") == 3 * 2 * 4
     assert sweep_size(tmp_path / "missing.yaml") == 1
 
@@ -86,8 +91,11 @@ def test_submitit_local_jobs_share_the_cores(tmp_path):
     from metaplus.threads import parallel_jobs
 
     (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['seed=1,2,3', 'data.shots=5']\n")
-    for launcher, expected in (("submitit_local", 3), ("submitit_local hydra.sweeper.max_batch_size=2", 2),
-                               ("basic", 1)):
+    for launcher, expected in (
+        ("submitit_local", 3),
+        ("submitit_local hydra.sweeper.max_batch_size=2", 2),
+        ("basic", 1),
+    ):
         name, *extra = launcher.split()
         cfg = compose_config([f"hydra/launcher={name}", *extra], keep_hydra=True)
         with read_write(cfg.hydra), open_dict(cfg):  # compose_config registered the Hydra node, read-only

@@ -1,4 +1,5 @@
 """End-to-end: real Lightning runs on sinusoid, results.json, loggers, multiruns, the CLI."""
+
 import json
 import os
 import subprocess
@@ -12,8 +13,15 @@ from metaplus.algorithms import NonFiniteLossError
 from metaplus.run import build, run
 from metaplus.testing import QUICK, REPO, commands, recompute_test_metric
 
-LEARN = ["trainer.max_epochs=3", "data.batches_per_epoch=100", "data.meta_batch_size=10",
-         "data.val_episodes=50", "data.test_episodes=100", "algo.test_inner_steps=5", "algo.meta_lr=0.003"]
+LEARN = [
+    "trainer.max_epochs=3",
+    "data.batches_per_epoch=100",
+    "data.meta_batch_size=10",
+    "data.val_episodes=50",
+    "data.test_episodes=100",
+    "algo.test_inner_steps=5",
+    "algo.meta_lr=0.003",
+]
 
 
 def test_short_sinusoid_run_learns_to_adapt(make_config, tmp_path):
@@ -24,8 +32,9 @@ def test_short_sinusoid_run_learns_to_adapt(make_config, tmp_path):
     assert trained["test/mse"] == pytest.approx(after, rel=1e-5)
     assert trained["test/mse_step0"] == pytest.approx(before, rel=1e-5)
     untrained_parts = build(make_config([*QUICK, *LEARN], output_dir=tmp_path / "untrained"))
-    untrained, = untrained_parts["trainer"].test(untrained_parts["learner"], datamodule=untrained_parts["datamodule"],
-                                                 verbose=False)
+    (untrained,) = untrained_parts["trainer"].test(
+        untrained_parts["learner"], datamodule=untrained_parts["datamodule"], verbose=False
+    )
 
     after, before = trained["test/mse"], trained["test/mse_step0"]
     assert after < 0.9 * before, f"adaptation should help after meta-training: {before:.3f} -> {after:.3f}"
@@ -98,8 +107,9 @@ def test_wandb_offline_run_writes_its_files(make_config, tmp_path, monkeypatch):
 
 def cli(*args, cwd=REPO, timeout=300):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_multirun_writes_one_directory_per_job(tmp_path):
@@ -137,5 +147,5 @@ def test_diverging_evaluation_warns_and_reports_nan(make_config, tmp_path):
 
     parts = build(make_config([*QUICK, "algo.inner_lr=1e12", "algo.test_inner_steps=3"], output_dir=tmp_path / "d"))
     with pytest.warns(UserWarning, match="adaptation diverged"):
-        logged, = parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
+        (logged,) = parts["trainer"].test(parts["learner"], datamodule=parts["datamodule"], verbose=False)
     assert math.isnan(logged["test/mse"])

@@ -3,6 +3,7 @@
 The ``.wandb`` transaction log is decoded with W&B's protobuf schema (``metaplus.testing.wandb_records``); the
 tables W&B wrote for the plots are read from the run's ``files/`` directory.
 """
+
 import json
 import time
 
@@ -54,16 +55,24 @@ def table_rows(run_dir, ref):
 def test_wandb_run_holds_summary_curve_lslr_table_config_and_tags(make_config, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "wb"
-    metrics = run(make_config([*QUICK, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=3",
-                               "logger=wandb", "tags=[dash]"], output_dir=out))
-    run_dir, records, history = offline_run_records(
-        out, ["test/adaptation_curve_table", "inner_lr/table"])
+    metrics = run(
+        make_config(
+            [*QUICK, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=3", "logger=wandb", "tags=[dash]"],
+            output_dir=out,
+        )
+    )
+    run_dir, records, history = offline_run_records(out, ["test/adaptation_curve_table", "inner_lr/table"])
 
     # the resolved config and the tags of the run
     first = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert {"mamlpp", "sinusoid", "lslr", "dash"} <= set(first.tags)
-    config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config"
-              for item in r.config.update if item.key}
+    config = {
+        item.key: json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+        if item.key
+    }
     assert config["algo"]["inner_lr"] == 0.1 and config["seed"] == 42
     assert config["algo"]["lslr"] is True and config["data"]["name"] == "sinusoid"
 
@@ -78,8 +87,13 @@ def test_wandb_run_holds_summary_curve_lslr_table_config_and_tags(make_config, t
     assert [r[0] for r in rows] == [0, 1, 2, 3]
     assert [r[1] for r in rows] == metrics["test/mse_by_step"]
     assert [r[2] for r in rows] == metrics["test/mse_ci95_by_step"]
-    visualize = [item for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update
-                 if list(item.nested_key[:2]) == ["_wandb", "visualize"]]
+    visualize = [
+        item
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+        if list(item.nested_key[:2]) == ["_wandb", "visualize"]
+    ]
     panels = {item.nested_key[2]: json.loads(item.value_json) for item in visualize}
     line = panels["test/adaptation_curve"]["panel_config"]
     assert line["panelDefId"] == "wandb/line/v0" and line["fieldSettings"]["x"] == "inner_step"
@@ -89,21 +103,30 @@ def test_wandb_run_holds_summary_curve_lslr_table_config_and_tags(make_config, t
     columns, rows = table_rows(run_dir, history["inner_lr/table"])
     assert columns == ["parameter", "step", "inner_lr"]
     state = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]
-    expected = {(name[len("inner_lrs."):].replace("-", "."), k + 1): float(v)
-                for name, rates in state.items() if name.startswith("inner_lrs.") for k, v in enumerate(rates)}
+    expected = {
+        (name[len("inner_lrs.") :].replace("-", "."), k + 1): float(v)
+        for name, rates in state.items()
+        if name.startswith("inner_lrs.")
+        for k, v in enumerate(rates)
+    }
     assert {(p, s): v for p, s, v in rows} == pytest.approx(expected, rel=1e-6)
     assert len(rows) == 6 * 2, "MLP 1-40-40-1: 6 tensors x 2 inner steps"
 
 
 def test_mtnet_fractions_and_ensemble_figure_reach_the_dashboard():
     """MT-net fractions become a table and a bar chart; an ensemble figure is a summary number."""
-    metrics = {"mtnet/update_fraction/body.0": 0.25, "mtnet/update_fraction/head": 0.75,
-               "test/acc": 0.5, "test/acc_ensemble": 0.625}
+    metrics = {
+        "mtnet/update_fraction/body.0": 0.25,
+        "mtnet/update_fraction/head": 0.75,
+        "test/acc": 0.5,
+        "test/acc_ensemble": 0.625,
+    }
     panels = dashboard(metrics)
     table = panels["mtnet/update_fraction_table"]
     assert table.columns == ["layer", "update_fraction"] and table.data == [["body.0", 0.25], ["head", 0.75]]
     assert "mtnet/update_fraction_bar" in panels and "inner_lr/table" not in panels
     from metaplus.loggers import summary_metrics
+
     assert summary_metrics({**metrics, "best_checkpoint": "x", "test/acc_by_step": [0.1]}) == metrics
 
 

@@ -1,6 +1,7 @@
 """CIFAR-FS, FC100, tieredImageNet and CUB: loaders on tiny fixtures in the releases' exact formats
 (metaplus/testing/zoo.py), split files, episodes, errors, and a few training iterations from the config.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,12 @@ def cifar_root(tmp_path_factory):
 # -- the shipped split files -------------------------------------------------------------------------
 def test_split_files_have_the_published_sizes_and_are_disjoint():
     sizes = {d: [len(read_split(d, s)) for s in SPLITS] for d in ("cifarfs", "fc100", "tieredimagenet", "cub")}
-    assert sizes == {"cifarfs": [64, 16, 20], "fc100": [12, 4, 4], "tieredimagenet": [351, 97, 160], "cub": [100, 50, 50]}
+    assert sizes == {
+        "cifarfs": [64, 16, 20],
+        "fc100": [12, 4, 4],
+        "tieredimagenet": [351, 97, 160],
+        "cub": [100, 50, 50],
+    }
     for dataset in sizes:
         names = [set(read_split(dataset, s)) for s in SPLITS]
         assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2]), dataset
@@ -55,8 +61,10 @@ def test_split_files_have_the_published_sizes_and_are_disjoint():
 
 # -- CIFAR-FS and FC100 ------------------------------------------------------------------------------
 def test_cifarfs_reads_the_release_pools_train_and_test_and_labels_correctly(cifar_root, tmp_path):
-    sources = {s: CifarTasks(5, 1, 2, root=str(cifar_root), class_split="cifarfs", cache_dir=str(tmp_path), split=s)
-               for s in SPLITS}
+    sources = {
+        s: CifarTasks(5, 1, 2, root=str(cifar_root), class_split="cifarfs", cache_dir=str(tmp_path), split=s)
+        for s in SPLITS
+    }
     assert {s: src.num_classes for s, src in sources.items()} == {"train": 64, "val": 16, "test": 20}
     for split, source in sources.items():
         assert source.class_names == sorted(read_split("cifarfs", split))
@@ -88,9 +96,19 @@ def test_fc100_splits_by_superclass(cifar_root):
 
 
 def test_cifar_resizes_and_limits_when_asked(cifar_root):
-    source = CifarTasks(2, 1, 1, root=str(cifar_root / "cifar-100-python"), image_size=16, max_classes=3,
-                        max_images_per_class=2, split="test")
-    assert source.data.images.shape == (6, 3, 16, 16) and source.class_names == sorted(read_split("cifarfs", "test"))[:3]
+    source = CifarTasks(
+        2,
+        1,
+        1,
+        root=str(cifar_root / "cifar-100-python"),
+        image_size=16,
+        max_classes=3,
+        max_images_per_class=2,
+        split="test",
+    )
+    assert (
+        source.data.images.shape == (6, 3, 16, 16) and source.class_names == sorted(read_split("cifarfs", "test"))[:3]
+    )
     for c, name in enumerate(source.class_names):  # flat planes keep their value through the resize
         assert bool((source.data.of_class(c)[:, 0] == 2 * FINE_NAMES.index(name)).all())
         assert source.data.of_class(c)[:, 2, 0, 0].tolist() == [7, 7], "the first 2 images: the train file's"
@@ -120,7 +138,9 @@ def test_cifar_pickles_cannot_run_code_and_damage_is_named(tmp_path):
     with pytest.raises(CorruptDatasetError, match=r"cannot read .*cifar-100-python/train"):
         CifarTasks(2, 1, 1, root=str(root), split="train")
     root = make_cifar100(tmp_path / "cifar10", train_per_class=1, test_per_class=1)
-    (root / "cifar-100-python" / "test").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}))
+    (root / "cifar-100-python" / "test").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})
+    )
     with pytest.raises(CorruptDatasetError, match=r"cifar-100-python/test lacks \['coarse_labels', 'fine_labels'\]"):
         CifarTasks(2, 1, 1, root=str(root), split="train")
 
@@ -130,7 +150,7 @@ def test_tiered_folders_match_the_split_files(tmp_path):
     classes = make_tiered_folders(tmp_path / "tiered", {"train": 4, "val": 3, "test": 3})
     for split in SPLITS:
         source = TieredImageNetTasks(3, 1, 2, root=str(tmp_path / "tiered"), image_size=20, split=split)
-        assert source.class_names == classes[split] == read_split("tieredimagenet", split)[:len(classes[split])]
+        assert source.class_names == classes[split] == read_split("tieredimagenet", split)[: len(classes[split])]
         assert source.data.images.shape == (4 * len(classes[split]), 3, 20, 20)
         for c in range(source.num_classes):
             red = source.data.of_class(c)[:, 0].float().mean().item()
@@ -179,7 +199,7 @@ def test_cub_reads_the_official_layout_with_chens_split(tmp_path, caplog):
             source = CUBTasks(3, 1, 2, root=str(tmp_path), image_size=24, split=split)
         missing = 100 - 4 if split == "train" else 50 - 3
         assert f"{missing} of the {100 if split == 'train' else 50} classes of the split are missing" in caplog.text
-        assert source.class_names == classes[split] == read_split("cub", split)[:len(classes[split])]
+        assert source.class_names == classes[split] == read_split("cub", split)[: len(classes[split])]
         assert source.data.images.shape == (4 * len(classes[split]), 3, 24, 24)
         for c in range(source.num_classes):
             assert abs(source.data.of_class(c)[:, 0].float().mean().item() - class_value(c)) < 3
@@ -218,9 +238,22 @@ def test_a_few_training_iterations_from_the_config(tmp_path, dataset, algo):
     from metaplus.run import run
 
     root = tmp_path / "data"
-    overrides = [*QUICK, f"algo={algo}", *fixture_overrides(dataset, root), f"data.root={root}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "model=conv4", "model.filters=4", "data.ways=2",
-                 "data.shots=1", "data.queries=2", "data.batches_per_epoch=2", "data.meta_batch_size=2",
-                 "data.val_episodes=2", "data.test_episodes=2", "algo.test_inner_steps=2"]
+    overrides = [
+        *QUICK,
+        f"algo={algo}",
+        *fixture_overrides(dataset, root),
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "model=conv4",
+        "model.filters=4",
+        "data.ways=2",
+        "data.shots=1",
+        "data.queries=2",
+        "data.batches_per_epoch=2",
+        "data.meta_batch_size=2",
+        "data.val_episodes=2",
+        "data.test_episodes=2",
+        "algo.test_inner_steps=2",
+    ]
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["test/episodes"] == 2 and (tmp_path / "run" / "results.json").is_file()

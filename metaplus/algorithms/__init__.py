@@ -1,4 +1,5 @@
 """Algorithms: one module each, extending the episodic LightningModule in ``base``."""
+
 from metaplus.algorithms.anil import ANIL
 from metaplus.algorithms.base import EpisodicLearner, NonFiniteLossError
 from metaplus.algorithms.maml import MAML

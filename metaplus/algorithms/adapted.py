@@ -17,6 +17,7 @@ running statistics (``algo.bn_stats=running``, or ``algo.bnrs=true``) can be loa
 ``metaplus.load(..., bn_stats="running")``: predictions then use the stored statistics of the
 matching step and no longer depend on the batch.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -31,7 +32,8 @@ from metaplus.errors import check, check_int
 
 class Score(NamedTuple):
     """What :meth:`AdaptedLearner.score` returns; unpacks as ``loss, metric = adapted.score(x, y)``."""
-    loss: float    # the training loss (cross-entropy, or MSE for regression)
+
+    loss: float  # the training loss (cross-entropy, or MSE for regression)
     metric: float  # the reported metric: accuracy (classification) or mean squared error (regression)
 
 
@@ -58,8 +60,12 @@ class AdaptedLearner:
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Classification: softmax probabilities over the ways, one row per input."""
-        check("task_type", self.learner.task_type, self.learner.task_type == "classification",
-              "classification for predict_proba (regression has no class probabilities)")
+        check(
+            "task_type",
+            self.learner.task_type,
+            self.learner.task_type == "classification",
+            "classification for predict_proba (regression has no class probabilities)",
+        )
         return F.softmax(self(x), dim=-1)
 
     def score(self, x: Tensor, y: Tensor) -> Score:

@@ -5,6 +5,7 @@ loss of the head-adapted model (second order by default: the head's inner update
 body's features, and that dependence is differentiated too). Which parameters form the head is
 read off the model (``metaplus.nn.head_parameter_names``), so every backbone works unchanged.
 """
+
 from __future__ import annotations
 
 from metaplus.algorithms.base import EpisodicLearner

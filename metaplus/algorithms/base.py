@@ -15,6 +15,7 @@ Subclasses override small hooks, not the loop:
   optional warm-up, and meta-gradient clipping (``grad_clip_value`` / ``grad_clip_norm``).
 Validation and test are the same code for every algorithm (``evaluate_task``).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,11 +50,14 @@ def refuse_fp16_inner_loop(precision: Any) -> None:
     loss instead of letting the GradScaler skip the step. bf16 has fp32's range, so it has neither
     problem; GPUs without bf16 (V100, T4) train in fp32."""
     if str(precision) in FP16_PRECISIONS:
-        raise ConfigError("trainer.precision", f"{precision!r} is not supported: the inner loop would differentiate "
-                                               f"an unscaled float16 loss (small inner gradients underflow to zero, an "
-                                               f"overflow stops the run instead of skipping the step). Use "
-                                               f"trainer.precision=bf16-mixed on GPUs with bf16 (A100, H100, RTX 30xx "
-                                               f"and later); on GPUs without bf16 (V100, T4) use trainer.precision=32-true")
+        raise ConfigError(
+            "trainer.precision",
+            f"{precision!r} is not supported: the inner loop would differentiate "
+            f"an unscaled float16 loss (small inner gradients underflow to zero, an "
+            f"overflow stops the run instead of skipping the step). Use "
+            f"trainer.precision=bf16-mixed on GPUs with bf16 (A100, H100, RTX 30xx "
+            f"and later); on GPUs without bf16 (V100, T4) use trainer.precision=32-true",
+        )
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -113,23 +117,42 @@ class EpisodicLearner(L.LightningModule):
         check("first_order", first_order, isinstance(first_order, bool), "true or false")
         check_choice("lr_schedule", lr_schedule, set(LR_SCHEDULES))
         check_choice("lr_interval", lr_interval, set(LR_INTERVALS))
-        check("min_meta_lr", min_meta_lr, isinstance(min_meta_lr, (int, float)) and not isinstance(min_meta_lr, bool)
-              and 0 <= min_meta_lr <= meta_lr, f"a number in [0, meta_lr={meta_lr}]")
+        check(
+            "min_meta_lr",
+            min_meta_lr,
+            isinstance(min_meta_lr, (int, float)) and not isinstance(min_meta_lr, bool) and 0 <= min_meta_lr <= meta_lr,
+            f"a number in [0, meta_lr={meta_lr}]",
+        )
         check_int("warmup_steps", warmup_steps, 0)
         for key, value in (("grad_clip_value", grad_clip_value), ("grad_clip_norm", grad_clip_norm)):
-            check(key, value, value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                                and value > 0), "null (off) or a number > 0")
+            check(
+                key,
+                value,
+                value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0),
+                "null (off) or a number > 0",
+            )
         check_eval_curve(eval_curve)
-        check("eval_curve_episodes", eval_curve_episodes, eval_curve_episodes is None or (
-            isinstance(eval_curve_episodes, int) and not isinstance(eval_curve_episodes, bool) and eval_curve_episodes >= 1),
-            "null (every episode) or an integer >= 1")
+        check(
+            "eval_curve_episodes",
+            eval_curve_episodes,
+            eval_curve_episodes is None
+            or (
+                isinstance(eval_curve_episodes, int)
+                and not isinstance(eval_curve_episodes, bool)
+                and eval_curve_episodes >= 1
+            ),
+            "null (every episode) or an integer >= 1",
+        )
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
         self.inner = inner_loop if inner_loop is not None else make_engine(engine, chunk_size)
         if getattr(self.inner, "batched", False) and not self.supports_batched_engine:
-            raise ConfigError("engine", f"{engine!r} is invalid for {type(self).__name__}: its training step is "
-                                        f"not a query loss after adaptation; use engine=l2l")
+            raise ConfigError(
+                "engine",
+                f"{engine!r} is invalid for {type(self).__name__}: its training step is "
+                f"not a query loss after adaptation; use engine=l2l",
+            )
         self.task_type, self.metric = task_type, metric_name(task_type)
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.inner_lr, self.meta_lr, self.first_order = inner_lr, meta_lr, first_order
@@ -185,9 +208,17 @@ class EpisodicLearner(L.LightningModule):
         return False
 
     def adapt(self, task: Task, steps: int, first_order: bool, on_step=None) -> nn.Module:
-        return self.inner.adapt(self.backbone, task.support_x, task.support_y, loss_fn=self.loss_fn,
-                                steps=steps, adapted=self.adapted_names(), rule=self.inner_rule(),
-                                first_order=first_order, on_step=on_step)
+        return self.inner.adapt(
+            self.backbone,
+            task.support_x,
+            task.support_y,
+            loss_fn=self.loss_fn,
+            steps=steps,
+            adapted=self.adapted_names(),
+            rule=self.inner_rule(),
+            first_order=first_order,
+            on_step=on_step,
+        )
 
     def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
         """Outer loss and metric of one training task: query loss after ``inner_steps`` steps."""
@@ -213,10 +244,18 @@ class EpisodicLearner(L.LightningModule):
         for chunk in self.inner.chunks(n):
             with self.gradient_sync(last=chunk.stop >= n):
                 loss, prediction = self.inner.query_losses(
-                    self.backbone, batch.support_x[chunk], batch.support_y[chunk], batch.query_x[chunk],
-                    batch.query_y[chunk], loss_fn=self.loss_fn, steps=self.inner_steps,
-                    adapted=self.adapted_names(), rule=self.inner_rule(),
-                    first_order=self.training_first_order(), step_weights=self.query_step_weights())
+                    self.backbone,
+                    batch.support_x[chunk],
+                    batch.support_y[chunk],
+                    batch.query_x[chunk],
+                    batch.query_y[chunk],
+                    loss_fn=self.loss_fn,
+                    steps=self.inner_steps,
+                    adapted=self.adapted_names(),
+                    rule=self.inner_rule(),
+                    first_order=self.training_first_order(),
+                    step_weights=self.query_step_weights(),
+                )
                 self.manual_backward(loss.sum() / n)
             losses += list(loss.detach())
             metrics += [self.score(p, y).detach() for p, y in zip(prediction, batch.query_y[chunk])]
@@ -288,7 +327,8 @@ class EpisodicLearner(L.LightningModule):
         raise NonFiniteLossError(
             f"train/loss is {value} at epoch {self.current_epoch}, step {step}: "
             f"training diverged. Lower algo.inner_lr (now {self.inner_lr}) or algo.meta_lr "
-            f"(now {self.meta_lr}), or check the data for NaN values.")
+            f"(now {self.meta_lr}), or check the data for NaN values."
+        )
 
     def on_train_epoch_end(self) -> None:
         self.raise_if_nonfinite()
@@ -333,8 +373,11 @@ class EpisodicLearner(L.LightningModule):
             return int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs
         if not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError("trainer.max_epochs", f"{epochs!r} is invalid: algo.lr_schedule={self.lr_schedule} "
-                                                    f"anneals over max_epochs, which must be an integer >= 1")
+            raise ConfigError(
+                "trainer.max_epochs",
+                f"{epochs!r} is invalid: algo.lr_schedule={self.lr_schedule} "
+                f"anneals over max_epochs, which must be an integer >= 1",
+            )
         return epochs
 
     def lr_scheduler(self, optimizer):
@@ -344,7 +387,9 @@ class EpisodicLearner(L.LightningModule):
             return None
         total, floor = self.schedule_length(), self.min_meta_lr / self.meta_lr
         schedule, warmup = self.lr_schedule, self.warmup_steps
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: outer_lr_factor(t, total, schedule, floor, warmup))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: outer_lr_factor(t, total, schedule, floor, warmup)
+        )
 
     # -- use as a library (metaplus.load) -------------------------------------------------------
     def adapt_to(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> AdaptedLearner:
@@ -355,8 +400,10 @@ class EpisodicLearner(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         if "backbone" not in kwargs:  # the backbone is a module, not a hyperparameter: say where it comes from
-            raise TypeError(f"{cls.__name__}.load_from_checkpoint needs backbone=... (rebuilt from the run's config); "
-                            f"use metaplus.load('{checkpoint_path}') instead, which rebuilds it from the run directory")
+            raise TypeError(
+                f"{cls.__name__}.load_from_checkpoint needs backbone=... (rebuilt from the run's config); "
+                f"use metaplus.load('{checkpoint_path}') instead, which rebuilds it from the run directory"
+            )
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
@@ -432,12 +479,23 @@ class EpisodicLearner(L.LightningModule):
         with torch.no_grad():  # first order: torch.func.grad still takes the inner gradients
             for chunk in self.inner.chunks(len(batch)):
                 loss, prediction = self.inner.scored_queries(
-                    self.backbone, batch.support_x[chunk], batch.support_y[chunk], batch.query_x[chunk],
-                    batch.query_y[chunk], loss_fn=self.loss_fn, steps=steps, adapted=self.adapted_names(),
-                    rule=self.inner_rule(), first_order=True, scored=scored)
+                    self.backbone,
+                    batch.support_x[chunk],
+                    batch.support_y[chunk],
+                    batch.query_x[chunk],
+                    batch.query_y[chunk],
+                    loss_fn=self.loss_fn,
+                    steps=steps,
+                    adapted=self.adapted_names(),
+                    rule=self.inner_rule(),
+                    first_order=True,
+                    scored=scored,
+                )
                 losses.append(loss)
-                metrics += [torch.stack([self.score(p, y) for p in per_task])
-                            for per_task, y in zip(prediction, batch.query_y[chunk])]
+                metrics += [
+                    torch.stack([self.score(p, y) for p in per_task])
+                    for per_task, y in zip(prediction, batch.query_y[chunk])
+                ]
         return torch.cat(losses), torch.stack(metrics)
 
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
@@ -468,22 +526,27 @@ class EpisodicLearner(L.LightningModule):
         curves.reset()
         diverged = int((~torch.isfinite(values[:, -1])).sum())
         if diverged:  # adaptation blew up (inner lr too large for this many test steps): say so
-            rank_zero_warn(f"{stage}: adaptation diverged (non-finite {self.metric}) on {diverged} of "
-                           f"{values.shape[0]} episodes after {self.test_inner_steps} inner steps; the {stage} "
-                           f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps.")
+            rank_zero_warn(
+                f"{stage}: adaptation diverged (non-finite {self.metric}) on {diverged} of "
+                f"{values.shape[0]} episodes after {self.test_inner_steps} inner steps; the {stage} "
+                f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps."
+            )
         summary = summarise(stage, self.metric, loss, values)
         for key, value in summary.items():
             # float64: what trainer.validate/test return (and results.json records) is the exact mean;
             # a Python float would be logged as float32.
-            self.log(key, torch.tensor(value, dtype=torch.float64), prog_bar=key == f"{stage}/{self.metric}",
-                     sync_dist=False)
+            self.log(
+                key, torch.tensor(value, dtype=torch.float64), prog_bar=key == f"{stage}/{self.metric}", sync_dist=False
+            )
         self.adaptation_curves.pop(stage, None)
         if self.curve_at(stage):  # the adaptation curve exists only where it was computed
             _, _, step_values = self.step_curves[stage].compute()
             self.step_curves[stage].reset()
             by_step, ci_by_step = curve(step_values)
-            self.adaptation_curves[stage] = {f"{stage}/{self.metric}_by_step": by_step,
-                                             f"{stage}/{self.metric}_ci95_by_step": ci_by_step}
+            self.adaptation_curves[stage] = {
+                f"{stage}/{self.metric}_by_step": by_step,
+                f"{stage}/{self.metric}_ci95_by_step": ci_by_step,
+            }
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)

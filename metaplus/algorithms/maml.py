@@ -20,6 +20,7 @@ differ in one switch at a time. ``bn_stats`` says how BN normalises: ``batch`` (
 reproduces the published numbers) or ``running`` (evaluation uses the running statistics of the
 matching step: BNRS as the paper's text describes it). See :mod:`metaplus.nn.batchnorm`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -76,17 +77,21 @@ class MAML(EpisodicLearner):
         self.msl_weights_cache: tuple[int, Tensor] | None = None  # (epoch, weights on the device)
 
     # -- construction ---------------------------------------------------------------------------
-    def configure_backbone_batchnorm(self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str,
-                                     adapt_bn_affine: bool) -> None:
+    def configure_backbone_batchnorm(
+        self, steps: int, bnrs: bool, bnwb: bool, bn_stats: str, adapt_bn_affine: bool
+    ) -> None:
         """BNRS/BNWB/bn_stats reshape the backbone's per-step BN layers, before the optimizer exists."""
         try:
-            layers = configure_batchnorm(self.backbone, steps, per_step_stats=bnrs, per_step_affine=bnwb,
-                                         stats=bn_stats)
+            layers = configure_batchnorm(
+                self.backbone, steps, per_step_stats=bnrs, per_step_affine=bnwb, stats=bn_stats
+            )
         except TypeError as err:
             raise ConfigError("bnrs" if bnrs else "bnwb", str(err)) from None
         if (bnrs or bnwb or bn_stats != "batch") and not layers:
-            rank_zero_warn(f"algo.bnrs/bnwb/bn_stats have no effect: {type(self.backbone).__name__} has "
-                           f"no metaplus.nn.PerStepBatchNorm2d layer")
+            rank_zero_warn(
+                f"algo.bnrs/bnwb/bn_stats have no effect: {type(self.backbone).__name__} has "
+                f"no metaplus.nn.PerStepBatchNorm2d layer"
+            )
         # The BN weights and biases are meta-learned only: Finn's MAML code and the MAML++ code never
         # adapt them in the inner loop (adapt_bn_affine=true does, but never with BNWB's per-step sets).
         frozen = bnwb or not adapt_bn_affine
@@ -154,27 +159,39 @@ class MAML(EpisodicLearner):
         """Switches that are on but change nothing in this run, each named with the keys to change."""
         found = []
         if self.da and self.first_order:
-            found.append("algo.da=true with algo.first_order=true: derivative-order annealing switches from first to "
-                         "second order, and this run is first order throughout, so DA changes nothing; set "
-                         "algo.first_order=false")
+            found.append(
+                "algo.da=true with algo.first_order=true: derivative-order annealing switches from first to "
+                "second order, and this run is first order throughout, so DA changes nothing; set "
+                "algo.first_order=false"
+            )
         elif self.da and isinstance(max_epochs, int) and self.da_epochs >= max_epochs:
-            found.append(f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
-                         f"training never reaches second order (the whole run is first order); lower "
-                         f"algo.da_epochs or set algo.da=false")
+            found.append(
+                f"algo.da=true with algo.da_epochs={self.da_epochs} >= trainer.max_epochs={max_epochs}: "
+                f"training never reaches second order (the whole run is first order); lower "
+                f"algo.da_epochs or set algo.da=false"
+            )
         if self.msl and self.inner_steps <= 1:
-            found.append(f"algo.msl=true with algo.inner_steps={self.inner_steps}: the multi-step loss weights the "
-                         f"query loss after each inner step, and with one step that is the final-step loss alone, "
-                         f"so MSL changes nothing here; set algo.inner_steps above 1 (MAML++ uses 5)")
+            found.append(
+                f"algo.msl=true with algo.inner_steps={self.inner_steps}: the multi-step loss weights the "
+                f"query loss after each inner step, and with one step that is the final-step loss alone, "
+                f"so MSL changes nothing here; set algo.inner_steps above 1 (MAML++ uses 5)"
+            )
         elif self.msl and isinstance(max_epochs, int) and self.msl_epochs > max_epochs:
-            found.append(f"algo.msl_epochs={self.msl_epochs} > trainer.max_epochs={max_epochs}: the multi-step loss "
-                         f"never anneals to the final step within this run")
+            found.append(
+                f"algo.msl_epochs={self.msl_epochs} > trainer.max_epochs={max_epochs}: the multi-step loss "
+                f"never anneals to the final step within this run"
+            )
         if self.switches["bnrs"] and self.bn_stats == "batch":
-            found.append("algo.bnrs=true with algo.bn_stats=batch: the per-step running statistics are kept (as the "
-                         "MAML++ code does) but never used to normalise, so BNRS does not change the results; "
-                         "algo.bn_stats=running uses them at evaluation")
+            found.append(
+                "algo.bnrs=true with algo.bn_stats=batch: the per-step running statistics are kept (as the "
+                "MAML++ code does) but never used to normalise, so BNRS does not change the results; "
+                "algo.bn_stats=running uses them at evaluation"
+            )
         if self.ca and self.min_meta_lr == self.meta_lr:
-            found.append(f"algo.ca=true with algo.min_meta_lr = algo.meta_lr = {self.meta_lr}: the cosine schedule is "
-                         f"constant (as MAML++'s released mini-ImageNet config)")
+            found.append(
+                f"algo.ca=true with algo.min_meta_lr = algo.meta_lr = {self.meta_lr}: the cosine schedule is "
+                f"constant (as MAML++'s released mini-ImageNet config)"
+            )
         return found
 
     def on_train_epoch_start(self) -> None:
@@ -195,8 +212,7 @@ class MAML(EpisodicLearner):
         if self.inner_lrs is None:
             return {}
         table = self.inner_lrs.table()
-        out = {f"inner_lr/{name}/step{k + 1}": float(v) for name, rates in table.items()
-               for k, v in enumerate(rates)}
+        out = {f"inner_lr/{name}/step{k + 1}": float(v) for name, rates in table.items() for k, v in enumerate(rates)}
         mean = torch.stack(list(table.values())).mean(dim=0)
         out.update({f"inner_lr/mean/step{k + 1}": float(v) for k, v in enumerate(mean)})
         return out

@@ -11,6 +11,7 @@ parameter, which does not fit the CloneAdapt engine (it clones, and adapts a cho
 rates live in a :class:`~metaplus.inner.learned_rates.LearnedRates` dict (keys: the parameter names
 with "__" for "."), which is also the update rule handed to the engine by the ``inner_rule`` hook.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,7 +28,8 @@ class MetaSGD(EpisodicLearner):
         super().__init__(backbone, task_type, name=name, **shared)
         adapted = self.adapted_names()
         self.inner_lrs = LearnedRates.per_element_rates(
-            {n: p for n, p in backbone.named_parameters() if n in adapted}, self.inner_lr)
+            {n: p for n, p in backbone.named_parameters() if n in adapted}, self.inner_lr
+        )
 
     def inner_rule(self) -> UpdateRule:
         return self.inner_lrs.rule()

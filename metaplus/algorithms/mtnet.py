@@ -40,6 +40,7 @@ fraction in the masks actually drawn for the batch), plus ``tnet/transform_chang
 = ||T - I||_F / ||I||_F. The update fractions and T changes are also logged at the end of each
 validation and test, so they are among the metrics trainer.validate/test return (and results.json).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -97,20 +98,25 @@ class MTNet(EpisodicLearner):
             check(key, value, isinstance(value, bool), "true or false")
         check_choice("mask_per", mask_per, set(MASK_PER))
         check_positive("temperature", temperature)
-        check("logit_init", logit_init, isinstance(logit_init, (int, float)) and not isinstance(logit_init, bool),
-              "a number")
+        check(
+            "logit_init",
+            logit_init,
+            isinstance(logit_init, (int, float)) and not isinstance(logit_init, bool),
+            "a number",
+        )
         check_int("mask_seed", mask_seed, 0)
         if not linear_maps(backbone):
-            raise ConfigError("use_T" if use_T else "use_M", f"{type(backbone).__name__} has no nn.Linear or "
-                                                             f"nn.Conv2d layer to transform or mask")
+            raise ConfigError(
+                "use_T" if use_T else "use_M",
+                f"{type(backbone).__name__} has no nn.Linear or nn.Conv2d layer to transform or mask",
+            )
         self.use_T, self.use_M, self.share_M, self.mask_per = use_T, use_M, share_M, mask_per
         self.temperature, self.mask_seed = float(temperature), mask_seed
         if use_T:
             insert_transforms(backbone)  # before the optimizer exists: T are new parameters
         self.meta_only = transform_parameter_names(backbone)
         # Display name of each masked linear map -> its module path ("head" -> "head.layer" with T).
-        self.mask_layers = {path.removesuffix(".layer") if use_T else path: path
-                            for path in linear_maps(backbone)}
+        self.mask_layers = {path.removesuffix(".layer") if use_T else path: path for path in linear_maps(backbone)}
         self.mask_logits = self.make_mask_logits(float(logit_init)) if use_M else None
         self.pending_noise: list[dict[str, Tensor]] = []
         self.sampled: list[dict[str, Tensor]] = []
@@ -132,8 +138,7 @@ class MTNet(EpisodicLearner):
                 full = f"{path}.{pname}"
                 key = parameter_key(layer if self.share_M else full)
                 shape = param.shape[:1] if self.share_M else param.shape
-                logits.setdefault(key, nn.Parameter(torch.full(shape, init, dtype=param.dtype,
-                                                                  device=param.device)))
+                logits.setdefault(key, nn.Parameter(torch.full(shape, init, dtype=param.dtype, device=param.device)))
                 self.mask_of[full], self.layer_of[key] = key, layer
         return nn.ParameterDict(logits)
 
@@ -167,8 +172,9 @@ class MTNet(EpisodicLearner):
     def sample_masks(self, noise: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fresh straight-through masks from the current logits (a new graph per task, so each task's
         backward frees only its own graph even when the noise is shared by a meta-batch)."""
-        return {key: straight_through_mask(logits, noise[key], self.temperature)
-                for key, logits in self.mask_logits.items()}
+        return {
+            key: straight_through_mask(logits, noise[key], self.temperature) for key, logits in self.mask_logits.items()
+        }
 
     def next_noise(self) -> dict[str, Tensor]:
         if self.pending_noise:
@@ -198,8 +204,12 @@ class MTNet(EpisodicLearner):
             shared = self.draw_noise(episode_generator("mtnet-mask", self.mask_seed, stage, epoch, "batch", batch_idx))
             self.pending_noise = self.noise_to_device([shared]) * len(batch)
             return
-        self.pending_noise = self.noise_to_device([self.draw_noise(episode_generator(
-            "mtnet-mask", self.mask_seed, stage, epoch, i)) for i in self.episode_indices(batch)])
+        self.pending_noise = self.noise_to_device(
+            [
+                self.draw_noise(episode_generator("mtnet-mask", self.mask_seed, stage, epoch, i))
+                for i in self.episode_indices(batch)
+            ]
+        )
 
     def on_train_batch_start(self, batch: TaskBatch, batch_idx: int) -> None:
         self.queue_noise(batch, "train", self.current_epoch, batch_idx)

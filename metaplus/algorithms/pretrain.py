@@ -12,6 +12,7 @@ with ``test_inner_steps`` SGD steps of ``inner_lr`` (``finetune: head`` adapts t
 (``backbone.head``, one output per way) is reset to zeros before every episode, so each episode
 starts from the pre-trained features and an unbiased classifier.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,9 @@ class Pretrain(EpisodicLearner):
         for key in ("inner_steps", "first_order"):  # fixed by what pre-training is
             check(key, shared.get(key), key not in shared, "left out: pre-training has no inner loop")
         # inner_steps=0: training never adapts; only evaluation fine-tunes.
-        super().__init__(backbone, task_type, inner_steps=0, test_inner_steps=test_inner_steps,
-                         first_order=True, name=name, **shared)
+        super().__init__(
+            backbone, task_type, inner_steps=0, test_inner_steps=test_inner_steps, first_order=True, name=name, **shared
+        )
         check_choice("finetune", finetune, {"head", "all"})
         self.finetune = finetune
         self.pretrain_head: nn.Module | None = None
@@ -57,8 +59,9 @@ class Pretrain(EpisodicLearner):
             raise RuntimeError("algo=pretrain needs the trainer's datamodule to know the number of training classes")
         source = datamodule.source("train")
         if not hasattr(source, "num_classes"):
-            raise ValueError(f"algo=pretrain on classification needs a source with num_classes; "
-                             f"{type(source).__name__} has none")
+            raise ValueError(
+                f"algo=pretrain on classification needs a source with num_classes; {type(source).__name__} has none"
+            )
         self.build_pretrain_head(source.num_classes)
 
     def build_pretrain_head(self, num_classes: int) -> None:
@@ -96,8 +99,10 @@ class Pretrain(EpisodicLearner):
             prediction = self.backbone(x)
             return self.loss_fn(prediction, y), self.score(prediction, y).detach()
         if task.support_classes is None or task.query_classes is None:
-            raise ValueError("algo=pretrain needs tasks with global class ids (support_classes/query_classes); "
-                             "this data source does not provide them")
+            raise ValueError(
+                "algo=pretrain needs tasks with global class ids (support_classes/query_classes); "
+                "this data source does not provide them"
+            )
         if self.pretrain_head is None:
             raise RuntimeError("the pre-training head is missing: call setup() or build_pretrain_head() first")
         y = torch.cat([task.support_classes, task.query_classes])

@@ -21,6 +21,7 @@ How it maps onto the episodic learner:
 Evaluation is the base class's: the same inner optimizer for ``test_inner_steps`` on each fixed
 episode's support set.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ def adam(lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8) ->
         m, v, t = moments.get(name, (torch.zeros_like(grad), torch.zeros_like(grad), 0))
         m, v, t = beta1 * m + (1 - beta1) * grad, beta2 * v + (1 - beta2) * grad * grad, t + 1
         moments[name] = (m, v, t)
-        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
         return -lr * m_hat / (v_hat.sqrt() + eps)
 
     return rule
@@ -75,15 +76,32 @@ class Reptile(EpisodicLearner):
         name: str = "reptile",
         **shared: Any,
     ):
-        check("first_order", shared.get("first_order"), shared.get("first_order", True) is True,
-              "true (Reptile has no second-order variant)")
+        check(
+            "first_order",
+            shared.get("first_order"),
+            shared.get("first_order", True) is True,
+            "true (Reptile has no second-order variant)",
+        )
         shared["first_order"] = True
-        super().__init__(backbone, task_type, inner_steps=inner_steps, meta_lr=meta_lr, min_meta_lr=min_meta_lr,
-                         lr_schedule=lr_schedule, lr_interval=lr_interval, name=name, **shared)
+        super().__init__(
+            backbone,
+            task_type,
+            inner_steps=inner_steps,
+            meta_lr=meta_lr,
+            min_meta_lr=min_meta_lr,
+            lr_schedule=lr_schedule,
+            lr_interval=lr_interval,
+            name=name,
+            **shared,
+        )
         check("inner_steps", inner_steps, inner_steps >= 1, "an integer >= 1 (Reptile needs an inner loop)")
         check_choice("inner_optimizer", inner_optimizer, {"sgd", "adam"})
-        check("adam_betas", adam_betas, len(adam_betas) == 2 and all(0 <= b < 1 for b in adam_betas),
-              "a pair [beta1, beta2] in [0, 1)")
+        check(
+            "adam_betas",
+            adam_betas,
+            len(adam_betas) == 2 and all(0 <= b < 1 for b in adam_betas),
+            "a pair [beta1, beta2] in [0, 1)",
+        )
         check_choice("train_on", train_on, {"support", "support_query"})
         self.inner_optimizer = inner_optimizer
         self.adam_betas, self.train_on = tuple(adam_betas), train_on
@@ -98,8 +116,12 @@ class Reptile(EpisodicLearner):
         """The points the inner loop trains on (see ``train_on``); the query set stays for logging."""
         if self.train_on == "support":
             return task
-        return Task(torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y]),
-                    task.query_x, task.query_y)
+        return Task(
+            torch.cat([task.support_x, task.query_x]),
+            torch.cat([task.support_y, task.query_y]),
+            task.query_x,
+            task.query_y,
+        )
 
     def accumulate_task(self, task: Task, weight: float) -> tuple[Tensor, Tensor]:
         learner = self.adapt(self.training_task(task), self.inner_steps, first_order=True)

@@ -1,5 +1,6 @@
 """A benchmark's command line as its saved note shows it: the results under bench/results/ are committed,
 so they name no path of the machine that measured them."""
+
 from __future__ import annotations
 
 from pathlib import Path

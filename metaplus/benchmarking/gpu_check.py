@@ -30,6 +30,7 @@ and the report says so. Without CUDA the script exits at once with status 2 and 
     python bench/gpu_check.py
     python bench/gpu_check.py --iterations 200 --out bench/results
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,21 +67,41 @@ def no_cuda_reason() -> str | None:
     if torch.cuda.is_available():
         return None
     built = torch.version.cuda or "none (a CPU-only build)"
-    return (f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build {built}, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). bench/gpu_check.py measures "
-            f"GPUs only; run it on a machine with an NVIDIA GPU and a CUDA build of torch")
+    return (
+        f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build {built}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). bench/gpu_check.py measures "
+        f"GPUs only; run it on a machine with an NVIDIA GPU and a CUDA build of torch"
+    )
 
 
 def plan(device_count: int, iterations: int) -> list[dict]:
     """The checks this machine gets, each with its planned seconds (``estimate_s``)."""
-    checks = [{"check": "gradients", "what": f"meta-gradients GPU vs CPU, fp64 and fp32, TF32 off, engines {', '.join(ENGINES)}",
-               "estimate_s": GRADIENT_CHECK_S}]
+    checks = [
+        {
+            "check": "gradients",
+            "what": f"meta-gradients GPU vs CPU, fp64 and fp32, TF32 off, engines {', '.join(ENGINES)}",
+            "estimate_s": GRADIENT_CHECK_S,
+        }
+    ]
     per_row = STARTUP_S + (WARMUP + iterations + PROFILED) / SLOWEST_ITERATIONS_PER_S
-    checks += [{"check": f"train/{engine}/{precision}", "engine": engine, "precision": precision,
-                "what": f"{iterations} iterations of {SETTING}, engine {engine}, {precision}", "estimate_s": per_row}
-               for engine in ENGINES for precision in PRECISIONS]
-    checks.append({"check": "ensemble", "what": f"top-3 ensemble on {ENSEMBLE_EPISODES} test episodes on the GPU",
-                   "estimate_s": ENSEMBLE_CHECK_S})
+    checks += [
+        {
+            "check": f"train/{engine}/{precision}",
+            "engine": engine,
+            "precision": precision,
+            "what": f"{iterations} iterations of {SETTING}, engine {engine}, {precision}",
+            "estimate_s": per_row,
+        }
+        for engine in ENGINES
+        for precision in PRECISIONS
+    ]
+    checks.append(
+        {
+            "check": "ensemble",
+            "what": f"top-3 ensemble on {ENSEMBLE_EPISODES} test episodes on the GPU",
+            "estimate_s": ENSEMBLE_CHECK_S,
+        }
+    )
     if device_count >= 2:
         checks.append({"check": "ddp", "what": "trainer=ddp trainer.devices=2, a short run", "estimate_s": DDP_CHECK_S})
     return checks
@@ -98,8 +119,17 @@ def mamlpp_learner(engine: str):
     from metaplus.nn import Conv4
 
     backbone = Conv4(input_shape=[3, 84, 84], output_dim=5, filters=48, activation="leaky_relu")
-    return MAML(backbone, "classification", inner_steps=5, inner_lr=0.1, msl=True, lslr=True, bnrs=True, bnwb=True,
-                engine=engine)
+    return MAML(
+        backbone,
+        "classification",
+        inner_steps=5,
+        inner_lr=0.1,
+        msl=True,
+        lslr=True,
+        bnrs=True,
+        bnwb=True,
+        engine=engine,
+    )
 
 
 def fixed_batch(tasks: int = 2, ways: int = 5, shots: int = 1, queries: int = 5):
@@ -126,8 +156,12 @@ def meta_gradient(engine: str, device, dtype=None) -> dict:
     learner.manual_backward = lambda loss: loss.backward()
     learner.gradient_sync = lambda last: nullcontext()
     batch = fixed_batch()
-    batch = type(batch)(*(None if t is None else t.to(device, dtype=dtype if t.is_floating_point() else t.dtype)
-                          for t in vars(batch).values()))
+    batch = type(batch)(
+        *(
+            None if t is None else t.to(device, dtype=dtype if t.is_floating_point() else t.dtype)
+            for t in vars(batch).values()
+        )
+    )
     if engine == "batched":
         learner.accumulate_batched(batch)
     else:
@@ -140,12 +174,20 @@ def gradient_errors(reference: dict, other: dict, tolerance: float | None) -> di
     """Per-tensor relative errors of ``other`` against ``reference``: the worst, and whether it is
     within ``tolerance`` (None: only measured)."""
     largest = max(g.norm().item() for g in reference.values())
-    errors = {n: ((other[n] - g).norm() / g.norm()).item() for n, g in reference.items()
-              if g.norm().item() >= NEGLIGIBLE_GRADIENT * largest}
+    errors = {
+        n: ((other[n] - g).norm() / g.norm()).item()
+        for n, g in reference.items()
+        if g.norm().item() >= NEGLIGIBLE_GRADIENT * largest
+    }
     worst = max(errors, key=errors.get)
-    return {"worst_tensor": worst, "worst_relative_error": errors[worst], "tensors_compared": len(errors),
-            "tensors_negligible": len(reference) - len(errors), "tolerance": tolerance,
-            "ok": (tolerance is None or errors[worst] <= tolerance) and set(other) == set(reference)}
+    return {
+        "worst_tensor": worst,
+        "worst_relative_error": errors[worst],
+        "tensors_compared": len(errors),
+        "tensors_negligible": len(reference) - len(errors),
+        "tolerance": tolerance,
+        "ok": (tolerance is None or errors[worst] <= tolerance) and set(other) == set(reference),
+    }
 
 
 def compare_gradients(reference: dict, gpu64: dict, cpu32: dict, gpu32: dict) -> dict:
@@ -162,10 +204,15 @@ def check_gradients(device) -> dict:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    return {engine: compare_gradients(meta_gradient(engine, "cpu", torch.float64),
-                                      meta_gradient(engine, device, torch.float64),
-                                      meta_gradient(engine, "cpu"), meta_gradient(engine, device))
-            for engine in ENGINES}
+    return {
+        engine: compare_gradients(
+            meta_gradient(engine, "cpu", torch.float64),
+            meta_gradient(engine, device, torch.float64),
+            meta_gradient(engine, "cpu"),
+            meta_gradient(engine, device),
+        )
+        for engine in ENGINES
+    }
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -195,8 +242,15 @@ def data_root(scratch: Path) -> tuple[str, str]:
 def setting_overrides(root: str) -> list[str]:
     from bench.speed import SETTINGS
 
-    return [*SETTINGS[SETTING][1], f"data.root={root}", "logger=none", "trainer.enable_progress_bar=false",
-            "~callbacks.progress_bar", "trainer.accelerator=gpu", "trainer.devices=1"]
+    return [
+        *SETTINGS[SETTING][1],
+        f"data.root={root}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        "trainer.accelerator=gpu",
+        "trainer.devices=1",
+    ]
 
 
 # -- 2. training speed ---------------------------------------------------------------------------
@@ -208,10 +262,21 @@ def train_row(engine: str, precision: str, iterations: int, root: str, scratch: 
     from metaplus.run import build
 
     out = scratch / f"train_{engine}_{precision}"
-    cfg = compose([*setting_overrides(root), f"algo.engine={engine}", f"trainer.precision={precision}",
-                   "trainer.max_epochs=1", f"data.batches_per_epoch={WARMUP + iterations + PROFILED}",
-                   "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "test=false",
-                   "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"], out)
+    cfg = compose(
+        [
+            *setting_overrides(root),
+            f"algo.engine={engine}",
+            f"trainer.precision={precision}",
+            "trainer.max_epochs=1",
+            f"data.batches_per_epoch={WARMUP + iterations + PROFILED}",
+            "~callbacks.model_checkpoint",
+            "+trainer.enable_checkpointing=false",
+            "test=false",
+            "+trainer.limit_val_batches=0",
+            "trainer.num_sanity_val_steps=0",
+        ],
+        out,
+    )
     L.seed_everything(0)
     parts = build(cfg)
     timing: dict = {}
@@ -225,8 +290,9 @@ def train_row(engine: str, precision: str, iterations: int, root: str, scratch: 
             elif batch_idx == WARMUP + iterations:
                 torch.cuda.synchronize()
                 timing["t1"] = time.perf_counter()
-                timing["profiler"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                                        torch.profiler.ProfilerActivity.CUDA])
+                timing["profiler"] = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                )
                 timing["profiler"].__enter__()
                 timing["p0"] = time.perf_counter()
 
@@ -239,10 +305,14 @@ def train_row(engine: str, precision: str, iterations: int, root: str, scratch: 
     parts["trainer"].fit(parts["learner"], datamodule=parts["datamodule"])
     events = timing["profiler"].key_averages()
     kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
-    return {"engine": engine, "precision": precision, "iterations": iterations,
-            "iterations_per_s": iterations / (timing["t1"] - timing["t0"]),
-            "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3,
-            "gpu_busy_fraction": min(kernel_us / 1e6 / (timing["p1"] - timing["p0"]), 1.0)}
+    return {
+        "engine": engine,
+        "precision": precision,
+        "iterations": iterations,
+        "iterations_per_s": iterations / (timing["t1"] - timing["t0"]),
+        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3,
+        "gpu_busy_fraction": min(kernel_us / 1e6 / (timing["p1"] - timing["p0"]), 1.0),
+    }
 
 
 # -- 3. ensemble ---------------------------------------------------------------------------------
@@ -265,26 +335,48 @@ def ensemble_check(root: str, scratch: Path) -> dict:
     if original is not None:
         run_module.evaluate_ensemble = recording
     try:
-        cfg = compose([*setting_overrides(root), "trainer.max_epochs=3", "data.batches_per_epoch=20",
-                       "data.val_episodes=20", f"data.test_episodes={ENSEMBLE_EPISODES}", "ensemble_top_k=3"],
-                      scratch / "ensemble")
+        cfg = compose(
+            [
+                *setting_overrides(root),
+                "trainer.max_epochs=3",
+                "data.batches_per_epoch=20",
+                "data.val_episodes=20",
+                f"data.test_episodes={ENSEMBLE_EPISODES}",
+                "ensemble_top_k=3",
+            ],
+            scratch / "ensemble",
+        )
         L.seed_everything(0)
         metrics = run_module.run(cfg)
     finally:
         if original is not None:
             run_module.evaluate_ensemble = original
-    return {"ensemble_device": seen.get("device", "unknown (metaplus.run has no evaluate_ensemble to watch)"),
-            "ensemble_seconds": seen.get("seconds"), "episodes": ENSEMBLE_EPISODES,
-            "test/acc": metrics.get("test/acc"), "test/acc_ensemble": metrics.get("test/acc_ensemble"),
-            "ok": metrics.get("test/acc_ensemble") is not None and seen.get("device", "cuda").startswith("cuda")}
+    return {
+        "ensemble_device": seen.get("device", "unknown (metaplus.run has no evaluate_ensemble to watch)"),
+        "ensemble_seconds": seen.get("seconds"),
+        "episodes": ENSEMBLE_EPISODES,
+        "test/acc": metrics.get("test/acc"),
+        "test/acc_ensemble": metrics.get("test/acc_ensemble"),
+        "ok": metrics.get("test/acc_ensemble") is not None and seen.get("device", "cuda").startswith("cuda"),
+    }
 
 
 # -- 4. DDP --------------------------------------------------------------------------------------
 def ddp_check(root: str, scratch: Path) -> dict:
     out = scratch / "ddp"
-    command = [sys.executable, str(REPO / "train.py"), *setting_overrides(root)[:-1], "trainer=ddp",
-               "trainer.devices=2", "trainer.max_epochs=1", "data.batches_per_epoch=20", "data.val_episodes=20",
-               "data.test_episodes=20", "ensemble_top_k=0", f"hydra.run.dir={out}"]
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *setting_overrides(root)[:-1],
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.batches_per_epoch=20",
+        "data.val_episodes=20",
+        "data.test_episodes=20",
+        "ensemble_top_k=0",
+        f"hydra.run.dir={out}",
+    ]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DDP_TIMEOUT_S)
@@ -292,51 +384,85 @@ def ddp_check(root: str, scratch: Path) -> dict:
         return {"ok": False, "seconds": DDP_TIMEOUT_S, "error": f"no result within {DDP_TIMEOUT_S} s (a hang?)"}
     seconds = time.perf_counter() - start
     results = out / "results.json"
-    return {"ok": done.returncode == 0 and results.is_file(), "seconds": seconds, "returncode": done.returncode,
-            "error": None if done.returncode == 0 else done.stderr[-2000:]}
+    return {
+        "ok": done.returncode == 0 and results.is_file(),
+        "seconds": seconds,
+        "returncode": done.returncode,
+        "error": None if done.returncode == 0 else done.stderr[-2000:],
+    }
 
 
 # -- report ----------------------------------------------------------------------------------------
 def device_record() -> dict:
     import torch
 
-    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    return {
+        "name": torch.cuda.get_device_name(0),
+        "count": torch.cuda.device_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
 
 
 def markdown(results: dict) -> str:
     """gpu.md from the measurements (also the layout the tests check on a made-up result)."""
     device = results["device"]
-    lines = [f"# GPU check: {device['name']} x{device['count']}", "",
-             f"torch {device['torch']}, CUDA {device['cuda']}, cuDNN {device['cudnn']}; data: {results['data']}; "
-             f"total {results['seconds']:.0f} s (planned {results['planned_s']:.0f} s).", "",
-             "## Meta-gradients, GPU vs CPU (TF32 off), worst relative error per tensor against a float64 CPU "
-             "reference", "",
-             f"fp64: GPU vs CPU within {FP64_TOLERANCE:g}; fp32: the GPU within {FP32_FACTOR:g}x the CPU's own fp32 "
-             f"error (or under {FP32_FLOOR:g}).", "",
-             "| engine | fp64 GPU vs CPU | fp32 CPU | fp32 GPU | fp32 tolerance | tensors compared | ok |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check: {device['name']} x{device['count']}",
+        "",
+        f"torch {device['torch']}, CUDA {device['cuda']}, cuDNN {device['cudnn']}; data: {results['data']}; "
+        f"total {results['seconds']:.0f} s (planned {results['planned_s']:.0f} s).",
+        "",
+        "## Meta-gradients, GPU vs CPU (TF32 off), worst relative error per tensor against a float64 CPU reference",
+        "",
+        f"fp64: GPU vs CPU within {FP64_TOLERANCE:g}; fp32: the GPU within {FP32_FACTOR:g}x the CPU's own fp32 "
+        f"error (or under {FP32_FLOOR:g}).",
+        "",
+        "| engine | fp64 GPU vs CPU | fp32 CPU | fp32 GPU | fp32 tolerance | tensors compared | ok |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for engine, row in results.get("gradients", {}).items():
         fp64, cpu, gpu = row["fp64_gpu_vs_cpu"], row["fp32_cpu_vs_fp64"], row["fp32_gpu_vs_fp64"]
-        lines.append(f"| {engine} | {fp64['worst_relative_error']:.1e} ({fp64['worst_tensor']}) | "
-                     f"{cpu['worst_relative_error']:.1e} | {gpu['worst_relative_error']:.1e} ({gpu['worst_tensor']}) | "
-                     f"{gpu['tolerance']:.1e} | {gpu['tensors_compared']} (+{gpu['tensors_negligible']} negligible) | "
-                     f"{'yes' if row['ok'] else 'NO'} |")
-    lines += ["", f"## Training, {SETTING}", "",
-              "| engine | precision | iterations | iterations/s | peak GPU memory (GB) | GPU busy |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {engine} | {fp64['worst_relative_error']:.1e} ({fp64['worst_tensor']}) | "
+            f"{cpu['worst_relative_error']:.1e} | {gpu['worst_relative_error']:.1e} ({gpu['worst_tensor']}) | "
+            f"{gpu['tolerance']:.1e} | {gpu['tensors_compared']} (+{gpu['tensors_negligible']} negligible) | "
+            f"{'yes' if row['ok'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"## Training, {SETTING}",
+        "",
+        "| engine | precision | iterations | iterations/s | peak GPU memory (GB) | GPU busy |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in results.get("training", []):
-        lines.append(f"| {row['engine']} | {row['precision']} | {row['iterations']} | {row['iterations_per_s']:.2f} | "
-                     f"{row['peak_gpu_gb']:.2f} | {row['gpu_busy_fraction']:.0%} |")
+        lines.append(
+            f"| {row['engine']} | {row['precision']} | {row['iterations']} | {row['iterations_per_s']:.2f} | "
+            f"{row['peak_gpu_gb']:.2f} | {row['gpu_busy_fraction']:.0%} |"
+        )
     if "ensemble" in results:
         e = results["ensemble"]
         seconds = "n/a" if e.get("ensemble_seconds") is None else f"{e['ensemble_seconds']:.1f} s"
         accuracy = "missing" if e.get("test/acc_ensemble") is None else f"{e['test/acc_ensemble']:.4f}"
-        lines += ["", "## Top-k ensemble", "", f"device {e['ensemble_device']}, {e['episodes']} episodes, {seconds}; "
-                  f"test/acc_ensemble {accuracy}; ok: {'yes' if e['ok'] else 'NO'}"]
+        lines += [
+            "",
+            "## Top-k ensemble",
+            "",
+            f"device {e['ensemble_device']}, {e['episodes']} episodes, {seconds}; "
+            f"test/acc_ensemble {accuracy}; ok: {'yes' if e['ok'] else 'NO'}",
+        ]
     ddp = results.get("ddp")
-    lines += ["", "## DDP (2 GPUs)", "", "not run: fewer than two GPUs" if ddp is None else
-              f"{'ok' if ddp['ok'] else 'FAILED'} in {ddp['seconds']:.0f} s" + ("" if ddp["ok"] else f": {ddp.get('error')}")]
+    lines += [
+        "",
+        "## DDP (2 GPUs)",
+        "",
+        "not run: fewer than two GPUs"
+        if ddp is None
+        else f"{'ok' if ddp['ok'] else 'FAILED'} in {ddp['seconds']:.0f} s"
+        + ("" if ddp["ok"] else f": {ddp.get('error')}"),
+    ]
     for name, error in results.get("errors", {}).items():
         lines.append(f"\n**{name} failed**: {error}")
     return "\n".join(lines) + "\n"
@@ -365,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         print(f"  {c['check']:24s} ~{c['estimate_s']:4.0f} s  {c['what']}")
     if planned > args.budget_s:
-        print(f"bench/gpu_check.py: the plan needs ~{planned:.0f} s > --budget-s {args.budget_s:.0f}; "
-              f"lower --iterations", file=sys.stderr)
+        print(
+            f"bench/gpu_check.py: the plan needs ~{planned:.0f} s > --budget-s {args.budget_s:.0f}; lower --iterations",
+            file=sys.stderr,
+        )
         return 2
     start = time.perf_counter()
     results: dict = {"device": device_record(), "planned_s": planned, "training": [], "errors": {}}

@@ -6,6 +6,7 @@ with no learn2learn clone, no update-rule hook, no Lightning loop and no metrics
 times is what the framework's machinery costs. tests/test_speed_bench.py checks that its gradient is the
 learner's meta-gradient (it is only a floor if it computes the same thing).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,5 +30,7 @@ def meta_floor_loss(learner, backbone: nn.Module, task, device: torch.device) ->
         params = {**params, **{n: params[n] - learner.inner_lr * g for n, g in zip(adapted, grads)}}
         if weights is not None or step == steps - 1:
             weight = 1.0 if weights is None else float(weights[step])
-            query_loss = query_loss + weight * learner.loss_fn(functional_call(backbone, params, (qx,), {"step": step}), qy)
+            query_loss = query_loss + weight * learner.loss_fn(
+                functional_call(backbone, params, (qx,), {"step": step}), qy
+            )
     return query_loss

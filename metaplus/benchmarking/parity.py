@@ -45,6 +45,7 @@ counted as 0 and said so). Parity holds when every interval contains 0 or lies a
 Outputs: ``<out>/parity.json``, ``<out>/parity.md`` and one plot per comparison in ``<out>``; with
 ``--publish`` also bench/results/parity.json, bench/results/parity_<comparison>.png and docs/parity.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,59 +78,92 @@ Z95 = 1.96
 class Comparison:
     name: str
     title: str
-    reference: str                 # the reference's name as its authors publish it
+    reference: str  # the reference's name as its authors publish it
     url: str
-    env: str                       # environment variable naming the reference's directory
-    marker: str                    # a file that proves the directory holds that code
-    pair: tuple[str, ...]          # metaplus's preset pair (+ row) for this comparison
-    reference_config: str | None = None   # the released config the reference runs
-    omniglot_split: bool = False   # metaplus reads the reference's own Omniglot class split
-    driver: str | None = None      # how the reference is run; None: not built yet
-    target: str = ""               # the issue's size for the full comparison
-    full: tuple[int, int, int] = (2000, 250, 3)   # its --iterations, --eval-every, --seeds
+    env: str  # environment variable naming the reference's directory
+    marker: str  # a file that proves the directory holds that code
+    pair: tuple[str, ...]  # metaplus's preset pair (+ row) for this comparison
+    reference_config: str | None = None  # the released config the reference runs
+    omniglot_split: bool = False  # metaplus reads the reference's own Omniglot class split
+    driver: str | None = None  # how the reference is run; None: not built yet
+    target: str = ""  # the issue's size for the full comparison
+    full: tuple[int, int, int] = (2000, 250, 3)  # its --iterations, --eval-every, --seeds
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def clone_command(self) -> str:
         return f"git clone {self.url} <dir>  # then --reference <dir> or {self.env}=<dir>"
 
 
-COMPARISONS = {c.name: c for c in [
-    Comparison("mamlpp_omniglot_5w1s", "MAML++ Omniglot 5-way 1-shot",
-               "HowToTrainYourMAMLPytorch (Antoniou et al. 2019)",
-               "https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch", "METAPLUS_MAMLPP_REFERENCE",
-               "few_shot_learning_system.py", ("algo=mamlpp", "data=omniglot"),
-               reference_config="omniglot_maml++-omniglot_1_8_0.1_64_5_0", omniglot_split=True, driver="mamlpp",
-               target=">= 2,000 meta-iterations, 3 seeds"),
-    Comparison("mamlpp_miniimagenet_5w1s", "MAML++ mini-ImageNet 5-way 1-shot",
-               "HowToTrainYourMAMLPytorch (Antoniou et al. 2019)",
-               "https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch", "METAPLUS_MAMLPP_REFERENCE",
-               "few_shot_learning_system.py", ("algo=mamlpp", "data=miniimagenet"),
-               reference_config="mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0", driver="mamlpp",
-               target=">= 1,000 meta-iterations (meta-batch 2), 1 seed (3 if the budget allows)", full=(1000, 250, 1)),
-    Comparison("maml_miniimagenet_l2l", "MAML mini-ImageNet against learn2learn's example (its defaults: 5-way 5-shot)",
-               "learn2learn examples/vision/maml_miniimagenet.py (commit db5cee3)",
-               "https://github.com/learnables/learn2learn",
-               "METAPLUS_L2L_REFERENCE", "examples/vision/maml_miniimagenet.py", ("algo=maml", "data=miniimagenet"),
-               target="its defaults (meta-batch 32) for >= 200 iterations, or both at a smaller meta-batch "
-                      "for >= 1,000, stated", full=(200, 50, 1),
-               notes=("driver not built yet: the example is a script whose main() reads l2l.vision's "
-                      "mini-ImageNet pickles through get_tasksets(root='~/data'); its data loading must be "
-                      "pointed at our folder. Its defaults are not metaplus's maml_miniimagenet preset: "
-                      "5-way 5-shot, 5 queries per class (2*shots samples split alternately), inner lr 0.5, "
-                      "1 inner step in training and test, Adam 0.003, meta-batch 32, MiniImagenetCNN (32 "
-                      "filters), 60,000 iterations, validation on 32 random tasks per iteration and a final "
-                      "test on 32 random tasks (not 600 fixed)",)),
-    Comparison("maml_omniglot_dragen", "MAML Omniglot 5-way 1-shot against dragen1860/MAML-Pytorch",
-               "dragen1860/MAML-Pytorch (commit 98a00d4, 2019-05-16)", "https://github.com/dragen1860/MAML-Pytorch",
-               "METAPLUS_DRAGEN_MAML_REFERENCE", "omniglot_train.py", ("algo=maml", "data=omniglot"),
-               target=">= 2,000 meta-iterations, 3 seeds",
-               notes=("driver not built yet, and metaplus lacks its backbone: its Conv-4 has strided 3x3 "
-                      "convolutions (stride 2, no padding, the last 2x2) and no max-pool, ReLU before BN; "
-                      "metaplus's Conv-4 is padded conv + BN + ReLU + 2x2 max-pool. Its OmniglotNShot reads its "
-                      "own omniglot.npy: the first 1,200 characters train, the other 423 test, no validation "
-                      "set, images x/255 not inverted; inner lr 0.4, 5 inner steps (10 at test), 15 queries, "
-                      "meta-batch 32, Adam 1e-3, test every 500 steps on 1,000 random test tasks",)),
-]}
+COMPARISONS = {
+    c.name: c
+    for c in [
+        Comparison(
+            "mamlpp_omniglot_5w1s",
+            "MAML++ Omniglot 5-way 1-shot",
+            "HowToTrainYourMAMLPytorch (Antoniou et al. 2019)",
+            "https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch",
+            "METAPLUS_MAMLPP_REFERENCE",
+            "few_shot_learning_system.py",
+            ("algo=mamlpp", "data=omniglot"),
+            reference_config="omniglot_maml++-omniglot_1_8_0.1_64_5_0",
+            omniglot_split=True,
+            driver="mamlpp",
+            target=">= 2,000 meta-iterations, 3 seeds",
+        ),
+        Comparison(
+            "mamlpp_miniimagenet_5w1s",
+            "MAML++ mini-ImageNet 5-way 1-shot",
+            "HowToTrainYourMAMLPytorch (Antoniou et al. 2019)",
+            "https://github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch",
+            "METAPLUS_MAMLPP_REFERENCE",
+            "few_shot_learning_system.py",
+            ("algo=mamlpp", "data=miniimagenet"),
+            reference_config="mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0",
+            driver="mamlpp",
+            target=">= 1,000 meta-iterations (meta-batch 2), 1 seed (3 if the budget allows)",
+            full=(1000, 250, 1),
+        ),
+        Comparison(
+            "maml_miniimagenet_l2l",
+            "MAML mini-ImageNet against learn2learn's example (its defaults: 5-way 5-shot)",
+            "learn2learn examples/vision/maml_miniimagenet.py (commit db5cee3)",
+            "https://github.com/learnables/learn2learn",
+            "METAPLUS_L2L_REFERENCE",
+            "examples/vision/maml_miniimagenet.py",
+            ("algo=maml", "data=miniimagenet"),
+            target="its defaults (meta-batch 32) for >= 200 iterations, or both at a smaller meta-batch "
+            "for >= 1,000, stated",
+            full=(200, 50, 1),
+            notes=(
+                "driver not built yet: the example is a script whose main() reads l2l.vision's "
+                "mini-ImageNet pickles through get_tasksets(root='~/data'); its data loading must be "
+                "pointed at our folder. Its defaults are not metaplus's maml_miniimagenet preset: "
+                "5-way 5-shot, 5 queries per class (2*shots samples split alternately), inner lr 0.5, "
+                "1 inner step in training and test, Adam 0.003, meta-batch 32, MiniImagenetCNN (32 "
+                "filters), 60,000 iterations, validation on 32 random tasks per iteration and a final "
+                "test on 32 random tasks (not 600 fixed)",
+            ),
+        ),
+        Comparison(
+            "maml_omniglot_dragen",
+            "MAML Omniglot 5-way 1-shot against dragen1860/MAML-Pytorch",
+            "dragen1860/MAML-Pytorch (commit 98a00d4, 2019-05-16)",
+            "https://github.com/dragen1860/MAML-Pytorch",
+            "METAPLUS_DRAGEN_MAML_REFERENCE",
+            "omniglot_train.py",
+            ("algo=maml", "data=omniglot"),
+            target=">= 2,000 meta-iterations, 3 seeds",
+            notes=(
+                "driver not built yet, and metaplus lacks its backbone: its Conv-4 has strided 3x3 "
+                "convolutions (stride 2, no padding, the last 2x2) and no max-pool, ReLU before BN; "
+                "metaplus's Conv-4 is padded conv + BN + ReLU + 2x2 max-pool. Its OmniglotNShot reads its "
+                "own omniglot.npy: the first 1,200 characters train, the other 423 test, no validation "
+                "set, images x/255 not inverted; inner lr 0.4, 5 inner steps (10 at test), 15 queries, "
+                "meta-batch 32, Adam 1e-3, test every 500 steps on 1,000 random test tasks",
+            ),
+        ),
+    ]
+}
 
 # Found by reading both codes (bench/reference_mamlpp.py names the reference's files); the harness
 # removes the ones marked "harness:", the others are part of what the comparison measures.
@@ -184,8 +218,10 @@ def reference_dir(comparison: Comparison, given: str | os.PathLike | None) -> Pa
         problem = f"{Path(where) / comparison.marker} not found"
     else:
         return Path(where).resolve()
-    sys.exit(f"parity {comparison.name}: the reference code ({comparison.reference}) is needed: {problem}. "
-             f"Get it outside this repository with:\n  {comparison.clone_command()}")
+    sys.exit(
+        f"parity {comparison.name}: the reference code ({comparison.reference}) is needed: {problem}. "
+        f"Get it outside this repository with:\n  {comparison.clone_command()}"
+    )
 
 
 def reference_commit(code: Path) -> str | None:
@@ -209,8 +245,10 @@ def check_scores(code: str, runs: Sequence[Sequence[float]], episodes: int | Non
         raise ValueError(f"{code}: no seed was evaluated")
     sizes = {len(r) for r in runs}
     if len(sizes) != 1 or 0 in sizes or (episodes is not None and sizes != {episodes}):
-        raise ValueError(f"{code}: every seed must score the same episodes, got {sorted(sizes)} episodes"
-                         + (f" (the other code: {episodes})" if episodes is not None else ""))
+        raise ValueError(
+            f"{code}: every seed must score the same episodes, got {sorted(sizes)} episodes"
+            + (f" (the other code: {episodes})" if episodes is not None else "")
+        )
     return sizes.pop()
 
 
@@ -238,9 +276,14 @@ def difference_ci(ours: Sequence[Sequence[float]], reference: Sequence[Sequence[
     episode_part = _variance(d) / episodes
     seed_part = sum(_variance([_mean(r) for r in runs]) / len(runs) for runs in (ours, reference))
     diff, half = _mean(d), Z95 * math.sqrt(episode_part + seed_part)
-    return {"difference": diff, "ci_low": diff - half, "ci_high": diff + half, "episodes": episodes,
-            "seeds": {"metaplus": len(ours), "reference": len(reference)},
-            "seed_variance_known": len(ours) > 1 and len(reference) > 1}
+    return {
+        "difference": diff,
+        "ci_low": diff - half,
+        "ci_high": diff + half,
+        "episodes": episodes,
+        "seeds": {"metaplus": len(ours), "reference": len(reference)},
+        "seed_variance_known": len(ours) > 1 and len(reference) > 1,
+    }
 
 
 def holds(point: dict[str, Any]) -> bool:
@@ -256,12 +299,18 @@ def verdict(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     seeds_known = all(p["seed_variance_known"] for p in points)
     caveat = "" if seeds_known else " (a code has one seed: the seed part of the interval is not estimated)"
     if failing:
-        return {"parity": False, "failing_iterations": failing,
-                "text": f"parity does not hold: metaplus is below the reference beyond the 95 % interval at "
-                        f"iteration(s) {', '.join(map(str, failing))}{caveat}"}
-    return {"parity": True, "failing_iterations": [],
-            "text": f"parity holds at all {len(points)} evaluated iterations (every 95 % interval of metaplus - "
-                    f"reference contains 0 or favours metaplus){caveat}"}
+        return {
+            "parity": False,
+            "failing_iterations": failing,
+            "text": f"parity does not hold: metaplus is below the reference beyond the 95 % interval at "
+            f"iteration(s) {', '.join(map(str, failing))}{caveat}",
+        }
+    return {
+        "parity": True,
+        "failing_iterations": [],
+        "text": f"parity holds at all {len(points)} evaluated iterations (every 95 % interval of metaplus - "
+        f"reference contains 0 or favours metaplus){caveat}",
+    }
 
 
 def compare_curves(curves: dict[str, dict[int, dict[int, list[float]]]]) -> list[dict[str, Any]]:
@@ -275,8 +324,12 @@ def compare_curves(curves: dict[str, dict[int, dict[int, list[float]]]]) -> list
     for iteration in sorted(common or ()):
         ours = [c[iteration] for c in curves["metaplus"].values()]
         theirs = [c[iteration] for c in curves["reference"].values()]
-        point = {"iteration": iteration, "metaplus": code_summary(ours), "reference": code_summary(theirs),
-                 **difference_ci(ours, theirs)}
+        point = {
+            "iteration": iteration,
+            "metaplus": code_summary(ours),
+            "reference": code_summary(theirs),
+            **difference_ci(ours, theirs),
+        }
         point["holds"] = holds(point)
         points.append(point)
     return points
@@ -303,9 +356,11 @@ def run_plan(run: Path, iterations: int, spec: dict[str, Any]) -> str:
     fixed = ("eval_every", "val_episodes", "test_episodes", "seed", "threads")
     changed = {k: (before.get(k), spec.get(k)) for k in fixed if before.get(k) != spec.get(k)}
     if changed:
-        sys.exit(f"parity: {run} was started with other settings ("
-                 + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
-                 + "); rerun with its settings or another --out")
+        sys.exit(
+            f"parity: {run} was started with other settings ("
+            + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
+            + "); rerun with its settings or another --out"
+        )
     done = max(evaluated_iterations(run), default=0)
     if done < iterations:
         return "continue" if done else "new"
@@ -343,7 +398,9 @@ class ParityRecorder(CalibrationTimer):
             write_json(self.folder / f"val-{trainer.global_step:06d}.json", record)
 
     def on_test_epoch_end(self, trainer, pl_module):
-        write_json(self.folder / "test-best.json", {"iteration": trainer.global_step, **self.episodes(pl_module, "test")})
+        write_json(
+            self.folder / "test-best.json", {"iteration": trainer.global_step, **self.episodes(pl_module, "test")}
+        )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -354,23 +411,26 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def metaplus_overrides(comparison: Comparison, seed: int, a: argparse.Namespace, run: Path,
-                       data_root: Path | None) -> list[str]:
+def metaplus_overrides(
+    comparison: Comparison, seed: int, a: argparse.Namespace, run: Path, data_root: Path | None
+) -> list[str]:
     """``python train.py`` for one seed: the comparison's preset pair plus what the harness needs, each
     with its reason. Nothing else: every other value is the preset's (checked by settings_table)."""
     overrides = [*comparison.pair, f"seed={seed}"]
     if data_root is not None:  # the reference's class split, in the class-list files the source reads
         overrides += [f"data.root={data_root}", "data.split=vinyals"]
     overrides += [
-        f"data.val_episodes={a.val_episodes}",        # the reference validates on 600 tasks
-        f"data.test_episodes={a.test_episodes}",      # the protocol's 600
-        f"+trainer.max_steps={a.iterations}",         # stop at the budget; the 100-epoch schedules stay
+        f"data.val_episodes={a.val_episodes}",  # the reference validates on 600 tasks
+        f"data.test_episodes={a.test_episodes}",  # the protocol's 600
+        f"+trainer.max_steps={a.iterations}",  # stop at the budget; the 100-epoch schedules stay
         f"+trainer.val_check_interval={a.eval_every}",  # validate every N iterations (the reference: 500)
-        "trainer=cpu",                                 # the reference runs on the CPU here
-        "logger=csv", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",  # quiet logs
-        "+callbacks.parity._target_=metaplus.benchmarking.parity.ParityRecorder",    # per-episode scores and timings
+        "trainer=cpu",  # the reference runs on the CPU here
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",  # quiet logs
+        "+callbacks.parity._target_=metaplus.benchmarking.parity.ParityRecorder",  # per-episode scores and timings
         f"+callbacks.parity.out={run / 'parity'}",
-        f"hydra.run.dir={run}",                        # one resumable directory per seed (resume: auto)
+        f"hydra.run.dir={run}",  # one resumable directory per seed (resume: auto)
     ]
     return overrides
 
@@ -396,7 +456,9 @@ def prepare_data(comparison: Comparison, code: Path, out: Path) -> Path | None:
     for part in ("images_background", "images_evaluation"):
         link, target = root / f"{part}.zip", (data / f"{part}.zip").resolve()
         if not target.is_file():
-            sys.exit(f"parity: {target} not found: the official Omniglot archives are read from $METAPLUS_DATA/omniglot")
+            sys.exit(
+                f"parity: {target} not found: the official Omniglot archives are read from $METAPLUS_DATA/omniglot"
+            )
         if not link.exists():
             link.symlink_to(target)
     for name, characters in split.items():
@@ -415,8 +477,10 @@ def run_logged(command: list[str], log: Path, env: dict[str, str]) -> float:
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code:
-        raise RuntimeError(f"{' '.join(command[:3])} ... failed (exit {code}); its log ends:\n{log.read_text()[-3000:]}")
-    return round(usage.ru_maxrss / 1024 ** 2, 3)
+        raise RuntimeError(
+            f"{' '.join(command[:3])} ... failed (exit {code}); its log ends:\n{log.read_text()[-3000:]}"
+        )
+    return round(usage.ru_maxrss / 1024**2, 3)
 
 
 def record_invocation(run: Path, peak_rss_gb: float, iterations: int) -> None:
@@ -425,21 +489,35 @@ def record_invocation(run: Path, peak_rss_gb: float, iterations: int) -> None:
     write_json(path, [*seen, {"iterations": iterations, "peak_rss_gb": peak_rss_gb, "finished": time.time()}])
 
 
-def run_one(code_name: str, comparison: Comparison, seed: int, a: argparse.Namespace, code: Path,
-            data_root: Path | None, out: Path) -> str:
+def run_one(
+    code_name: str,
+    comparison: Comparison,
+    seed: int,
+    a: argparse.Namespace,
+    code: Path,
+    data_root: Path | None,
+    out: Path,
+) -> str:
     from bench.reproduce import run_env
 
     run = out / comparison.name / code_name / f"seed{seed}"
-    spec = {"comparison": comparison.name, "code": code_name, "seed": seed, "iterations": a.iterations,
-            "eval_every": a.eval_every, "val_episodes": a.val_episodes, "test_episodes": a.test_episodes,
-            "threads": a.threads, "reference_config": comparison.reference_config}
+    spec = {
+        "comparison": comparison.name,
+        "code": code_name,
+        "seed": seed,
+        "iterations": a.iterations,
+        "eval_every": a.eval_every,
+        "val_episodes": a.val_episodes,
+        "test_episodes": a.test_episodes,
+        "threads": a.threads,
+        "reference_config": comparison.reference_config,
+    }
     state = run_plan(run, a.iterations, spec)
     if state == "done":
         print(f"  {code_name} seed {seed}: done at {a.iterations} iterations, skipped", flush=True)
         return state
     overrides = metaplus_overrides(comparison, seed, a, run, data_root)
-    write_json(run / "parity" / "spec.json", {**spec, "metaplus_overrides": overrides,
-                                              "reference_dir": str(code)})
+    write_json(run / "parity" / "spec.json", {**spec, "metaplus_overrides": overrides, "reference_dir": str(code)})
     if code_name == "metaplus":
         command = [sys.executable, "train.py", *overrides]
     else:
@@ -455,11 +533,16 @@ def run_one(code_name: str, comparison: Comparison, seed: int, a: argparse.Names
 
 def metaplus_test(results: dict[str, Any], run: Path) -> dict[str, Any]:
     best = run / "parity" / "test-best.json"
-    return {"iteration": results["global_step"], "acc": results.get("test/acc"), "ci95": results.get("test/acc_ci95"),
-            "episodes": json.loads(best.read_text())["episodes"] if best.is_file() else None,
-            "ensemble_acc": results.get("test/acc_ensemble"), "ensemble_ci95": results.get("test/acc_ensemble_ci95"),
-            "ensemble_rule": "mean of softmax probabilities",
-            "ensemble_checkpoints": results.get("test/ensemble_checkpoints")}
+    return {
+        "iteration": results["global_step"],
+        "acc": results.get("test/acc"),
+        "ci95": results.get("test/acc_ci95"),
+        "episodes": json.loads(best.read_text())["episodes"] if best.is_file() else None,
+        "ensemble_acc": results.get("test/acc_ensemble"),
+        "ensemble_ci95": results.get("test/acc_ensemble_ci95"),
+        "ensemble_rule": "mean of softmax probabilities",
+        "ensemble_checkpoints": results.get("test/ensemble_checkpoints"),
+    }
 
 
 # -- the reference, in a child process -------------------------------------------------------------------
@@ -515,11 +598,15 @@ def reference_child(spec_path: Path) -> None:
         if (t + 1) % spec["eval_every"] == 0:
             accuracies, _ = scores(datamodule.val_dataloader())
             write_json(folder / f"val-{t + 1:06d}.json", {"iteration": t + 1, "episodes": accuracies})
-            keep_top_checkpoints(run / "checkpoints", t + 1, _mean(accuracies), ref.state_of(model),
-                                 args.max_models_to_save)
+            keep_top_checkpoints(
+                run / "checkpoints", t + 1, _mean(accuracies), ref.state_of(model), args.max_models_to_save
+            )
             save_atomic({**ref.state_of(model), "iteration": t + 1}, latest)
-            print(f"iteration {t + 1}: loss {float(losses['loss']):.4f}, val acc {_mean(accuracies):.4f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"iteration {t + 1}: loss {float(losses['loss']):.4f}, val acc {_mean(accuracies):.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     if walls:
         write_json(folder / f"timing-{start:06d}.json", timing_summary(walls, cpus))
 
@@ -540,10 +627,19 @@ def reference_child(spec_path: Path) -> None:
 
     acc, ci = mean_ci95(torch.tensor(best_accuracies))
     ens, ens_ci = mean_ci95(torch.tensor(ensemble))
-    write_json(folder / "test.json", {
-        "iteration": spec["iterations"], "acc": acc, "ci95": ci, "episodes": best_accuracies,
-        "ensemble_acc": ens, "ensemble_ci95": ens_ci, "ensemble_rule": "mean of logits (its experiment_builder)",
-        "ensemble_checkpoints": [[p.name, s] for p, s in ranked]})
+    write_json(
+        folder / "test.json",
+        {
+            "iteration": spec["iterations"],
+            "acc": acc,
+            "ci95": ci,
+            "episodes": best_accuracies,
+            "ensemble_acc": ens,
+            "ensemble_ci95": ens_ci,
+            "ensemble_rule": "mean of logits (its experiment_builder)",
+            "ensemble_checkpoints": [[p.name, s] for p, s in ranked],
+        },
+    )
 
 
 def training_batch(datamodule, iteration: int):
@@ -590,8 +686,12 @@ def keep_top_checkpoints(folder: Path, iteration: int, score: float, state: dict
 
 def timing_summary(walls: list[float], cpus: list[float]) -> dict[str, Any]:
     timed, cpu = walls[1:] or walls, cpus[1:] or cpus
-    return {"s_per_iteration": _mean(timed), "cpu_s_per_iteration": _mean(cpu), "iteration_times": walls,
-            "cpu_iteration_times": cpus}
+    return {
+        "s_per_iteration": _mean(timed),
+        "cpu_s_per_iteration": _mean(cpu),
+        "iteration_times": walls,
+        "cpu_iteration_times": cpus,
+    }
 
 
 # -- one step from the same weights ------------------------------------------------------------------------
@@ -600,9 +700,12 @@ def reference_parameter(name: str) -> tuple[str, int | None]:
     how many of its entries metaplus has (the reference keeps one more, never used)."""
     import re
 
-    backbone = {r"blocks\.(\d+)\.conv\.(weight|bias)": r"layer_dict.conv\1.conv.\2",
-                r"blocks\.(\d+)\.norm\.(weight|bias)": r"layer_dict.conv\1.norm_layer.\2",
-                r"head\.weight": "layer_dict.linear.weights", r"head\.bias": "layer_dict.linear.bias"}
+    backbone = {
+        r"blocks\.(\d+)\.conv\.(weight|bias)": r"layer_dict.conv\1.conv.\2",
+        r"blocks\.(\d+)\.norm\.(weight|bias)": r"layer_dict.conv\1.norm_layer.\2",
+        r"head\.weight": "layer_dict.linear.weights",
+        r"head\.bias": "layer_dict.linear.bias",
+    }
 
     def of_backbone(inner: str) -> str:
         for pattern, replacement in backbone.items():
@@ -661,8 +764,14 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     # Outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain backward.
     import lightning as L
 
-    learner.trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    learner.trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     learner.manual_backward = lambda loss: loss.backward()
     learner.train()
     learner.zero_grad()
@@ -670,19 +779,24 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     gradients = {}
     for name, param, target in pairs:
         mine = target.grad[: param.shape[0]] if target.shape != param.shape else target.grad
-        gradients[name] = {"max_abs_difference": float((param.grad - mine).abs().max()),
-                           "max_abs_reference": float(mine.abs().max()), "max_abs_metaplus": float(param.grad.abs().max())}
+        gradients[name] = {
+            "max_abs_difference": float((param.grad - mine).abs().max()),
+            "max_abs_reference": float(mine.abs().max()),
+            "max_abs_metaplus": float(param.grad.abs().max()),
+        }
     # Relative to each gradient's size, except where both codes give rounding noise around an exact zero
     # (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
     # and neither has its learned rate): those are compared against the largest gradient of all.
     largest = max(g["max_abs_reference"] for g in gradients.values())
     for g in gradients.values():
         g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
-        g["relative_difference"] = g["max_abs_difference"] / (largest if g["zero_by_construction"]
-                                                              else g["max_abs_reference"])
+        g["relative_difference"] = g["max_abs_difference"] / (
+            largest if g["zero_by_construction"] else g["max_abs_reference"]
+        )
     val = next(iter(datamodule.val_dataloader()))
-    their_logits = ref.episode_predictions(model, ref.reference_layout(val.support_x, val.support_y, val.query_x,
-                                                                        val.query_y, ways))
+    their_logits = ref.episode_predictions(
+        model, ref.reference_layout(val.support_x, val.support_y, val.query_x, val.query_y, ways)
+    )
     logit_gaps = []
     learner.eval()
     for b in range(len(val)):
@@ -690,11 +804,15 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
         ours = learner.adapted_prediction(val[b], learner.test_inner_steps)[order]
         logit_gaps.append(float((ours - torch.tensor(their_logits[b])).abs().max()))
     worst = max(gradients, key=lambda n: gradients[n]["relative_difference"])
-    return {"meta_loss": {"metaplus": float(torch.stack(our_losses).mean()), "reference": float(their_losses["loss"])},
-            "max_relative_gradient_difference": gradients[worst]["relative_difference"], "worst_parameter": worst,
-            "zero_by_construction": sorted(n for n, g in gradients.items() if g["zero_by_construction"]),
-            "gradients": gradients,
-            "max_abs_logit_difference_evaluation": max(logit_gaps), "episodes": {"train": len(batch), "val": len(val)}}
+    return {
+        "meta_loss": {"metaplus": float(torch.stack(our_losses).mean()), "reference": float(their_losses["loss"])},
+        "max_relative_gradient_difference": gradients[worst]["relative_difference"],
+        "worst_parameter": worst,
+        "zero_by_construction": sorted(n for n, g in gradients.items() if g["zero_by_construction"]),
+        "gradients": gradients,
+        "max_abs_logit_difference_evaluation": max(logit_gaps),
+        "episodes": {"train": len(batch), "val": len(val)},
+    }
 
 
 # -- gathering and reporting ---------------------------------------------------------------------------------
@@ -706,14 +824,22 @@ def load_run(run: Path) -> dict[str, Any]:
         curve[record["iteration"]] = record["episodes"]
     timings = [json.loads(p.read_text()) for p in sorted(folder.glob("timing-*.json"))]
     counts = [max(len(t.get("iteration_times", [])) - 1, 1) for t in timings]
+
     def weighted(key):
         values = [(t[key], n) for t, n in zip(timings, counts) if t.get(key) is not None]
         return sum(v * n for v, n in values) / sum(n for _, n in values) if values else None
-    invocations = json.loads((folder / "invocations.json").read_text()) if (folder / "invocations.json").is_file() else []
+
+    invocations = (
+        json.loads((folder / "invocations.json").read_text()) if (folder / "invocations.json").is_file() else []
+    )
     test = json.loads((folder / "test.json").read_text()) if (folder / "test.json").is_file() else None
-    return {"curve": curve, "s_per_iteration": weighted("s_per_iteration"),
-            "cpu_s_per_iteration": weighted("cpu_s_per_iteration"),
-            "peak_rss_gb": max((i["peak_rss_gb"] for i in invocations), default=None), "test": test}
+    return {
+        "curve": curve,
+        "s_per_iteration": weighted("s_per_iteration"),
+        "cpu_s_per_iteration": weighted("cpu_s_per_iteration"),
+        "peak_rss_gb": max((i["peak_rss_gb"] for i in invocations), default=None),
+        "test": test,
+    }
 
 
 def settings_table(comparison: Comparison, cfg, args) -> list[dict[str, Any]]:
@@ -723,60 +849,132 @@ def settings_table(comparison: Comparison, cfg, args) -> list[dict[str, Any]]:
         ("shots", "num_samples_per_class", args.num_samples_per_class, "data.shots", cfg.data.shots),
         ("queries per class", "num_target_samples", args.num_target_samples, "data.queries", cfg.data.queries),
         ("meta-batch", "batch_size", args.batch_size, "data.meta_batch_size", cfg.data.meta_batch_size),
-        ("inner steps (training)", "number_of_training_steps_per_iter", args.number_of_training_steps_per_iter,
-         "algo.inner_steps", cfg.algo.inner_steps),
-        ("inner steps (evaluation)", "number_of_evaluation_steps_per_iter", args.number_of_evaluation_steps_per_iter,
-         "algo.test_inner_steps", cfg.algo.test_inner_steps),
+        (
+            "inner steps (training)",
+            "number_of_training_steps_per_iter",
+            args.number_of_training_steps_per_iter,
+            "algo.inner_steps",
+            cfg.algo.inner_steps,
+        ),
+        (
+            "inner steps (evaluation)",
+            "number_of_evaluation_steps_per_iter",
+            args.number_of_evaluation_steps_per_iter,
+            "algo.test_inner_steps",
+            cfg.algo.test_inner_steps,
+        ),
         ("inner lr (LSLR start)", "task_learning_rate", args.task_learning_rate, "algo.inner_lr", cfg.algo.inner_lr),
         ("meta lr", "meta_learning_rate", args.meta_learning_rate, "algo.meta_lr", cfg.algo.meta_lr),
-        ("min meta lr (cosine floor)", "min_learning_rate", args.min_learning_rate, "algo.min_meta_lr",
-         cfg.algo.min_meta_lr),
+        (
+            "min meta lr (cosine floor)",
+            "min_learning_rate",
+            args.min_learning_rate,
+            "algo.min_meta_lr",
+            cfg.algo.min_meta_lr,
+        ),
         ("epochs", "total_epochs", args.total_epochs, "trainer.max_epochs", cfg.trainer.max_epochs),
-        ("iterations per epoch", "total_iter_per_epoch", args.total_iter_per_epoch, "data.batches_per_epoch",
-         cfg.data.batches_per_epoch),
-        ("multi-step loss", "use_multi_step_loss_optimization", args.use_multi_step_loss_optimization, "algo.msl",
-         cfg.algo.msl),
-        ("MSL epochs", "multi_step_loss_num_epochs", args.multi_step_loss_num_epochs, "algo.msl_epochs",
-         cfg.algo.msl_epochs),
-        ("second order from iteration 0", "second_order and first_order_to_second_order_epoch < 0",
-         bool(args.second_order and args.first_order_to_second_order_epoch < 0),
-         "not algo.first_order and (not algo.da or algo.da_epochs == 0)",
-         bool(not cfg.algo.first_order and (not cfg.algo.da or cfg.algo.da_epochs == 0))),
+        (
+            "iterations per epoch",
+            "total_iter_per_epoch",
+            args.total_iter_per_epoch,
+            "data.batches_per_epoch",
+            cfg.data.batches_per_epoch,
+        ),
+        (
+            "multi-step loss",
+            "use_multi_step_loss_optimization",
+            args.use_multi_step_loss_optimization,
+            "algo.msl",
+            cfg.algo.msl,
+        ),
+        (
+            "MSL epochs",
+            "multi_step_loss_num_epochs",
+            args.multi_step_loss_num_epochs,
+            "algo.msl_epochs",
+            cfg.algo.msl_epochs,
+        ),
+        (
+            "second order from iteration 0",
+            "second_order and first_order_to_second_order_epoch < 0",
+            bool(args.second_order and args.first_order_to_second_order_epoch < 0),
+            "not algo.first_order and (not algo.da or algo.da_epochs == 0)",
+            bool(not cfg.algo.first_order and (not cfg.algo.da or cfg.algo.da_epochs == 0)),
+        ),
         ("per-step BN statistics", "per_step_bn_statistics", args.per_step_bn_statistics, "algo.bnrs", cfg.algo.bnrs),
-        ("per-step BN weights and biases", "per_step_bn_statistics and learnable_bn_gamma/beta",
-         bool(args.per_step_bn_statistics and args.learnable_bn_gamma and args.learnable_bn_beta), "algo.bnwb",
-         cfg.algo.bnwb),
+        (
+            "per-step BN weights and biases",
+            "per_step_bn_statistics and learnable_bn_gamma/beta",
+            bool(args.per_step_bn_statistics and args.learnable_bn_gamma and args.learnable_bn_beta),
+            "algo.bnwb",
+            cfg.algo.bnwb,
+        ),
         ("BN normalises with", "F.batch_norm(training=True)", "batch", "algo.bn_stats", cfg.algo.bn_stats),
-        ("BN affine adapted in the inner loop", "enable_inner_loop_optimizable_bn_params",
-         args.enable_inner_loop_optimizable_bn_params, "algo.adapt_bn_affine", cfg.algo.adapt_bn_affine),
-        ("learned per-layer per-step inner lr", "learnable_per_layer_per_step_inner_loop_learning_rate",
-         args.learnable_per_layer_per_step_inner_loop_learning_rate, "algo.lslr", cfg.algo.lslr),
+        (
+            "BN affine adapted in the inner loop",
+            "enable_inner_loop_optimizable_bn_params",
+            args.enable_inner_loop_optimizable_bn_params,
+            "algo.adapt_bn_affine",
+            cfg.algo.adapt_bn_affine,
+        ),
+        (
+            "learned per-layer per-step inner lr",
+            "learnable_per_layer_per_step_inner_loop_learning_rate",
+            args.learnable_per_layer_per_step_inner_loop_learning_rate,
+            "algo.lslr",
+            cfg.algo.lslr,
+        ),
         ("cosine-annealed meta lr", "CosineAnnealingLR (always)", True, "algo.ca", cfg.algo.ca),
         ("filters", "cnn_num_filters", args.cnn_num_filters, "model.filters", cfg.model.filters),
         ("conv blocks", "num_stages", args.num_stages, "model.blocks", cfg.model.blocks),
         ("activation", "F.leaky_relu (always)", "leaky_relu", "model.activation", cfg.model.activation),
         ("init", "xavier_uniform_ weights, zero biases (always)", "xavier", "model.init", cfg.model.init),
-        ("meta-gradient clamp", "'imagenet' in dataset_name -> 10", 10.0 if "imagenet" in args.dataset_name else None,
-         "algo.grad_clip_value", cfg.algo.grad_clip_value),
-        ("Omniglot rotation augmentation (training)", "'omniglot' in dataset_name", "omniglot" in args.dataset_name,
-         "data.source.augment_rotations", bool(cfg.data.source.get("augment_rotations", False))),
+        (
+            "meta-gradient clamp",
+            "'imagenet' in dataset_name -> 10",
+            10.0 if "imagenet" in args.dataset_name else None,
+            "algo.grad_clip_value",
+            cfg.algo.grad_clip_value,
+        ),
+        (
+            "Omniglot rotation augmentation (training)",
+            "'omniglot' in dataset_name",
+            "omniglot" in args.dataset_name,
+            "data.source.augment_rotations",
+            bool(cfg.data.source.get("augment_rotations", False)),
+        ),
         ("ensemble size", "max_models_to_save", args.max_models_to_save, "ensemble_top_k", cfg.ensemble_top_k),
-        ("image size", "image_height x image_width", f"{args.image_height}x{args.image_width}",
-         "data.image_size", f"{cfg.data.image_size}x{cfg.data.image_size}"),
+        (
+            "image size",
+            "image_height x image_width",
+            f"{args.image_height}x{args.image_width}",
+            "data.image_size",
+            f"{cfg.data.image_size}x{cfg.data.image_size}",
+        ),
     ]
-    return [{"setting": name, "reference": f"{rk} = {rv}", "metaplus": f"{mk} = {mv}", "same": rv == mv}
-            for name, rk, rv, mk, mv in rows]
+    return [
+        {"setting": name, "reference": f"{rk} = {rv}", "metaplus": f"{mk} = {mv}", "same": rv == mv}
+        for name, rk, rv, mk, mv in rows
+    ]
 
 
 def check_settings(table: list[dict[str, Any]], comparison: Comparison) -> None:
     different = [row for row in table if not row["same"]]
     if different:
-        sys.exit(f"parity {comparison.name}: the two codes would run with different settings:\n"
-                 + "\n".join(f"  {r['setting']}: reference {r['reference']}, metaplus {r['metaplus']}" for r in different))
+        sys.exit(
+            f"parity {comparison.name}: the two codes would run with different settings:\n"
+            + "\n".join(f"  {r['setting']}: reference {r['reference']}, metaplus {r['metaplus']}" for r in different)
+        )
 
 
-def comparison_record(comparison: Comparison, out: Path, code: Path | None, settings: list | None,
-                      overrides: list[str] | None, a: argparse.Namespace) -> dict[str, Any]:
+def comparison_record(
+    comparison: Comparison,
+    out: Path,
+    code: Path | None,
+    settings: list | None,
+    overrides: list[str] | None,
+    a: argparse.Namespace,
+) -> dict[str, Any]:
     runs = {name: {} for name in CODES}
     for name in CODES:
         for run in sorted((out / comparison.name / name).glob("seed*")):
@@ -786,38 +984,68 @@ def comparison_record(comparison: Comparison, out: Path, code: Path | None, sett
     final = {}
     for name in CODES:
         tests = {seed: r["test"] for seed, r in runs[name].items() if r["test"]}
-        final[name] = {str(seed): {k: t.get(k) for k in ("iteration", "acc", "ci95", "ensemble_acc", "ensemble_ci95",
-                                                           "ensemble_rule")} for seed, t in tests.items()}
-    best = {name: [t["episodes"] for r in runs[name].values() if (t := r["test"]) and t.get("episodes")] for name in CODES}
-    final["difference_best_checkpoint"] = (difference_ci(best["metaplus"], best["reference"])
-                                           if all(best.values()) else None)
+        final[name] = {
+            str(seed): {
+                k: t.get(k) for k in ("iteration", "acc", "ci95", "ensemble_acc", "ensemble_ci95", "ensemble_rule")
+            }
+            for seed, t in tests.items()
+        }
+    best = {
+        name: [t["episodes"] for r in runs[name].values() if (t := r["test"]) and t.get("episodes")] for name in CODES
+    }
+    final["difference_best_checkpoint"] = (
+        difference_ci(best["metaplus"], best["reference"]) if all(best.values()) else None
+    )
     return {
-        "name": comparison.name, "title": comparison.title,
-        "reference": {"name": comparison.reference, "url": comparison.url,
-                      "commit": reference_commit(code) if code else None, "config": comparison.reference_config},
-        "target": comparison.target, "notes": list(comparison.notes),
-        "settings": settings, "metaplus_overrides": overrides,
-        "evaluation": {"eval_every": a.eval_every, "val_episodes": a.val_episodes, "test_episodes": a.test_episodes,
-                       "threads": a.threads},
-        "curves": {name: {str(seed): [[it, _mean(v)] for it, v in sorted(c.items())] for seed, c in curves[name].items()}
-                   for name in CODES},
+        "name": comparison.name,
+        "title": comparison.title,
+        "reference": {
+            "name": comparison.reference,
+            "url": comparison.url,
+            "commit": reference_commit(code) if code else None,
+            "config": comparison.reference_config,
+        },
+        "target": comparison.target,
+        "notes": list(comparison.notes),
+        "settings": settings,
+        "metaplus_overrides": overrides,
+        "evaluation": {
+            "eval_every": a.eval_every,
+            "val_episodes": a.val_episodes,
+            "test_episodes": a.test_episodes,
+            "threads": a.threads,
+        },
+        "curves": {
+            name: {str(seed): [[it, _mean(v)] for it, v in sorted(c.items())] for seed, c in curves[name].items()}
+            for name in CODES
+        },
         "difference": points,
         "final_test": final,
-        "cost": {name: {str(seed): {k: r[k] for k in ("s_per_iteration", "cpu_s_per_iteration", "peak_rss_gb")}
-                        for seed, r in runs[name].items()} for name in CODES},
+        "cost": {
+            name: {
+                str(seed): {k: r[k] for k in ("s_per_iteration", "cpu_s_per_iteration", "peak_rss_gb")}
+                for seed, r in runs[name].items()
+            }
+            for name in CODES
+        },
         "verdict": verdict(points),
-        "same_weights_step": (json.loads((out / comparison.name / "step_check.json").read_text())
-                              if (out / comparison.name / "step_check.json").is_file() else None),
+        "same_weights_step": (
+            json.loads((out / comparison.name / "step_check.json").read_text())
+            if (out / comparison.name / "step_check.json").is_file()
+            else None
+        ),
         "known_differences": KNOWN_DIFFERENCES.get(comparison.driver or "", []),
         "regenerate": regenerate_command(comparison, a),
     }
 
 
 def regenerate_command(comparison: Comparison, a: argparse.Namespace) -> str:
-    return (f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
-            f"--iterations {a.iterations} --eval-every {a.eval_every} --seeds {seeds_argument(a.seed_list)} "
-            f"--val-episodes {a.val_episodes} --test-episodes {a.test_episodes} --threads {a.threads} "
-            f"--out <runs dir> --publish" + (" --smoke" if a.smoke else ""))
+    return (
+        f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
+        f"--iterations {a.iterations} --eval-every {a.eval_every} --seeds {seeds_argument(a.seed_list)} "
+        f"--val-episodes {a.val_episodes} --test-episodes {a.test_episodes} --threads {a.threads} "
+        f"--out <runs dir> --publish" + (" --smoke" if a.smoke else "")
+    )
 
 
 def seeds_argument(seeds: Sequence[int]) -> str:
@@ -830,20 +1058,37 @@ def seeds_argument(seeds: Sequence[int]) -> str:
 def full_command(comparison: Comparison) -> str:
     """The command of the comparison at the issue's size (600 validation and test episodes, 1 thread)."""
     iterations, every, seeds = comparison.full
-    return (f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
-            f"--iterations {iterations} --eval-every {every} --seeds {seeds} --out outputs/parity --publish")
+    return (
+        f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
+        f"--iterations {iterations} --eval-every {every} --seeds {seeds} --out outputs/parity --publish"
+    )
 
 
 def pending_record(comparison: Comparison) -> dict[str, Any]:
     """A comparison not run yet: listed with what it needs."""
-    return {"name": comparison.name, "title": comparison.title, "target": comparison.target,
-            "notes": list(comparison.notes),
-            "reference": {"name": comparison.reference, "url": comparison.url, "commit": None,
-                          "config": comparison.reference_config},
-            "settings": None, "metaplus_overrides": None, "evaluation": {}, "curves": {}, "difference": [],
-            "final_test": {name: {} for name in CODES}, "cost": {name: {} for name in CODES},
-            "verdict": {"parity": None, "text": "not run yet"}, "same_weights_step": None,
-            "known_differences": KNOWN_DIFFERENCES.get(comparison.driver or "", []), "regenerate": None}
+    return {
+        "name": comparison.name,
+        "title": comparison.title,
+        "target": comparison.target,
+        "notes": list(comparison.notes),
+        "reference": {
+            "name": comparison.reference,
+            "url": comparison.url,
+            "commit": None,
+            "config": comparison.reference_config,
+        },
+        "settings": None,
+        "metaplus_overrides": None,
+        "evaluation": {},
+        "curves": {},
+        "difference": [],
+        "final_test": {name: {} for name in CODES},
+        "cost": {name: {} for name in CODES},
+        "verdict": {"parity": None, "text": "not run yet"},
+        "same_weights_step": None,
+        "known_differences": KNOWN_DIFFERENCES.get(comparison.driver or "", []),
+        "regenerate": None,
+    }
 
 
 def plot(record: dict[str, Any], path: Path, smoke: bool = False) -> None:
@@ -862,7 +1107,9 @@ def plot(record: dict[str, Any], path: Path, smoke: bool = False) -> None:
         ci = [s["ci95"] * 100 for _, s in points]
         seeds = points[0][1]["seeds"]
         ax.plot(x, mean, marker="o", color=colour, label=f"{name} ({seeds} seed{'s' * (seeds > 1)})")
-        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=colour, alpha=0.2)
+        ax.fill_between(
+            x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=colour, alpha=0.2
+        )
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(f"validation accuracy, % ({record['evaluation']['val_episodes']} fixed episodes)")
     ax.set_title(("SMOKE RUN (plumbing only): " if smoke else "") + record["title"], fontsize=10 if smoke else None)
@@ -883,73 +1130,117 @@ def pct(value: float | None, ci: float | None = None) -> str:
 def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) -> str:
     lines = ["# Parity with the reference implementations", ""]
     if smoke:
-        lines += ["**SMOKE RUN**: a few iterations to prove the harness's plumbing; the figures say nothing "
-                  "about parity.", ""]
-    lines += ["metaplus and each reference trained side by side at equal meta-iterations, on the same episodes "
-              "and settings (bench/parity.py, issue 25). Difference = metaplus - reference in validation "
-              "accuracy on the same fixed episodes, with its 95 % interval over seeds and episodes; parity holds "
-              "when every interval contains 0 or favours metaplus.", ""]
+        lines += [
+            "**SMOKE RUN**: a few iterations to prove the harness's plumbing; the figures say nothing about parity.",
+            "",
+        ]
+    lines += [
+        "metaplus and each reference trained side by side at equal meta-iterations, on the same episodes "
+        "and settings (bench/parity.py, issue 25). Difference = metaplus - reference in validation "
+        "accuracy on the same fixed episodes, with its 95 % interval over seeds and episodes; parity holds "
+        "when every interval contains 0 or favours metaplus.",
+        "",
+    ]
     for r in records:
         ref = r["reference"]
-        lines += [f"## {r['title']} (`{r['name']}`)", "",
-                  f"Reference: {ref['name']}, {ref['url']}" + (f" at commit {ref['commit']}" if ref["commit"] else "")
-                  + (f", released config `{ref['config']}`" if ref["config"] else "") + ".", "",
-                  f"Target size: {r['target']}.", ""]
+        lines += [
+            f"## {r['title']} (`{r['name']}`)",
+            "",
+            f"Reference: {ref['name']}, {ref['url']}"
+            + (f" at commit {ref['commit']}" if ref["commit"] else "")
+            + (f", released config `{ref['config']}`" if ref["config"] else "")
+            + ".",
+            "",
+            f"Target size: {r['target']}.",
+            "",
+        ]
         lines += [f"- {note}" for note in r["notes"]]
         if r["notes"]:
             lines.append("")
         smoke_run = smoke and r["regenerate"] is not None
-        lines += [f"**Verdict{' of the smoke run (not evidence either way)' if smoke_run else ''}: {r['verdict']['text']}.**", ""]
+        lines += [
+            f"**Verdict{' of the smoke run (not evidence either way)' if smoke_run else ''}: {r['verdict']['text']}.**",
+            "",
+        ]
         check = r.get("same_weights_step")
         if check:
             loss = check["meta_loss"]
-            lines += [f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
-                      f"meta-batch of {check['episodes']['train']} tasks): meta-loss {loss['metaplus']:.7f} (metaplus) vs "
-                      f"{loss['reference']:.7f} (reference); largest meta-gradient difference "
-                      f"{check['max_relative_gradient_difference']:.1e} of the gradient's size "
-                      f"(`{check['worst_parameter']}`; gradients that are zero by construction, conv biases before "
-                      f"batch norm and their learned rates, compared with the largest gradient); adapted query logits "
-                      f"on {check['episodes']['val']} validation episodes differ by at most "
-                      f"{check['max_abs_logit_difference_evaluation']:.1e}.", ""]
+            lines += [
+                f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                f"meta-batch of {check['episodes']['train']} tasks): meta-loss {loss['metaplus']:.7f} (metaplus) vs "
+                f"{loss['reference']:.7f} (reference); largest meta-gradient difference "
+                f"{check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                f"(`{check['worst_parameter']}`; gradients that are zero by construction, conv biases before "
+                f"batch norm and their learned rates, compared with the largest gradient); adapted query logits "
+                f"on {check['episodes']['val']} validation episodes differ by at most "
+                f"{check['max_abs_logit_difference_evaluation']:.1e}.",
+                "",
+            ]
         if r["name"] in plots:
             lines += [f"![{r['title']}]({plots[r['name']]})", ""]
         if r["difference"]:
-            lines += ["| iteration | metaplus, % | reference, % | difference, points (95 % CI) | holds |",
-                      "|---:|---:|---:|---|:---:|"]
+            lines += [
+                "| iteration | metaplus, % | reference, % | difference, points (95 % CI) | holds |",
+                "|---:|---:|---:|---|:---:|",
+            ]
             for p in r["difference"]:
-                lines.append(f"| {p['iteration']} | {pct(p['metaplus']['mean'], p['metaplus']['ci95'])} | "
-                             f"{pct(p['reference']['mean'], p['reference']['ci95'])} | {p['difference'] * 100:+.2f} "
-                             f"[{p['ci_low'] * 100:+.2f}, {p['ci_high'] * 100:+.2f}] | {'yes' if p['holds'] else 'no'} |")
+                lines.append(
+                    f"| {p['iteration']} | {pct(p['metaplus']['mean'], p['metaplus']['ci95'])} | "
+                    f"{pct(p['reference']['mean'], p['reference']['ci95'])} | {p['difference'] * 100:+.2f} "
+                    f"[{p['ci_low'] * 100:+.2f}, {p['ci_high'] * 100:+.2f}] | {'yes' if p['holds'] else 'no'} |"
+                )
             lines.append("")
         if any(r["cost"][name] for name in CODES):
-            lines += ["| code | seed | test, best checkpoint, % | test, top-5 ensemble, % | s/iteration (wall / CPU) | peak RSS, GB |",
-                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [
+                "| code | seed | test, best checkpoint, % | test, top-5 ensemble, % | s/iteration (wall / CPU) | peak RSS, GB |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
         for name in CODES:
             for seed, cost in r["cost"][name].items():
                 t = r["final_test"][name].get(seed) or {}
-                lines.append(f"| {name} | {seed} | {pct(t.get('acc'), t.get('ci95'))} at {t.get('iteration', '–')} | "
-                             f"{pct(t.get('ensemble_acc'), t.get('ensemble_ci95'))} | "
-                             f"{fmt(cost['s_per_iteration'])} / {fmt(cost['cpu_s_per_iteration'])} | "
-                             f"{fmt(cost['peak_rss_gb'])} |")
+                lines.append(
+                    f"| {name} | {seed} | {pct(t.get('acc'), t.get('ci95'))} at {t.get('iteration', '–')} | "
+                    f"{pct(t.get('ensemble_acc'), t.get('ensemble_ci95'))} | "
+                    f"{fmt(cost['s_per_iteration'])} / {fmt(cost['cpu_s_per_iteration'])} | "
+                    f"{fmt(cost['peak_rss_gb'])} |"
+                )
         lines.append("")
         if r["settings"]:
-            lines += ["<details><summary>Settings of both codes</summary>", "",
-                      "| setting | reference | metaplus | same |", "|---|---|---|:---:|"]
-            lines += [f"| {s['setting']} | `{s['reference']}` | `{s['metaplus']}` | {'yes' if s['same'] else 'NO'} |"
-                      for s in r["settings"]]
-            lines += ["", "metaplus's command: `python train.py " + " ".join(r["metaplus_overrides"] or []) + "`", "",
-                      "</details>", ""]
+            lines += [
+                "<details><summary>Settings of both codes</summary>",
+                "",
+                "| setting | reference | metaplus | same |",
+                "|---|---|---|:---:|",
+            ]
+            lines += [
+                f"| {s['setting']} | `{s['reference']}` | `{s['metaplus']}` | {'yes' if s['same'] else 'NO'} |"
+                for s in r["settings"]
+            ]
+            lines += [
+                "",
+                "metaplus's command: `python train.py " + " ".join(r["metaplus_overrides"] or []) + "`",
+                "",
+                "</details>",
+                "",
+            ]
         if r["known_differences"]:
-            lines += ["Differences between the two codes (\"harness:\" ones are removed by the harness):", ""]
+            lines += ['Differences between the two codes ("harness:" ones are removed by the harness):', ""]
             lines += [f"- {d}" for d in r["known_differences"]]
             lines.append("")
         if r["regenerate"]:
             lines += ["Regenerate:", "", "```bash", r["regenerate"], "```", ""]
-    lines += ["## Commands at the issue's sizes", "",
-              "Each continues its runs when repeated with a larger `--iterations` (multiples of 500 continue "
-              "exactly); runs of other seeds or codes can go to separate processes with `--seeds 1,2` / "
-              "`--codes reference`, then `--report-only --publish` writes the report once they are done.", "",
-              "```bash", *[full_command(c) for c in COMPARISONS.values()], "```", ""]
+    lines += [
+        "## Commands at the issue's sizes",
+        "",
+        "Each continues its runs when repeated with a larger `--iterations` (multiples of 500 continue "
+        "exactly); runs of other seeds or codes can go to separate processes with `--seeds 1,2` / "
+        "`--codes reference`, then `--report-only --publish` writes the report once they are done.",
+        "",
+        "```bash",
+        *[full_command(c) for c in COMPARISONS.values()],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -978,13 +1269,18 @@ def write_report(records: list[dict[str, Any]], out: Path, publish: bool, smoke:
     payload = {"smoke": smoke, "comparisons": {r["name"]: r for r in ordered}}
     text = public(json.dumps(payload, indent=1), out) + "\n"
     stored.write_text(text)
-    (out / "parity.md").write_text(public(markdown(ordered, {r["name"]: f"parity_{r['name']}.png" for r in plotted}, smoke), out))
+    (out / "parity.md").write_text(
+        public(markdown(ordered, {r["name"]: f"parity_{r['name']}.png" for r in plotted}, smoke), out)
+    )
     if publish:
         (RESULTS / "parity.json").write_text(text)
         for r in plotted:
             shutil.copyfile(out / f"parity_{r['name']}.png", RESULTS / f"parity_{r['name']}.png")
-        DOC.write_text(public(markdown(ordered, {r["name"]: f"../bench/results/parity_{r['name']}.png" for r in plotted},
-                                       smoke), out))
+        DOC.write_text(
+            public(
+                markdown(ordered, {r["name"]: f"../bench/results/parity_{r['name']}.png" for r in plotted}, smoke), out
+            )
+        )
     print(f"report: {stored}, {out / 'parity.md'}" + (f", {RESULTS / 'parity.json'}, {DOC}" if publish else ""))
 
 
@@ -1004,24 +1300,37 @@ def seed_list(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--comparison", choices=sorted(COMPARISONS), help="which comparison (one row of COMPARISONS)")
-    p.add_argument("--reference", type=Path, help="the reference's directory (else the comparison's environment "
-                                                  "variable, e.g. METAPLUS_MAMLPP_REFERENCE)")
-    p.add_argument("--iterations", type=int, default=2000, help="meta-iterations each run trains to (continues a "
-                                                                "shorter run)")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="the reference's directory (else the comparison's environment variable, e.g. METAPLUS_MAMLPP_REFERENCE)",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=2000, help="meta-iterations each run trains to (continues a shorter run)"
+    )
     p.add_argument("--eval-every", type=int, default=250, help="validate both codes every N meta-iterations (<= 250)")
-    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], dest="seed_list",
-                   help="a count (3: seeds 0, 1, 2) or a list (0,4)")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[0, 1, 2],
+        dest="seed_list",
+        help="a count (3: seeds 0, 1, 2) or a list (0,4)",
+    )
     p.add_argument("--val-episodes", type=int, default=600)
     p.add_argument("--test-episodes", type=int, default=600)
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (both codes alike)")
     p.add_argument("--codes", default="metaplus,reference", help="which codes to run now (both are reported)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run directories and the report")
     p.add_argument("--report-only", action="store_true", help="re-render the report from the run directories")
-    p.add_argument("--publish", action="store_true", help="also write bench/results/parity.json, "
-                                                          "bench/results/parity_<comparison>.png and docs/parity.md")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="also write bench/results/parity.json, bench/results/parity_<comparison>.png and docs/parity.md",
+    )
     p.add_argument("--smoke", action="store_true", help="label the report as a smoke run (plumbing only)")
-    p.add_argument("--step-check", action="store_true", help="redo the same-weights one-step check (done once "
-                                                             "per --out otherwise)")
+    p.add_argument(
+        "--step-check", action="store_true", help="redo the same-weights one-step check (done once per --out otherwise)"
+    )
     p.add_argument("--child-reference", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-step-check", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1033,19 +1342,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def check_cli(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.comparison is None:
         p.error("--comparison is required: " + ", ".join(sorted(COMPARISONS)))
-    for key, value, low in (("--iterations", a.iterations, 1), ("--eval-every", a.eval_every, 1),
-                            ("--val-episodes", a.val_episodes, 1), ("--test-episodes", a.test_episodes, 1),
-                            ("--threads", a.threads, 1)):
+    for key, value, low in (
+        ("--iterations", a.iterations, 1),
+        ("--eval-every", a.eval_every, 1),
+        ("--val-episodes", a.val_episodes, 1),
+        ("--test-episodes", a.test_episodes, 1),
+        ("--threads", a.threads, 1),
+    ):
         if value < low:
             p.error(f"{key} {value}: must be an integer >= {low}")
     if a.eval_every > 250:
         p.error(f"--eval-every {a.eval_every}: at most 250 (issue 25: validation every N <= 250 iterations)")
     if 500 % a.eval_every:
-        p.error(f"--eval-every {a.eval_every}: must divide the 500 iterations of an epoch, so that both codes "
-                "validate at the same iterations (metaplus counts val_check_interval within an epoch)")
+        p.error(
+            f"--eval-every {a.eval_every}: must divide the 500 iterations of an epoch, so that both codes "
+            "validate at the same iterations (metaplus counts val_check_interval within an epoch)"
+        )
     if a.iterations % a.eval_every:
-        p.error(f"--iterations {a.iterations}: must be a multiple of --eval-every {a.eval_every} (the last "
-                "iteration is evaluated, and a longer rerun continues from it)")
+        p.error(
+            f"--iterations {a.iterations}: must be a multiple of --eval-every {a.eval_every} (the last "
+            "iteration is evaluated, and a longer rerun continues from it)"
+        )
     codes = [c for c in a.codes.split(",") if c]
     if not codes or set(codes) - set(CODES):
         p.error(f"--codes {a.codes}: a comma-separated subset of {', '.join(CODES)}")
@@ -1059,8 +1376,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if a.child_step_check is not None:
         spec = json.loads(a.child_step_check.read_text())
-        result = step_check(COMPARISONS[spec["comparison"]], Path(spec["reference_dir"]), spec["metaplus_overrides"],
-                            spec["threads"])
+        result = step_check(
+            COMPARISONS[spec["comparison"]], Path(spec["reference_dir"]), spec["metaplus_overrides"], spec["threads"]
+        )
         write_json(a.child_step_check.with_name("step_check.json"), result)
         return
     comparison = COMPARISONS[a.comparison]
@@ -1081,11 +1399,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         from bench.reproduce import run_env
 
         spec = check_file.with_name("step_check_spec.json")
-        write_json(spec, {"comparison": comparison.name, "reference_dir": str(code), "metaplus_overrides": overrides,
-                          "threads": a.threads})
+        write_json(
+            spec,
+            {
+                "comparison": comparison.name,
+                "reference_dir": str(code),
+                "metaplus_overrides": overrides,
+                "threads": a.threads,
+            },
+        )
         print("  same-weights one-step check of both codes", flush=True)
-        run_logged([sys.executable, "-m", MODULE, "--child-step-check", str(spec)],
-                   check_file.with_name("step_check.log"), run_env(a.threads))
+        run_logged(
+            [sys.executable, "-m", MODULE, "--child-step-check", str(spec)],
+            check_file.with_name("step_check.log"),
+            run_env(a.threads),
+        )
     if not a.report_only:
         for seed in a.seed_list:
             for name in a.codes:

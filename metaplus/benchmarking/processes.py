@@ -3,6 +3,7 @@ a child that dies is reported by what it was measuring and how it ended (exit st
 SIGKILL with no error is most likely the kernel's out-of-memory killer). bench/speed.py and
 bench/memory.py run every measured setting this way, so one setting's peak memory is its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,13 @@ def run_measured(command: list[str], *, cwd: str | Path, env: dict[str, str] | N
     """Run ``command`` in a fresh process started in ``cwd``; return its peak RSS in GB, read by the
     parent with ``os.wait4`` (the child's own high-water mark, children of it excluded). A child that
     fails raises RuntimeError with the end of its stderr and, on its last line, how it ended."""
-    proc = subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code:
@@ -36,6 +42,9 @@ def measured(command: list[str], what: str, *, cwd: str | Path) -> float:
         return run_measured(command, cwd=cwd)
     except RuntimeError as error:
         lines = [line for line in str(error).splitlines() if line.strip()]
-        oom = " (SIGKILL with no error: most likely the kernel's out-of-memory killer, see dmesg)" \
-            if lines and lines[-1] == "killed by SIGKILL" else ""
+        oom = (
+            " (SIGKILL with no error: most likely the kernel's out-of-memory killer, see dmesg)"
+            if lines and lines[-1] == "killed by SIGKILL"
+            else ""
+        )
         raise ChildFailed(f"the {what} child failed: {lines[-1] if lines else 'no output'}{oom}") from error

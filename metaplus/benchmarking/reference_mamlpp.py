@@ -34,6 +34,7 @@ before torch is imported (its constructor moves itself to any visible GPU); stdo
 while it builds (it prints every parameter); the UserWarnings its 2019 idioms raise on torch 2.x
 (``scheduler.step(epoch=)``, ``scheduler.get_lr()``, ``.grad`` of a non-leaf) are silenced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,14 +60,16 @@ def extract_reference(mirror_git_dir, dest) -> Path:
     trips over. The commit goes to dest/REFERENCE_COMMIT."""
     git = ["git", "-C", str(mirror_git_dir)]
     dest = Path(dest)
-    names = subprocess.run(git + ["ls-tree", "-r", "--name-only", "HEAD"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    names = subprocess.run(
+        git + ["ls-tree", "-r", "--name-only", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.split()
     for name in names:
         config = name.startswith("experiment_config/") and name.endswith(".json")
         if name.endswith(".py") or config:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(subprocess.run(git + ["show", f"HEAD:{name}"], check=True,
-                                                     capture_output=True).stdout)
+            (dest / name).write_bytes(
+                subprocess.run(git + ["show", f"HEAD:{name}"], check=True, capture_output=True).stdout
+            )
     commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True)
     (dest / "REFERENCE_COMMIT").write_text(commit.stdout)
     return dest
@@ -74,8 +77,7 @@ def extract_reference(mirror_git_dir, dest) -> Path:
 
 def code_commit(code: Path):
     """Short commit of the reference code: a git clone's HEAD, else extract_reference's note."""
-    out = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
+    out = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if out.returncode == 0:
         return out.stdout.strip()
     note = code / "REFERENCE_COMMIT"
@@ -89,20 +91,39 @@ def reference_args(a) -> dict:
     task_learning_rate), overridden by the CLI."""
     c, h, w = a.image_shape
     return dict(
-        batch_size=a.meta_batch, num_classes_per_set=a.ways, num_samples_per_class=a.shots,
-        num_target_samples=a.queries, number_of_training_steps_per_iter=a.steps,
-        number_of_evaluation_steps_per_iter=a.steps, cnn_num_filters=a.filters,
-        image_channels=c, image_height=h, image_width=w,
-        second_order=not a.first_order, first_order_to_second_order_epoch=-1,
-        use_multi_step_loss_optimization=True, multi_step_loss_num_epochs=10,
-        per_step_bn_statistics=True, learnable_per_layer_per_step_inner_loop_learning_rate=True,
-        enable_inner_loop_optimizable_bn_params=False, learnable_bn_gamma=True,
-        learnable_bn_beta=True, norm_layer="batch_norm", num_stages=4, conv_padding=True,
-        max_pooling=True, task_learning_rate=0.1, meta_learning_rate=0.001,
-        min_learning_rate=0.00001, total_epochs=100, total_iter_per_epoch=500, seed=104,
+        batch_size=a.meta_batch,
+        num_classes_per_set=a.ways,
+        num_samples_per_class=a.shots,
+        num_target_samples=a.queries,
+        number_of_training_steps_per_iter=a.steps,
+        number_of_evaluation_steps_per_iter=a.steps,
+        cnn_num_filters=a.filters,
+        image_channels=c,
+        image_height=h,
+        image_width=w,
+        second_order=not a.first_order,
+        first_order_to_second_order_epoch=-1,
+        use_multi_step_loss_optimization=True,
+        multi_step_loss_num_epochs=10,
+        per_step_bn_statistics=True,
+        learnable_per_layer_per_step_inner_loop_learning_rate=True,
+        enable_inner_loop_optimizable_bn_params=False,
+        learnable_bn_gamma=True,
+        learnable_bn_beta=True,
+        norm_layer="batch_norm",
+        num_stages=4,
+        conv_padding=True,
+        max_pooling=True,
+        task_learning_rate=0.1,
+        meta_learning_rate=0.001,
+        min_learning_rate=0.00001,
+        total_epochs=100,
+        total_iter_per_epoch=500,
+        seed=104,
         # meta_update clips meta-gradients when the name holds "imagenet": keep that cost for RGB.
         dataset_name="mini_imagenet_full_size" if c == 3 else "omniglot_dataset",
-        use_cuda=False)
+        use_cuda=False,
+    )
 
 
 # -- driving the reference on metaplus's episodes (bench/parity.py) -----------------------------------
@@ -110,8 +131,15 @@ def reference_args(a) -> dict:
 # and its model and data code read. task_learning_rate is LSLR's starting rate: the code never reads the
 # configs' init_inner_loop_learning_rate. seed seeds the model's initialisation (set_torch_seed); no
 # released config sets it, so every released run starts from the same weights.
-PARSER_DEFAULTS = dict(seed=104, task_learning_rate=0.1, reverse_channels=False, labels_as_int=False,
-                       reset_stored_filepaths=False, num_of_gpus=1, samples_per_iter=1)
+PARSER_DEFAULTS = dict(
+    seed=104,
+    task_learning_rate=0.1,
+    reverse_channels=False,
+    labels_as_int=False,
+    reset_stored_filepaths=False,
+    num_of_gpus=1,
+    samples_per_iter=1,
+)
 OMNIGLOT_CONFIG = "omniglot_maml++-omniglot_1_8_0.1_64_5_0"
 MINIIMAGENET_CONFIG = "mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0"
 
@@ -119,10 +147,15 @@ MINIIMAGENET_CONFIG = "mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0"
 def check_code(code) -> Path:
     """The reference's directory, or SystemExit naming where it looked and how to get the code."""
     if code is None or not (Path(code) / "few_shot_learning_system.py").is_file():
-        where = (f"no few_shot_learning_system.py in {code}" if code is not None
-                 else "neither --code nor METAPLUS_MAMLPP_REFERENCE is set")
-        sys.exit(f"reference_mamlpp: {where}; get the MAML++ reference code with:\n  {HOW_TO_GET}\n"
-                 "and pass its directory as --code or METAPLUS_MAMLPP_REFERENCE.")
+        where = (
+            f"no few_shot_learning_system.py in {code}"
+            if code is not None
+            else "neither --code nor METAPLUS_MAMLPP_REFERENCE is set"
+        )
+        sys.exit(
+            f"reference_mamlpp: {where}; get the MAML++ reference code with:\n  {HOW_TO_GET}\n"
+            "and pass its directory as --code or METAPLUS_MAMLPP_REFERENCE."
+        )
     return Path(code).resolve()
 
 
@@ -135,9 +168,14 @@ def load_reference(code: Path, threads: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
+
     torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(few_shot_learning_system|"
-                            r"meta_neural_network_architectures|torch\.optim\.lr_scheduler)")
+    warnings.filterwarnings(
+        "ignore",
+        category=UserWarning,
+        module=r"(few_shot_learning_system|"
+        r"meta_neural_network_architectures|torch\.optim\.lr_scheduler)",
+    )
     if str(code) not in sys.path:
         sys.path.insert(0, str(code))
 
@@ -146,8 +184,10 @@ def released_config(code: Path, name: str) -> dict:
     """One of the reference's released experiment configs (experiment_config/<name>.json)."""
     path = Path(code) / "experiment_config" / f"{name}.json"
     if not path.is_file():
-        sys.exit(f"reference_mamlpp: {path} not found: the released configs are in the reference's "
-                 f"experiment_config/ ({HOW_TO_GET})")
+        sys.exit(
+            f"reference_mamlpp: {path} not found: the released configs are in the reference's "
+            f"experiment_config/ ({HOW_TO_GET})"
+        )
     return json.loads(path.read_text())
 
 
@@ -164,8 +204,11 @@ def build_model(args: SimpleNamespace):
     from few_shot_learning_system import MAMLFewShotClassifier
 
     with contextlib.redirect_stdout(sys.stderr):  # it prints every layer and parameter
-        return MAMLFewShotClassifier(im_shape=(2, args.image_channels, args.image_height, args.image_width),
-                                     device=torch.device("cpu"), args=args)
+        return MAMLFewShotClassifier(
+            im_shape=(2, args.image_channels, args.image_height, args.image_width),
+            device=torch.device("cpu"),
+            args=args,
+        )
 
 
 def reference_layout(support_x, support_y, query_x, query_y, ways: int):
@@ -179,11 +222,14 @@ def reference_layout(support_x, support_y, query_x, query_y, ways: int):
         x = torch.take_along_dim(x, order.view(*order.shape, *[1] * (x.dim() - 2)), dim=1)
         y = torch.take_along_dim(y, order, dim=1)
         tasks, n = y.shape
-        if n % ways or not torch.equal(y.view(tasks, ways, n // ways),
-                                       torch.arange(ways).view(1, ways, 1).expand(tasks, ways, n // ways)):
+        if n % ways or not torch.equal(
+            y.view(tasks, ways, n // ways), torch.arange(ways).view(1, ways, 1).expand(tasks, ways, n // ways)
+        ):
             raise ValueError(f"episodes must hold the same number of examples of each of {ways} classes")
-        return (x.reshape(tasks, ways, n // ways, *x.shape[2:]).float().numpy(),
-                y.view(tasks, ways, n // ways).float().numpy())
+        return (
+            x.reshape(tasks, ways, n // ways, *x.shape[2:]).float().numpy(),
+            y.view(tasks, ways, n // ways).float().numpy(),
+        )
 
     xs, ys = rows(support_x, support_y)
     xq, yq = rows(query_x, query_y)
@@ -251,20 +297,35 @@ def reference_omniglot_split(code: Path, omniglot_root: Path, work: Path, config
     args = released_args(code, config, dataset_path=str(skeleton), load_into_memory=False)
     with contextlib.redirect_stdout(sys.stderr):
         provider = FewShotLearningDatasetParallel(args=args)
-    return {split: sorted(provider.get_label_from_index(index) for index in provider.datasets[split])
-            for split in ("train", "val", "test")}
+    return {
+        split: sorted(provider.get_label_from_index(index) for index in provider.datasets[split])
+        for split in ("train", "val", "test")
+    }
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--code", type=Path, default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
-                   help="directory of the reference's .py files (env METAPLUS_MAMLPP_REFERENCE)")
-    for name, default in [("ways", 5), ("shots", 1), ("queries", 15), ("meta-batch", 16),
-                          ("steps", 5), ("filters", 64), ("iterations", 3), ("warmup", 1),
-                          ("threads", 1)]:
+    p.add_argument(
+        "--code",
+        type=Path,
+        default=os.environ.get("METAPLUS_MAMLPP_REFERENCE"),
+        help="directory of the reference's .py files (env METAPLUS_MAMLPP_REFERENCE)",
+    )
+    for name, default in [
+        ("ways", 5),
+        ("shots", 1),
+        ("queries", 15),
+        ("meta-batch", 16),
+        ("steps", 5),
+        ("filters", 64),
+        ("iterations", 3),
+        ("warmup", 1),
+        ("threads", 1),
+    ]:
         p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--image-shape", type=lambda s: tuple(int(v) for v in s.split(",")),
-                   default=(1, 28, 28), help="C,H,W")
+    p.add_argument(
+        "--image-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(1, 28, 28), help="C,H,W"
+    )
     p.add_argument("--first-order", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
@@ -280,10 +341,12 @@ def main(argv=None) -> None:
     # x [batch, ways, shots, C, H, W] float32, y [batch, ways, shots] with class i in row i.
     rng = np.random.default_rng(0)
     labels = np.arange(a.ways, dtype=np.float32)[None, :, None]
-    batch = (rng.random((a.meta_batch, a.ways, a.shots, c, h, w), dtype=np.float32),
-             rng.random((a.meta_batch, a.ways, a.queries, c, h, w), dtype=np.float32),
-             np.broadcast_to(labels, (a.meta_batch, a.ways, a.shots)).copy(),
-             np.broadcast_to(labels, (a.meta_batch, a.ways, a.queries)).copy())
+    batch = (
+        rng.random((a.meta_batch, a.ways, a.shots, c, h, w), dtype=np.float32),
+        rng.random((a.meta_batch, a.ways, a.queries, c, h, w), dtype=np.float32),
+        np.broadcast_to(labels, (a.meta_batch, a.ways, a.shots)).copy(),
+        np.broadcast_to(labels, (a.meta_batch, a.ways, a.queries)).copy(),
+    )
 
     walls, cpus, syss = [], [], []
     for i in range(a.warmup + a.iterations):  # warm-up: allocator, autograd and Adam state
@@ -294,18 +357,27 @@ def main(argv=None) -> None:
             walls.append(wall)
             cpus.append(time.process_time() - c0)
             syss.append(os.times().system - s0)  # page faults of a fresh allocation show here
-        print(f"iteration {i}{' (warm-up)' if i < a.warmup else ''}: {wall:.2f} s, "
-              f"loss {float(losses['loss'].detach()):.4f}", file=sys.stderr)
+        print(
+            f"iteration {i}{' (warm-up)' if i < a.warmup else ''}: {wall:.2f} s, "
+            f"loss {float(losses['loss'].detach()):.4f}",
+            file=sys.stderr,
+        )
 
-    result = {"train_times": walls, "train_cpu_times": cpus,
-              "train_sys_times": syss, "warmup": a.warmup, "threads": a.threads,
-              "code_commit": code_commit(code), "code_dir": str(code),
-              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
-              "torch": torch.__version__, "args": settings}
+    result = {
+        "train_times": walls,
+        "train_cpu_times": cpus,
+        "train_sys_times": syss,
+        "warmup": a.warmup,
+        "threads": a.threads,
+        "code_commit": code_commit(code),
+        "code_dir": str(code),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "torch": torch.__version__,
+        "args": settings,
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("train_times", "train_cpu_times", "train_sys_times",
-                                             "peak_rss_gb")}))
+    print(json.dumps({k: result[k] for k in ("train_times", "train_cpu_times", "train_sys_times", "peak_rss_gb")}))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,18 @@ Monitoring: :mod:`~metaplus.callbacks.wall_clock` (``time/train_s``), :mod:`~met
 The classes are re-exported here because configs name them: ``_target_: metaplus.callbacks.Divergence`` in
 a user's config or in an older run's saved config keeps working.
 """
+
 from metaplus.callbacks.checkpoint_io import AtomicCheckpointIO
 from metaplus.callbacks.divergence import Divergence, DivergenceError
 from metaplus.callbacks.preemption import PreemptionCheckpoint
 from metaplus.callbacks.rng_state import RNGStateCheckpoint
 from metaplus.callbacks.wall_clock import WallClock
 
-__all__ = ["AtomicCheckpointIO", "Divergence", "DivergenceError", "PreemptionCheckpoint", "RNGStateCheckpoint",
-           "WallClock"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "Divergence",
+    "DivergenceError",
+    "PreemptionCheckpoint",
+    "RNGStateCheckpoint",
+    "WallClock",
+]

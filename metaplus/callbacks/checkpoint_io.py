@@ -1,4 +1,5 @@
 """Checkpoint files: written atomically, and checked before a resume reads them."""
+
 from __future__ import annotations
 
 import os

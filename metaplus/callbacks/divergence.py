@@ -1,4 +1,5 @@
 """Runs that went wrong although their numbers stay finite: a loss above a ceiling, accuracy at chance level."""
+
 from __future__ import annotations
 
 import logging
@@ -42,11 +43,22 @@ class Divergence(Callback):
     waiting for ever in the next gradient all-reduce).
     """
 
-    def __init__(self, max_loss: float | str = "auto", patience: int = 3, on_loss_ceiling: str = "stop",
-                 chance_after_steps: int = 200, on_chance: str = "warn", check_every_n_steps: int = 10):
-        check("max_loss", max_loss, max_loss == "auto" or (isinstance(max_loss, (int, float))
-                                                             and not isinstance(max_loss, bool) and max_loss > 0),
-              "'auto' or a number > 0")
+    def __init__(
+        self,
+        max_loss: float | str = "auto",
+        patience: int = 3,
+        on_loss_ceiling: str = "stop",
+        chance_after_steps: int = 200,
+        on_chance: str = "warn",
+        check_every_n_steps: int = 10,
+    ):
+        check(
+            "max_loss",
+            max_loss,
+            max_loss == "auto"
+            or (isinstance(max_loss, (int, float)) and not isinstance(max_loss, bool) and max_loss > 0),
+            "'auto' or a number > 0",
+        )
         check_int("patience", patience, 1)
         check_choice("on_loss_ceiling", on_loss_ceiling, {"stop", "warn", "error"})
         check_int("chance_after_steps", chance_after_steps, 0)
@@ -105,12 +117,14 @@ class Divergence(Callback):
         if not trainer.strategy.reduce_boolean_decision(here, all=False):
             return
         ceiling = self.ceiling(trainer, pl_module)
-        where = (f" {float(trainer.callback_metrics['train/loss']):.4g}" if here else "")
-        message = (f"divergence: train/loss{where} above the ceiling {ceiling:.4g} for {self.patience} consecutive "
-                   f"steps{'' if here else ' on another DDP rank'} (found at epoch {trainer.current_epoch}, step "
-                   f"{trainer.global_step}); training diverged: lower algo.inner_lr (now "
-                   f"{getattr(pl_module, 'inner_lr', '?')}) or algo.meta_lr (now {getattr(pl_module, 'meta_lr', '?')}). "
-                   f"The ceiling is callbacks.divergence.max_loss")
+        where = f" {float(trainer.callback_metrics['train/loss']):.4g}" if here else ""
+        message = (
+            f"divergence: train/loss{where} above the ceiling {ceiling:.4g} for {self.patience} consecutive "
+            f"steps{'' if here else ' on another DDP rank'} (found at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}); training diverged: lower algo.inner_lr (now "
+            f"{getattr(pl_module, 'inner_lr', '?')}) or algo.meta_lr (now {getattr(pl_module, 'meta_lr', '?')}). "
+            f"The ceiling is callbacks.divergence.max_loss"
+        )
         if self.on_loss_ceiling == "error":
             raise DivergenceError(message)  # on every rank alike
         if self.on_loss_ceiling == "stop":
@@ -131,8 +145,7 @@ class Divergence(Callback):
         chance = 1.0 / ways
         if abs(acc - chance) > ci + 1e-6:  # accuracies are float32 means: 0.2 reads 0.20000000298
             return None
-        return (f"chance level: {stage}/acc {acc:.4f} ± {ci:.4f} (95% CI) contains chance level 1/{ways} = "
-                f"{chance:.4f}")
+        return f"chance level: {stage}/acc {acc:.4f} ± {ci:.4f} (95% CI) contains chance level 1/{ways} = {chance:.4f}"
 
     def on_validation_end(self, trainer, pl_module) -> None:
         ways = self.ways(trainer, pl_module)
@@ -143,8 +156,10 @@ class Divergence(Callback):
         found = self.at_chance(trainer.callback_metrics, "val", ways)
         if found is None:
             return
-        message = (f"{found} after {trainer.global_step} training steps: training never left chance level "
-                   f"(check algo.inner_lr / algo.meta_lr and the data)")
+        message = (
+            f"{found} after {trainer.global_step} training steps: training never left chance level "
+            f"(check algo.inner_lr / algo.meta_lr and the data)"
+        )
         if self.on_chance == "stop":
             message += "; training was stopped here"
             trainer.should_stop = True

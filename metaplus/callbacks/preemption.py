@@ -1,4 +1,5 @@
 """Restarts and preemption: a resumable ``last.ckpt`` when the job is told to stop (SIGTERM, SIGUSR2)."""
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,9 @@ class PreemptionCheckpoint(Callback):
 
         names = ["SIGUSR2"] if signals is None else list(signals)
         for name in names:
-            check("signals", name, isinstance(name, str) and hasattr(signal_module, name), "signal names such as SIGUSR2")
+            check(
+                "signals", name, isinstance(name, str) and hasattr(signal_module, name), "signal names such as SIGUSR2"
+            )
         self.signal_numbers = [getattr(signal_module, name) for name in names]
         self.previous: dict[int, Any] = {}
         self.pending: int | None = None
@@ -53,9 +56,11 @@ class PreemptionCheckpoint(Callback):
         trainer.checkpoint_callback.last_model_path = str(path)
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            logging.getLogger("metaplus").warning(f"{why}: saved {path} at epoch {trainer.current_epoch}, step "
-                                                  f"{trainer.global_step}; rerun the same command in the same run "
-                                                  f"directory to resume (resume: auto)")
+            logging.getLogger("metaplus").warning(
+                f"{why}: saved {path} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; rerun the same command in the same run "
+                f"directory to resume (resume: auto)"
+            )
 
     def on_fit_start(self, trainer, pl_module) -> None:
         import signal as signal_module

@@ -6,6 +6,7 @@ seeded by (seed, epoch, index), but the process-wide random generators are not s
 draws from them during training (dropout, Gumbel noise, the seed each DataLoader iterator draws)
 would continue from ``seed_everything``'s state after a resume instead of where the run stopped.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,13 @@ def collect_rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     states = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -35,8 +41,15 @@ def collect_rng_states() -> dict[str, Any]:
 def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     numpy = states["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     random.setstate(states["python"])
     cuda = states.get("cuda")
     # A checkpoint from another number of GPUs (or from a CPU run) cannot say what each device's
@@ -63,4 +76,3 @@ class RNGStateCheckpoint(Callback):
         # Called when fit restores a checkpoint, before the first training batch is drawn.
         if trainer.state.fn == TrainerFn.FITTING and "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
-

@@ -1,4 +1,5 @@
 """Training wall time (``time/train_s``), logged at every validation."""
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,9 @@ class WallClock(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             for logger in trainer.loggers:
-                logger.log_metrics({"time/train_s": self.train_seconds, "epoch": trainer.current_epoch},
-                                   step=trainer.global_step)
+                logger.log_metrics(
+                    {"time/train_s": self.train_seconds, "epoch": trainer.current_epoch}, step=trainer.global_step
+                )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.epoch_start is not None:  # an epoch without validation
@@ -39,4 +41,3 @@ class WallClock(Callback):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.train_seconds = state_dict["train_seconds"]
-

@@ -6,6 +6,7 @@ name holds a digest of the source files' identity (names, sizes, modification ti
 decoding settings, so a changed source or image size gets a new cache and an unchanged one is reused
 by every run (and every worktree sharing ``cache_dir``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,13 @@ def cache_prefix(dataset: str, what: str, image_size: int, root: Path, **options
     return f"{dataset}-{what}-{image_size}px-{digest}"
 
 
-def cached_class_images(cache_dir: str | Path | None, prefix: str, key: str,
-                        build: Callable[[], ClassImages],
-                        shape: Callable[[], tuple[int, int, int, int]] | None = None) -> ClassImages:
+def cached_class_images(
+    cache_dir: str | Path | None,
+    prefix: str,
+    key: str,
+    build: Callable[[], ClassImages],
+    shape: Callable[[], tuple[int, int, int, int]] | None = None,
+) -> ClassImages:
     """Load ``<cache_dir>/<prefix>-<key>.pt`` or build it (then write it atomically).
 
     ``cache_dir=None`` disables the disk cache (the images are decoded for this process only). Older
@@ -72,8 +77,12 @@ def cached_class_images(cache_dir: str | Path | None, prefix: str, key: str,
         return images
     cache_dir = path.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
-    state = {"format": CACHE_FORMAT, "images": images.images, "counts": images.counts,
-             "class_names": images.class_names}
+    state = {
+        "format": CACHE_FORMAT,
+        "images": images.images,
+        "counts": images.counts,
+        "class_names": images.class_names,
+    }
     save_torch_atomic(state, path, mode=0o644)  # the cache is meant to be shared, whatever the umask
     for stale in cache_dir.glob(f"{prefix}-*.pt"):
         if stale != path:
@@ -81,16 +90,32 @@ def cached_class_images(cache_dir: str | Path | None, prefix: str, key: str,
     return images
 
 
-def load_image_files(dataset: str, what: str, classes: Sequence[tuple[str, Sequence[Path]]], root: Path,
-                     mode: str, image_size: int, cache_dir: str | Path | None, **options: object) -> ClassImages:
+def load_image_files(
+    dataset: str,
+    what: str,
+    classes: Sequence[tuple[str, Sequence[Path]]],
+    root: Path,
+    mode: str,
+    image_size: int,
+    cache_dir: str | Path | None,
+    **options: object,
+) -> ClassImages:
     """Decode ``[(class_name, [file, ...]), ...]`` once; later calls with the same files load the cache."""
     files = [f for _, paths in classes for f in paths]
-    key = cache_key(mode=mode, image_size=image_size, classes=[name for name, _ in classes],
-                    files=file_identity(files, relative_to=root))
+    key = cache_key(
+        mode=mode,
+        image_size=image_size,
+        classes=[name for name, _ in classes],
+        files=file_identity(files, relative_to=root),
+    )
     prefix = cache_prefix(dataset, what, image_size, root, mode=mode, **options)
-    return cached_class_images(cache_dir, prefix, key,
-                               lambda: decode_classes(classes, lambda p: p, str, mode, image_size),
-                               shape=lambda: (len(files), len(mode), image_size, image_size))
+    return cached_class_images(
+        cache_dir,
+        prefix,
+        key,
+        lambda: decode_classes(classes, lambda p: p, str, mode, image_size),
+        shape=lambda: (len(files), len(mode), image_size, image_size),
+    )
 
 
 def announce_decoding(prefix: str, path: Path | None, shape: Sequence[int] | None) -> None:
@@ -100,10 +125,15 @@ def announce_decoding(prefix: str, path: Path | None, shape: Sequence[int] | Non
     size = ""
     if shape is not None:
         count, per_image = int(shape[0]), shape[1:]
-        size = (f": {count:,} images of {'x'.join(str(int(d)) for d in per_image)} "
-                f"(~{readable_bytes(count * math.prod(int(d) for d in per_image))})")
-    where = (f" into {path}, once: later runs load it" if path is not None
-             else " in memory only (no disk cache: data.cache_dir is null), again in every run")
+        size = (
+            f": {count:,} images of {'x'.join(str(int(d)) for d in per_image)} "
+            f"(~{readable_bytes(count * math.prod(int(d) for d in per_image))})"
+        )
+    where = (
+        f" into {path}, once: later runs load it"
+        if path is not None
+        else " in memory only (no disk cache: data.cache_dir is null), again in every run"
+    )
     log.info("decoding %s%s%s", prefix, size, where)
 
 

@@ -5,6 +5,7 @@ Every image dataset (Omniglot, mini-ImageNet, any folder of class folders) ends 
 (class ``c`` owns rows ``offsets[c] : offsets[c] + counts[c]``). :func:`decode_classes` builds one
 from image files or archive members; :mod:`metaplus.data.cache` keeps it on disk between runs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -21,8 +22,8 @@ from metaplus.data.preprocessing import decode_image
 class ClassImages:
     """All images of one split, grouped by class: ``images[offsets[c] : offsets[c] + counts[c]]``."""
 
-    images: Tensor            # uint8 [N, C, H, W]
-    counts: Tensor            # long [num_classes]
+    images: Tensor  # uint8 [N, C, H, W]
+    counts: Tensor  # long [num_classes]
     class_names: list[str]
 
     @property
@@ -40,12 +41,21 @@ class ClassImages:
     def select(self, classes: Sequence[int]) -> ClassImages:
         """A new set holding only ``classes`` (in that order)."""
         parts = [self.of_class(c) for c in classes]
-        return ClassImages(torch.cat(parts) if parts else self.images[:0], self.counts[list(classes)].clone(),
-                           [self.class_names[c] for c in classes])
+        return ClassImages(
+            torch.cat(parts) if parts else self.images[:0],
+            self.counts[list(classes)].clone(),
+            [self.class_names[c] for c in classes],
+        )
 
 
-def decode_classes(classes: Sequence[tuple[str, Sequence[object]]], read: Callable[[object], bytes | Path],
-                   describe: Callable[[object], str], mode: str, size: int, invert: bool = False) -> ClassImages:
+def decode_classes(
+    classes: Sequence[tuple[str, Sequence[object]]],
+    read: Callable[[object], bytes | Path],
+    describe: Callable[[object], str],
+    mode: str,
+    size: int,
+    invert: bool = False,
+) -> ClassImages:
     """Decode ``[(class_name, [item, ...]), ...]``; ``read(item)`` gives bytes or a path to decode."""
     channels = len(mode)
     total = sum(len(items) for _, items in classes)

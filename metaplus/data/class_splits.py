@@ -4,6 +4,7 @@ One class name per line (``#`` lines are the header naming the split's source). 
 classes of a split by these names; a copy of a dataset that lacks some of them (a subset made for a
 quick trial, or an incomplete download) trains on the ones present and says so in one warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,10 +35,20 @@ def present_classes(dataset: str, split: str, wanted: Sequence[str], available: 
     missing is a warning naming how many."""
     found = [name for name in wanted if name in available]
     if not found:
-        raise CorruptDatasetError(f"{where} holds none of the {len(wanted)} {dataset} '{split}' classes of "
-                                  f"{split_path(dataset, split)} (e.g. {wanted[0]!r})")
+        raise CorruptDatasetError(
+            f"{where} holds none of the {len(wanted)} {dataset} '{split}' classes of "
+            f"{split_path(dataset, split)} (e.g. {wanted[0]!r})"
+        )
     if len(found) < len(wanted):
         missing = [name for name in wanted if name not in available]
-        log.warning("%s '%s': %d of the %d classes of the split are missing from %s (e.g. %s): using the %d present",
-                    dataset, split, len(missing), len(wanted), where, missing[0], len(found))
+        log.warning(
+            "%s '%s': %d of the %d classes of the split are missing from %s (e.g. %s): using the %d present",
+            dataset,
+            split,
+            len(missing),
+            len(wanted),
+            where,
+            missing[0],
+            len(found),
+        )
     return found

@@ -8,6 +8,7 @@ index % 4 == 3. Images are resized to ``image_size`` squares (84 by default, ign
 ratio, as the usual few-shot pipelines' final resize; Lanczos), decoded once into a uint8 cache, and
 normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,12 +23,15 @@ from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
 from metaplus.data.preprocessing import Preprocessing
 
-HOW_TO_GET = ("download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
-              "(CaltechDATA), extract it under data.root")
+HOW_TO_GET = (
+    "download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
+    "(CaltechDATA), extract it under data.root"
+)
 
 
-def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+def preprocessing(
+    image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Preprocessing:
     """CUB's input, as mini-ImageNet's: RGB, resized to ``image_size`` squares (Lanczos),
     ``(x / 255 - mean) / std``. The sources decode and normalise with it; ``metaplus.load(...).preprocess``
     is it."""
@@ -59,16 +63,27 @@ class CUBTasks(ImageSource):
         every = set().union(*(read_split("cub", s) for s in ("train", "val", "test")))
         strangers = sorted(found - every)
         if strangers:
-            raise CorruptDatasetError(f"{images} holds folders that are not CUB-200-2011 classes: {strangers[:3]}"
-                                      f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})")
+            raise CorruptDatasetError(
+                f"{images} holds folders that are not CUB-200-2011 classes: {strangers[:3]}"
+                f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})"
+            )
         names = present_classes("cub", split, read_split("cub", split), found, images)[:max_classes]
         classes = [(name, list_images(images / name)[:max_images_per_class]) for name in names]
         empty = [name for name, files in classes if not files]
         if empty:
             raise CorruptDatasetError(f"{images}/{empty[0]} has no images ({len(empty)} empty class folders)")
         prep = preprocessing(image_size, mean, std)
-        data = load_image_files("cub", split, classes, root_path, prep.mode, prep.size, cache_dir,
-                                max_classes=max_classes, max_images_per_class=max_images_per_class)
+        data = load_image_files(
+            "cub",
+            split,
+            classes,
+            root_path,
+            prep.mode,
+            prep.size,
+            cache_dir,
+            max_classes=max_classes,
+            max_images_per_class=max_images_per_class,
+        )
         super().__init__(data, prep, ways, shots, queries, split)
 
 
@@ -78,4 +93,5 @@ def images_folder(root: Path) -> Path:
             return folder
     raise DatasetNotFoundError(
         f"CUB-200-2011 not found: looked for {root / 'CUB_200_2011' / 'images'}/<NNN.Class_name>/*.jpg (and for "
-        f"{root / 'images'}/), the layout of the official archive; {HOW_TO_GET}, or point data.root at its folder.")
+        f"{root / 'images'}/), the layout of the official archive; {HOW_TO_GET}, or point data.root at its folder."
+    )

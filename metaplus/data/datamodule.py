@@ -12,6 +12,7 @@ Image episodes travel to the device as uint8 pixels when Lightning moves them (4
 float32) and are normalised there, in :meth:`EpisodicDataModule.on_after_batch_transfer`, bit for bit
 as the CPU would have; loaders asked for outside a running trainer yield normalised batches.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -68,8 +69,12 @@ class EpisodicDataModule(L.LightningDataModule):
             check_int("train_shots", train_shots, 1)
         if task == "classification":
             check_int("ways", ways, 2)
-        check("input_shape", input_shape, len(input_shape) >= 1 and all(int(d) > 0 for d in input_shape),
-              "a list of positive sizes")
+        check(
+            "input_shape",
+            input_shape,
+            len(input_shape) >= 1 and all(int(d) > 0 for d in input_shape),
+            "a list of positive sizes",
+        )
         self.source_factory, self.name, self.task = source, name, task
         self.shots, self.queries, self.ways, self.root = shots, queries, ways, root
         # Training tasks may have more labelled examples per class than test tasks (Reptile's
@@ -99,8 +104,11 @@ class EpisodicDataModule(L.LightningDataModule):
     def class_lists(self) -> dict[str, list[str]]:
         """The classes of every split built so far, for sources whose split depends on the data found
         (``record_classes = True``, e.g. image folders): run.py records them in results.json."""
-        return {split: list(source.class_names) for split, source in self.sources.items()
-                if getattr(source, "record_classes", False)}
+        return {
+            split: list(source.class_names)
+            for split, source in self.sources.items()
+            if getattr(source, "record_classes", False)
+        }
 
     def setup(self, stage: str | None = None) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SPLITS)
@@ -126,8 +134,10 @@ class EpisodicDataModule(L.LightningDataModule):
         # Each rank loads its share of the meta-batch; the distributed sampler keeps shares disjoint.
         world = self.world_size()
         if self.meta_batch_size % world:
-            raise ValueError(f"data.meta_batch_size={self.meta_batch_size} must be divisible by the "
-                             f"number of processes ({world}) so each rank adapts the same number of tasks")
+            raise ValueError(
+                f"data.meta_batch_size={self.meta_batch_size} must be divisible by the "
+                f"number of processes ({world}) so each rank adapts the same number of tasks"
+            )
         per_rank = self.meta_batch_size // world
         length = self.batches_per_epoch * self.meta_batch_size
         dataset = EpisodeDataset(self.source("train"), length, keys=(self.seed, "train"), pixels=self.sends_pixels())
@@ -145,9 +155,17 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
         # shuffle=False also tells Lightning not to shuffle the distributed sampler it puts around ours.
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, drop_last=drop_last,
-                          collate_fn=collate_tasks, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=collate_tasks,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     # -- on the device -------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -11,6 +11,7 @@ Not torchvision's ``download_and_extract_archive`` (same MD5s): it leaves a file
 checksum in place, retries https over plain http, and its ``extractall`` rewrites unsafe member
 names instead of refusing the archive, which then could not be moved to ``data.root/.refused/``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,11 @@ def download_file(url: str, dest: Path, digest: str | None, timeout: float = 60.
                 h.update(chunk)
                 out.write(chunk)
         if expected is not None and h.hexdigest() != expected:
-            raise DownloadError(f"{url} does not match its checksum: expected {algorithm} {expected}, "
-                                f"got {h.hexdigest()}. The file was not kept; the server may have sent an error "
-                                f"page or a different version.")
+            raise DownloadError(
+                f"{url} does not match its checksum: expected {algorithm} {expected}, "
+                f"got {h.hexdigest()}. The file was not kept; the server may have sent an error "
+                f"page or a different version."
+            )
         os.replace(tmp, dest)
     except OSError as err:  # URLError, HTTPError, timeouts and disk errors are all OSErrors
         raise DownloadError(f"downloading {url} to {dest} failed: {err}") from None

@@ -4,6 +4,7 @@ A *task* (episode) is a support set and a query set. A *task batch* stacks the t
 meta-batch along a leading dimension. Sources only ever build single tasks from a seeded
 ``torch.Generator``; this module turns indices into reproducible generators.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,9 +79,10 @@ def collate_tasks(items: Sequence[tuple[int, Task]]) -> TaskBatch:
     indices, tasks = zip(*items)
     stacked = {f.name: [getattr(t, f.name) for t in tasks] for f in fields(Task)}
     # An optional field is stacked only when every task has it.
-    return TaskBatch(index=torch.tensor(indices, dtype=torch.long),
-                     **{name: None if any(t is None for t in values) else torch.stack(values)
-                        for name, values in stacked.items()})
+    return TaskBatch(
+        index=torch.tensor(indices, dtype=torch.long),
+        **{name: None if any(t is None for t in values) else torch.stack(values) for name, values in stacked.items()},
+    )
 
 
 class TaskSource(Protocol):

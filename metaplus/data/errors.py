@@ -3,6 +3,7 @@
 A leaf module (no imports from metaplus) so that every data module, and code that catches these
 errors, can import it without pulling in anything else.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ A source's constructor reads ``data.root`` with :meth:`ImageSource.checked_root`
 :class:`Preprocessing` with its module's ``preprocessing(...)``, decodes (or loads from the cache)
 its split's :class:`ClassImages`, and hands both to ``ImageSource.__init__``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,9 @@ SPLITS = ("train", "val", "test")
 def check_subset_limits(max_classes: int | None, max_images_per_class: int | None) -> None:
     """``source.max_classes`` / ``source.max_images_per_class`` (a subset for benchmarks and tests)."""
     for key, value in (("max_classes", max_classes), ("max_images_per_class", max_images_per_class)):
-        check(f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1")
+        check(
+            f"source.{key}", value, value is None or (isinstance(value, int) and value >= 1), "null or an integer >= 1"
+        )
 
 
 class ImageSource(ImageEpisodes):
@@ -35,8 +38,15 @@ class ImageSource(ImageEpisodes):
     root_holds: str = "the dataset folder"
 
     @classmethod
-    def checked_root(cls, split: str, class_split: str, image_size: int, root: str | None,
-                     max_classes: int | None = None, max_images_per_class: int | None = None) -> Path:
+    def checked_root(
+        cls,
+        split: str,
+        class_split: str,
+        image_size: int,
+        root: str | None,
+        max_classes: int | None = None,
+        max_images_per_class: int | None = None,
+    ) -> Path:
         """The arguments every image source takes, checked (each error names its key); ``root`` as a Path."""
         check_choice("split", split, set(SPLITS))
         check_choice("source.class_split", class_split, set(cls.class_splits))
@@ -45,7 +55,8 @@ class ImageSource(ImageEpisodes):
         check_subset_limits(max_classes, max_images_per_class)
         return Path(root).expanduser()
 
-    def __init__(self, data: ClassImages, preprocessing: Preprocessing, ways: int, shots: int, queries: int,
-                 split: str):
+    def __init__(
+        self, data: ClassImages, preprocessing: Preprocessing, ways: int, shots: int, queries: int, split: str
+    ):
         super().__init__(data, ways, shots, queries, mean=preprocessing.mean, std=preprocessing.std, split=split)
         self.preprocessing = preprocessing

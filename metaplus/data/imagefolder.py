@@ -16,6 +16,7 @@ Files in class folders that are not images, and class folders without images, ar
 reported in one warning line. Each source's class list is recorded in results.json
 (``data_classes``, via :meth:`EpisodicDataModule.class_lists`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ from metaplus.data.preprocessing import Preprocessing
 from metaplus.errors import check, check_choice, check_int
 
 
-def preprocessing(image_size: int = 84, channels: int = 3, mean: Sequence[float] = (0.5,),
-                  std: Sequence[float] = (0.5,)) -> Preprocessing:
+def preprocessing(
+    image_size: int = 84, channels: int = 3, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)
+) -> Preprocessing:
     """An image folder's input: grey (``channels=1``) or RGB, resized to ``image_size`` (Lanczos),
     ``(x / 255 - mean) / std``. The sources decode and normalise with it; ``metaplus.load(...).preprocess``
     is it."""
@@ -66,11 +68,17 @@ class ImageFolderTasks(ImageSource):
         root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         check_choice("source.channels", channels, {1, 3})
         check_int("source.split_seed", split_seed, 0)
-        check("source.ratios", ratios, len(ratios) == 3 and all(r > 0 for r in ratios) and abs(sum(ratios) - 1) < 1e-6,
-              "three positive fractions (train, val, test) summing to 1")
+        check(
+            "source.ratios",
+            ratios,
+            len(ratios) == 3 and all(r > 0 for r in ratios) and abs(sum(ratios) - 1) < 1e-6,
+            "three positive fractions (train, val, test) summing to 1",
+        )
         if not root_path.is_dir():
-            raise DatasetNotFoundError(f"image folder not found: looked for {root_path}, expected <class>/<image> "
-                                       f"or {{train,val,test}}/<class>/<image> inside it; set data.root")
+            raise DatasetNotFoundError(
+                f"image folder not found: looked for {root_path}, expected <class>/<image> "
+                f"or {{train,val,test}}/<class>/<image> inside it; set data.root"
+            )
         if class_split == "auto":
             class_split = "folders" if (root_path / "train").is_dir() else "ratios"
         if class_split == "folders":
@@ -78,17 +86,30 @@ class ImageFolderTasks(ImageSource):
         else:
             classes = ratio_split(root_path, split, ratios, split_seed, max_classes, max_images_per_class)
         prep = preprocessing(image_size, channels, mean, std)
-        data = load_image_files("imagefolder", split, classes, root_path, prep.mode, prep.size, cache_dir,
-                                class_split=class_split, ratios=list(ratios), split_seed=split_seed,
-                                max_classes=max_classes, max_images_per_class=max_images_per_class)
+        data = load_image_files(
+            "imagefolder",
+            split,
+            classes,
+            root_path,
+            prep.mode,
+            prep.size,
+            cache_dir,
+            class_split=class_split,
+            ratios=list(ratios),
+            split_seed=split_seed,
+            max_classes=max_classes,
+            max_images_per_class=max_images_per_class,
+        )
         super().__init__(data, prep, ways, shots, queries, split)
 
 
 def split_folder(root: Path, split: str, max_classes, max_images) -> list:
     folder = root / split
     if not folder.is_dir():
-        raise DatasetNotFoundError(f"split '{split}' not found: looked for {folder}/<class>/<image> (data.split=folders); "
-                                   f"use data.split=ratios to split the classes of {root} by ratio instead")
+        raise DatasetNotFoundError(
+            f"split '{split}' not found: looked for {folder}/<class>/<image> (data.split=folders); "
+            f"use data.split=ratios to split the classes of {root} by ratio instead"
+        )
     warn_skipped(folder)
     classes = folder_classes(folder, max_classes, max_images)
     if not classes:
@@ -99,7 +120,7 @@ def split_folder(root: Path, split: str, max_classes, max_images) -> list:
 def hash_fraction(name: str, seed: int) -> float:
     """A number in [0, 1) fixed by (seed, class name) alone, the same on every machine and Python."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def split_of(name: str, ratios: Sequence[float], seed: int) -> str:
@@ -119,10 +140,12 @@ def ratio_split(root: Path, split: str, ratios: Sequence[float], seed: int, max_
         if where == split:
             chosen.append((name, files))
     if min(sizes.values()) < 1:
-        raise CorruptDatasetError(f"{root} has {len(classes)} class folders with images: hashing their names with "
-                                  f"split_seed={seed} by ratios {list(ratios)} leaves a split empty (sizes {sizes}); "
-                                  f"add classes, try another data.source.split_seed, or lay the folder out as "
-                                  f"train/ val/ test/ (data.split=folders)")
+        raise CorruptDatasetError(
+            f"{root} has {len(classes)} class folders with images: hashing their names with "
+            f"split_seed={seed} by ratios {list(ratios)} leaves a split empty (sizes {sizes}); "
+            f"add classes, try another data.source.split_seed, or lay the folder out as "
+            f"train/ val/ test/ (data.split=folders)"
+        )
     return chosen
 
 
@@ -140,10 +163,12 @@ def warn_skipped(folder: Path) -> None:
             empty.append(class_folder.name)
     if not skipped and not empty:
         return
-    message = (f"image folder {folder}: skipped {len(skipped)} entries that are not images "
-               f"({', '.join(sorted(skipped)[:5])}{', ...' if len(skipped) > 5 else ''}) and "
-               f"{len(empty)} class folders without images ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); "
-               f"images end in {' '.join(IMAGE_SUFFIXES)}")
+    message = (
+        f"image folder {folder}: skipped {len(skipped)} entries that are not images "
+        f"({', '.join(sorted(skipped)[:5])}{', ...' if len(skipped) > 5 else ''}) and "
+        f"{len(empty)} class folders without images ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); "
+        f"images end in {' '.join(IMAGE_SUFFIXES)}"
+    )
     if message not in _REPORTED:
         _REPORTED.add(message)
         warnings.warn(message, stacklevel=2)

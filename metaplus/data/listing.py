@@ -6,6 +6,7 @@ found with torchvision's ``find_classes``: it counts hidden folders as classes, 
 hidden folders of ours (``.refused/`` quarantined archives, ``.extract-*`` staging) and others'
 (``.ipynb_checkpoints``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ def list_class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def folder_classes(folder: Path, max_classes: int | None = None,
-                   max_images_per_class: int | None = None) -> list[tuple[str, list[Path]]]:
+def folder_classes(
+    folder: Path, max_classes: int | None = None, max_images_per_class: int | None = None
+) -> list[tuple[str, list[Path]]]:
     """``folder/<class>/<image>`` -> [(class, [images])] sorted by name, optionally only the first ones."""
     classes = [(d.name, list_images(d)[:max_images_per_class]) for d in list_class_folders(folder)[:max_classes]]
     return [(name, files) for name, files in classes if files]

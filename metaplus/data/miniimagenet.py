@@ -8,6 +8,7 @@ Each split is decoded once into a uint8 cache (84x84 RGB by default); episodes a
 per-channel ``mean``/``std`` (ImageNet statistics by default). ``max_classes`` and
 ``max_images_per_class`` keep only the first classes/images (by name): for tests and quick trials.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,13 +23,16 @@ from metaplus.data.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HOW_TO_GET = ("mini-ImageNet has no official download (ImageNet's terms of access apply): build it from "
-              "ILSVRC-2012 with Ravi & Larochelle's split files (https://github.com/twitter/meta-learning-lstm, "
-              "data/miniImagenet/{train,val,test}.csv) and point data.root at the folder")
+HOW_TO_GET = (
+    "mini-ImageNet has no official download (ImageNet's terms of access apply): build it from "
+    "ILSVRC-2012 with Ravi & Larochelle's split files (https://github.com/twitter/meta-learning-lstm, "
+    "data/miniImagenet/{train,val,test}.csv) and point data.root at the folder"
+)
 
 
-def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+def preprocessing(
+    image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Preprocessing:
     """mini-ImageNet's input: RGB, resized to ``image_size`` (Lanczos), ``(x / 255 - mean) / std``.
     The sources decode and normalise with it; ``metaplus.load(...).preprocess`` is it."""
     return Preprocessing("RGB", image_size, mean=tuple(mean), std=tuple(std))
@@ -57,13 +61,23 @@ class MiniImageNetTasks(ImageSource):
         root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
         classes = split_classes(root_path, split, download, max_classes, max_images_per_class)
         prep = preprocessing(image_size, mean, std)
-        data = load_image_files("miniimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
-                                max_classes=max_classes, max_images_per_class=max_images_per_class)
+        data = load_image_files(
+            "miniimagenet",
+            split,
+            classes,
+            root_path,
+            prep.mode,
+            prep.size,
+            cache_dir,
+            max_classes=max_classes,
+            max_images_per_class=max_images_per_class,
+        )
         super().__init__(data, prep, ways, shots, queries, split)
 
 
-def split_classes(root: Path, split: str, download: bool, max_classes: int | None,
-                  max_images: int | None) -> list[tuple[str, list[Path]]]:
+def split_classes(
+    root: Path, split: str, download: bool, max_classes: int | None, max_images: int | None
+) -> list[tuple[str, list[Path]]]:
     """[(wnid, [image files])] of ``split`` from whichever layout ``root`` has."""
     folder, images, table = root / split, root / "images", root / f"{split}.csv"
     if folder.is_dir():
@@ -76,21 +90,27 @@ def split_classes(root: Path, split: str, download: bool, max_classes: int | Non
         hint = " (data.download=true cannot help: " + HOW_TO_GET + ")" if download else f"; {HOW_TO_GET}"
         raise DatasetNotFoundError(
             f"mini-ImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {images}/ with "
-            f"{table} (Ravi & Larochelle's layout){hint}.")
+            f"{table} (Ravi & Larochelle's layout){hint}."
+        )
     if not classes:
-        raise CorruptDatasetError(f"mini-ImageNet split '{split}' at {folder if folder.is_dir() else table} has no images")
+        raise CorruptDatasetError(
+            f"mini-ImageNet split '{split}' at {folder if folder.is_dir() else table} has no images"
+        )
     return classes
 
 
-def csv_classes(table: Path, images: Path, max_classes: int | None, max_images: int | None) -> list[tuple[str, list[Path]]]:
+def csv_classes(
+    table: Path, images: Path, max_classes: int | None, max_images: int | None
+) -> list[tuple[str, list[Path]]]:
     by_label: dict[str, list[Path]] = {}
     for row in read_csv(table):
         by_label.setdefault(row["label"], []).append(images / row["filename"])
     classes = [(label, sorted(files)[:max_images]) for label, files in sorted(by_label.items())][:max_classes]
     missing = [f for _, files in classes for f in files if not f.is_file()]
     if missing:
-        raise DatasetNotFoundError(f"{table} lists {len(missing)} images missing from {images}/, e.g. {missing[0]}; "
-                                   f"{HOW_TO_GET}.")
+        raise DatasetNotFoundError(
+            f"{table} lists {len(missing)} images missing from {images}/, e.g. {missing[0]}; {HOW_TO_GET}."
+        )
     return classes
 
 
@@ -99,9 +119,11 @@ def check_against_csv(folder: Path, found: set[str], table: Path) -> None:
     expected = {row["label"] for row in read_csv(table)}
     if found != expected:
         absent, extra = sorted(expected - found), sorted(found - expected)
-        raise CorruptDatasetError(f"{folder} does not hold the classes {table} lists: "
-                                  f"missing {absent[:3]}{'...' if len(absent) > 3 else ''} ({len(absent)}), "
-                                  f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''} ({len(extra)})")
+        raise CorruptDatasetError(
+            f"{folder} does not hold the classes {table} lists: "
+            f"missing {absent[:3]}{'...' if len(absent) > 3 else ''} ({len(absent)}), "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''} ({len(extra)})"
+        )
 
 
 def read_csv(table: Path) -> list[dict[str, str]]:

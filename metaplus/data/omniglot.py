@@ -18,6 +18,7 @@ Class splits (``data.split``):
 against ``checksums`` (the official MD5s unless given), and extracts them safely; missing Vinyals
 split files are fetched from ``splits_url`` and checked line by line.
 """
+
 from __future__ import annotations
 
 import re
@@ -124,7 +125,8 @@ def ensure_part(root: Path, part: str, download: bool, url: str, checksums: dict
         raise DatasetNotFoundError(
             f"Omniglot not found: looked for {archive} (or the extracted folder {folder}/), expected the official "
             f"archive {part}.zip. Set data.download=true to fetch it from {url}/{part}.zip, or download it from "
-            f"https://github.com/brendenlake/omniglot and point data.root (now {root}) at its folder.")
+            f"https://github.com/brendenlake/omniglot and point data.root (now {root}) at its folder."
+        )
     download_file(f"{url.rstrip('/')}/{part}.zip", archive, checksums.get(f"{part}.zip"))
     try:
         safe_extract_zip(archive, root)
@@ -142,7 +144,8 @@ def split_file(root: Path, split: str, download: bool, splits_url: str) -> Path:
         raise DatasetNotFoundError(
             f"Omniglot Vinyals split file not found: looked for {path}, expected lines such as "
             f"'Angelic/character01/rot000'. Set data.download=true to fetch it from {splits_url}/{split}.txt, "
-            f"or use data.split=background_evaluation.")
+            f"or use data.split=background_evaluation."
+        )
     download_file(f"{splits_url.rstrip('/')}/{split}.txt", path, None)
     try:
         read_split_lines(path)
@@ -172,13 +175,18 @@ def vinyals_classes(root: Path, split: str, download: bool, splits_url: str) -> 
     return read_split_lines(split_file(root, split, download, splits_url))
 
 
-def background_evaluation_classes(root: Path, split: str, val_characters: int, val_seed: int,
-                                  image_size: int, cache_dir: str | None) -> list[tuple[str, int]]:
+def background_evaluation_classes(
+    root: Path, split: str, val_characters: int, val_seed: int, image_size: int, cache_dir: str | None
+) -> list[tuple[str, int]]:
     if split == "test":
         return [(name, 0) for name in load_part(root, "images_evaluation", image_size, cache_dir).class_names]
     background = load_part(root, "images_background", image_size, cache_dir).class_names
-    check("source.val_characters", val_characters, val_characters < len(background),
-          f"fewer than the {len(background)} background characters")
+    check(
+        "source.val_characters",
+        val_characters,
+        val_characters < len(background),
+        f"fewer than the {len(background)} background characters",
+    )
     held_out = set(seeded_permutation(len(background), val_seed)[:val_characters])
     chosen = [i for i in range(len(background)) if (i in held_out) == (split == "val")]
     return [(background[i], 0) for i in chosen]
@@ -194,8 +202,10 @@ def build_split(root: Path, classes: Sequence[tuple[str, int]], image_size: int,
     images, names = [], []
     for character, quarter_turns in classes:
         if character not in where:
-            raise CorruptDatasetError(f"the class split names character '{character}', which neither "
-                                      f"{root}/images_background nor images_evaluation contains")
+            raise CorruptDatasetError(
+                f"the class split names character '{character}', which neither "
+                f"{root}/images_background nor images_evaluation contains"
+            )
         data, index = where[character]
         images.append(torch.rot90(data.of_class(index), quarter_turns, dims=(-2, -1)))
         names.append(f"{character}/rot{quarter_turns * 90:03d}")
@@ -217,8 +227,12 @@ def load_part(root: Path, part: str, image_size: int, cache_dir: str | None) -> 
         for stale in [k for k in _PARTS_IN_MEMORY if k[0] == part]:  # keep one version of each archive
             del _PARTS_IN_MEMORY[stale]
         _PARTS_IN_MEMORY[(part, key)] = cached_class_images(
-            cache_dir, cache_prefix("omniglot", part, image_size, root), key, lambda: reader.decode(image_size),
-            shape=lambda: (reader.count(), 1, image_size, image_size))
+            cache_dir,
+            cache_prefix("omniglot", part, image_size, root),
+            key,
+            lambda: reader.decode(image_size),
+            shape=lambda: (reader.count(), 1, image_size, image_size),
+        )
     return _PARTS_IN_MEMORY[(part, key)]
 
 
@@ -271,8 +285,10 @@ class PartReader:
             try:
                 self._zip = zipfile.ZipFile(self.archive)
             except (zipfile.BadZipFile, OSError) as err:
-                raise CorruptDatasetError(f"{self.archive} is not a readable zip archive ({err}); delete it and set "
-                                          f"data.download=true, or fetch it again from {OFFICIAL_URL}/{self.part}.zip") from None
+                raise CorruptDatasetError(
+                    f"{self.archive} is not a readable zip archive ({err}); delete it and set "
+                    f"data.download=true, or fetch it again from {OFFICIAL_URL}/{self.part}.zip"
+                ) from None
             check_members(self._zip, self.archive, self.archive.parent.resolve())
             names = [n for n in self._zip.namelist() if n.endswith(".png")]
             relative = [n.split("/", 1)[1] for n in names if n.startswith(f"{self.part}/")]

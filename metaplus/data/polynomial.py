@@ -1,4 +1,5 @@
 """Polynomial regression of a given order (Lee & Choi 2018): y = sum_i c_i x^i, c_i ~ U[-1, 1] / 2^i."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,7 +16,9 @@ def preprocessing() -> Callable:
 
 
 class PolynomialTasks:
-    def __init__(self, shots: int, queries: int, order: int = 2, x_range: Sequence[float] = (-2.0, 2.0), split: str = "train"):
+    def __init__(
+        self, shots: int, queries: int, order: int = 2, x_range: Sequence[float] = (-2.0, 2.0), split: str = "train"
+    ):
         check("source.order", order, isinstance(order, int) and order >= 0, "an integer >= 0")
         self.shots, self.queries, self.order, self.x_range = shots, queries, order, x_range
 

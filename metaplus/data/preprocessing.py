@@ -3,6 +3,7 @@
 :class:`Preprocessing` is the one description of a source's input pipeline: the sources decode their
 cache and normalise their episodes with it, and ``metaplus.load(run).preprocess`` is it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,9 @@ from metaplus.data.errors import CorruptImageError
 RESAMPLING = ("lanczos", "bilinear")
 
 
-def decode_image(data: bytes | Path | Image.Image, name: str, mode: str, size: int | None,
-                 invert: bool = False) -> Tensor:
+def decode_image(
+    data: bytes | Path | Image.Image, name: str, mode: str, size: int | None, invert: bool = False
+) -> Tensor:
     """One image as uint8 ``[C, size, size]`` (mode ``L``: C=1, ``RGB``: C=3); ``size=None`` keeps
     the image's own height and width.
 
@@ -37,8 +39,10 @@ def decode_image(data: bytes | Path | Image.Image, name: str, mode: str, size: i
             with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
                 array, (width, height) = _pixels(image, mode, size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise CorruptImageError(f"cannot decode image {name}: {err}. The file is damaged or not an image; "
-                                f"replace it (re-download or re-extract the dataset).") from None
+        raise CorruptImageError(
+            f"cannot decode image {name}: {err}. The file is damaged or not an image; "
+            f"replace it (re-download or re-extract the dataset)."
+        ) from None
     channels = len(mode)
     array = array.view(height, width, channels).permute(2, 0, 1).contiguous()
     return 255 - array if invert else array
@@ -56,8 +60,12 @@ def resize_bilinear(pixels: Tensor, size: int) -> Tensor:
     sources that start from arrays rather than image files (CIFAR's pickles) resize."""
     if pixels.shape[-2:] == (size, size):
         return pixels
-    return F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return (
+        F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
+    )
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -139,8 +147,12 @@ class Preprocessing:
 
     def __call__(self, images) -> Tensor:
         if isinstance(images, Tensor):
-            check("images", images.dtype, images.dtype == torch.uint8,
-                  "uint8 pixels decoded by this preprocessing (or PIL images / paths)")
+            check(
+                "images",
+                images.dtype,
+                images.dtype == torch.uint8,
+                "uint8 pixels decoded by this preprocessing (or PIL images / paths)",
+            )
             return self.normalise(images if images.dim() == 4 else images.unsqueeze(0))
         if isinstance(images, (bytes, str, Path, Image.Image)):
             images = [images]

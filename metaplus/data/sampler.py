@@ -1,5 +1,6 @@
 """N-way K-shot episodes drawn from a :class:`ClassImages` held in memory: a few tensor indexing
 operations per episode, no file access."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,20 +25,37 @@ class ImageEpisodes:
     pixels, 4x fewer bytes to move to a GPU, where ``normalise`` finishes it.
     """
 
-    def __init__(self, data: ClassImages, ways: int, shots: int, queries: int,
-                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), split: str = "train"):
+    def __init__(
+        self,
+        data: ClassImages,
+        ways: int,
+        shots: int,
+        queries: int,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        split: str = "train",
+    ):
         check_int("source.ways", ways, 2)
         check_int("source.shots", shots, 1)
         check_int("source.queries", queries, 1)
         check_mean_std(mean, std, data.images.shape[1])
-        check("source.ways", ways, ways <= data.num_classes,
-              f"at most the {data.num_classes} classes of the '{split}' split")
+        check(
+            "source.ways",
+            ways,
+            ways <= data.num_classes,
+            f"at most the {data.num_classes} classes of the '{split}' split",
+        )
         per_class = shots + queries
         fewest = int(data.counts.min()) if data.num_classes else 0
         if fewest < per_class:
             poorest = data.class_names[int(data.counts.argmin())]
-            check("source.shots", shots, False, f"such that shots + queries ({per_class}) <= the images of every class; "
-                  f"class '{poorest}' of the '{split}' split has only {fewest}")
+            check(
+                "source.shots",
+                shots,
+                False,
+                f"such that shots + queries ({per_class}) <= the images of every class; "
+                f"class '{poorest}' of the '{split}' split has only {fewest}",
+            )
         self.data, self.ways, self.shots, self.queries, self.split = data, ways, shots, queries, split
         self.offsets, self.counts = data.offsets, data.counts
         self.max_count = int(data.counts.max())
@@ -73,8 +91,10 @@ class ImageEpisodes:
         labels = torch.arange(ways)[:, None]
         support, query = picks[:, :shots], picks[:, shots:]
         return Task(
-            support_x=self.pixels_at(support), support_y=labels.expand_as(support).flatten(),
-            query_x=self.pixels_at(query), query_y=labels.expand_as(query).flatten(),
+            support_x=self.pixels_at(support),
+            support_y=labels.expand_as(support).flatten(),
+            query_x=self.pixels_at(query),
+            query_y=labels.expand_as(query).flatten(),
             support_classes=classes[:, None].expand_as(support).flatten(),
             query_classes=classes[:, None].expand_as(query).flatten(),
         )

@@ -2,6 +2,7 @@
 
 y = A sin(f x - phi),  A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range], f ~ U[frequency] or 1.
 """
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ Two release layouts are read from ``root``, per split:
 Images are decoded once (84x84 RGB by default; other sizes resized with Lanczos, in every layout)
 into a uint8 cache and normalised with ImageNet's per-channel mean/std (:func:`preprocessing`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,13 +36,16 @@ from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
 from metaplus.data.preprocessing import Preprocessing, decode_image
 from metaplus.data.safe_pickle import load_pickle, text, text_keys
 
-HOW_TO_GET = ("tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of access apply): use Ren et al.'s "
-              "pickled release (github.com/renmengye/few-shot-ssl-public, its README links the archive) or build "
-              "class folders with github.com/yaoyao-liu/tiered-imagenet-tools, and point data.root at the folder")
+HOW_TO_GET = (
+    "tieredImageNet is built from ILSVRC-2012 (ImageNet's terms of access apply): use Ren et al.'s "
+    "pickled release (github.com/renmengye/few-shot-ssl-public, its README links the archive) or build "
+    "class folders with github.com/yaoyao-liu/tiered-imagenet-tools, and point data.root at the folder"
+)
 
 
-def preprocessing(image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> Preprocessing:
+def preprocessing(
+    image_size: int = 84, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Preprocessing:
     """tieredImageNet's input, as mini-ImageNet's: RGB, resized to ``image_size`` (Lanczos),
     ``(x / 255 - mean) / std``, whichever layout the data came in. The sources decode and normalise
     with it; ``metaplus.load(...).preprocess`` is it."""
@@ -73,24 +77,54 @@ class TieredImageNetTasks(ImageSource):
         prep = preprocessing(image_size, mean, std)
         if folder.is_dir():
             classes = folder_split(folder, split, max_classes, max_images_per_class)
-            data = load_image_files("tieredimagenet", split, classes, root_path, prep.mode, prep.size, cache_dir,
-                                    max_classes=max_classes, max_images_per_class=max_images_per_class)
+            data = load_image_files(
+                "tieredimagenet",
+                split,
+                classes,
+                root_path,
+                prep.mode,
+                prep.size,
+                cache_dir,
+                max_classes=max_classes,
+                max_images_per_class=max_images_per_class,
+            )
         elif labels.is_file() and images:
             paths = [labels, images[0]]
             # resample: the npz layout's resizing was bilinear before it became Lanczos like the others
-            key = cache_key(split=split, image_size=image_size, max_classes=max_classes, max_images=max_images_per_class,
-                            files=file_identity(paths, relative_to=root_path), resample=prep.resample)
-            prefix = cache_prefix("tieredimagenet", f"{split}-pickled", image_size, root_path,
-                                  max_classes=max_classes, max_images=max_images_per_class)
-            data = cached_class_images(cache_dir, prefix, key, lambda: pickled_split(
-                labels, images[0], split, image_size, max_classes, max_images_per_class), shape=lambda: (
-                sum(map(len, pickled_members(labels, split, max_classes, max_images_per_class)[3])), 3, image_size,
-                image_size))
+            key = cache_key(
+                split=split,
+                image_size=image_size,
+                max_classes=max_classes,
+                max_images=max_images_per_class,
+                files=file_identity(paths, relative_to=root_path),
+                resample=prep.resample,
+            )
+            prefix = cache_prefix(
+                "tieredimagenet",
+                f"{split}-pickled",
+                image_size,
+                root_path,
+                max_classes=max_classes,
+                max_images=max_images_per_class,
+            )
+            data = cached_class_images(
+                cache_dir,
+                prefix,
+                key,
+                lambda: pickled_split(labels, images[0], split, image_size, max_classes, max_images_per_class),
+                shape=lambda: (
+                    sum(map(len, pickled_members(labels, split, max_classes, max_images_per_class)[3])),
+                    3,
+                    image_size,
+                    image_size,
+                ),
+            )
         else:
             raise DatasetNotFoundError(
                 f"tieredImageNet split '{split}' not found: looked for {folder}/<wnid>/*.jpg and for {labels} with "
                 f"{root_path / f'{split}_images_png.pkl'} or {root_path / f'{split}_images.npz'} (Ren et al.'s "
-                f"layout); {HOW_TO_GET}.")
+                f"layout); {HOW_TO_GET}."
+            )
         super().__init__(data, prep, ways, shots, queries, split)
 
 
@@ -99,9 +133,11 @@ def folder_split(folder: Path, split: str, max_classes: int | None, max_images: 
     found = {d.name for d in list_class_folders(folder)}
     strangers = sorted(found - set(wanted))
     if strangers:
-        raise CorruptDatasetError(f"{folder} holds folders that are not tieredImageNet '{split}' classes "
-                                  f"({split_path('tieredimagenet', split)}): {strangers[:3]}"
-                                  f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})")
+        raise CorruptDatasetError(
+            f"{folder} holds folders that are not tieredImageNet '{split}' classes "
+            f"({split_path('tieredimagenet', split)}): {strangers[:3]}"
+            f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})"
+        )
     keep = set(present_classes("tieredimagenet", split, wanted, found, folder))
     classes = [(name, files) for name, files in folder_classes(folder, None, max_images) if name in keep][:max_classes]
     if not classes:
@@ -109,8 +145,9 @@ def folder_split(folder: Path, split: str, max_classes: int | None, max_images: 
     return classes
 
 
-def pickled_split(labels_path: Path, images_path: Path, split: str, image_size: int, max_classes: int | None,
-                  max_images: int | None) -> ClassImages:
+def pickled_split(
+    labels_path: Path, images_path: Path, split: str, image_size: int, max_classes: int | None, max_images: int | None
+) -> ClassImages:
     """Ren et al.'s arrays -> ClassImages, classes in label order (label_specific 0, 1, ...)."""
     labels, names, classes, members = pickled_members(labels_path, split, max_classes, max_images)
     order = np.concatenate(members)
@@ -125,15 +162,18 @@ def pickled_members(labels_path: Path, split: str, max_classes: int | None, max_
     """(labels, class names, chosen classes, their images' positions) from Ren et al.'s labels file."""
     record = text_keys(load_pickle(labels_path, encoding="latin1"), labels_path)
     if "label_specific" not in record or "label_specific_str" not in record:
-        raise CorruptDatasetError(f"{labels_path} lacks 'label_specific'/'label_specific_str': not Ren et al.'s "
-                                  f"tieredImageNet labels file")
+        raise CorruptDatasetError(
+            f"{labels_path} lacks 'label_specific'/'label_specific_str': not Ren et al.'s tieredImageNet labels file"
+        )
     labels = np.asarray(record["label_specific"]).astype(np.int64)
     names = [text(n) for n in record["label_specific_str"]]
     expected = len(read_split("tieredimagenet", split))
     if len(names) > expected or (len(labels) and (labels.min() < 0 or labels.max() >= len(names))):
-        raise CorruptDatasetError(f"{labels_path}: {len(names)} class names and labels up to "
-                                  f"{labels.max() if len(labels) else None}, but tieredImageNet '{split}' has "
-                                  f"{expected} classes ({split_path('tieredimagenet', split)})")
+        raise CorruptDatasetError(
+            f"{labels_path}: {len(names)} class names and labels up to "
+            f"{labels.max() if len(labels) else None}, but tieredImageNet '{split}' has "
+            f"{expected} classes ({split_path('tieredimagenet', split)})"
+        )
     classes = [c for c in range(len(names)) if (labels == c).any()][:max_classes]
     return labels, names, classes, [np.flatnonzero(labels == c)[:max_images] for c in classes]
 
@@ -143,8 +183,10 @@ def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> to
         with np.load(path, mmap_mode="r", allow_pickle=False) as archive:
             images = archive["images"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != count:
-                raise CorruptDatasetError(f"{path}: 'images' must be N x H x W x 3 uint8 with one image per label "
-                                          f"({count}), got {images.dtype} {images.shape}")
+                raise CorruptDatasetError(
+                    f"{path}: 'images' must be N x H x W x 3 uint8 with one image per label "
+                    f"({count}), got {images.dtype} {images.shape}"
+                )
             chosen = np.ascontiguousarray(images[order][..., ::-1])  # OpenCV's BGR -> RGB
     except (OSError, ValueError, KeyError) as err:
         raise CorruptDatasetError(f"cannot read {path}: {err}. Replace the file (re-download the release).") from None
@@ -159,11 +201,14 @@ def npz_images(path: Path, order: np.ndarray, count: int, image_size: int) -> to
 def png_images(path: Path, order: np.ndarray, count: int, image_size: int) -> torch.Tensor:
     encoded = load_pickle(path, encoding="latin1")
     if not isinstance(encoded, list) or len(encoded) != count:
-        raise CorruptDatasetError(f"{path} must hold a list of {count} PNG-encoded images (one per label), got "
-                                  f"{type(encoded).__name__} of {len(encoded) if hasattr(encoded, '__len__') else '?'}")
+        raise CorruptDatasetError(
+            f"{path} must hold a list of {count} PNG-encoded images (one per label), got "
+            f"{type(encoded).__name__} of {len(encoded) if hasattr(encoded, '__len__') else '?'}"
+        )
     pixels = torch.empty(len(order), 3, image_size, image_size, dtype=torch.uint8)
     for row, index in enumerate(order.tolist()):
         # PNGs written by cv2.imencode from BGR arrays hold proper RGB, so PIL decodes them as they are.
-        pixels[row] = decode_image(np.asarray(encoded[index], dtype=np.uint8).tobytes(), f"{path}[{index}]", "RGB",
-                                   image_size)
+        pixels[row] = decode_image(
+            np.asarray(encoded[index], dtype=np.uint8).tobytes(), f"{path}[{index}]", "RGB", image_size
+        )
     return pixels

@@ -18,6 +18,7 @@ query set scored before adaptation and after every or the last step), with per-e
 equal to the default engine's one-task-at-a-time evaluation; ``adapt_to`` and the checkpoint
 ensemble adapt one task through the inherited ``adapt`` (learn2learn).
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -37,9 +38,13 @@ class BatchedAdapt(CloneAdapt):
     batched = True
 
     def __init__(self, chunk_size: int | None = None):
-        check("chunk_size", chunk_size,
-              chunk_size is None or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1),
-              "null (the whole meta-batch in one call) or an integer >= 1")
+        check(
+            "chunk_size",
+            chunk_size,
+            chunk_size is None
+            or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1),
+            "null (the whole meta-batch in one call) or an integer >= 1",
+        )
         self.chunk_size = chunk_size
 
     def chunks(self, tasks: int) -> list[slice]:
@@ -47,10 +52,21 @@ class BatchedAdapt(CloneAdapt):
         size = self.chunk_size or tasks
         return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
 
-    def query_losses(self, model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor,
-                     query_y: Tensor, *, loss_fn: LossFn, steps: int, adapted: Collection[str],
-                     rule: UpdateRule, first_order: bool,
-                     step_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def query_losses(
+        self,
+        model: nn.Module,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        *,
+        loss_fn: LossFn,
+        steps: int,
+        adapted: Collection[str],
+        rule: UpdateRule,
+        first_order: bool,
+        step_weights: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Outer losses ``(T,)`` and final query predictions ``(T, Q, ...)`` of T stacked tasks.
 
         Each task adapts ``steps`` steps on its support set from the model's parameters; its outer
@@ -60,16 +76,38 @@ class BatchedAdapt(CloneAdapt):
         """
         refuse_running_statistics(model)
         scored = list(range(1, steps + 1)) if step_weights is not None else [steps]
-        losses, predictions = self.scored_queries(model, support_x, support_y, query_x, query_y, loss_fn=loss_fn,
-                                                  steps=steps, adapted=adapted, rule=rule,
-                                                  first_order=first_order, scored=scored)
+        losses, predictions = self.scored_queries(
+            model,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            loss_fn=loss_fn,
+            steps=steps,
+            adapted=adapted,
+            rule=rule,
+            first_order=first_order,
+            scored=scored,
+        )
         if step_weights is None:
             return losses[:, -1], predictions[:, -1]
         return (step_weights.to(losses) * losses).sum(dim=1), predictions[:, -1]
 
-    def scored_queries(self, model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor,
-                       query_y: Tensor, *, loss_fn: LossFn, steps: int, adapted: Collection[str],
-                       rule: UpdateRule, first_order: bool, scored: list[int]) -> tuple[Tensor, Tensor]:
+    def scored_queries(
+        self,
+        model: nn.Module,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        *,
+        loss_fn: LossFn,
+        steps: int,
+        adapted: Collection[str],
+        rule: UpdateRule,
+        first_order: bool,
+        scored: list[int],
+    ) -> tuple[Tensor, Tensor]:
         """Query losses ``(T, S)`` and predictions ``(T, S, Q, ...)`` of T stacked tasks after each
         number of inner steps in ``scored`` (0 = before adaptation), as the default engine's
         ``on_step`` hook scores them: the query pass after ``k`` steps uses step ``max(k - 1, 0)``."""
@@ -102,8 +140,9 @@ class BatchedAdapt(CloneAdapt):
             score(0)
             for step in range(steps):
                 grads = grad(support_loss)(current, sx, sy, step) if current else {}
-                current = {n: p + rule(n, p, grads[n].detach() if first_order else grads[n], step)
-                           for n, p in current.items()}
+                current = {
+                    n: p + rule(n, p, grads[n].detach() if first_order else grads[n], step) for n, p in current.items()
+                }
                 score(step + 1)
             return torch.stack(losses), torch.stack(predictions)
 
@@ -132,9 +171,13 @@ def autocast_forward(forward, device: torch.device):
 
 def refuse_running_statistics(model: nn.Module) -> None:
     """Running statistics that evaluation normalises with cannot be kept under vmap: refuse early."""
-    tracked = [name for name, layer in per_step_batchnorms(model).items()
-               if layer.training and layer.stats == "running"]
+    tracked = [
+        name for name, layer in per_step_batchnorms(model).items() if layer.training and layer.stats == "running"
+    ]
     if tracked:
-        raise ConfigError("algo.engine", f"'batched' keeps no running BN statistics, but {tracked} normalise "
-                                         f"evaluation with them (algo.bn_stats=running): use algo.bn_stats=batch "
-                                         f"or algo.engine=l2l")
+        raise ConfigError(
+            "algo.engine",
+            f"'batched' keeps no running BN statistics, but {tracked} normalise "
+            f"evaluation with them (algo.bn_stats=running): use algo.bn_stats=batch "
+            f"or algo.engine=l2l",
+        )

@@ -7,6 +7,7 @@ The engine knows nothing of algorithms. An algorithm hands it
 - ``first_order``: whether the inner gradients stay in the graph (second-order MAML) or not.
 Swapping the engine (e.g. for a vectorised torch.func one) means providing the same ``adapt``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
@@ -25,8 +26,9 @@ def sgd(lr: float) -> UpdateRule:
     return lambda name, param, grad, step: -lr * grad
 
 
-def gradient_step(learner: nn.Module, loss: Tensor, adapted: Collection[str], rule: UpdateRule,
-                  step: int, first_order: bool) -> None:
+def gradient_step(
+    learner: nn.Module, loss: Tensor, adapted: Collection[str], rule: UpdateRule, step: int, first_order: bool
+) -> None:
     """One differentiable update of ``learner``'s ``adapted`` parameters, in place (learn2learn style)."""
     named = list(learner.named_parameters())
     targets = [p for n, p in named if n in adapted]
@@ -44,9 +46,19 @@ def gradient_step(learner: nn.Module, loss: Tensor, adapted: Collection[str], ru
 class CloneAdapt:
     """Adapts a learn2learn clone of the backbone; the original backbone is never modified."""
 
-    def adapt(self, model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: LossFn, steps: int,
-              adapted: Collection[str], rule: UpdateRule, first_order: bool,
-              on_step: StepHook | None = None) -> nn.Module:
+    def adapt(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss_fn: LossFn,
+        steps: int,
+        adapted: Collection[str],
+        rule: UpdateRule,
+        first_order: bool,
+        on_step: StepHook | None = None,
+    ) -> nn.Module:
         """Take ``steps`` steps on the support set (x, y) and return the adapted clone.
 
         ``on_step(learner, k)`` runs after step k (0-based), e.g. to score the query set at every

@@ -9,6 +9,7 @@ The rates are ordinary parameters of the learner that registers the dict, so the
 trains them and checkpoints carry them under ``<attribute>.<key>``, the key being the parameter's
 name made a valid ParameterDict key by :func:`parameter_key`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping

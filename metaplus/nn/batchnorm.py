@@ -18,6 +18,7 @@ Statistics modes (``bn_stats``):
 Running statistics are buffers that do not require grad, so learn2learn's ``clone_module`` shares
 them: a forward pass of an adapted clone updates the statistics of the original backbone.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -85,8 +86,9 @@ class PerStepBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.configure()
 
-    def configure(self, steps: int = 1, per_step_stats: bool = False, per_step_affine: bool = False,
-                  stats: str = "batch") -> None:
+    def configure(
+        self, steps: int = 1, per_step_stats: bool = False, per_step_affine: bool = False, stats: str = "batch"
+    ) -> None:
         """Reshape this layer for ``steps`` inner steps. Call before the optimizer is built: the
         affine parameters are replaced by new ones (each set starts from the current first set)."""
         check_int("inner_steps", steps, 0)
@@ -126,26 +128,30 @@ class PerStepBatchNorm2d(nn.Module):
         return F.batch_norm(x, mean, var, weight, bias, training=True, momentum=self.momentum, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, steps={self.steps}, stats={self.stats}, "
-                f"per_step_stats={self.per_step_stats}, per_step_affine={self.per_step_affine}")
+        return (
+            f"{self.num_features}, steps={self.steps}, stats={self.stats}, "
+            f"per_step_stats={self.per_step_stats}, per_step_affine={self.per_step_affine}"
+        )
 
 
 def per_step_batchnorms(model: nn.Module) -> dict[str, PerStepBatchNorm2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, PerStepBatchNorm2d)}
 
 
-def configure_batchnorm(model: nn.Module, steps: int, per_step_stats: bool = False,
-                        per_step_affine: bool = False, stats: str = "batch") -> dict[str, PerStepBatchNorm2d]:
+def configure_batchnorm(
+    model: nn.Module, steps: int, per_step_stats: bool = False, per_step_affine: bool = False, stats: str = "batch"
+) -> dict[str, PerStepBatchNorm2d]:
     """Configure every :class:`PerStepBatchNorm2d` of ``model``; return them by module name.
 
     Plain ``torch.nn`` batch-norm layers cannot take the step index, so they are refused rather
     than silently left out of BNRS/BNWB.
     """
-    plain = [n for n, m in model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    plain = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if plain and (per_step_stats or per_step_affine):
-        raise TypeError(f"{type(model).__name__} uses torch.nn batch norm at {plain}: per-step BN "
-                        f"needs metaplus.nn.PerStepBatchNorm2d so the inner step reaches it")
+        raise TypeError(
+            f"{type(model).__name__} uses torch.nn batch norm at {plain}: per-step BN "
+            f"needs metaplus.nn.PerStepBatchNorm2d so the inner step reaches it"
+        )
     layers = per_step_batchnorms(model)
     for layer in layers.values():
         layer.configure(steps, per_step_stats=per_step_stats, per_step_affine=per_step_affine, stats=stats)
@@ -154,5 +160,8 @@ def configure_batchnorm(model: nn.Module, steps: int, per_step_stats: bool = Fal
 
 def batchnorm_parameter_names(model: nn.Module) -> set[str]:
     """Names of the affine parameters of every per-step BN layer (MAML++ never adapts them with BNWB)."""
-    return {f"{name}.{p}" if name else p for name, layer in per_step_batchnorms(model).items()
-            for p, _ in layer.named_parameters(recurse=False)}
+    return {
+        f"{name}.{p}" if name else p
+        for name, layer in per_step_batchnorms(model).items()
+        for p, _ in layer.named_parameters(recurse=False)
+    }

@@ -6,6 +6,7 @@ spatial size through the padded conv and halves it (floor) in the pool, so 28x28
 84x84 at 5x5. Batch norm is :class:`PerStepBatchNorm2d`, so the inner-step index ``step`` reaches
 it and MAML++'s per-step BN works without this module knowing about it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,11 +38,22 @@ class ConvBlock(nn.Module):
 class Conv4(nn.Module):
     """Four conv blocks and a linear head; ``forward(x, step=0)`` with ``x`` of shape (B, *input_shape)."""
 
-    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), output_dim: int = 5, filters: int = 64,
-                 blocks: int = 4, activation: str = "relu", init: str = "default"):
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        output_dim: int = 5,
+        filters: int = 64,
+        blocks: int = 4,
+        activation: str = "relu",
+        init: str = "default",
+    ):
         super().__init__()
-        check("input_shape", input_shape, len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
-              "[channels, height, width] of positive integers")
+        check(
+            "input_shape",
+            input_shape,
+            len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
+            "[channels, height, width] of positive integers",
+        )
         check_int("output_dim", output_dim, 1)
         check_int("filters", filters, 1)
         check_int("blocks", blocks, 1)
@@ -50,11 +62,16 @@ class Conv4(nn.Module):
         channels, height, width = input_shape
         for _ in range(blocks):  # padded 3x3 conv keeps the size; the 2x2 pool floors it by half
             height, width = height // 2, width // 2
-        check("input_shape", list(input_shape), height > 0 and width > 0,
-              f"at least {2 ** blocks}x{2 ** blocks} pixels for {blocks} pooling blocks")
+        check(
+            "input_shape",
+            list(input_shape),
+            height > 0 and width > 0,
+            f"at least {2**blocks}x{2**blocks} pixels for {blocks} pooling blocks",
+        )
         self.input_shape = tuple(input_shape)
-        self.blocks = nn.ModuleList(ConvBlock(channels if i == 0 else filters, filters, activation)
-                                    for i in range(blocks))
+        self.blocks = nn.ModuleList(
+            ConvBlock(channels if i == 0 else filters, filters, activation) for i in range(blocks)
+        )
         self.head = nn.Linear(filters * height * width, output_dim)
         initialise(self, init)
 

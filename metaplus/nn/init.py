@@ -4,6 +4,7 @@
 ``xavier`` is the MAML++ reference code's: Xavier-uniform weights and zero biases for every
 convolution and linear layer (batch-norm layers keep weight 1, bias 0 either way).
 """
+
 from __future__ import annotations
 
 from torch import nn

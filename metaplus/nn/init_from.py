@@ -16,6 +16,7 @@ The rule, applied to the freshly built backbone before the learner wraps it:
 Loading happens before the learner configures per-step batch norm, so a MAML++ learner starts
 every step's BN set from the checkpoint's single set.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,11 @@ def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
     """The backbone tensors of a metaplus Lightning checkpoint, or a plain state_dict as it is."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"model.{KEY}", f"{str(path)!r} is invalid: must be an existing checkpoint file "
-                                          f"(a .ckpt of another run, e.g. outputs/<run>/checkpoints/best.ckpt)")
+        raise ConfigError(
+            f"model.{KEY}",
+            f"{str(path)!r} is invalid: must be an existing checkpoint file "
+            f"(a .ckpt of another run, e.g. outputs/<run>/checkpoints/best.ckpt)",
+        )
     try:  # tensors and plain containers only: a checkpoint cannot run code while it is read
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -66,8 +70,11 @@ def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"model.{KEY}", f"{path} holds no backbone tensors (expected a Lightning checkpoint "
-                                          f"with 'backbone.*' entries or a backbone state_dict)")
+        raise ConfigError(
+            f"model.{KEY}",
+            f"{path} holds no backbone tensors (expected a Lightning checkpoint "
+            f"with 'backbone.*' entries or a backbone state_dict)",
+        )
     return state
 
 
@@ -85,13 +92,19 @@ def init_backbone_from(backbone: nn.Module, path: str | Path) -> dict[str, Any]:
         same = found is not None and found.shape == tensor.shape
         if is_head(name):
             if not same:
-                head_kept.append(f"{name} {tuple(tensor.shape)} vs {'missing' if found is None else tuple(found.shape)}")
+                head_kept.append(
+                    f"{name} {tuple(tensor.shape)} vs {'missing' if found is None else tuple(found.shape)}"
+                )
         elif not same:
-            problems.append(f"{name}: backbone {tuple(tensor.shape)}, checkpoint "
-                            f"{'missing' if found is None else tuple(found.shape)}")
+            problems.append(
+                f"{name}: backbone {tuple(tensor.shape)}, checkpoint "
+                f"{'missing' if found is None else tuple(found.shape)}"
+            )
     if problems:
-        raise ConfigError(f"model.{KEY}", f"the backbone of {path} does not match this model "
-                                          f"({len(problems)} tensors): " + "; ".join(problems))
+        raise ConfigError(
+            f"model.{KEY}",
+            f"the backbone of {path} does not match this model ({len(problems)} tensors): " + "; ".join(problems),
+        )
     # A head that differs in any tensor stays fresh as a whole (no loaded bias beside a fresh weight).
     loaded = {n: source[n] for n in target if not (head_kept and is_head(n)) and n in source}
     with torch.no_grad():
@@ -101,7 +114,10 @@ def init_backbone_from(backbone: nn.Module, path: str | Path) -> dict[str, Any]:
     if head_kept:
         log.info("model.init_from: head shapes differ, keeping the freshly initialised head (%s)", "; ".join(head_kept))
     if skipped:
-        log.info("model.init_from: %d checkpoint tensors this backbone does not have were skipped: %s",
-                 len(skipped), ", ".join(skipped))
+        log.info(
+            "model.init_from: %d checkpoint tensors this backbone does not have were skipped: %s",
+            len(skipped),
+            ", ".join(skipped),
+        )
     log.info("model.init_from: %d tensors loaded from %s", len(loaded), path)
     return dict(loaded=sorted(loaded), head_kept=bool(head_kept), skipped=skipped)

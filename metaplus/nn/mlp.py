@@ -1,4 +1,5 @@
 """Fully connected backbone for regression (MAML's 1-40-40-1 ReLU network by default)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Which parameters are which: derived from the model, never hard-coded per backbone."""
+
 from __future__ import annotations
 
 from torch import nn

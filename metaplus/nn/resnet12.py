@@ -18,6 +18,7 @@ rate > 0 it drops ``dropblock_size`` x ``dropblock_size`` squares of each featur
 the last two blocks (the blocks whose maps are large enough for a square), in training only. The
 drop probability is the rate itself from the first step (MetaOptNet ramps it up over training).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,8 +44,9 @@ def drop_block(x: Tensor, rate: float, size: int) -> Tensor:
     seeds = torch.zeros_like(x)
     # Seeds only where a whole square fits, so every dropped square lies inside the map.
     top, left = size // 2, size // 2
-    seeds[..., top:top + height - size + 1, left:left + width - size + 1] = torch.bernoulli(
-        torch.full((*x.shape[:-2], height - size + 1, width - size + 1), gamma, dtype=x.dtype, device=x.device))
+    seeds[..., top : top + height - size + 1, left : left + width - size + 1] = torch.bernoulli(
+        torch.full((*x.shape[:-2], height - size + 1, width - size + 1), gamma, dtype=x.dtype, device=x.device)
+    )
     dropped = F.max_pool2d(seeds, kernel_size=size, stride=1, padding=size // 2)
     if size % 2 == 0:  # an even kernel with padding size/2 gives one extra row and column
         dropped = dropped[..., :height, :width]
@@ -81,24 +83,48 @@ class ResidualBlock(nn.Module):
 class ResNet12(nn.Module):
     """Four residual blocks and a linear head; ``forward(x, step=0)`` with ``x`` of shape (B, *input_shape)."""
 
-    def __init__(self, input_shape: Sequence[int] = (3, 84, 84), output_dim: int = 5,
-                 widths: Sequence[int] = (64, 160, 320, 640), pool: str = "avg",
-                 dropblock_rate: float = 0.0, dropblock_size: int = 5):
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 84, 84),
+        output_dim: int = 5,
+        widths: Sequence[int] = (64, 160, 320, 640),
+        pool: str = "avg",
+        dropblock_rate: float = 0.0,
+        dropblock_size: int = 5,
+    ):
         super().__init__()
-        check("input_shape", input_shape, len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
-              "[channels, height, width] of positive integers")
+        check(
+            "input_shape",
+            input_shape,
+            len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
+            "[channels, height, width] of positive integers",
+        )
         check_int("output_dim", output_dim, 1)
-        check("widths", widths, len(widths) >= 1 and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                                                          for w in widths), "a list of positive integers (one per block)")
+        check(
+            "widths",
+            widths,
+            len(widths) >= 1 and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths),
+            "a list of positive integers (one per block)",
+        )
         check_choice("pool", pool, set(POOLS))
-        check("dropblock_rate", dropblock_rate, isinstance(dropblock_rate, (int, float))
-              and not isinstance(dropblock_rate, bool) and 0 <= dropblock_rate < 1, "a number in [0, 1)")
+        check(
+            "dropblock_rate",
+            dropblock_rate,
+            isinstance(dropblock_rate, (int, float))
+            and not isinstance(dropblock_rate, bool)
+            and 0 <= dropblock_rate < 1,
+            "a number in [0, 1)",
+        )
         check_int("dropblock_size", dropblock_size, 1)
         channels, height, width = input_shape
         for _ in widths:  # padded 3x3 convs keep the size; the 2x2 pool floors it by half
             height, width = height // 2, width // 2
-        check("input_shape", list(input_shape), height > 0 and width > 0,
-              f"at least {2 ** len(widths)}x{2 ** len(widths)} pixels for {len(widths)} pooling blocks")
+        check(
+            "input_shape",
+            list(input_shape),
+            height > 0 and width > 0,
+            f"at least {2 ** len(widths)}x{2 ** len(widths)} pixels for {len(widths)} pooling blocks",
+        )
         self.input_shape, self.pool = tuple(input_shape), pool
         ins = [channels, *widths[:-1]]
         # DropBlock in the last two blocks only (MetaOptNet): earlier maps are large and dropping
@@ -106,7 +132,8 @@ class ResNet12(nn.Module):
         with_dropblock = {i for i in range(len(widths)) if i >= len(widths) - 2}
         self.blocks = nn.ModuleList(
             ResidualBlock(i_c, o_c, dropblock_rate if i in with_dropblock else 0.0, dropblock_size)
-            for i, (i_c, o_c) in enumerate(zip(ins, widths)))
+            for i, (i_c, o_c) in enumerate(zip(ins, widths))
+        )
         features = widths[-1] if pool == "avg" else widths[-1] * height * width
         self.head = nn.Linear(features, output_dim)
 

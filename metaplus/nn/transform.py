@@ -13,6 +13,7 @@ inner gradient step without being changed by it. Which parameters are the T's is
 the backbone's ``forward`` and its ``head`` attribute keep working unchanged; parameter names gain
 one level: ``head.weight`` becomes ``head.layer.weight`` and T is ``head.transform.weight``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -93,5 +94,8 @@ def insert_transforms(model: nn.Module) -> dict[str, Transformed]:
 
 def transform_parameter_names(model: nn.Module) -> set[str]:
     """Names of every T parameter (meta-learned only, never adapted in the inner loop)."""
-    return {f"{name}.transform.{p}" for name, m in transformed_layers(model).items()
-            for p, _ in m.transform.named_parameters()}
+    return {
+        f"{name}.transform.{p}"
+        for name, m in transformed_layers(model).items()
+        for p, _ in m.transform.named_parameters()
+    }

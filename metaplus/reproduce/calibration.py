@@ -1,5 +1,6 @@
 """Calibration: seconds per meta-iteration and per validation episode of a row on this device, measured by
 a short run of train.py per cost phase and kept in calibration.json."""
+
 from __future__ import annotations
 
 import fcntl
@@ -27,7 +28,7 @@ class CalibrationTimer(Callback):
 
     def __init__(self, out: str):
         self.out = Path(out)
-        self.started: tuple[float, float] | None = None   # (wall, CPU) at the training batch's start
+        self.started: tuple[float, float] | None = None  # (wall, CPU) at the training batch's start
         self.durations: list[float] = []
         self.cpu_durations: list[float] = []
         self.val_started: tuple[float, float] | None = None
@@ -56,11 +57,18 @@ class CalibrationTimer(Callback):
     def on_fit_end(self, trainer, pl_module):
         timed, cpu = self.durations[1:] or self.durations, self.cpu_durations[1:] or self.cpu_durations
         episodes = max(self.val_episodes, 1)
-        self.out.write_text(json.dumps({"s_per_iteration": statistics.fmean(timed), "iteration_times": self.durations,
-                                        "cpu_s_per_iteration": statistics.fmean(cpu),
-                                        "s_per_val_episode": self.val_seconds / episodes,
-                                        "cpu_s_per_val_episode": self.val_cpu_seconds / episodes,
-                                        "val_episodes": self.val_episodes}))
+        self.out.write_text(
+            json.dumps(
+                {
+                    "s_per_iteration": statistics.fmean(timed),
+                    "iteration_times": self.durations,
+                    "cpu_s_per_iteration": statistics.fmean(cpu),
+                    "s_per_val_episode": self.val_seconds / episodes,
+                    "cpu_s_per_val_episode": self.val_cpu_seconds / episodes,
+                    "val_episodes": self.val_episodes,
+                }
+            )
+        )
 
 
 CALIBRATION_ITERATIONS = {"sinusoid": 60, "polynomial": 60}
@@ -96,8 +104,9 @@ def timing_of(measured: dict[str, Any], key: str) -> Timing:
     return Timing(measured["s_per_iteration"], measured["s_per_val_episode"], f"measured ({key})")
 
 
-def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False,
-              store: Path = locations.CALIBRATION) -> Timing:
+def calibrate(
+    row: Row, trainer: str, threads: int, *, force: bool = False, store: Path = locations.CALIBRATION
+) -> Timing:
     """Seconds per meta-iteration and per validation episode of the row, measured once per device."""
     key = device_key(trainer, threads)
     cached = load_calibration(store).get(key, {}).get(row.name)
@@ -111,30 +120,50 @@ def calibrate(row: Row, trainer: str, threads: int, *, force: bool = False,
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         out = work / "timing.json"
-        overrides = [*row.overrides, *phase.overrides, f"data.batches_per_epoch={iterations}", "trainer.max_epochs=1",
-                     f"data.val_episodes={val_episodes}", "test=false", "logger=none",
-                     "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.model_checkpoint",
-                     "+trainer.enable_checkpointing=false",
-                     "+callbacks.calibration._target_=metaplus.reproduce.calibration.CalibrationTimer",
-                     f"+callbacks.calibration.out={out}", f"trainer={trainer}", f"hydra.run.dir={work}"]
+        overrides = [
+            *row.overrides,
+            *phase.overrides,
+            f"data.batches_per_epoch={iterations}",
+            "trainer.max_epochs=1",
+            f"data.val_episodes={val_episodes}",
+            "test=false",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "~callbacks.progress_bar",
+            "~callbacks.model_checkpoint",
+            "+trainer.enable_checkpointing=false",
+            "+callbacks.calibration._target_=metaplus.reproduce.calibration.CalibrationTimer",
+            f"+callbacks.calibration.out={out}",
+            f"trainer={trainer}",
+            f"hydra.run.dir={work}",
+        ]
         runner.run_train(overrides, threads, work / "stdout.log")
         measured_phases.append({"epochs": phase.epochs, "phase": phase.label, **json.loads(out.read_text())})
     # The plan spreads one iteration count over every epoch: its cost is the epoch-weighted mean of the
     # phases' (MAML++ mini-ImageNet: ~12 s per iteration under MSL's 15 epochs, ~2.7 s after; planned on
     # the first alone, its 60-min run trained 14 min).
     epochs = sum(m["epochs"] for m in measured_phases)
-    measured = {name: sum(m["epochs"] * m[name] for m in measured_phases) / epochs
-                for name in ("s_per_iteration", "cpu_s_per_iteration")}
+    measured = {
+        name: sum(m["epochs"] * m[name] for m in measured_phases) / epochs
+        for name in ("s_per_iteration", "cpu_s_per_iteration")
+    }
     measured.update({name: measured_phases[0][name] for name in ("s_per_val_episode", "cpu_s_per_val_episode")})
     timing = timing_of(measured, key)
-    entry = {"s_per_iteration": measured["s_per_iteration"], "s_per_val_episode": measured["s_per_val_episode"],
-             "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
-             "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"], "iterations": iterations,
-             "val_episodes": val_episodes, "load_average": os.getloadavg()[0],
-             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    entry = {
+        "s_per_iteration": measured["s_per_iteration"],
+        "s_per_val_episode": measured["s_per_val_episode"],
+        "cpu_s_per_iteration": measured["cpu_s_per_iteration"],
+        "cpu_s_per_val_episode": measured["cpu_s_per_val_episode"],
+        "iterations": iterations,
+        "val_episodes": val_episodes,
+        "load_average": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if len(measured_phases) > 1:
-        entry["phases"] = [{name: m[name] for name in ("phase", "epochs", "s_per_iteration", "cpu_s_per_iteration")}
-                           for m in measured_phases]
+        entry["phases"] = [
+            {name: m[name] for name in ("phase", "epochs", "s_per_iteration", "cpu_s_per_iteration")}
+            for m in measured_phases
+        ]
     store.parent.mkdir(parents=True, exist_ok=True)
     with (store.parent / ".calibration.lock").open("w") as lock:  # several invocations may share it
         fcntl.flock(lock, fcntl.LOCK_EX)

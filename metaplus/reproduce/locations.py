@@ -3,6 +3,7 @@
 Other modules read these as ``locations.RUNS`` (never copied by ``from ... import``) so that a test or a
 caller can point them elsewhere in one place.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

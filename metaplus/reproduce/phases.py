@@ -1,5 +1,6 @@
 """The preset's schedule, composed exactly as train.py does: its epochs x iterations, derivative order, and
 the phases of its epochs that cost differently per iteration (MSL's, DA's)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,16 +40,26 @@ def derivative_order(algo: Any) -> str:
 
 def epoch_scheduled(algo: Any) -> bool:
     """Whether anything in the algorithm's config is scheduled over the preset's epochs or steps."""
-    return bool(algo.get("msl") or (algo.get("da") and int(algo.get("da_epochs") or 0) > 0) or algo.get("ca")
-                or algo.get("lr_schedule", "constant") != "constant" or int(algo.get("warmup_steps") or 0) > 0)
+    return bool(
+        algo.get("msl")
+        or (algo.get("da") and int(algo.get("da_epochs") or 0) > 0)
+        or algo.get("ca")
+        or algo.get("lr_schedule", "constant") != "constant"
+        or int(algo.get("warmup_steps") or 0) > 0
+    )
 
 
 def preset_schedule(row: Row) -> Schedule:
     cfg = compose_config(row.overrides)
     preset = cfg.get("preset")
-    return Schedule(epochs=int(cfg.trainer.max_epochs), batches_per_epoch=int(cfg.data.batches_per_epoch),
-                    preset=preset.name if preset else None, derivative_order=derivative_order(cfg.algo),
-                    test_inner_steps=int(cfg.algo.test_inner_steps), epoch_scheduled=epoch_scheduled(cfg.algo))
+    return Schedule(
+        epochs=int(cfg.trainer.max_epochs),
+        batches_per_epoch=int(cfg.data.batches_per_epoch),
+        preset=preset.name if preset else None,
+        derivative_order=derivative_order(cfg.algo),
+        test_inner_steps=int(cfg.algo.test_inner_steps),
+        epoch_scheduled=epoch_scheduled(cfg.algo),
+    )
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class Phase:
     it lasts. A calibration is one epoch, the first phase's, so each phase is measured apart."""
 
     epochs: int
-    overrides: tuple[str, ...] = ()   # the switches that put epoch 0 of a calibration in this phase
+    overrides: tuple[str, ...] = ()  # the switches that put epoch 0 of a calibration in this phase
     label: str = "every epoch"
 
 
@@ -84,6 +95,11 @@ def phases_of(algo: Any, epochs: int) -> list[Phase]:
     for start, stop in zip(bounds, bounds[1:]):
         on = {name: start < end for name, end in ends.items()}
         label = ", ".join(PHASE_NAMES[name][not active] for name, active in on.items())
-        phases.append(Phase(stop - start, tuple(f"algo.{name}={str(active).lower()}" for name, active in on.items()),
-                            f"epochs {start}-{stop - 1}: {label}"))
+        phases.append(
+            Phase(
+                stop - start,
+                tuple(f"algo.{name}={str(active).lower()}" for name, active in on.items()),
+                f"epochs {start}-{stop - 1}: {label}",
+            )
+        )
     return phases

@@ -1,5 +1,6 @@
 """Budget scaling: the preset's epochs kept, the iterations per epoch and the validations shrunk to fit the
 minutes of a budget (see the package docstring)."""
+
 from __future__ import annotations
 
 import math
@@ -7,12 +8,12 @@ from dataclasses import dataclass
 
 from metaplus.reproduce.phases import Schedule
 
-VAL_EPISODES = 100          # per validation during a budgeted run (image and regression data alike)
+VAL_EPISODES = 100  # per validation during a budgeted run (image and regression data alike)
 MAX_VALIDATIONS = 20
-MIN_VALIDATIONS = 5         # fewer validation episodes (not below MIN_VAL_EPISODES) rather than fewer than this
+MIN_VALIDATIONS = 5  # fewer validation episodes (not below MIN_VAL_EPISODES) rather than fewer than this
 MIN_VAL_EPISODES = 20
-VAL_SHARE = 0.15            # at most this share of the budget goes to validation
-PLAN_SHARE = 0.9            # iterations are planned for this share of the budget; max_time = the budget
+VAL_SHARE = 0.15  # at most this share of the budget goes to validation
+PLAN_SHARE = 0.9  # iterations are planned for this share of the budget; max_time = the budget
 TEST_EPISODES = 600
 QUICK_BUDGET_MIN = 2.0
 DEFAULT_BUDGET_MIN = 30.0
@@ -28,14 +29,14 @@ class Timing:
 @dataclass(frozen=True)
 class Plan:
     val_episodes: int
-    epochs: int                      # the preset's, unless the budget holds less than one iteration per epoch
+    epochs: int  # the preset's, unless the budget holds less than one iteration per epoch
     batches_per_epoch: int
-    val_every: int                   # epochs between validations
+    val_every: int  # epochs between validations
     validations: int
     planned_iterations: int
     planned_train_s: float
     planned_val_s: float
-    schedule_complete: bool          # the preset's epochs are all trained (else the epoch schedules are cut)
+    schedule_complete: bool  # the preset's epochs are all trained (else the epoch schedules are cut)
 
 
 def validation_interval(epochs: int, most: int) -> int:
@@ -44,9 +45,16 @@ def validation_interval(epochs: int, most: int) -> int:
     return next(d for d in range(1, epochs + 1) if epochs % d == 0 and epochs // d <= most)
 
 
-def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_episodes: int = VAL_EPISODES,
-                max_validations: int = MAX_VALIDATIONS, val_share: float = VAL_SHARE,
-                plan_share: float = PLAN_SHARE) -> Plan:
+def plan_budget(
+    schedule: Schedule,
+    timing: Timing,
+    budget_s: float,
+    *,
+    val_episodes: int = VAL_EPISODES,
+    max_validations: int = MAX_VALIDATIONS,
+    val_share: float = VAL_SHARE,
+    plan_share: float = PLAN_SHARE,
+) -> Plan:
     """Keep the preset's epochs, shrink the iterations per epoch to the budget (never above the paper's).
 
     Validations: as many as fit ``val_share`` of the budget, 1 to ``max_validations``, of ``val_episodes``
@@ -70,10 +78,17 @@ def plan_budget(schedule: Schedule, timing: Timing, budget_s: float, *, val_epis
     val_every = validation_interval(epochs, wanted)
     validations = epochs // val_every
     planned = epochs * batches
-    return Plan(val_episodes=val_episodes, epochs=epochs, batches_per_epoch=batches, val_every=val_every, validations=validations,
-                planned_iterations=planned, planned_train_s=planned * timing.s_per_iteration,
-                planned_val_s=validations * one_validation_s,
-                schedule_complete=epochs == schedule.epochs or not schedule.epoch_scheduled)
+    return Plan(
+        val_episodes=val_episodes,
+        epochs=epochs,
+        batches_per_epoch=batches,
+        val_every=val_every,
+        validations=validations,
+        planned_iterations=planned,
+        planned_train_s=planned * timing.s_per_iteration,
+        planned_val_s=validations * one_validation_s,
+        schedule_complete=epochs == schedule.epochs or not schedule.epoch_scheduled,
+    )
 
 
 def fewer_fuller_epochs(iterations: int, schedule: Schedule, wanted: int) -> tuple[int, int]:
@@ -105,5 +120,10 @@ def max_time(budget_s: float) -> str:
 
 def budget_overrides(plan: Plan, schedule: Schedule, budget_s: float) -> list[str]:
     epochs = [] if plan.epochs == schedule.epochs else [f"trainer.max_epochs={plan.epochs}"]
-    return [*epochs, f"data.batches_per_epoch={plan.batches_per_epoch}", f"trainer.check_val_every_n_epoch={plan.val_every}",
-            f"data.val_episodes={plan.val_episodes}", f"+trainer.max_time={max_time(budget_s)}"]
+    return [
+        *epochs,
+        f"data.batches_per_epoch={plan.batches_per_epoch}",
+        f"trainer.check_val_every_n_epoch={plan.val_every}",
+        f"data.val_episodes={plan.val_episodes}",
+        f"+trainer.max_time={max_time(budget_s)}",
+    ]

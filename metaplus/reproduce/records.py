@@ -1,5 +1,6 @@
 """Per-seed records: each finished run summarised into summary.json (committed, without the machine's paths),
 which is all the report is rebuilt from."""
+
 from __future__ import annotations
 
 import csv
@@ -35,20 +36,26 @@ def write_summary(directory: Path, row: Row) -> dict:
     metric = "mse" if row.metric == "mse" else "acc"
     plan = json.loads((directory / "plan.json").read_text()) if (directory / "plan.json").is_file() else {}
     summary = {
-        "row": row.name, "seed": results["seed"], "metric": metric,
-        "test": results[f"test/{metric}"], "test_ci95": results[f"test/{metric}_ci95"],
+        "row": row.name,
+        "seed": results["seed"],
+        "metric": metric,
+        "test": results[f"test/{metric}"],
+        "test_ci95": results[f"test/{metric}_ci95"],
         "test_episodes": results.get("test/episodes"),
         "test_by_step": results.get(f"test/{metric}_by_step"),
         "test_ci95_by_step": results.get(f"test/{metric}_ci95_by_step"),
         "val": results.get(f"val/{metric}"),
         "test_ensemble": results.get(f"test/{metric}_ensemble"),
         "test_ensemble_ci95": results.get(f"test/{metric}_ensemble_ci95"),
-        "global_step": results["global_step"], "epochs": results.get("epochs"),
+        "global_step": results["global_step"],
+        "epochs": results.get("epochs"),
         "wall_time_s": results["wall_time_s"],
         "train_s": (training_curve(directory, metric) or [(None, None)])[-1][0],
         "preset": results.get("preset"),
         "derivative_order": derivative_order_of(results.get("config", {}).get("algo", {})),
-        "overrides": plan.get("overrides"), "threads": plan.get("threads"), "plan": plan.get("plan"),
+        "overrides": plan.get("overrides"),
+        "threads": plan.get("threads"),
+        "plan": plan.get("plan"),
         "curve": training_curve(directory, metric),
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """The registry of published rows, read from rows/*.yaml: one file per paper (each row's value and where
 it is written down) and rows/table.yaml (the table's order, time-to-accuracy runs, groups, targets)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,20 +31,20 @@ class Row:
     data: str
     ways: int | None
     shots: int
-    metric: str                      # "acc", "mse" or "update_fraction" (a recorded claim)
+    metric: str  # "acc", "mse" or "update_fraction" (a recorded claim)
     paper: float | None
     paper_ci: float | None
     paper_iterations: int
-    preset: str                      # the preset (and row) the composition must name
-    source: str                      # where the paper number is written down
+    preset: str  # the preset (and row) the composition must name
+    source: str  # where the paper number is written down
     seeds: int = 1
-    ensemble: bool = False           # the protocol reports the top-k checkpoint ensemble (MAML++)
+    ensemble: bool = False  # the protocol reports the top-k checkpoint ensemble (MAML++)
     # Inner steps at test behind the paper's figure when they differ from the preset's test_inner_steps
     # (the Meta-SGD paper's sinusoid table adapts in one step): that step of the test curve is compared.
     paper_test_steps: int | None = None
     note: str = ""
-    recorded: str | None = None      # a row taken from an existing benchmark instead of run here
-    command: str | None = None       # the command behind a recorded row
+    recorded: str | None = None  # a row taken from an existing benchmark instead of run here
+    command: str | None = None  # the command behind a recorded row
     # A time-to-accuracy run (TIME_ROWS): the table row it measures, always trained for budget_min minutes.
     time_of: str | None = None
     budget_min: float | None = None
@@ -61,8 +62,9 @@ class Row:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Row)}
-REQUIRED = {name for name, f in FIELDS.items()
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - {"name"}
+REQUIRED = {
+    name for name, f in FIELDS.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+} - {"name"}
 METRICS = ("acc", "mse", "update_fraction")
 TABLE_KEYS = {"order", "time_rows", "groups", "group_seeds", "time_to_accuracy", "accuracy_targets"}
 
@@ -106,16 +108,19 @@ def load_registry(folder: Path = ROWS_DIR) -> tuple[dict[str, Row], dict[str, Ro
         raise RegistryError(f"{where}: keys {sorted(table)}; expected {sorted(TABLE_KEYS)}")
     order = list(table["order"])
     if sorted(order) != sorted(papers) or len(set(order)) != len(order):
-        raise RegistryError(f"{where}: order must list every row of the papers' files once; not listed: "
-                            f"{sorted(set(papers) - set(order))}, unknown or repeated: "
-                            f"{sorted({n for n in order if n not in papers or order.count(n) > 1})}")
+        raise RegistryError(
+            f"{where}: order must list every row of the papers' files once; not listed: "
+            f"{sorted(set(papers) - set(order))}, unknown or repeated: "
+            f"{sorted({n for n in order if n not in papers or order.count(n) > 1})}"
+        )
     rows = {name: papers[name] for name in order}
     time_rows = {}
     for name, values in _mapping(table["time_rows"], f"{where}: time_rows").items():
         values = _mapping(values, f"{where}: time_rows.{name}")
         if set(values) != {"time_of", "budget_min", "seeds"} or values["time_of"] not in rows:
-            raise RegistryError(f"{where}: time_rows.{name} needs time_of (one of the rows), budget_min and seeds; "
-                                f"got {values}")
+            raise RegistryError(
+                f"{where}: time_rows.{name} needs time_of (one of the rows), budget_min and seeds; got {values}"
+            )
         time_rows[name] = replace(rows[values["time_of"]], name=name, **values)
     for group, names in _mapping(table["groups"], f"{where}: groups").items():
         unknown = [n for n in names if n not in rows and n not in time_rows]
@@ -144,6 +149,8 @@ def select_rows(spec: str) -> list[Row]:
         elif part in ROWS or part in TIME_ROWS:
             names.append(part)
         else:
-            raise SystemExit(f"--rows: unknown row or group {part!r}; groups: {', '.join(GROUPS)}; "
-                             f"rows: {', '.join([*ROWS, *TIME_ROWS])}")
+            raise SystemExit(
+                f"--rows: unknown row or group {part!r}; groups: {', '.join(GROUPS)}; "
+                f"rows: {', '.join([*ROWS, *TIME_ROWS])}"
+            )
     return [ROWS.get(n) or TIME_ROWS[n] for n in dict.fromkeys(names)]

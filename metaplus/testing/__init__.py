@@ -7,6 +7,7 @@ Needs the test extras (pytest). Submodules: :mod:`~metaplus.testing.probes` (cal
 archives, and folder-per-class image sets),
 :mod:`~metaplus.testing.engines` (meta-batches and meta-gradients comparing the inner-loop engines).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ def shared_data_dir() -> Path | None:
 
 DATA = shared_data_dir()
 OMNIGLOT = DATA / "omniglot" if DATA else None
-needs_omniglot = pytest.mark.skipif(OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
-                                    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)")
+needs_omniglot = pytest.mark.skipif(
+    OMNIGLOT is None or not (OMNIGLOT / "images_background.zip").is_file(),
+    reason="shared Omniglot absent (set $METAPLUS_DATA or provide ../shared/data/omniglot)",
+)
 
 
 class TinyLinear(nn.Module):
@@ -52,9 +55,17 @@ def quadratic_terms(x, y):
 
 
 # A run of seconds: one epoch of 3 meta-iterations, 8 validation and test episodes, nothing logged or drawn.
-QUICK = ["logger=none", "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "data.batches_per_epoch=3", "data.meta_batch_size=4",
-         "data.val_episodes=8", "data.test_episodes=8", "trainer.enable_progress_bar=false",
-         "~callbacks.progress_bar"]
+QUICK = [
+    "logger=none",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=1",
+    "data.batches_per_epoch=3",
+    "data.meta_batch_size=4",
+    "data.val_episodes=8",
+    "data.test_episodes=8",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+]
 
 
 def wandb_records(path: Path) -> list:
@@ -74,10 +85,10 @@ def wandb_records(path: Path) -> list:
         if block - pos % block < 7:  # a block's tail too short for a chunk header is zero padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             break
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()

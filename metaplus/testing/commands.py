@@ -5,6 +5,7 @@ starts in ``cwd`` (a test's tmp_path), so its outputs land in ``cwd/outputs/...`
 repository, and ``PYTHONPATH`` names this checkout so that every process (submitit's jobs too) imports
 this copy of metaplus rather than whichever one the environment installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def python(args: list[str], cwd: Path, timeout: int = 300, **env: str) -> subpro
     """``python ARGS`` in ``cwd``; ``train.py`` as the first argument is this checkout's."""
     if args and args[0] == "train.py":
         args = [str(REPO / "train.py"), *args[1:]]
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=environment(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=environment(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def train(*args: str, cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """Meta-batches, a Conv-4 and meta-gradients for comparing the inner-loop engines (learn2learn clones,
 batched torch.func) and hand-written meta-gradients against them, in float64."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -32,8 +33,9 @@ def conv4():
 
 def at_epoch(learner, epoch: int):
     """A real idle Trainer at ``epoch`` (MSL reads its weights from the epoch); plain backward."""
-    trainer = L.Trainer(max_epochs=100, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=100, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit_loop.epoch_progress.current.completed = epoch
     learner.trainer = trainer
     learner.manual_backward = lambda loss: loss.backward()

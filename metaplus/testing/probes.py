@@ -1,5 +1,6 @@
 """Test-only Lightning callbacks, injected through the config (``+callbacks.probe._target_=...``) so
 that they also run inside the processes Lightning's DDP launcher starts."""
+
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ class FirstStepProbe(Callback):
             return
         self.path.mkdir(parents=True, exist_ok=True)
         grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
-        torch.save({"indices": self.indices, "grads": grads, "world_size": trainer.world_size},
-                   self.path / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"indices": self.indices, "grads": grads, "world_size": trainer.world_size},
+            self.path / f"rank{trainer.global_rank}.pt",
+        )
 
 
 class Pace(Callback):

@@ -6,6 +6,7 @@ Every image encodes where it came from, so a test can tell that a loader put it 
 CIFAR: red = 2 x fine label, green = 10 x index within (class, file), blue = 7 (train) or 107 (test);
 tieredImageNet / CUB: a flat colour whose red channel is 20 x (class index in the fixture) + 10.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,7 +42,7 @@ CIFAR100_SUPERCLASSES = {
     "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
     "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
 }
-FINE_NAMES = sorted(f for fines in CIFAR100_SUPERCLASSES.values() for f in fines)   # meta's order: alphabetical
+FINE_NAMES = sorted(f for fines in CIFAR100_SUPERCLASSES.values() for f in fines)  # meta's order: alphabetical
 COARSE_NAMES = sorted(CIFAR100_SUPERCLASSES)
 COARSE_OF = {f: COARSE_NAMES.index(c) for c, fines in CIFAR100_SUPERCLASSES.items() for f in fines}
 
@@ -64,11 +65,18 @@ def make_cifar100(root: Path, train_per_class: int = 4, test_per_class: int = 2,
         for row, (f, i) in enumerate(entries):
             r, g, b = cifar_pixel(f, i, test)
             data[row, :1024], data[row, 1024:2048], data[row, 2048:] = r, g, b
-        record = {b"batch_label": f"{name} batch 1 of 1".encode(), b"data": data,
-                  b"fine_labels": [f for f, _ in entries], b"coarse_labels": [COARSE_OF[FINE_NAMES[f]] for f, _ in entries],
-                  b"filenames": [f"{FINE_NAMES[f]}_s_{i:06d}.png".encode() for f, i in entries]}
+        record = {
+            b"batch_label": f"{name} batch 1 of 1".encode(),
+            b"data": data,
+            b"fine_labels": [f for f, _ in entries],
+            b"coarse_labels": [COARSE_OF[FINE_NAMES[f]] for f, _ in entries],
+            b"filenames": [f"{FINE_NAMES[f]}_s_{i:06d}.png".encode() for f, i in entries],
+        }
         (folder / name).write_bytes(pickle.dumps(record, protocol=2))
-    meta = {b"fine_label_names": [n.encode() for n in FINE_NAMES], b"coarse_label_names": [n.encode() for n in COARSE_NAMES]}
+    meta = {
+        b"fine_label_names": [n.encode() for n in FINE_NAMES],
+        b"coarse_label_names": [n.encode() for n in COARSE_NAMES],
+    }
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     return root
 
@@ -97,16 +105,21 @@ def make_tiered_folders(root: Path, per_split: dict[str, int], images: int = 4, 
     return classes
 
 
-def make_tiered_pickled(root: Path, split: str, classes: int, images: int = 4, size: int = 84,
-                        layout: str = "png", seed: int = 0) -> list[str]:
+def make_tiered_pickled(
+    root: Path, split: str, classes: int, images: int = 4, size: int = 84, layout: str = "png", seed: int = 0
+) -> list[str]:
     """Ren et al.'s files: ``<split>_labels.pkl`` and ``<split>_images_png.pkl`` (a list of
     cv2.imencode-style PNG arrays, shape (n, 1) uint8) or ``<split>_images.npz`` (N x H x W x 3, BGR)."""
     root.mkdir(parents=True, exist_ok=True)
     names = [f"synset word {c}" for c in range(classes)]
     labels = np.repeat(np.arange(classes, dtype=np.int32), images)
     labels = labels[np.random.default_rng(seed).permutation(len(labels))]  # images in shuffled order
-    record = {"label_specific": labels, "label_general": (labels // 2).astype(np.int32),
-              "label_specific_str": names, "label_general_str": {c // 2: f"category {c // 2}" for c in range(classes)}}
+    record = {
+        "label_specific": labels,
+        "label_general": (labels // 2).astype(np.int32),
+        "label_specific_str": names,
+        "label_general_str": {c // 2: f"category {c // 2}" for c in range(classes)},
+    }
     (root / f"{split}_labels.pkl").write_bytes(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
     rgb = [np.asarray(flat_image(class_value(int(c)), size)) for c in labels]
     if layout == "npz":
@@ -130,9 +143,11 @@ def make_cub(root: Path, per_split: dict[str, int], images: int = 4, size: int =
             (folder / name).mkdir(parents=True, exist_ok=True)
             for k in range(images):
                 Image.new("RGB", (size + 7, size), (class_value(c), 255 - class_value(c), 60)).save(
-                    folder / name / f"{name.split('.', 1)[1]}_{k:04d}_{1000 + k}.jpg", quality=100)
+                    folder / name / f"{name.split('.', 1)[1]}_{k:04d}_{1000 + k}.jpg", quality=100
+                )
     (root / "CUB_200_2011" / "classes.txt").write_text(
-        "".join(f"{i + 1} {n}\n" for i, n in enumerate(sorted(n for v in classes.values() for n in v))))
+        "".join(f"{i + 1} {n}\n" for i, n in enumerate(sorted(n for v in classes.values() for n in v)))
+    )
     return classes
 
 
