@@ -50,3 +50,24 @@ def test_tests_import_no_other_test_module_and_no_bench_script():
                 if top in test_modules or top == "bench":
                     offenders.append(f"{path.name}:{node.lineno} imports {name}")
     assert offenders == []
+
+
+def test_the_package_imports_no_bench_script():
+    """bench/ is a folder of entry points beside the checkout, absent from an installed package: a
+    module of metaplus that imports ``bench.*`` works from a checkout only, and breaks when a bench
+    script's helper moves (gpu_check and parity once imported helpers bench/ no longer had)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "metaplus").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "bench"
+            ]
+    assert offenders == []

@@ -240,7 +240,7 @@ def data_root(scratch: Path) -> tuple[str, str]:
 
 
 def setting_overrides(root: str) -> list[str]:
-    from bench.speed import SETTINGS
+    from metaplus.benchmarking.settings import SETTINGS
 
     return [
         *SETTINGS[SETTING][1],
@@ -258,7 +258,7 @@ def train_row(engine: str, precision: str, iterations: int, root: str, scratch: 
     import lightning as L
     import torch
 
-    from bench.speed import compose
+    from metaplus.compose import compose_config as compose
     from metaplus.run import build
 
     out = scratch / f"train_{engine}_{precision}"
@@ -320,7 +320,7 @@ def ensemble_check(root: str, scratch: Path) -> dict:
     import lightning as L
 
     import metaplus.run as run_module
-    from bench.speed import compose
+    from metaplus.compose import compose_config as compose
 
     seen: dict = {}
     original = getattr(run_module, "evaluate_ensemble", None)

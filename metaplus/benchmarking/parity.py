@@ -498,7 +498,7 @@ def run_one(
     data_root: Path | None,
     out: Path,
 ) -> str:
-    from bench.reproduce import run_env
+    from metaplus.reproduce.runner import run_env
 
     run = out / comparison.name / code_name / f"seed{seed}"
     spec = {
@@ -559,7 +559,7 @@ def reference_child(spec_path: Path) -> None:
     ref.load_reference(code, spec["threads"])
     import torch
 
-    from bench.reproduce import compose
+    from metaplus.compose import compose_config as compose
     from metaplus.config import instantiate_group
 
     cfg = compose([o for o in spec["metaplus_overrides"] if not o.startswith(("hydra.", "+callbacks.parity"))])
@@ -732,7 +732,7 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     ref.load_reference(code, threads)
     import torch
 
-    from bench.reproduce import compose
+    from metaplus.compose import compose_config as compose
     from metaplus.config import instantiate_group
     from metaplus.nn.init_from import build_backbone
 
@@ -1386,8 +1386,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = reference_dir(comparison, a.reference)  # first: nothing starts without the reference
     if comparison.driver is None:
         sys.exit(f"parity {comparison.name}: " + " ".join(comparison.notes))
-    from bench.reproduce import compose
     from metaplus.benchmarking import reference_mamlpp as ref
+    from metaplus.compose import compose_config as compose
 
     data_root = prepare_data(comparison, code, out)
     overrides = metaplus_overrides(comparison, 0, a, out / comparison.name / "metaplus" / "seed0", data_root)
@@ -1396,7 +1396,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_settings(settings, comparison)
     check_file = out / comparison.name / "step_check.json"
     if not a.report_only and (a.step_check or not check_file.is_file()):
-        from bench.reproduce import run_env
+        from metaplus.reproduce.runner import run_env
 
         spec = check_file.with_name("step_check_spec.json")
         write_json(
