@@ -131,3 +131,59 @@ def test_report_names_the_device_and_every_figure(tmp_path):
     assert "not run: fewer than two GPUs" in md
     failed = gpu_check.markdown(fake_results(ddp={"ok": False, "seconds": 240, "error": "no result within 240 s"}))
     assert "FAILED in 240 s: no result within 240 s" in failed
+
+
+def test_training_ensemble_and_gradient_checks_run_end_to_end_on_the_cpu(tmp_path, monkeypatch):
+    """The GPU-only paths (train_row, ensemble_check, check_gradients) run here on the CPU, with only the
+    CUDA specifics stubbed, so an import that moved, a config key that is gone or a changed signature
+    fails on a machine without a GPU (the first GPU run is the wrong place to find those)."""
+    import metaplus.compose
+
+    # the data: no real mini-ImageNet, so data_root writes the synthetic layout; a private decode cache
+    monkeypatch.setenv("METAPLUS_DATA", str(tmp_path / "no_data"))
+    monkeypatch.setenv("METAPLUS_CACHE", str(tmp_path / "cache"))
+    root, data = gpu_check.data_root(tmp_path)
+    assert data.startswith("synthetic") and (tmp_path / "miniimagenet" / "test").is_dir()
+
+    # the GPU specifics: the accelerator the overrides ask for, CUDA's memory and synchronisation calls
+    gpu_overrides = gpu_check.setting_overrides
+    assert "trainer.accelerator=gpu" in gpu_overrides(root)
+    monkeypatch.setattr(
+        gpu_check,
+        "setting_overrides",
+        lambda root: [o.replace("trainer.accelerator=gpu", "trainer.accelerator=cpu") for o in gpu_overrides(root)],
+    )
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 0)
+    # tiny sizes: every override the module passes is still composed (and checked by Hydra); these come last
+    full_compose = metaplus.compose.compose_config
+    tiny = ["data.queries=1", "data.batches_per_epoch=3", "data.val_episodes=2"]
+    monkeypatch.setattr(
+        metaplus.compose, "compose_config", lambda overrides, *a, **k: full_compose([*overrides, *tiny], *a, **k)
+    )
+    monkeypatch.setattr(gpu_check, "WARMUP", 1)
+    monkeypatch.setattr(gpu_check, "PROFILED", 1)  # WARMUP + 1 iteration + PROFILED = the 3 batches above
+    monkeypatch.setattr(gpu_check, "ENSEMBLE_EPISODES", 2)
+
+    row = gpu_check.train_row("batched", "32-true", 1, root, tmp_path)
+    assert (row["engine"], row["precision"], row["iterations"]) == ("batched", "32-true", 1)
+    assert row["iterations_per_s"] > 0 and row["peak_gpu_gb"] == 0 and 0 <= row["gpu_busy_fraction"] <= 1
+
+    ensemble = gpu_check.ensemble_check(root, tmp_path)
+    assert ensemble["ensemble_device"] == "cpu"  # the learner the ensemble ran was watched
+    assert ensemble["test/acc_ensemble"] is not None and ensemble["ensemble_seconds"] > 0
+    assert not ensemble["ok"]  # on the CPU: the check wants the ensemble on a GPU
+
+    # the gradient check on the CPU against itself: one task of one query per class keeps it short
+    full_batch = gpu_check.fixed_batch
+    monkeypatch.setattr(gpu_check, "fixed_batch", lambda: full_batch(tasks=1, queries=1))
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        gradients = gpu_check.check_gradients("cpu")
+    finally:  # check_gradients turns TF32 off for the process: give the flags back as they were
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert set(gradients) == set(gpu_check.ENGINES)
+    for verdict in gradients.values():  # the CPU against itself: equal in fp64, the same fp32 error
+        assert verdict["ok"] and verdict["fp64_gpu_vs_cpu"]["worst_relative_error"] == 0
+        assert verdict["fp32_gpu_vs_fp64"]["tensors_compared"] > 0

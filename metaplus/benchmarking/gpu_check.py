@@ -156,11 +156,11 @@ def meta_gradient(engine: str, device, dtype=None) -> dict:
     learner.manual_backward = lambda loss: loss.backward()
     learner.gradient_sync = lambda last: nullcontext()
     batch = fixed_batch()
-    batch = type(batch)(
-        *(
-            None if t is None else t.to(device, dtype=dtype if t.is_floating_point() else t.dtype)
-            for t in vars(batch).values()
-        )
+    batch = type(batch)(  # by name: the keyword-only class fields cannot be passed by position
+        **{
+            name: None if t is None else t.to(device, dtype=dtype if t.is_floating_point() else t.dtype)
+            for name, t in vars(batch).items()
+        }
     )
     if engine == "batched":
         learner.accumulate_batched(batch)
