@@ -18,7 +18,9 @@ class ChildFailed(RuntimeError):
 
 def run_measured(command: list[str], *, cwd: str | Path, env: dict[str, str] | None = None) -> float:
     """Run ``command`` in a fresh process started in ``cwd``; return its peak RSS in GB, read by the
-    parent with ``os.wait4`` (the child's own high-water mark, children of it excluded). A child that
+    parent with ``os.wait4`` (the child's own high-water mark, children of it excluded). Call it from a
+    small process: on Linux the figure starts at the caller's RSS at the fork (exec keeps the old
+    memory's high-water mark). A child that
     fails raises RuntimeError with the end of its stderr and, on its last line, how it ended."""
     proc = subprocess.Popen(
         command,
