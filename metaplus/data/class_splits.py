@@ -8,10 +8,11 @@ quick trial, or an incomplete download) trains on the ones present and says so i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from metaplus.data.errors import CorruptDatasetError
+from metaplus.data.listing import list_class_folders, list_images
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 log = logging.getLogger("metaplus")
@@ -52,3 +53,31 @@ def present_classes(dataset: str, split: str, wanted: Sequence[str], available: 
             len(found),
         )
     return found
+
+
+def split_folder_classes(
+    dataset: str,
+    split: str,
+    folder: Path,
+    known: Collection[str],
+    known_from: str,
+    max_classes: int | None = None,
+    max_images: int | None = None,
+) -> list[tuple[str, list[Path]]]:
+    """``[(class, [image files])]`` of ``split`` read from the class folders inside ``folder``, sorted by
+    name. ``known`` are the names the folder may hold (``known_from`` says where they come from): another
+    folder name means a wrong folder, not a subset, and is an error; classes of the split that are absent
+    are warned about (:func:`present_classes`); a class folder of the split without images is an error."""
+    found = {d.name for d in list_class_folders(folder)}
+    strangers = sorted(found - set(known))
+    if strangers:
+        raise CorruptDatasetError(
+            f"{folder} holds folders that are not {known_from}: {strangers[:3]}"
+            f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})"
+        )
+    names = sorted(present_classes(dataset, split, read_split(dataset, split), found, folder))[:max_classes]
+    classes = [(name, list_images(folder / name)[:max_images]) for name in names]
+    empty = [name for name, files in classes if not files]
+    if empty:
+        raise CorruptDatasetError(f"{folder / empty[0]} has no images ({len(empty)} empty class folders)")
+    return classes

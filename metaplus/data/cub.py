@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metaplus.data.cache import load_image_files
-from metaplus.data.class_splits import present_classes, read_split
-from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
+from metaplus.data.class_splits import read_split, split_folder_classes
+from metaplus.data.errors import DatasetNotFoundError
 from metaplus.data.image_source import ImageSource
-from metaplus.data.listing import list_class_folders, list_images
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
 from metaplus.data.preprocessing import Preprocessing
@@ -58,20 +57,10 @@ class CUBTasks(ImageSource):
         split: str = "train",
     ):
         root_path = self.checked_root(split, class_split, image_size, root, max_classes, max_images_per_class)
-        images = images_folder(root_path)
-        found = {d.name for d in list_class_folders(images)}
         every = set().union(*(read_split("cub", s) for s in ("train", "val", "test")))
-        strangers = sorted(found - every)
-        if strangers:
-            raise CorruptDatasetError(
-                f"{images} holds folders that are not CUB-200-2011 classes: {strangers[:3]}"
-                f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})"
-            )
-        names = present_classes("cub", split, read_split("cub", split), found, images)[:max_classes]
-        classes = [(name, list_images(images / name)[:max_images_per_class]) for name in names]
-        empty = [name for name, files in classes if not files]
-        if empty:
-            raise CorruptDatasetError(f"{images}/{empty[0]} has no images ({len(empty)} empty class folders)")
+        classes = split_folder_classes(
+            "cub", split, images_folder(root_path), every, "CUB-200-2011 classes", max_classes, max_images_per_class
+        )
         prep = preprocessing(image_size, mean, std)
         data = load_image_files(
             "cub",

@@ -27,10 +27,9 @@ from PIL import Image
 
 from metaplus.data.cache import cache_key, cache_prefix, cached_class_images, file_identity, load_image_files
 from metaplus.data.class_images import ClassImages
-from metaplus.data.class_splits import present_classes, read_split, split_path
+from metaplus.data.class_splits import read_split, split_folder_classes, split_path
 from metaplus.data.errors import CorruptDatasetError, DatasetNotFoundError
 from metaplus.data.image_source import ImageSource
-from metaplus.data.listing import folder_classes, list_class_folders
 from metaplus.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from metaplus.data.miniimagenet import preprocessing as imagenet_preprocessing
 from metaplus.data.preprocessing import Preprocessing, decode_image
@@ -76,7 +75,11 @@ class TieredImageNetTasks(ImageSource):
         images = [p for p in (root_path / f"{split}_images.npz", root_path / f"{split}_images_png.pkl") if p.is_file()]
         prep = preprocessing(image_size, mean, std)
         if folder.is_dir():
-            classes = folder_split(folder, split, max_classes, max_images_per_class)
+            wanted = read_split("tieredimagenet", split)
+            known_from = f"tieredImageNet '{split}' classes ({split_path('tieredimagenet', split)})"
+            classes = split_folder_classes(
+                "tieredimagenet", split, folder, wanted, known_from, max_classes, max_images_per_class
+            )
             data = load_image_files(
                 "tieredimagenet",
                 split,
@@ -126,23 +129,6 @@ class TieredImageNetTasks(ImageSource):
                 f"layout); {HOW_TO_GET}."
             )
         super().__init__(data, prep, ways, shots, queries, split)
-
-
-def folder_split(folder: Path, split: str, max_classes: int | None, max_images: int | None) -> list:
-    wanted = read_split("tieredimagenet", split)
-    found = {d.name for d in list_class_folders(folder)}
-    strangers = sorted(found - set(wanted))
-    if strangers:
-        raise CorruptDatasetError(
-            f"{folder} holds folders that are not tieredImageNet '{split}' classes "
-            f"({split_path('tieredimagenet', split)}): {strangers[:3]}"
-            f"{'...' if len(strangers) > 3 else ''} ({len(strangers)})"
-        )
-    keep = set(present_classes("tieredimagenet", split, wanted, found, folder))
-    classes = [(name, files) for name, files in folder_classes(folder, None, max_images) if name in keep][:max_classes]
-    if not classes:
-        raise CorruptDatasetError(f"{folder} has no images")
-    return classes
 
 
 def pickled_split(
