@@ -7,7 +7,7 @@ from torch import nn
 
 from metaplus.algorithms import ANIL, MAML
 from metaplus.data.episodes import Task
-from metaplus.testing import DATA, QUICK, needs_omniglot, trained_vs_untrained
+from metaplus.testing import QUICK, QUICK_OMNIGLOT, needs_omniglot, trained_vs_untrained
 
 
 class TinyNet(nn.Module):
@@ -94,18 +94,10 @@ def test_anil_meta_training_improves_adaptation_on_sinusoid(make_config, tmp_pat
 @needs_omniglot
 def test_anil_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
     overrides = [
-        *QUICK,
+        *QUICK_OMNIGLOT,
         "algo=anil",
         "algo.inner_lr=0.4",
         "algo.test_inner_steps=3",
-        "data=omniglot",
-        "model=conv4",
-        f"data.root={DATA / 'omniglot'}",
-        "model.filters=32",
-        "data.batches_per_epoch=30",
-        "data.meta_batch_size=4",
-        "data.val_episodes=20",
-        "data.test_episodes=40",
     ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"anil omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")

@@ -11,7 +11,14 @@ import torch
 
 from metaplus.algorithms import MetaSGD
 from metaplus.data.episodes import Task
-from metaplus.testing import DATA, QUICK, TinyLinear, needs_omniglot, quadratic_terms, trained_vs_untrained
+from metaplus.testing import (
+    QUICK,
+    QUICK_OMNIGLOT,
+    TinyLinear,
+    needs_omniglot,
+    quadratic_terms,
+    trained_vs_untrained,
+)
 
 
 @pytest.fixture
@@ -92,18 +99,10 @@ def test_metasgd_learns_rates_and_improves_adaptation_on_sinusoid(make_config, t
 @needs_omniglot
 def test_metasgd_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
     overrides = [
-        *QUICK,
+        *QUICK_OMNIGLOT,
         "algo=metasgd",
         "algo.inner_lr=0.1",
         "algo.test_inner_steps=1",
-        "data=omniglot",
-        "model=conv4",
-        f"data.root={DATA / 'omniglot'}",
-        "model.filters=32",
-        "data.batches_per_epoch=30",
-        "data.meta_batch_size=4",
-        "data.val_episodes=20",
-        "data.test_episodes=40",
     ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"metasgd omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")

@@ -12,7 +12,7 @@ from metaplus.algorithms import Pretrain
 from metaplus.data.episodes import Task
 from metaplus.nn import MLP
 from metaplus.run import build, run
-from metaplus.testing import DATA, QUICK, needs_omniglot
+from metaplus.testing import QUICK, QUICK_OMNIGLOT, needs_omniglot
 
 
 def rand(g, *shape):
@@ -123,19 +123,11 @@ def test_pretraining_on_omniglot_lowers_the_all_classes_loss_and_finetuning_beat
     # all-classes loss falls, each episode starts at chance from a zero head, and fine-tuning learns.
     out = tmp_path / "omniglot"
     overrides = [
-        *QUICK,
+        *QUICK_OMNIGLOT,
         "logger=csv",
         "algo=pretrain",
         "algo.inner_lr=0.4",
         "algo.test_inner_steps=3",
-        "data=omniglot",
-        "model=conv4",
-        f"data.root={DATA / 'omniglot'}",
-        "model.filters=32",
-        "data.batches_per_epoch=30",
-        "data.meta_batch_size=4",
-        "data.val_episodes=20",
-        "data.test_episodes=40",
     ]
     metrics = run(make_config(overrides, output_dir=out))
     rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))

@@ -16,7 +16,14 @@ from metaplus.algorithms.reptile import adam
 from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.run import build
-from metaplus.testing import DATA, QUICK, TinyLinear, needs_omniglot, quadratic_terms, trained_vs_untrained
+from metaplus.testing import (
+    QUICK,
+    QUICK_OMNIGLOT,
+    TinyLinear,
+    needs_omniglot,
+    quadratic_terms,
+    trained_vs_untrained,
+)
 
 
 def random_tasks(count, seed=2, dim=3):
@@ -179,19 +186,11 @@ def test_reptile_improves_adaptation_on_sinusoid(make_config, tmp_path):
 @needs_omniglot
 def test_reptile_improves_adaptation_on_omniglot_5way_1shot(make_config, tmp_path):
     overrides = [
-        *QUICK,
+        *QUICK_OMNIGLOT,
         "algo=reptile",
         "algo.inner_lr=0.1",
         "algo.inner_steps=5",
         "algo.test_inner_steps=3",
-        "data=omniglot",
-        "model=conv4",
-        f"data.root={DATA / 'omniglot'}",
-        "model.filters=32",
-        "data.batches_per_epoch=30",
-        "data.meta_batch_size=4",
-        "data.val_episodes=20",
-        "data.test_episodes=40",
     ]
     trained, untrained = trained_vs_untrained(make_config, tmp_path, overrides, "test/acc")
     print(f"reptile omniglot 5w1s test/acc: trained {trained['test/acc']:.3f}, untrained {untrained:.3f}")
