@@ -50,6 +50,9 @@ for _name in (
 ):
     logging.getLogger(_name).addFilter(_DropLitloggerTip())
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# Lightning warns that the learner's on_before_batch_transfer (reading episode indices while they are on the
+# host) is used although a datamodule was passed: that is what is meant; the datamodule defines no such hook.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but")
 _import_gym_without_its_banner()
 
 

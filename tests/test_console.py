@@ -4,7 +4,7 @@ that says where everything is, and train.log holding what the console showed."""
 from metaplus.devices import cpu_name
 from metaplus.testing import commands
 
-BANNERS = ("Gym has been unmaintained", "litlogger", "LeafSpec")
+BANNERS = ("Gym has been unmaintained", "litlogger", "LeafSpec", "but have passed in a `LightningDataModule`")
 
 
 def test_config_error_is_one_line_and_exit_status_2(tmp_path):
