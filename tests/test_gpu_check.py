@@ -169,6 +169,13 @@ def test_training_ensemble_and_gradient_checks_run_end_to_end_on_the_cpu(tmp_pat
     row = gpu_check.train_row("batched", "32-true", 1, root, tmp_path)
     assert (row["engine"], row["precision"], row["iterations"]) == ("batched", "32-true", 1)
     assert row["iterations_per_s"] > 0 and row["peak_gpu_gb"] == 0 and 0 <= row["gpu_busy_fraction"] <= 1
+    # a run the divergence callback stops (a loss ceiling nothing stays under) is reported as stopped,
+    # not as a KeyError from the timing it never reached
+    tiny.extend(["callbacks.divergence.max_loss=1e-9", "callbacks.divergence.patience=1"])
+    tiny.append("callbacks.divergence.check_every_n_steps=1")
+    with pytest.raises(RuntimeError, match=r"training stopped after 1 of 3 meta-iterations"):
+        gpu_check.train_row("l2l", "32-true", 1, root, tmp_path)
+    del tiny[3:]
 
     ensemble = gpu_check.ensemble_check(root, tmp_path)
     assert ensemble["ensemble_device"] == "cpu"  # the learner the ensemble ran was watched

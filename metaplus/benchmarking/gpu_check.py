@@ -299,10 +299,18 @@ def train_row(engine: str, precision: str, iterations: int, root: str, scratch: 
         def on_train_end(self, trainer, module):
             torch.cuda.synchronize()
             timing["p1"] = time.perf_counter()
-            timing["profiler"].__exit__(None, None, None)
+            if "profiler" in timing:
+                timing["profiler"].__exit__(None, None, None)
 
     parts["trainer"].callbacks.append(Measure())
     parts["trainer"].fit(parts["learner"], datamodule=parts["datamodule"])
+    planned = WARMUP + iterations + PROFILED
+    if "profiler" not in timing or parts["trainer"].global_step < planned:
+        # e.g. the divergence callback stopped a run whose loss blew up: a finding, not a speed figure
+        raise RuntimeError(
+            f"{engine} {precision}: training stopped after {parts['trainer'].global_step} of {planned} "
+            f"meta-iterations, before the timed window ended (the run's warnings above say why)"
+        )
     events = timing["profiler"].key_averages()
     kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
     return {
