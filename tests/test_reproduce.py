@@ -691,3 +691,34 @@ def test_outside_a_checkout_it_stops_before_writing(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=f"{tmp_path} is not one \\(no train.py\\)"):
         cli.main(["--report-only"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_table_says_whether_a_row_matches_the_reference_code(tmp_path):
+    """The column "matches the reference code at equal iterations" comes from the row's parity comparison in
+    parity.json: its verdict and the last compared iteration's difference with CI; rows without one say "–"."""
+    import dataclasses
+    import json
+
+    from metaplus.reproduce.render import parity_cell
+    from metaplus.reproduce.report import parity_record
+
+    difference = {"iteration": 750, "seeds": {"metaplus": 3, "reference": 2}, "difference": -0.004}
+    difference.update(ci_low=-0.021, ci_high=0.013)
+    comparisons = {
+        "ran": {"verdict": {"parity": True}, "difference": [{**difference, "iteration": 250}, difference]},
+        "failed": {"verdict": {"parity": False}, "difference": [{**difference, "ci_high": -0.002}]},
+        "waiting": {"verdict": {"parity": None}, "difference": []},
+    }
+    path = tmp_path / "parity.json"
+    path.write_text(json.dumps({"comparisons": comparisons}))
+    row = registry.ROWS["mamlpp_omniglot_5w1s"]
+    assert row.parity == "mamlpp_omniglot_5w1s"  # the published rows name their comparison
+    cells = {
+        name: parity_cell({"parity": parity_record(dataclasses.replace(row, parity=name), path)})
+        for name in ("ran", "failed", "waiting", "absent")
+    }
+    assert cells["ran"].startswith("yes at 750 iterations, 2 seeds: -0.40 [-2.10, +1.30]")
+    assert cells["failed"].startswith("no at 750 iterations, 2 seeds: -0.40 [-2.10, -0.20]")
+    assert cells["waiting"].startswith("not run yet") and cells["absent"].startswith("not run yet")
+    assert parity_record(dataclasses.replace(row, parity=None), path) is None
+    assert parity_cell({"parity": None}) == "–"

@@ -15,6 +15,7 @@ RUNS = RESULTS / "reproduction"
 JSON_OUT = RESULTS / "reproduction.json"
 DOC_OUT = REPO / "docs" / "reproduction.md"
 CALIBRATION = RUNS / "calibration.json"
+PARITY_JSON = RESULTS / "parity.json"  # written by bench/parity.py --publish
 # The quick group proves the pipeline end to end on every call: its 2-minute runs, table and calibrations
 # live apart from the committed reproduction (which they would otherwise skip as done, or overwrite).
 QUICK_RUNS = REPO / "outputs" / "reproduction-quick"

@@ -48,6 +48,9 @@ class Row:
     # A time-to-accuracy run (TIME_ROWS): the table row it measures, always trained for budget_min minutes.
     time_of: str | None = None
     budget_min: float | None = None
+    # The parity comparison (bench/parity.py, metaplus.benchmarking.parity) that trains this row's setting
+    # beside the authors' or a widely used reference code at equal meta-iterations.
+    parity: str | None = None
 
     @property
     def overrides(self) -> list[str]:

@@ -45,6 +45,21 @@ def row_label(r: dict) -> str:
     )
 
 
+def parity_cell(r: dict) -> str:
+    """The column "matches the reference code at equal iterations" (docs/parity.md has the curves)."""
+    parity = r.get("parity")
+    if parity is None:
+        return "–"
+    if parity["verdict"] is None or "difference" not in parity:
+        return "not run yet ([parity](parity.md))"
+    seeds = f"{parity['seeds']} seed{'s' if parity['seeds'] != 1 else ''}"
+    return (
+        f"{'yes' if parity['verdict'] else 'no'} at {fmt_iterations(parity['iteration'])} iterations, {seeds}: "
+        f"{parity['difference'] * 100:+.2f} [{parity['ci_low'] * 100:+.2f}, {parity['ci_high'] * 100:+.2f}] "
+        "([parity](parity.md))"
+    )
+
+
 def render_markdown(report: dict) -> str:
     paths = report.get("paths") or {
         "runs": relative(locations.RUNS),
@@ -64,11 +79,15 @@ def render_markdown(report: dict) -> str:
         "in brackets). A row is *reproduced* when "
         "ours is within the paper's CI or better (accuracy: at or above paper − CI; MSE: at or below "
         "paper + CI). *Budget* is the training wall-clock budget per seed on this machine and the "
-        "meta-iterations it allowed against the paper's.",
+        "meta-iterations it allowed against the paper's. *Matches the reference code* is the verdict of "
+        "the row's parity comparison (docs/parity.md: metaplus and the reference implementation trained side "
+        "by side on the same data at equal meta-iterations): yes when every 95 % interval of the validation "
+        "accuracy difference contains 0 or favours metaplus; the difference metaplus − reference (points) and its "
+        "interval at the last compared iteration.",
         "",
         "| row | paper | ours ± CI95 | ± std (seeds) | reproduced (gap) | iterations ours / paper | budget | "
-        "derivative order | preset |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "derivative order | preset | matches the reference code at equal iterations |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         metric = "acc" if r["metric"] == "acc" else "mse"
@@ -77,7 +96,7 @@ def render_markdown(report: dict) -> str:
         if r["status"] == "not run":
             out.append(
                 f"| {name} | {paper} | not run | | | – / {fmt_iterations(r['paper_iterations'])} | "
-                f"`{r['command']}` | | {r['preset']} |"
+                f"`{r['command']}` | | {r['preset']} | {parity_cell(r)} |"
             )
             continue
         if r["status"] == "recorded":
@@ -88,7 +107,7 @@ def render_markdown(report: dict) -> str:
                 f"| {name} (orders 0/1/2) | fraction grows with order | P(M=1) {fractions} | 1 seed | "
                 f"{verdict} | {its} / {fmt_iterations(r['paper_iterations'])} | paper budget, "
                 f"[{r['source_results']}](../{r['source_results']}) | {r['derivative_order']} | "
-                f"{r['preset']} |"
+                f"{r['preset']} | {parity_cell(r)} |"
             )
             continue
         ours = fmt_value(r["ours"], metric, r["ours_ci95"])
@@ -124,7 +143,7 @@ def render_markdown(report: dict) -> str:
             budget += f" ({statistics.fmean(minutes):.1f} min trained)"
         out.append(
             f"| {name} | {paper} | {ours} | {std} ({len(r['seeds'])}) | {verdict} | {its} | {budget} | "
-            f"{r['derivative_order']} | {r['preset']} |"
+            f"{r['derivative_order']} | {r['preset']} | {parity_cell(r)} |"
         )
     notes = [f"- {row_label(r)}: {r['note']}" for r in report["rows"] if r.get("note")]
     if notes:

@@ -305,10 +305,38 @@ def target_limits(summaries: dict[str, list[dict]], times: list[dict]) -> list[d
     return out
 
 
+def parity_record(row: Row, parity_json: Path | None = None) -> dict | None:
+    """What the row's parity comparison (bench/parity.py) found at equal meta-iterations: its verdict
+    and the metaplus - reference difference at the last iteration both codes were validated at, with
+    its 95 % CI. None for a row without a comparison; ``verdict`` None while the comparison has not run."""
+    if row.parity is None:
+        return None
+    import json
+
+    path = parity_json or locations.PARITY_JSON
+    comparisons = json.loads(path.read_text())["comparisons"] if path.is_file() else {}
+    found = comparisons.get(row.parity)
+    if found is None:
+        return {"comparison": row.parity, "verdict": None}
+    last = (found.get("difference") or [None])[-1]
+    record: dict[str, Any] = {"comparison": row.parity, "verdict": (found.get("verdict") or {}).get("parity")}
+    if last is not None:
+        record.update(
+            iteration=last["iteration"],
+            seeds=min(last["seeds"].values()),
+            difference=last["difference"],
+            ci_low=last["ci_low"],
+            ci_high=last["ci_high"],
+        )
+    return record
+
+
 def build_report(rows: Iterable[Row], root: Path = locations.RUNS) -> dict:
     rows = list(rows)
     summaries = {row.name: load_summaries(row, root) for row in rows}
     records = {row.name: row_record(row, summaries[row.name], root) for row in rows}
+    for row in rows:
+        records[row.name]["parity"] = parity_record(row)
     # time to accuracy of the table's rows only (a small table, such as the quick group's, stays small)
     named = {row.name for row in rows}
     all_summaries = {
