@@ -146,8 +146,8 @@ COMPARISONS = {
                 "tasks per iteration and tests on 32 random tasks; the harness evaluates both codes on the "
                 "same fixed episodes instead (--val-episodes / --test-episodes).",
                 "Driver: metaplus/benchmarking/reference_l2l.py. Smoke run only so far (4 iterations, "
-                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared); the "
-                "target size has not run yet.",
+                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet.",
             ),
         ),
         Comparison(
@@ -170,9 +170,9 @@ COMPARISONS = {
                 "OmniglotNShot episodes from an omniglot.npy the harness writes from the shared archives "
                 "(metaplus's pixels); the first 1,200 characters train both codes, the other 423 (its test "
                 "set; it has no validation set) give the fixed validation and test episodes of both.",
-                "Driver: metaplus/benchmarking/reference_dragen.py. Smoke run only so far (4 iterations, "
-                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared); the "
-                "target size has not run yet.",
+                "Driver: metaplus/benchmarking/reference_dragen.py. Smoke run only so far (4 iterations, then resumed to 6, "
+                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet.",
             ),
         ),
     ]
@@ -662,10 +662,10 @@ class MamlppDriver:
     def batch(self, iteration: int):
         return self.layout(training_batch(self.datamodule, iteration))
 
-    def train_step(self, data, iteration: int) -> float:
+    def train_step(self, data, iteration: int):
         with contextlib.redirect_stdout(sys.stderr):
             losses, _ = self.model.run_train_iter(data_batch=data, epoch=iteration / self.args.total_iter_per_epoch)
-        return float(losses["loss"])
+        return losses["loss"]  # a tensor: read only when printed, as before
 
     def evaluate(self, batch) -> list[tuple[float, Any]]:
         data = self.layout(batch)
@@ -684,7 +684,7 @@ class MamlppDriver:
 def reference_driver(comparison: Comparison, code: Path, spec: dict, cfg, datamodule):
     """The comparison's reference code, built for one seed: an object with ``batch(iteration)`` (the
     training meta-batch it trains on), ``train_step(batch, iteration)`` (one meta-iteration of its own
-    code; the loss), ``evaluate(batch of episodes)`` ([(accuracy, logits or None)] per episode),
+    code; its loss, a number or tensor), ``evaluate(batch of episodes)`` ([(accuracy, logits or None)] per episode),
     ``state()`` / ``load(state)``, ``keep`` (checkpoints kept: its ensemble's size, 1 = the best only)
     and ``ensemble_rule``."""
     if comparison.driver == "l2l":
@@ -750,6 +750,7 @@ def reference_child(spec_path: Path) -> None:
             write_json(folder / f"val-{t + 1:06d}.json", {"iteration": t + 1, "episodes": accuracies})
             keep_top_checkpoints(run / "checkpoints", t + 1, _mean(accuracies), driver.state(), driver.keep)
             save_atomic({**driver.state(), "iteration": t + 1}, latest)
+            loss = float(torch.as_tensor(loss).detach())
             print(f"iteration {t + 1}: loss {loss:.4f}, val acc {_mean(accuracies):.4f}", file=sys.stderr, flush=True)
     if walls:
         write_json(folder / f"timing-{start:06d}.json", timing_summary(walls, cpus))
