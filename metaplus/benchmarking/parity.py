@@ -6,6 +6,12 @@ meta-iterations, on the same data with the same settings, validated on the same 
     python bench/parity.py --comparison mamlpp_omniglot_5w1s --iterations 2000 --eval-every 250 --seeds 3 \
         --out outputs/parity --publish          # rerun with a larger --iterations to continue every run
     python bench/parity.py --comparison mamlpp_omniglot_5w1s --out outputs/parity --report-only --publish
+    git clone https://github.com/learnables/learn2learn $REFS/learn2learn          # METAPLUS_L2L_REFERENCE
+    python bench/parity.py --comparison maml_miniimagenet_l2l --iterations 1000 --eval-every 250 --seeds 1 \
+        --meta-batch 4 --out outputs/parity     # or its meta-batch 32 (no --meta-batch) for >= 200 iterations
+    git clone https://github.com/dragen1860/MAML-Pytorch $REFS/dragen               # METAPLUS_DRAGEN_MAML_REFERENCE
+    python bench/parity.py --comparison maml_omniglot_dragen --iterations 2000 --eval-every 250 --seeds 3 \
+        --out outputs/parity
 
 One row per comparison (``COMPARISONS``). For each (code, seed) a run directory
 ``<out>/<comparison>/<code>/seed<k>/`` keeps its checkpoints and curve; a rerun with a larger
@@ -35,6 +41,13 @@ How the MAML++ comparisons are made equal (``mamlpp_*``):
   of the softmax probabilities).
 * Cost: seconds per meta-iteration (wall and CPU, the first of each process dropped) and peak RSS of
   each code's process, measured in these same runs, with the same ``--threads``.
+
+The two MAML comparisons (``maml_*``) drive their reference through a module each, which says what
+it takes from the reference and what it adapts: reference_l2l.py (learn2learn's example: fed
+metaplus's training episodes, like MAML++) and reference_dragen.py (dragen1860/MAML-Pytorch: trained on
+its own sampler from an omniglot.npy the harness writes, metaplus reading the same class split). Both
+run under ``reference_child``'s one loop (``reference_driver``); their settings are read from the
+reference's files and checked the same way; ``--meta-batch`` runs both codes at a smaller meta-batch.
 
 Statistics (``difference_ci``): at each evaluated iteration the difference metaplus - reference of the
 mean validation accuracy, with a 95 % normal interval whose variance adds the episode part (the
