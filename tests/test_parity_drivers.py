@@ -316,3 +316,32 @@ def test_every_comparison_has_a_driver_and_its_differences():
         assert comparison.driver in ("mamlpp", "l2l", "dragen")
         assert parity.KNOWN_DIFFERENCES[comparison.driver]
     assert json.dumps(parity.pending_record(parity.COMPARISONS["maml_omniglot_dragen"]))
+
+
+def test_every_metaplus_conv4_parameter_has_its_twin_in_the_examples_model():
+    """The same-weights check copies metaplus's Conv-4 (the l2l comparison's settings) into the example's
+    MiniImagenetCNN: every parameter must map onto one of the same shape, and all of them be covered."""
+    import learn2learn as l2l
+
+    from metaplus.nn.init_from import build_backbone
+
+    comparison = parity.COMPARISONS["maml_miniimagenet_l2l"]
+    cfg = compose_config([*comparison.pair, *parity.driver_overrides(comparison)])
+    ours = {f"backbone.{n}": p.shape for n, p in build_backbone(cfg.model).named_parameters()}
+    theirs = {n: p.shape for n, p in l2l.vision.models.MiniImagenetCNN(5).named_parameters()}
+    mapped = {reference_l2l.reference_parameter(n): shape for n, shape in ours.items()}
+    assert mapped == theirs
+    with pytest.raises(KeyError, match="backbone.blocks.0.other"):
+        reference_l2l.reference_parameter("backbone.blocks.0.other")
+
+
+def test_gradients_that_are_zero_by_construction_are_compared_with_the_largest():
+    gradients = parity.compare_gradients(
+        [
+            ("w", torch.tensor([1.0, -2.0]), torch.tensor([1.0, -2.1])),
+            ("bias", torch.tensor([1e-9]), torch.tensor([-1e-9])),  # rounding noise around an exact zero
+        ]
+    )
+    assert gradients["w"]["relative_difference"] == pytest.approx(0.1 / 2.1)
+    assert gradients["bias"]["zero_by_construction"]
+    assert gradients["bias"]["relative_difference"] == pytest.approx(2e-9 / 2.1)

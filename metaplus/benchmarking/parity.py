@@ -73,6 +73,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ DOC = REPO / "docs" / "parity.md"
 DEFAULT_OUT = REPO / "outputs" / "parity"
 CODES = ("metaplus", "reference")
 META_BATCH_DRIVERS = ("l2l", "dragen")  # comparisons whose two codes may both run at a smaller meta-batch
+STEP_CHECK_DRIVERS = ("mamlpp", "l2l", "dragen")  # comparisons with a same-weights one-step check (step_check)
 Z95 = 1.96
 
 
@@ -160,7 +162,9 @@ COMPARISONS = {
                 "same fixed episodes instead (--val-episodes / --test-episodes).",
                 "Driver: metaplus/benchmarking/reference_l2l.py. Smoke run only so far (4 iterations, "
                 "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
-                "bench/results/parity_smoke_drivers.md); the target size has not run yet.",
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet. Its same-weights "
+                "one-step check (metaplus's initial weights copied into the reference, meta-batch 2): "
+                "meta-loss, every meta-gradient and the adapted validation losses of the two codes were identical.",
             ),
         ),
         Comparison(
@@ -185,7 +189,10 @@ COMPARISONS = {
                 "set; it has no validation set) give the fixed validation and test episodes of both.",
                 "Driver: metaplus/benchmarking/reference_dragen.py. Smoke run only so far (4 iterations, then resumed to 6, "
                 "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
-                "bench/results/parity_smoke_drivers.md); the target size has not run yet.",
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet. Its same-weights "
+                "one-step check (metaplus's initial weights copied into the reference, meta-batch 2): "
+                "every meta-gradient and the training query accuracy of the two codes were identical, the "
+                "validation accuracies equal to 1e-8.",
             ),
         ),
     ]
@@ -274,7 +281,9 @@ KNOWN_DIFFERENCES = {
         "sampler): the same distribution, not the same episodes.",
         "seeds: omniglot_train.py seeds torch and numpy with 222 in every run; the harness seeds both with k.",
         "first order: Meta.forward takes the inner gradients without create_graph, so its meta-gradient is "
-        "first order although the code is called MAML; metaplus runs algo.first_order=true to match.",
+        "first order although the code is called MAML; metaplus runs algo.first_order=true to match (the "
+        "same-weights check: identical meta-gradients so; with algo.first_order=false the largest difference "
+        "was 3.7e4 times that gradient's size, block 0's conv bias).",
         "BN running statistics: its Learner updates running statistics in every forward pass (bn_training=True "
         "always, finetunning on a deep copy), never used to normalise; metaplus (bn_stats=batch) keeps none.",
         "outer loss: the reference backpropagates the mean of the meta-batch's last-step query losses once "
@@ -879,6 +888,49 @@ def reference_parameter(name: str) -> tuple[str, int | None]:
     raise KeyError(f"no reference parameter for metaplus's {name}")
 
 
+def metaplus_meta_gradient(learner, cfg, batch, metrics: bool = False) -> list:
+    """metaplus's meta-gradient of one meta-batch left in ``.grad`` (per-task accumulation, as in
+    training), outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain
+    backward. Returns the tasks' losses (with ``metrics``: their (loss, metric) pairs)."""
+    import lightning as L
+
+    learner.trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    learner.manual_backward = lambda loss: loss.backward()
+    learner.train()
+    learner.zero_grad()
+    results = [learner.accumulate_task(batch[b], 1.0 / len(batch)) for b in range(len(batch))]
+    return results if metrics else [loss for loss, _ in results]
+
+
+def compare_gradients(pairs) -> dict[str, dict[str, Any]]:
+    """``[(name, metaplus's gradient, the reference's)]`` -> per parameter the largest differences, each
+    relative to that gradient's size, except where both codes give rounding noise around an exact zero
+    (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
+    and neither has its learned rate): those are compared against the largest gradient of all."""
+    gradients = {
+        name: {
+            "max_abs_difference": float((ours - theirs).abs().max()),
+            "max_abs_reference": float(theirs.abs().max()),
+            "max_abs_metaplus": float(ours.abs().max()),
+        }
+        for name, ours, theirs in pairs
+    }
+    largest = max(g["max_abs_reference"] for g in gradients.values())
+    for g in gradients.values():
+        g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
+        g["relative_difference"] = g["max_abs_difference"] / (
+            largest if g["zero_by_construction"] else g["max_abs_reference"]
+        )
+    return gradients
+
+
 def step_check(comparison: Comparison, code: Path, overrides: list[str], threads: int) -> dict[str, Any]:
     """Both codes from the SAME weights (metaplus's initialisation copied into the reference) on the same
     first training meta-batch and first validation episodes: the meta-loss, every meta-gradient (the
@@ -887,7 +939,7 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     differences of the algorithms' arithmetic."""
     from metaplus.benchmarking import reference_mamlpp as ref
 
-    ref.load_reference(code, threads)
+    load_reference_code(comparison, code, threads)
     import torch
 
     from metaplus.compose import compose_config as compose
@@ -896,6 +948,9 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
 
     cfg = compose([o for o in overrides if not o.startswith(("hydra.", "+callbacks.parity"))])
     datamodule = instantiate_group(cfg.data, "data")
+    if comparison.driver in ("l2l", "dragen"):
+        module = import_module(f"metaplus.benchmarking.reference_{comparison.driver}")
+        return module.same_weights_step(code, cfg, datamodule)
     torch.manual_seed(0)
     learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=datamodule.task)
     model = ref.build_model(ref.released_args(code, comparison.reference_config))
@@ -919,38 +974,13 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     with contextlib.redirect_stdout(sys.stderr):
         their_losses, _ = model.train_forward_prop(data_batch=tensors(batch), epoch=0)
     their_losses["loss"].backward()
-    # Outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain backward.
-    import lightning as L
-
-    learner.trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
+    our_losses = metaplus_meta_gradient(learner, cfg, batch)
+    gradients = compare_gradients(
+        [
+            (name, param.grad, target.grad[: param.shape[0]] if target.shape != param.shape else target.grad)
+            for name, param, target in pairs
+        ]
     )
-    learner.manual_backward = lambda loss: loss.backward()
-    learner.train()
-    learner.zero_grad()
-    our_losses = [learner.accumulate_task(batch[b], 1.0 / len(batch))[0] for b in range(len(batch))]
-    gradients = {}
-    for name, param, target in pairs:
-        mine = target.grad[: param.shape[0]] if target.shape != param.shape else target.grad
-        gradients[name] = {
-            "max_abs_difference": float((param.grad - mine).abs().max()),
-            "max_abs_reference": float(mine.abs().max()),
-            "max_abs_metaplus": float(param.grad.abs().max()),
-        }
-    # Relative to each gradient's size, except where both codes give rounding noise around an exact zero
-    # (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
-    # and neither has its learned rate): those are compared against the largest gradient of all.
-    largest = max(g["max_abs_reference"] for g in gradients.values())
-    for g in gradients.values():
-        g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
-        g["relative_difference"] = g["max_abs_difference"] / (
-            largest if g["zero_by_construction"] else g["max_abs_reference"]
-        )
     val = next(iter(datamodule.val_dataloader()))
     their_logits = ref.episode_predictions(
         model, ref.reference_layout(val.support_x, val.support_y, val.query_x, val.query_y, ways)
@@ -1349,7 +1379,31 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
             "",
         ]
         check = r.get("same_weights_step")
-        if check:
+        if check and "max_abs_loss_difference_evaluation" in check:
+            loss = check["meta_loss"]
+            lines += [
+                f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                f"meta-batch of {check['episodes']['train']} tasks): meta-loss {loss['metaplus']:.7f} (metaplus) vs "
+                f"{loss['reference']:.7f} (reference); largest meta-gradient difference "
+                f"{check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                f"(`{check['worst_parameter']}`; gradients zero by construction, conv biases before batch norm, "
+                f"compared with the largest gradient); adapted query losses on {check['episodes']['val']} "
+                f"validation episodes differ by at most {check['max_abs_loss_difference_evaluation']:.1e}.",
+                "",
+            ]
+        elif check and "max_abs_accuracy_difference_evaluation" in check:
+            acc = check["train_query_accuracy_last_step"]
+            lines += [
+                f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                f"meta-batch of {check['episodes']['train']} tasks): last-step query accuracy "
+                f"{acc['metaplus'] * 100:.2f} % (metaplus) vs {acc['reference'] * 100:.2f} % (reference); largest "
+                f"meta-gradient difference {check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                f"(`{check['worst_parameter']}`); accuracies after the evaluation's inner steps on "
+                f"{check['episodes']['val']} validation episodes differ by at most "
+                f"{check['max_abs_accuracy_difference_evaluation'] * 100:.2f} points.",
+                "",
+            ]
+        elif check:
             loss = check["meta_loss"]
             lines += [
                 f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
@@ -1590,7 +1644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_table(comparison, cfg, code, a.meta_batch)
     check_settings(settings, comparison)
     check_file = out / comparison.name / "step_check.json"
-    if not a.report_only and comparison.driver == "mamlpp" and (a.step_check or not check_file.is_file()):
+    if not a.report_only and comparison.driver in STEP_CHECK_DRIVERS and (a.step_check or not check_file.is_file()):
         from metaplus.reproduce.runner import run_env
 
         spec = check_file.with_name("step_check_spec.json")

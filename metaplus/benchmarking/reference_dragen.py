@@ -318,3 +318,74 @@ class DragenDriver:
         self.db.datasets_cache["train"] = self.db.load_data_cache(self.db.datasets["train"])
         self.db.indexes["train"] = state["cache_index"]
         np.random.set_state(rng(state["rng"]))
+
+
+def reference_index(name: str, blocks: int = 4) -> int:
+    """The position in the reference's ``net.vars`` (conv weight, conv bias, BN weight, BN bias per block,
+    then the linear weight and bias, as its Learner builds them from config) of a metaplus StridedConv4
+    parameter."""
+    import re
+
+    block = re.fullmatch(r"backbone\.blocks\.(\d+)\.(conv|norm)\.(weight|bias)", name)
+    if block:
+        i, layer, kind = int(block[1]), block[2], block[3]
+        return 4 * i + (0 if layer == "conv" else 2) + (0 if kind == "weight" else 1)
+    head = re.fullmatch(r"backbone\.head\.(weight|bias)", name)
+    if head:
+        return 4 * blocks + (0 if head[1] == "weight" else 1)
+    raise KeyError(f"no parameter of the reference's Learner for metaplus's {name}")
+
+
+def same_weights_step(code: Path, cfg, datamodule) -> dict:
+    """Both codes from the SAME weights (metaplus's initialisation copied into the reference's Learner) on
+    metaplus's first training meta-batch: every meta-gradient (Meta.forward with its optimizer's step
+    made a no-op for this check, so that its gradients stay readable; metaplus's per-task accumulation),
+    the last step's query accuracy of training, and the accuracy after its finetunning and after
+    metaplus's evaluation on the first validation episodes."""
+    import torch
+
+    from metaplus.benchmarking.parity import compare_gradients, metaplus_meta_gradient, training_batch
+    from metaplus.config import instantiate_group
+    from metaplus.nn.init_from import build_backbone
+
+    spec = {"seed": 0, "data_root": str(cfg.data.root), "meta_batch": cfg.data.meta_batch_size}
+    meta = DragenDriver(code, spec, cfg, datamodule).meta
+    torch.manual_seed(0)
+    learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=datamodule.task)
+    theirs = list(meta.net.parameters())
+    pairs = []
+    with torch.no_grad():
+        for name, param in learner.named_parameters():
+            target = theirs[reference_index(name, cfg.model.blocks)]
+            target.copy_(param)
+            pairs.append((name, param, target))
+    if len(pairs) != len(theirs):
+        raise ValueError(f"metaplus has {len(pairs)} parameters, the reference's Learner {len(theirs)}")
+    batch = training_batch(datamodule, 0)
+    meta.meta_optim.step = lambda: None  # keep the weights (and their gradients) as they are
+    their_accs = meta(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    our_results = metaplus_meta_gradient(learner, cfg, batch, metrics=True)
+    our_losses = [loss for loss, _ in our_results]
+    gradients = compare_gradients([(name, param.grad, target.grad) for name, param, target in pairs])
+    val = next(iter(datamodule.val_dataloader()))
+    gaps = []
+    learner.eval()
+    for b in range(len(val)):
+        task = val[b]
+        theirs_acc = float(meta.finetunning(task.support_x, task.support_y, task.query_x, task.query_y)[-1])
+        ours = learner.adapted_prediction(task, learner.test_inner_steps)
+        gaps.append(abs(float((ours.argmax(1) == task.query_y).float().mean()) - theirs_acc))
+    worst = max(gradients, key=lambda n: gradients[n]["relative_difference"])
+    return {  # Meta.forward returns query accuracies, not its loss: the losses are metaplus's only
+        "meta_loss": {"metaplus": float(torch.stack(our_losses).mean())},
+        "train_query_accuracy_last_step": {
+            "metaplus": float(torch.stack([m for _, m in our_results]).mean()),
+            "reference": float(their_accs[-1]),
+        },
+        "max_relative_gradient_difference": gradients[worst]["relative_difference"],
+        "worst_parameter": worst,
+        "zero_by_construction": sorted(n for n, g in gradients.items() if g["zero_by_construction"]),
+        "gradients": gradients,
+        "max_abs_accuracy_difference_evaluation": max(gaps),
+        "episodes": {"train": len(batch), "val": len(val)},
+    }

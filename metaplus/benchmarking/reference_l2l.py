@@ -194,8 +194,9 @@ class ExampleDriver:
             raise ValueError(f"metaplus's meta-batch has {len(batch)} tasks, the example's {self.meta_batch}")
         return batch
 
-    def train_step(self, batch, iteration: int) -> float:
-        # main()'s loop body, without its meta-validation on random tasks (printed only)
+    def meta_gradient(self, batch) -> float:
+        """main()'s loop body up to its optimizer step (without its meta-validation on random tasks,
+        printed only): the meta-gradient in ``.grad``; the mean meta-training error."""
         self.opt.zero_grad()
         meta_train_error = 0.0
         for b in range(len(batch)):
@@ -207,8 +208,12 @@ class ExampleDriver:
             meta_train_error += evaluation_error.item()
         for p in self.maml.parameters():
             p.grad.data.mul_(1.0 / len(batch))
-        self.opt.step()
         return meta_train_error / len(batch)
+
+    def train_step(self, batch, iteration: int) -> float:
+        error = self.meta_gradient(batch)
+        self.opt.step()
+        return error
 
     def evaluate(self, batch) -> list[tuple[float, None]]:
         scores = []
@@ -226,3 +231,68 @@ class ExampleDriver:
     def load(self, state: dict) -> None:
         self.model.load_state_dict(state["network"])
         self.opt.load_state_dict(state["optimizer"])
+
+
+def reference_parameter(name: str) -> str:
+    """The example's model's name of a metaplus Conv-4 parameter (MiniImagenetCNN = CNN4: features.<i>
+    are its conv blocks, each .conv and .normalize; classifier is the head)."""
+    import re
+
+    for pattern, replacement in (
+        (r"backbone\.blocks\.(\d+)\.conv\.(weight|bias)", r"features.\1.conv.\2"),
+        (r"backbone\.blocks\.(\d+)\.norm\.(weight|bias)", r"features.\1.normalize.\2"),
+        (r"backbone\.head\.(weight|bias)", r"classifier.\1"),
+    ):
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise KeyError(f"no parameter of the example's model for metaplus's {name}")
+
+
+def same_weights_step(code: Path, cfg, datamodule) -> dict:
+    """Both codes from the SAME weights (metaplus's initialisation copied into the example's
+    MiniImagenetCNN, which removes the BN-weight initialisation difference) on the first training
+    meta-batch: the meta-loss and every meta-gradient (the example's loop body before its optimizer
+    step; metaplus's per-task accumulation), and the adapted query losses of its fast_adapt and of
+    metaplus's evaluation on the first validation episodes."""
+    import torch
+    import torch.nn.functional as F
+
+    from metaplus.benchmarking.parity import compare_gradients, metaplus_meta_gradient, training_batch
+    from metaplus.config import instantiate_group
+    from metaplus.nn.init_from import build_backbone
+
+    driver = ExampleDriver(code, {"seed": 0, "meta_batch": cfg.data.meta_batch_size}, cfg, datamodule)
+    torch.manual_seed(0)
+    learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=datamodule.task)
+    theirs = dict(driver.model.named_parameters())
+    pairs = []
+    with torch.no_grad():
+        for name, param in learner.named_parameters():
+            target = theirs[reference_parameter(name)]
+            target.copy_(param)
+            pairs.append((name, param, target))
+    if len(pairs) != len(theirs):
+        raise ValueError(f"metaplus has {len(pairs)} parameters, the example's model {len(theirs)}")
+    batch = training_batch(datamodule, 0)
+    their_error = driver.meta_gradient(batch)
+    our_losses = metaplus_meta_gradient(learner, cfg, batch)
+    gradients = compare_gradients([(name, param.grad, target.grad) for name, param, target in pairs])
+    val = next(iter(datamodule.val_dataloader()))
+    gaps = []
+    learner.eval()
+    for b in range(len(val)):
+        error, _ = driver.example.fast_adapt(
+            example_batch(val[b]), driver.maml.clone(), driver.loss, driver.steps, driver.shots, driver.ways, "cpu"
+        )
+        ours = F.cross_entropy(learner.adapted_prediction(val[b], learner.test_inner_steps), val[b].query_y)
+        gaps.append(abs(float(ours.detach()) - float(error.detach())))
+    worst = max(gradients, key=lambda n: gradients[n]["relative_difference"])
+    return {
+        "meta_loss": {"metaplus": float(torch.stack(our_losses).mean()), "reference": their_error},
+        "max_relative_gradient_difference": gradients[worst]["relative_difference"],
+        "worst_parameter": worst,
+        "zero_by_construction": sorted(n for n, g in gradients.items() if g["zero_by_construction"]),
+        "gradients": gradients,
+        "max_abs_loss_difference_evaluation": max(gaps),
+        "episodes": {"train": len(batch), "val": len(val)},
+    }
