@@ -345,3 +345,25 @@ def test_gradients_that_are_zero_by_construction_are_compared_with_the_largest()
     assert gradients["w"]["relative_difference"] == pytest.approx(0.1 / 2.1)
     assert gradients["bias"]["zero_by_construction"]
     assert gradients["bias"]["relative_difference"] == pytest.approx(2e-9 / 2.1)
+
+
+def test_every_strided_conv4_parameter_has_its_place_in_the_references_vars(tmp_path):
+    """The same-weights check copies StridedConv4 into the reference's Learner.vars, whose order and
+    shapes follow its config (conv weight and bias, BN weight and bias per block, then the linear layer)."""
+    from metaplus.nn.init_from import build_backbone
+
+    code = fake_dragen(tmp_path / "dragen")
+    config = reference_dragen.network_config(code, reference_dragen.reference_args(code))
+    shapes = []
+    for name, p in config:
+        if name == "conv2d":
+            shapes += [tuple(p[:4]), (p[0],)]
+        elif name == "bn":
+            shapes += [(p[0],), (p[0],)]
+        elif name == "linear":
+            shapes += [tuple(p), (p[0],)]
+    comparison = parity.COMPARISONS["maml_omniglot_dragen"]
+    cfg = compose_config([*comparison.pair, *parity.driver_overrides(comparison)])
+    ours = {f"backbone.{n}": tuple(p.shape) for n, p in build_backbone(cfg.model).named_parameters()}
+    placed = {reference_dragen.reference_index(n): shape for n, shape in ours.items()}
+    assert sorted(placed) == list(range(len(shapes))) and [placed[i] for i in range(len(shapes))] == shapes
