@@ -16,6 +16,7 @@ from metaplus.testing import QUICK, shared_data_dir
 COMPANIONS = {
     ("model", "conv4"): ["data=omniglot"],
     ("model", "resnet12"): ["data=omniglot"],
+    ("model", "strided_conv4"): ["data=omniglot"],
     ("trainer", "ddp"): ["data.meta_batch_size=24"],
 }
 NEEDS_SHARED_DATA = {"omniglot", "miniimagenet"}

@@ -6,6 +6,12 @@ meta-iterations, on the same data with the same settings, validated on the same 
     python bench/parity.py --comparison mamlpp_omniglot_5w1s --iterations 2000 --eval-every 250 --seeds 3 \
         --out outputs/parity --publish          # rerun with a larger --iterations to continue every run
     python bench/parity.py --comparison mamlpp_omniglot_5w1s --out outputs/parity --report-only --publish
+    git clone https://github.com/learnables/learn2learn $REFS/learn2learn          # METAPLUS_L2L_REFERENCE
+    python bench/parity.py --comparison maml_miniimagenet_l2l --iterations 1000 --eval-every 250 --seeds 1 \
+        --meta-batch 4 --out outputs/parity     # or its meta-batch 32 (no --meta-batch) for >= 200 iterations
+    git clone https://github.com/dragen1860/MAML-Pytorch $REFS/dragen               # METAPLUS_DRAGEN_MAML_REFERENCE
+    python bench/parity.py --comparison maml_omniglot_dragen --iterations 2000 --eval-every 250 --seeds 3 \
+        --out outputs/parity
 
 One row per comparison (``COMPARISONS``). For each (code, seed) a run directory
 ``<out>/<comparison>/<code>/seed<k>/`` keeps its checkpoints and curve; a rerun with a larger
@@ -36,6 +42,13 @@ How the MAML++ comparisons are made equal (``mamlpp_*``):
 * Cost: seconds per meta-iteration (wall and CPU, the first of each process dropped) and peak RSS of
   each code's process, measured in these same runs, with the same ``--threads``.
 
+The two MAML comparisons (``maml_*``) drive their reference through a module each, which says what
+it takes from the reference and what it adapts: reference_l2l.py (learn2learn's example: fed
+metaplus's training episodes, like MAML++) and reference_dragen.py (dragen1860/MAML-Pytorch: trained on
+its own sampler from an omniglot.npy the harness writes, metaplus reading the same class split). Both
+run under ``reference_child``'s one loop (``reference_driver``); their settings are read from the
+reference's files and checked the same way; ``--meta-batch`` runs both codes at a smaller meta-batch.
+
 Statistics (``difference_ci``): at each evaluated iteration the difference metaplus - reference of the
 mean validation accuracy, with a 95 % normal interval whose variance adds the episode part (the
 per-episode paired differences of the seed-averaged accuracies, both codes scoring the same episodes)
@@ -60,6 +73,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +85,8 @@ RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "parity.md"
 DEFAULT_OUT = REPO / "outputs" / "parity"
 CODES = ("metaplus", "reference")
+META_BATCH_DRIVERS = ("l2l", "dragen")  # comparisons whose two codes may both run at a smaller meta-batch
+STEP_CHECK_DRIVERS = ("mamlpp", "l2l", "dragen")  # comparisons with a same-weights one-step check (step_check)
 Z95 = 1.96
 
 
@@ -84,6 +100,7 @@ class Comparison:
     marker: str  # a file that proves the directory holds that code
     pair: tuple[str, ...]  # metaplus's preset pair (+ row) for this comparison
     reference_config: str | None = None  # the released config the reference runs
+    driver_commit: str | None = None  # the reference commit the driver was written and smoke-run against
     omniglot_split: bool = False  # metaplus reads the reference's own Omniglot class split
     driver: str | None = None  # how the reference is run; None: not built yet
     target: str = ""  # the issue's size for the full comparison
@@ -126,40 +143,56 @@ COMPARISONS = {
         Comparison(
             "maml_miniimagenet_l2l",
             "MAML mini-ImageNet against learn2learn's example (its defaults: 5-way 5-shot)",
-            "learn2learn examples/vision/maml_miniimagenet.py (commit db5cee3)",
+            "learn2learn examples/vision/maml_miniimagenet.py",
             "https://github.com/learnables/learn2learn",
             "METAPLUS_L2L_REFERENCE",
             "examples/vision/maml_miniimagenet.py",
             ("algo=maml", "data=miniimagenet"),
+            driver="l2l",
+            driver_commit="db5cee3",
             target="its defaults (meta-batch 32) for >= 200 iterations, or both at a smaller meta-batch "
-            "for >= 1,000, stated",
+            "(--meta-batch) for >= 1,000, stated",
             full=(200, 50, 1),
             notes=(
-                "driver not built yet: the example is a script whose main() reads l2l.vision's "
-                "mini-ImageNet pickles through get_tasksets(root='~/data'); its data loading must be "
-                "pointed at our folder. Its defaults are not metaplus's maml_miniimagenet preset: "
-                "5-way 5-shot, 5 queries per class (2*shots samples split alternately), inner lr 0.5, "
-                "1 inner step in training and test, Adam 0.003, meta-batch 32, MiniImagenetCNN (32 "
-                "filters), 60,000 iterations, validation on 32 random tasks per iteration and a final "
-                "test on 32 random tasks (not 600 fixed)",
+                "The example's main() defaults, read from its signature: 5-way 5-shot, 5 query images per "
+                "class (2*shots images split in halves), 1 adaptation step in training and evaluation, inner "
+                "lr 0.5, second order, Adam 0.003 (constant), meta-batch 32, MiniImagenetCNN (CNN4: 64 "
+                "filters, Xavier init, BN weights U(0, 1)), 60,000 iterations. It validates on 32 random "
+                "tasks per iteration and tests on 32 random tasks; the harness evaluates both codes on the "
+                "same fixed episodes instead (--val-episodes / --test-episodes).",
+                "Driver: metaplus/benchmarking/reference_l2l.py. Smoke run only so far (4 iterations, "
+                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet. Its same-weights "
+                "one-step check (metaplus's initial weights copied into the reference, meta-batch 2): "
+                "meta-loss, every meta-gradient and the adapted validation losses of the two codes were identical.",
             ),
         ),
         Comparison(
             "maml_omniglot_dragen",
             "MAML Omniglot 5-way 1-shot against dragen1860/MAML-Pytorch",
-            "dragen1860/MAML-Pytorch (commit 98a00d4, 2019-05-16)",
+            "dragen1860/MAML-Pytorch omniglot_train.py",
             "https://github.com/dragen1860/MAML-Pytorch",
             "METAPLUS_DRAGEN_MAML_REFERENCE",
             "omniglot_train.py",
             ("algo=maml", "data=omniglot"),
+            driver="dragen",
+            driver_commit="98a00d4",
             target=">= 2,000 meta-iterations, 3 seeds",
             notes=(
-                "driver not built yet, and metaplus lacks its backbone: its Conv-4 has strided 3x3 "
-                "convolutions (stride 2, no padding, the last 2x2) and no max-pool, ReLU before BN; "
-                "metaplus's Conv-4 is padded conv + BN + ReLU + 2x2 max-pool. Its OmniglotNShot reads its "
-                "own omniglot.npy: the first 1,200 characters train, the other 423 test, no validation "
-                "set, images x/255 not inverted; inner lr 0.4, 5 inner steps (10 at test), 15 queries, "
-                "meta-batch 32, Adam 1e-3, test every 500 steps on 1,000 random test tasks",
+                "Its omniglot_train.py defaults (read from its argparse calls): 5-way 1-shot, 15 queries, "
+                "meta-batch 32, 5 inner steps of 0.4 (10 at test), Adam 1e-3, 40,000 steps; its strided "
+                "Conv-4 (3x3 stride-2 unpadded convs, the last 2x2, ReLU before BN, no max-pool), which "
+                "metaplus runs as model=strided_conv4. Its meta-gradient is first order (inner gradients "
+                "without create_graph): metaplus runs algo.first_order=true. It trains on its own "
+                "OmniglotNShot episodes from an omniglot.npy the harness writes from the shared archives "
+                "(metaplus's pixels); the first 1,200 characters train both codes, the other 423 (its test "
+                "set; it has no validation set) give the fixed validation and test episodes of both.",
+                "Driver: metaplus/benchmarking/reference_dragen.py. Smoke run only so far (4 iterations, then resumed to 6, "
+                "meta-batch 2, 4 episodes, 1 thread: both codes trained, were evaluated and compared; "
+                "bench/results/parity_smoke_drivers.md); the target size has not run yet. Its same-weights "
+                "one-step check (metaplus's initial weights copied into the reference, meta-batch 2): "
+                "every meta-gradient and the training query accuracy of the two codes were identical, the "
+                "validation accuracies equal to 1e-8.",
             ),
         ),
     ]
@@ -203,6 +236,60 @@ KNOWN_DIFFERENCES = {
         "outer learning-rate schedule: both cosine-anneal per epoch over 100 epochs (reference: "
         "CosineAnnealingLR.step(epoch=int(iteration / 500)) at every iteration; metaplus: LambdaLR stepped "
         "at each epoch end): the same rate in every iteration.",
+    ],
+    "l2l": [
+        "harness: data. The example reads learn2learn's mini-ImageNet pickles through get_tasksets (pixels as "
+        "raw 0-255 floats, not normalised; tasks drawn with Python's random); the harness feeds it metaplus's "
+        "episodes from the same folder metaplus reads (ImageNet mean/std normalised): training meta-batch t "
+        "of seed k is the same episodes for both codes. (The pixel scale matters little: the first "
+        "convolution is followed by batch norm with batch statistics, which removes a per-channel scale "
+        "and shift of its output; ImageNet's three stds differ by under 2 %.)",
+        "harness: evaluation. The example 'meta-validates' on 32 random validation tasks at every iteration "
+        "(printed only, never used for training) and tests once on 32 random test tasks; the harness "
+        "evaluates both codes on the same fixed validation episodes every --eval-every iterations and on "
+        "--test-episodes fixed test episodes with each code's best validation checkpoint. Its per-iteration "
+        "meta-validation is not run, so its cost (one more adaptation per task) is not in the reference's "
+        "s/iteration.",
+        "harness: meta-batch. --meta-batch N runs both codes at N tasks per iteration instead of the "
+        "example's 32 (stated in the settings table).",
+        "seeds: main() seeds random, numpy and torch with 42 in every run; the harness seeds torch with k "
+        "(the initialisation) and feeds seed k's training episodes to both codes.",
+        "BN weight initialisation: CNN4's ConvBlock draws every BN weight from U(0, 1) "
+        "(torch.nn.init.uniform_); metaplus's Conv-4 starts them at 1. Not removed: part of what is compared.",
+        "BN running statistics: CNN4's BatchNorm2d tracks running statistics, never used (the example never "
+        "calls eval(): batch statistics always); metaplus (bn_stats=batch) keeps none. No output differs.",
+        "library: the example's learn2learn is the installed 0.2.0 (the set-up's rebuild for Python >= "
+        "3.11); its vision/models/cnn4.py, algorithms/maml.py and the mini-ImageNet dataset and benchmark "
+        "files are identical to the reference commit's (only utils.flatten_config differs, unused here).",
+        "outer loss: both average the tasks' query losses (the example: backward per task, gradients scaled "
+        "by 1/meta-batch; metaplus: each task's share in turn): the same gradient.",
+    ],
+    "dragen": [
+        "harness: omniglot.npy. OmniglotNShot builds it from images it downloads: "
+        "Image.open().convert('L').resize((28, 28)) with Pillow's default filter, x/255 and not inverted "
+        "(paper 1, strokes 0), characters in os.walk order of its extracted folders (which 1,200 train depends "
+        "on the file system). The harness writes it with metaplus's pixels (Lanczos, inverted, x/255) and "
+        "metaplus's character order (images_background, then images_evaluation, each sorted), and metaplus "
+        "reads the same split: the first 1,200 characters train, the other 423 validate and test.",
+        "harness: evaluation. The reference has no validation set: every 500 steps it tests on 1,000 random "
+        "tasks of its 423 test characters. The harness evaluates both codes every --eval-every iterations on "
+        "the same fixed validation episodes of those 423 characters, and tests each code's best validation "
+        "checkpoint on other fixed episodes of the same characters (the checkpoint choice has seen those "
+        "characters: the test figure is optimistic for both codes alike).",
+        "training episodes: each code draws its own training episodes from the same 1,200 characters (the "
+        "reference: OmniglotNShot's numpy sampler, 10 meta-batches cached at a time; metaplus: its seeded "
+        "sampler): the same distribution, not the same episodes.",
+        "seeds: omniglot_train.py seeds torch and numpy with 222 in every run; the harness seeds both with k.",
+        "first order: Meta.forward takes the inner gradients without create_graph, so its meta-gradient is "
+        "first order although the code is called MAML; metaplus runs algo.first_order=true to match (the "
+        "same-weights check: identical meta-gradients so; with algo.first_order=false the largest difference "
+        "was 3.7e4 times that gradient's size, block 0's conv bias).",
+        "BN running statistics: its Learner updates running statistics in every forward pass (bn_training=True "
+        "always, finetunning on a deep copy), never used to normalise; metaplus (bn_stats=batch) keeps none.",
+        "outer loss: the reference backpropagates the mean of the meta-batch's last-step query losses once "
+        "(every task's graph held at once); metaplus backpropagates each task's share in turn (same gradient).",
+        "numpy: its data code uses np.int/np.float, removed in numpy 1.24; the harness's child process "
+        "restores them as the builtins they aliased before importing it (no file of the reference changes).",
     ],
 }
 
@@ -353,7 +440,7 @@ def run_plan(run: Path, iterations: int, spec: dict[str, Any]) -> str:
     if not spec_file.is_file():
         return "new"
     before = json.loads(spec_file.read_text())
-    fixed = ("eval_every", "val_episodes", "test_episodes", "seed", "threads")
+    fixed = ("eval_every", "val_episodes", "test_episodes", "seed", "threads", "meta_batch")
     changed = {k: (before.get(k), spec.get(k)) for k in fixed if before.get(k) != spec.get(k)}
     if changed:
         sys.exit(
@@ -416,7 +503,10 @@ def metaplus_overrides(
 ) -> list[str]:
     """``python train.py`` for one seed: the comparison's preset pair plus what the harness needs, each
     with its reason. Nothing else: every other value is the preset's (checked by settings_table)."""
-    overrides = [*comparison.pair, f"seed={seed}"]
+    overrides = [*comparison.pair, f"seed={seed}", *driver_overrides(comparison)]
+    if getattr(a, "meta_batch", None):  # both codes at a smaller meta-batch (stated in the settings table)
+        overrides = [o for o in overrides if not o.startswith("data.meta_batch_size=")]
+        overrides.append(f"data.meta_batch_size={a.meta_batch}")
     if data_root is not None:  # the reference's class split, in the class-list files the source reads
         overrides += [f"data.root={data_root}", "data.split=vinyals"]
     overrides += [
@@ -435,23 +525,28 @@ def metaplus_overrides(
     return overrides
 
 
+def driver_overrides(comparison: Comparison) -> list[str]:
+    """The metaplus settings that make it the comparison's reference algorithm (their reasons are beside
+    them in the driver's module); MAML++'s pair preset is already its released setting."""
+    if comparison.driver == "l2l":
+        from metaplus.benchmarking.reference_l2l import METAPLUS_OVERRIDES
+    elif comparison.driver == "dragen":
+        from metaplus.benchmarking.reference_dragen import METAPLUS_OVERRIDES
+    else:
+        return []
+    return list(METAPLUS_OVERRIDES)
+
+
 def prepare_data(comparison: Comparison, code: Path, out: Path) -> Path | None:
     """metaplus's data root for the comparison: for Omniglot, a folder beside the runs with links to the
-    official archives and the reference's split as class-list files (computed once by the reference's
-    own data provider, kept in reference_split.json)."""
-    if not comparison.omniglot_split:
+    official archives and the reference's split as class-list files. MAML++: the split its own data
+    provider computes (once, kept in reference_split.json); dragen: the split of the omniglot.npy the
+    harness writes for it (``<out>/<comparison>/data/dragen_npy``, kept in reference_split.json too)."""
+    if not (comparison.omniglot_split or comparison.driver == "dragen"):
         return None
-    from metaplus.benchmarking.reference_mamlpp import reference_omniglot_split
-
     data = Path(os.environ.get("METAPLUS_DATA", REPO.parent / "shared" / "data")) / "omniglot"
     root = out / comparison.name / "data" / "omniglot"
     split_json = out / comparison.name / "reference_split.json"
-    if not split_json.is_file():
-        work = out / comparison.name / "reference_split_work"
-        split = reference_omniglot_split(code, data, work, comparison.reference_config)
-        write_json(split_json, split)
-        shutil.rmtree(work, ignore_errors=True)
-    split = json.loads(split_json.read_text())
     (root / "splits" / "vinyals").mkdir(parents=True, exist_ok=True)
     for part in ("images_background", "images_evaluation"):
         link, target = root / f"{part}.zip", (data / f"{part}.zip").resolve()
@@ -461,6 +556,23 @@ def prepare_data(comparison: Comparison, code: Path, out: Path) -> Path | None:
             )
         if not link.exists():
             link.symlink_to(target)
+    if not split_json.is_file() or (
+        comparison.driver == "dragen" and not (root.parent / "dragen_npy" / "omniglot.npy").is_file()
+    ):
+        if comparison.driver == "dragen":
+            from metaplus.benchmarking.reference_dragen import write_omniglot_npy
+            from metaplus.compose import compose_config
+
+            cache_dir = compose_config(["data=omniglot"]).data.cache_dir
+            split = write_omniglot_npy(root, cache_dir, root.parent / "dragen_npy")
+        else:
+            from metaplus.benchmarking.reference_mamlpp import reference_omniglot_split
+
+            work = out / comparison.name / "reference_split_work"
+            split = reference_omniglot_split(code, data, work, comparison.reference_config)
+            shutil.rmtree(work, ignore_errors=True)
+        write_json(split_json, split)
+    split = json.loads(split_json.read_text())
     for name, characters in split.items():
         (root / "splits" / "vinyals" / f"{name}.txt").write_text("".join(f"{c}/rot000\n" for c in characters))
     return root
@@ -511,13 +623,17 @@ def run_one(
         "test_episodes": a.test_episodes,
         "threads": a.threads,
         "reference_config": comparison.reference_config,
+        **({"meta_batch": a.meta_batch} if a.meta_batch else {}),
     }
     state = run_plan(run, a.iterations, spec)
     if state == "done":
         print(f"  {code_name} seed {seed}: done at {a.iterations} iterations, skipped", flush=True)
         return state
     overrides = metaplus_overrides(comparison, seed, a, run, data_root)
-    write_json(run / "parity" / "spec.json", {**spec, "metaplus_overrides": overrides, "reference_dir": str(code)})
+    write_json(
+        run / "parity" / "spec.json",
+        {**spec, "metaplus_overrides": overrides, "reference_dir": str(code), "data_root": str(data_root)},
+    )
     if code_name == "metaplus":
         command = [sys.executable, "train.py", *overrides]
     else:
@@ -546,17 +662,84 @@ def metaplus_test(results: dict[str, Any], run: Path) -> dict[str, Any]:
 
 
 # -- the reference, in a child process -------------------------------------------------------------------
+class MamlppDriver:
+    """The MAML++ reference's MAMLFewShotClassifier (unchanged), trained on metaplus's episodes as its
+    experiment_builder does: ``run_train_iter(batch, epoch=iteration / total_iter_per_epoch)``; evaluated
+    with ``run_validation_iter``; the top ``max_models_to_save`` checkpoints make its ensemble (mean of
+    the logits)."""
+
+    ensemble_rule = "mean of logits (its experiment_builder)"
+
+    def __init__(self, code: Path, spec: dict, cfg, datamodule):
+        from metaplus.benchmarking import reference_mamlpp as ref
+
+        self.ref, self.datamodule, self.ways = ref, datamodule, cfg.data.ways
+        self.args = ref.released_args(code, spec["reference_config"], seed=spec["seed"])
+        self.model = ref.build_model(self.args)
+        self.keep = self.args.max_models_to_save
+
+    def layout(self, batch):
+        return self.ref.reference_layout(batch.support_x, batch.support_y, batch.query_x, batch.query_y, self.ways)
+
+    def batch(self, iteration: int):
+        return self.layout(training_batch(self.datamodule, iteration))
+
+    def train_step(self, data, iteration: int):
+        with contextlib.redirect_stdout(sys.stderr):
+            losses, _ = self.model.run_train_iter(data_batch=data, epoch=iteration / self.args.total_iter_per_epoch)
+        return losses["loss"]  # a tensor: read only when printed, as before
+
+    def evaluate(self, batch) -> list[tuple[float, Any]]:
+        data = self.layout(batch)
+        return [
+            (float((logits.argmax(1) == y.reshape(-1)).mean()), logits)
+            for logits, y in zip(self.ref.episode_predictions(self.model, data), data[3])
+        ]
+
+    def state(self) -> dict:
+        return self.ref.state_of(self.model)
+
+    def load(self, state: dict) -> None:
+        self.ref.load_state(self.model, state)
+
+
+def reference_driver(comparison: Comparison, code: Path, spec: dict, cfg, datamodule):
+    """The comparison's reference code, built for one seed: an object with ``batch(iteration)`` (the
+    training meta-batch it trains on), ``train_step(batch, iteration)`` (one meta-iteration of its own
+    code; its loss, a number or tensor), ``evaluate(batch of episodes)`` ([(accuracy, logits or None)] per episode),
+    ``state()`` / ``load(state)``, ``keep`` (checkpoints kept: its ensemble's size, 1 = the best only)
+    and ``ensemble_rule``."""
+    if comparison.driver == "l2l":
+        from metaplus.benchmarking.reference_l2l import ExampleDriver
+
+        return ExampleDriver(code, spec, cfg, datamodule)
+    if comparison.driver == "dragen":
+        from metaplus.benchmarking.reference_dragen import DragenDriver
+
+        return DragenDriver(code, spec, cfg, datamodule)
+    return MamlppDriver(code, spec, cfg, datamodule)
+
+
+def load_reference_code(comparison: Comparison, code: Path, threads: int) -> None:
+    """Before the reference is imported: CPU only, ``threads`` threads, its directory importable."""
+    if comparison.driver == "l2l":
+        from metaplus.benchmarking.reference_l2l import load
+    elif comparison.driver == "dragen":
+        from metaplus.benchmarking.reference_dragen import load
+    else:
+        from metaplus.benchmarking.reference_mamlpp import load_reference as load
+    load(code, threads)
+
+
 def reference_child(spec_path: Path) -> None:
-    """Train the reference (its MAMLFewShotClassifier, unchanged) on metaplus's episodes, as its
-    experiment_builder does: ``run_train_iter(batch, epoch=iteration / total_iter_per_epoch)`` every
-    iteration; every ``eval_every`` iterations ``run_validation_iter`` on the fixed validation episodes,
-    a checkpoint kept among the top ``max_models_to_save`` and the state for continuing; at the end the
-    fixed test episodes (best checkpoint, and the mean logits of the top ones, its ensemble)."""
+    """Train the reference (its own code, unchanged, through ``reference_driver``) one meta-iteration at
+    a time; every ``eval_every`` iterations score the fixed validation episodes, keep the checkpoint
+    among the top ``driver.keep`` and the state for continuing; at the end the fixed test episodes (the
+    best checkpoint, and with more than one kept, the reference's ensemble: the mean of their logits)."""
     spec = json.loads(spec_path.read_text())
     code, run = Path(spec["reference_dir"]), spec_path.parent.parent
-    from metaplus.benchmarking import reference_mamlpp as ref
-
-    ref.load_reference(code, spec["threads"])
+    comparison = COMPARISONS[spec["comparison"]]
+    load_reference_code(comparison, code, spec["threads"])
     import torch
 
     from metaplus.compose import compose_config as compose
@@ -564,69 +747,55 @@ def reference_child(spec_path: Path) -> None:
 
     cfg = compose([o for o in spec["metaplus_overrides"] if not o.startswith(("hydra.", "+callbacks.parity"))])
     datamodule = instantiate_group(cfg.data, "data")
-    args = ref.released_args(code, spec["reference_config"], seed=spec["seed"])
-    model = ref.build_model(args)
-    ways, per_epoch = cfg.data.ways, args.total_iter_per_epoch
+    driver = reference_driver(comparison, code, spec, cfg, datamodule)
     latest, folder = run / "latest.pt", run / "parity"
     start = 0
     if latest.is_file():
         state = torch.load(latest, map_location="cpu")
-        ref.load_state(model, state)
+        driver.load(state)
         start = state["iteration"]
 
-    def layout(batch):
-        return ref.reference_layout(batch.support_x, batch.support_y, batch.query_x, batch.query_y, ways)
-
-    def scores(loader_batches):
-        """Per-episode accuracies (and logits) of the current model on fixed episodes."""
-        accuracies, logits = [], []
-        for batch in loader_batches:
-            data = layout(batch)
-            for task_logits, y in zip(ref.episode_predictions(model, data), data[3]):
-                accuracies.append(float((task_logits.argmax(1) == y.reshape(-1)).mean()))
-                logits.append(task_logits)
-        return accuracies, logits
+    def scores(batches):
+        """Per-episode accuracies (and logits, where the reference gives them) on fixed episodes."""
+        scored = [s for batch in batches for s in driver.evaluate(batch)]
+        return [a for a, _ in scored], [logits for _, logits in scored]
 
     walls, cpus = [], []
     for t in range(start, spec["iterations"]):
-        data = layout(training_batch(datamodule, t))
+        data = driver.batch(t)
         w0, c0 = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stdout(sys.stderr):
-            losses, _ = model.run_train_iter(data_batch=data, epoch=t / per_epoch)
+        loss = driver.train_step(data, t)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
         if (t + 1) % spec["eval_every"] == 0:
             accuracies, _ = scores(datamodule.val_dataloader())
             write_json(folder / f"val-{t + 1:06d}.json", {"iteration": t + 1, "episodes": accuracies})
-            keep_top_checkpoints(
-                run / "checkpoints", t + 1, _mean(accuracies), ref.state_of(model), args.max_models_to_save
-            )
-            save_atomic({**ref.state_of(model), "iteration": t + 1}, latest)
-            print(
-                f"iteration {t + 1}: loss {float(losses['loss']):.4f}, val acc {_mean(accuracies):.4f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            keep_top_checkpoints(run / "checkpoints", t + 1, _mean(accuracies), driver.state(), driver.keep)
+            save_atomic({**driver.state(), "iteration": t + 1}, latest)
+            loss = float(torch.as_tensor(loss).detach())
+            print(f"iteration {t + 1}: loss {loss:.4f}, val acc {_mean(accuracies):.4f}", file=sys.stderr, flush=True)
     if walls:
         write_json(folder / f"timing-{start:06d}.json", timing_summary(walls, cpus))
 
-    # The final test: the best checkpoint alone, and the reference's ensemble (mean of the logits).
+    # The final test: the best checkpoint alone, and the reference's ensemble where it has one.
     ranked = ranked_checkpoints(run / "checkpoints")
     if not ranked:
         return
     test_batches = list(datamodule.test_dataloader())
     per_model = []
     for path, _ in ranked:
-        ref.load_state(model, torch.load(path, map_location="cpu"))
+        driver.load(torch.load(path, map_location="cpu"))
         per_model.append(scores(test_batches))
     best_accuracies = per_model[0][0]
-    targets = [layout(b)[3] for b in test_batches]
-    targets = [y.reshape(-1) for batch_y in targets for y in batch_y]
-    ensemble = [float((sum(m[1][e] for m in per_model).argmax(1) == targets[e]).mean()) for e in range(len(targets))]
     from metaplus.evaluation import mean_ci95
 
     acc, ci = mean_ci95(torch.tensor(best_accuracies))
-    ens, ens_ci = mean_ci95(torch.tensor(ensemble))
+    ensemble = {"ensemble_acc": None, "ensemble_ci95": None, "ensemble_rule": None}
+    if driver.keep > 1:
+        targets = [y.reshape(-1) for b in test_batches for y in driver.layout(b)[3]]
+        votes = [float((sum(m[1][e] for m in per_model).argmax(1) == targets[e]).mean()) for e in range(len(targets))]
+        ens, ens_ci = mean_ci95(torch.tensor(votes))
+        ensemble = {"ensemble_acc": ens, "ensemble_ci95": ens_ci, "ensemble_rule": driver.ensemble_rule}
     write_json(
         folder / "test.json",
         {
@@ -634,9 +803,7 @@ def reference_child(spec_path: Path) -> None:
             "acc": acc,
             "ci95": ci,
             "episodes": best_accuracies,
-            "ensemble_acc": ens,
-            "ensemble_ci95": ens_ci,
-            "ensemble_rule": "mean of logits (its experiment_builder)",
+            **ensemble,
             "ensemble_checkpoints": [[p.name, s] for p, s in ranked],
         },
     )
@@ -721,6 +888,49 @@ def reference_parameter(name: str) -> tuple[str, int | None]:
     raise KeyError(f"no reference parameter for metaplus's {name}")
 
 
+def metaplus_meta_gradient(learner, cfg, batch, metrics: bool = False) -> list:
+    """metaplus's meta-gradient of one meta-batch left in ``.grad`` (per-task accumulation, as in
+    training), outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain
+    backward. Returns the tasks' losses (with ``metrics``: their (loss, metric) pairs)."""
+    import lightning as L
+
+    learner.trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    learner.manual_backward = lambda loss: loss.backward()
+    learner.train()
+    learner.zero_grad()
+    results = [learner.accumulate_task(batch[b], 1.0 / len(batch)) for b in range(len(batch))]
+    return results if metrics else [loss for loss, _ in results]
+
+
+def compare_gradients(pairs) -> dict[str, dict[str, Any]]:
+    """``[(name, metaplus's gradient, the reference's)]`` -> per parameter the largest differences, each
+    relative to that gradient's size, except where both codes give rounding noise around an exact zero
+    (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
+    and neither has its learned rate): those are compared against the largest gradient of all."""
+    gradients = {
+        name: {
+            "max_abs_difference": float((ours - theirs).abs().max()),
+            "max_abs_reference": float(theirs.abs().max()),
+            "max_abs_metaplus": float(ours.abs().max()),
+        }
+        for name, ours, theirs in pairs
+    }
+    largest = max(g["max_abs_reference"] for g in gradients.values())
+    for g in gradients.values():
+        g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
+        g["relative_difference"] = g["max_abs_difference"] / (
+            largest if g["zero_by_construction"] else g["max_abs_reference"]
+        )
+    return gradients
+
+
 def step_check(comparison: Comparison, code: Path, overrides: list[str], threads: int) -> dict[str, Any]:
     """Both codes from the SAME weights (metaplus's initialisation copied into the reference) on the same
     first training meta-batch and first validation episodes: the meta-loss, every meta-gradient (the
@@ -729,7 +939,7 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     differences of the algorithms' arithmetic."""
     from metaplus.benchmarking import reference_mamlpp as ref
 
-    ref.load_reference(code, threads)
+    load_reference_code(comparison, code, threads)
     import torch
 
     from metaplus.compose import compose_config as compose
@@ -738,6 +948,9 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
 
     cfg = compose([o for o in overrides if not o.startswith(("hydra.", "+callbacks.parity"))])
     datamodule = instantiate_group(cfg.data, "data")
+    if comparison.driver in ("l2l", "dragen"):
+        module = import_module(f"metaplus.benchmarking.reference_{comparison.driver}")
+        return module.same_weights_step(code, cfg, datamodule)
     torch.manual_seed(0)
     learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=datamodule.task)
     model = ref.build_model(ref.released_args(code, comparison.reference_config))
@@ -761,38 +974,13 @@ def step_check(comparison: Comparison, code: Path, overrides: list[str], threads
     with contextlib.redirect_stdout(sys.stderr):
         their_losses, _ = model.train_forward_prop(data_batch=tensors(batch), epoch=0)
     their_losses["loss"].backward()
-    # Outside fit: an idle Trainer at epoch 0 (MSL reads its weights from the epoch) and plain backward.
-    import lightning as L
-
-    learner.trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
+    our_losses = metaplus_meta_gradient(learner, cfg, batch)
+    gradients = compare_gradients(
+        [
+            (name, param.grad, target.grad[: param.shape[0]] if target.shape != param.shape else target.grad)
+            for name, param, target in pairs
+        ]
     )
-    learner.manual_backward = lambda loss: loss.backward()
-    learner.train()
-    learner.zero_grad()
-    our_losses = [learner.accumulate_task(batch[b], 1.0 / len(batch))[0] for b in range(len(batch))]
-    gradients = {}
-    for name, param, target in pairs:
-        mine = target.grad[: param.shape[0]] if target.shape != param.shape else target.grad
-        gradients[name] = {
-            "max_abs_difference": float((param.grad - mine).abs().max()),
-            "max_abs_reference": float(mine.abs().max()),
-            "max_abs_metaplus": float(param.grad.abs().max()),
-        }
-    # Relative to each gradient's size, except where both codes give rounding noise around an exact zero
-    # (a conv bias before batch norm with batch statistics has no effect on the output, so no gradient,
-    # and neither has its learned rate): those are compared against the largest gradient of all.
-    largest = max(g["max_abs_reference"] for g in gradients.values())
-    for g in gradients.values():
-        g["zero_by_construction"] = max(g["max_abs_reference"], g["max_abs_metaplus"]) < 1e-4 * largest
-        g["relative_difference"] = g["max_abs_difference"] / (
-            largest if g["zero_by_construction"] else g["max_abs_reference"]
-        )
     val = next(iter(datamodule.val_dataloader()))
     their_logits = ref.episode_predictions(
         model, ref.reference_layout(val.support_x, val.support_y, val.query_x, val.query_y, ways)
@@ -842,8 +1030,31 @@ def load_run(run: Path) -> dict[str, Any]:
     }
 
 
-def settings_table(comparison: Comparison, cfg, args) -> list[dict[str, Any]]:
+def settings_table(comparison: Comparison, cfg, code: Path, meta_batch: int | None = None) -> list[dict[str, Any]]:
     """Every setting both codes have: (name, reference key = value, metaplus key = value, same)."""
+    if comparison.driver == "l2l":
+        from metaplus.benchmarking import reference_l2l
+
+        rows = reference_l2l.settings_rows(cfg, reference_l2l.example_defaults(code), meta_batch)
+    elif comparison.driver == "dragen":
+        from metaplus.benchmarking import reference_dragen
+
+        args = reference_dragen.reference_args(code)
+        if meta_batch:
+            args.task_num = meta_batch
+        rows = reference_dragen.settings_rows(cfg, args, reference_dragen.network_config(code, args))
+    else:
+        from metaplus.benchmarking.reference_mamlpp import released_args
+
+        rows = mamlpp_settings_rows(cfg, released_args(code, comparison.reference_config))
+    return [
+        {"setting": name, "reference": f"{rk} = {rv}", "metaplus": f"{mk} = {mv}", "same": rv == mv}
+        for name, rk, rv, mk, mv in rows
+    ]
+
+
+def mamlpp_settings_rows(cfg, args) -> list[tuple]:
+    """(setting, reference key, its value, metaplus key, its value): MAML++'s released config and metaplus's."""
     rows = [
         ("ways", "num_classes_per_set", args.num_classes_per_set, "data.ways", cfg.data.ways),
         ("shots", "num_samples_per_class", args.num_samples_per_class, "data.shots", cfg.data.shots),
@@ -952,10 +1163,7 @@ def settings_table(comparison: Comparison, cfg, args) -> list[dict[str, Any]]:
             f"{cfg.data.image_size}x{cfg.data.image_size}",
         ),
     ]
-    return [
-        {"setting": name, "reference": f"{rk} = {rv}", "metaplus": f"{mk} = {mv}", "same": rv == mv}
-        for name, rk, rv, mk, mv in rows
-    ]
+    return rows
 
 
 def check_settings(table: list[dict[str, Any]], comparison: Comparison) -> None:
@@ -1014,6 +1222,7 @@ def comparison_record(
             "val_episodes": a.val_episodes,
             "test_episodes": a.test_episodes,
             "threads": a.threads,
+            "meta_batch": getattr(a, "meta_batch", None),
         },
         "curves": {
             name: {str(seed): [[it, _mean(v)] for it, v in sorted(c.items())] for seed, c in curves[name].items()}
@@ -1043,7 +1252,8 @@ def regenerate_command(comparison: Comparison, a: argparse.Namespace) -> str:
     return (
         f"{comparison.env}=<reference dir> python bench/parity.py --comparison {comparison.name} "
         f"--iterations {a.iterations} --eval-every {a.eval_every} --seeds {seeds_argument(a.seed_list)} "
-        f"--val-episodes {a.val_episodes} --test-episodes {a.test_episodes} --threads {a.threads} "
+        + (f"--meta-batch {a.meta_batch} " if getattr(a, "meta_batch", None) else "")
+        + f"--val-episodes {a.val_episodes} --test-episodes {a.test_episodes} --threads {a.threads} "
         f"--out <runs dir> --publish" + (" --smoke" if a.smoke else "")
     )
 
@@ -1075,6 +1285,7 @@ def pending_record(comparison: Comparison) -> dict[str, Any]:
             "name": comparison.reference,
             "url": comparison.url,
             "commit": None,
+            "driver_commit": comparison.driver_commit,
             "config": comparison.reference_config,
         },
         "settings": None,
@@ -1148,6 +1359,11 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
             "",
             f"Reference: {ref['name']}, {ref['url']}"
             + (f" at commit {ref['commit']}" if ref["commit"] else "")
+            + (
+                f" (not run yet; the driver was built against commit {ref['driver_commit']})"
+                if not ref["commit"] and ref.get("driver_commit")
+                else ""
+            )
             + (f", released config `{ref['config']}`" if ref["config"] else "")
             + ".",
             "",
@@ -1163,7 +1379,31 @@ def markdown(records: list[dict[str, Any]], plots: dict[str, str], smoke: bool) 
             "",
         ]
         check = r.get("same_weights_step")
-        if check:
+        if check and "max_abs_loss_difference_evaluation" in check:
+            loss = check["meta_loss"]
+            lines += [
+                f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                f"meta-batch of {check['episodes']['train']} tasks): meta-loss {loss['metaplus']:.7f} (metaplus) vs "
+                f"{loss['reference']:.7f} (reference); largest meta-gradient difference "
+                f"{check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                f"(`{check['worst_parameter']}`; gradients zero by construction, conv biases before batch norm, "
+                f"compared with the largest gradient); adapted query losses on {check['episodes']['val']} "
+                f"validation episodes differ by at most {check['max_abs_loss_difference_evaluation']:.1e}.",
+                "",
+            ]
+        elif check and "max_abs_accuracy_difference_evaluation" in check:
+            acc = check["train_query_accuracy_last_step"]
+            lines += [
+                f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
+                f"meta-batch of {check['episodes']['train']} tasks): last-step query accuracy "
+                f"{acc['metaplus'] * 100:.2f} % (metaplus) vs {acc['reference'] * 100:.2f} % (reference); largest "
+                f"meta-gradient difference {check['max_relative_gradient_difference']:.1e} of the gradient's size "
+                f"(`{check['worst_parameter']}`); accuracies after the evaluation's inner steps on "
+                f"{check['episodes']['val']} validation episodes differ by at most "
+                f"{check['max_abs_accuracy_difference_evaluation'] * 100:.2f} points.",
+                "",
+            ]
+        elif check:
             loss = check["meta_loss"]
             lines += [
                 f"Same weights, one step (metaplus's initialisation copied into the reference, first training "
@@ -1316,6 +1556,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="seed_list",
         help="a count (3: seeds 0, 1, 2) or a list (0,4)",
     )
+    p.add_argument(
+        "--meta-batch",
+        type=int,
+        help="tasks per meta-iteration for both codes instead of the reference's (maml_* comparisons only; stated)",
+    )
     p.add_argument("--val-episodes", type=int, default=600)
     p.add_argument("--test-episodes", type=int, default=600)
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (both codes alike)")
@@ -1348,6 +1593,7 @@ def check_cli(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         ("--val-episodes", a.val_episodes, 1),
         ("--test-episodes", a.test_episodes, 1),
         ("--threads", a.threads, 1),
+        ("--meta-batch", 1 if a.meta_batch is None else a.meta_batch, 1),
     ):
         if value < low:
             p.error(f"{key} {value}: must be an integer >= {low}")
@@ -1384,18 +1630,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     comparison = COMPARISONS[a.comparison]
     out = a.out.resolve()
     code = reference_dir(comparison, a.reference)  # first: nothing starts without the reference
-    if comparison.driver is None:
-        sys.exit(f"parity {comparison.name}: " + " ".join(comparison.notes))
-    from metaplus.benchmarking import reference_mamlpp as ref
+    if a.meta_batch is not None and comparison.driver not in META_BATCH_DRIVERS:
+        sys.exit(
+            f"parity {comparison.name}: --meta-batch changes only "
+            f"{', '.join(c.name for c in COMPARISONS.values() if c.driver in META_BATCH_DRIVERS)} "
+            "(a MAML++ comparison runs its released config's meta-batch)"
+        )
     from metaplus.compose import compose_config as compose
 
     data_root = prepare_data(comparison, code, out)
     overrides = metaplus_overrides(comparison, 0, a, out / comparison.name / "metaplus" / "seed0", data_root)
     cfg = compose([o for o in overrides if not o.startswith(("hydra.", "+callbacks.parity"))])
-    settings = settings_table(comparison, cfg, ref.released_args(code, comparison.reference_config))
+    settings = settings_table(comparison, cfg, code, a.meta_batch)
     check_settings(settings, comparison)
     check_file = out / comparison.name / "step_check.json"
-    if not a.report_only and (a.step_check or not check_file.is_file()):
+    if not a.report_only and comparison.driver in STEP_CHECK_DRIVERS and (a.step_check or not check_file.is_file()):
         from metaplus.reproduce.runner import run_env
 
         spec = check_file.with_name("step_check_spec.json")
