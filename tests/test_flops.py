@@ -51,3 +51,29 @@ def test_matmul_peak_is_a_positive_rate_and_rejects_bad_sizes():
     assert 0 < matmul_peak_gflops(size=32, repeats=2) < float("inf")
     with pytest.raises(ValueError, match="size"):
         matmul_peak_gflops(size=0)
+
+
+def load_speed_script():
+    import importlib.util
+
+    from metaplus.testing import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_rows_carry_utilisation_and_the_table_shows_it():
+    speed = load_speed_script()
+    fields = speed.utilisation_fields(flops=46_000_000_000, s_it=2.0, peak_gflops=46.0)
+    assert fields == {"gflop_per_iteration": 46.0, "gflops_per_s": 23.0, "peak_gflops": 46.0, "utilisation": 0.5}
+    row = dict(
+        setting="s", engine="l2l", s_per_iteration=2.0, meta_floor_s=1.0, ratio_to_meta_floor=2.0,
+        cpu_ratio_to_meta_floor=2.0, floor_s=1.0, ratio_to_floor=2.0, cpu_ratio_to_floor=2.0, peak_rss_gb=1.0,
+        eval_fraction=0.1,
+    )  # fmt: skip
+    table = speed.markdown([{**row, **fields}, row], {}, "note").splitlines()
+    assert table[2].endswith("| 46.00 | 23.0 | 46.0 | 50.0% |")
+    assert table[3].endswith("| n/a | n/a | n/a | n/a |")  # a row saved before the count
+    assert len({line.count("|") for line in table[:4]}) == 1  # every line has the header's columns
