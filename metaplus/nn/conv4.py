@@ -1,6 +1,7 @@
 """Conv-4, the standard few-shot backbone (Vinyals et al. 2016; MAML; MAML++).
 
-Four blocks of 3x3 conv (padding 1) + batch norm + ReLU (or leaky ReLU, as MAML++) + 2x2 max-pool,
+Four blocks of 3x3 conv (padding 1) + batch norm + ReLU (or leaky ReLU, as MAML++) + 2x2 max-pool
+(computed pool-then-activation, the same result: see ConvBlock),
 then a linear ``head``. The head's input size is derived from ``input_shape``: each block keeps the
 spatial size through the padded conv and halves it (floor) in the pool, so 28x28 ends at 1x1 and
 84x84 at 5x5. Batch norm is :class:`PerStepBatchNorm2d`, so the inner-step index ``step`` reaches
@@ -19,20 +20,34 @@ from metaplus.nn.batchnorm import PerStepBatchNorm2d
 from metaplus.nn.init import INIT_SCHEMES, initialise
 
 ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu}
+#: Activations that never decrease (a <= b implies f(a) <= f(b), in floating point too): for these a
+#: max-pool and the activation commute, max(f(a), f(b)) = f(max(a, b)).
+MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu"})
 
 
 class ConvBlock(nn.Module):
-    """3x3 conv -> per-step BN -> activation -> 2x2 max-pool."""
+    """3x3 conv -> per-step BN -> activation -> 2x2 max-pool, computed as conv -> BN -> pool ->
+    activation when the activation is monotone (``pool_first``): the same outputs, with the
+    activation and its backward on a quarter of the elements. Batch norm stays before the pool: its
+    affine weight may be negative, and it does not commute with a max.
+
+    The gradients are the same as well: the pool routes each window's gradient to its largest input,
+    which is also the element whose activation is largest. (The one exception needs two different
+    negative inputs of one window whose leaky-ReLU products round to the same float: the gradient
+    then reaches the other, equal-valued element.)"""
 
     def __init__(self, in_channels: int, out_channels: int, activation: str):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = PerStepBatchNorm2d(out_channels)
         self.activation = activation  # a name, not a function: keeps the module picklable
+        self.pool_first = activation in MONOTONE_ACTIVATIONS  # an attribute: no parameter name changes
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
-        x = ACTIVATIONS[self.activation](self.norm(self.conv(x), step=step))
-        return F.max_pool2d(x, kernel_size=2, stride=2)
+        x = self.norm(self.conv(x), step=step)
+        if self.pool_first:
+            return ACTIVATIONS[self.activation](F.max_pool2d(x, kernel_size=2, stride=2))
+        return F.max_pool2d(ACTIVATIONS[self.activation](x), kernel_size=2, stride=2)
 
 
 class Conv4(nn.Module):
