@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metaplus.algorithms import MAML
+from metaplus.errors import ConfigError
 from metaplus.nn import Conv4
 from metaplus.nn import conv4 as conv4_module
 from metaplus.testing import engines as engine_tests
@@ -91,3 +92,55 @@ def test_maml_meta_gradient_through_two_inner_steps_is_bitwise_equal(activation,
     assert meta_grads[0].keys() == meta_grads[1].keys() and meta_grads[0]
     for name, grad in meta_grads[0].items():
         assert torch.equal(grad, meta_grads[1][name]), name
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [([1, 28, 28], False), ([3, 32, 32], False), ([3, 63, 84], False), ([3, 64, 64], True), ([3, 84, 84], True)],
+)
+def test_channels_last_auto_turns_on_from_the_measured_image_side(shape, expected):
+    assert conv4_module.CHANNELS_LAST_MIN_SIDE == 64
+    assert Conv4(input_shape=shape, output_dim=5, filters=4).channels_last is expected
+    assert Conv4(input_shape=shape, output_dim=5, filters=4, channels_last=not expected).channels_last is not expected
+
+
+def test_channels_last_key_reaches_the_backbone_and_rejects_other_values(make_config):
+    from metaplus.nn.init_from import build_backbone
+
+    assert build_backbone(make_config(["data=miniimagenet", "model=conv4"]).model).channels_last is True
+    assert build_backbone(make_config(["data=omniglot", "model=conv4"]).model).channels_last is False
+    off = make_config(["data=miniimagenet", "model=conv4", "model.channels_last=false"])
+    assert build_backbone(off.model).channels_last is False
+    with pytest.raises(ConfigError, match="channels_last"):
+        Conv4(input_shape=[3, 84, 84], channels_last="yes")
+
+
+def test_channels_last_runs_the_convolutions_channels_last_and_keeps_the_meta_gradient():
+    """Second-order MAML++ through 2 inner steps (learn2learn clones, fast weights from update_module):
+    the convolutions see channels-last inputs in every step, and outputs and meta-gradients equal NCHW's."""
+    batch = engine_tests.image_batch(tasks=2, shape=(3, 16, 16), seed=3)
+    batch = dataclasses.replace(batch, support_x=batch.support_x.float(), query_x=batch.query_x.float())
+    torch.manual_seed(0)
+    backbone = Conv4([3, 16, 16], 3, filters=8, activation="leaky_relu", channels_last=False)
+    layouts, results = [], []
+    for channels_last in (False, True):
+        model = copy.deepcopy(backbone)
+        model.channels_last = channels_last
+        for block in model.blocks:
+            block.conv.register_forward_hook(
+                lambda module, args, out: layouts.append(
+                    (channels_last, args[0].is_contiguous(memory_format=torch.channels_last) and out.dim() == 4)
+                )
+            )
+        learner = engine_tests.at_epoch(
+            MAML(model, "classification", inner_steps=2, inner_lr=0.1, msl=True, lslr=True, bnwb=True), 0
+        )
+        for b in range(len(batch)):
+            learner.accumulate_task(batch[b], 1.0 / len(batch))
+        output = model(batch.query_x[0])
+        results.append((output, {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}))
+    assert layouts and all(on == seen for on, seen in layouts)  # NCHW when off, channels-last in every conv when on
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,6 +24,17 @@ ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu}
 #: Activations that never decrease (a <= b implies f(a) <= f(b), in floating point too): for these a
 #: max-pool and the activation commute, max(f(a), f(b)) = f(max(a, b)).
 MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu"})
+
+
+#: ``channels_last: auto`` turns the channels-last layout on from this image side up (see
+#: :func:`channels_last_pays`; the figures are in bench/results/kernels.md).
+CHANNELS_LAST_MIN_SIDE = 64
+
+
+def channels_last_pays(input_shape: Sequence[int]) -> bool:
+    """Whether channels-last convolutions are faster for images of ``input_shape`` (C, H, W): measured
+    on a MAML++ meta-iteration, faster at 84x84 and slower at 28x28 (bench/kernels.py)."""
+    return min(input_shape[1:]) >= CHANNELS_LAST_MIN_SIDE
 
 
 class ConvBlock(nn.Module):
@@ -61,6 +73,7 @@ class Conv4(nn.Module):
         blocks: int = 4,
         activation: str = "relu",
         init: str = "default",
+        channels_last: bool | str = "auto",
     ):
         super().__init__()
         check(
@@ -74,6 +87,7 @@ class Conv4(nn.Module):
         check_int("blocks", blocks, 1)
         check_choice("activation", activation, set(ACTIVATIONS))
         check_choice("init", init, set(INIT_SCHEMES))
+        check("channels_last", channels_last, channels_last in (True, False, "auto"), "auto, true or false")
         channels, height, width = input_shape
         for _ in range(blocks):  # padded 3x3 conv keeps the size; the 2x2 pool floors it by half
             height, width = height // 2, width // 2
@@ -89,8 +103,15 @@ class Conv4(nn.Module):
         )
         self.head = nn.Linear(filters * height * width, output_dim)
         initialise(self, init)
+        # A plain attribute, not a buffer: checkpoints keep their keys, and either layout loads them.
+        self.channels_last = channels_last_pays(input_shape) if channels_last == "auto" else channels_last
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
+        if self.channels_last:
+            # The input alone decides: the convolutions (oneDNN on the CPU) then run and return
+            # channels-last, batch norm, pooling and activations keep the layout, and the weights,
+            # the fast weights of an inner step included, need no conversion.
+            x = x.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x, step=step)
         return self.head(x.flatten(1))
