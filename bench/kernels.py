@@ -10,6 +10,7 @@ The meta-batches are random tensors of the setting's shapes (the cost does not d
     python bench/kernels.py channels_last --setting mamlpp_miniimagenet_5w1s --override data.image_size=32
     python bench/kernels.py threads --setting mamlpp_miniimagenet_5w1s         # 1 vs 2 torch threads
     python bench/kernels.py allocator --setting mamlpp_miniimagenet_5w1s       # glibc defaults vs metaplus.allocator
+    python bench/kernels.py utilisation --setting mamlpp_miniimagenet_5w1s     # GFLOP/iteration, GFLOP/s, peak
 
 ``allocator`` runs each variant in its own child process (the allocator is set at process start and
 the peak RSS is per process, read by the parent with ``os.wait4``), children alternating A B A B.
@@ -30,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from metaplus.benchmarking.processes import measured  # noqa: E402 (after the path is set)
 from metaplus.benchmarking.settings import SETTINGS  # noqa: E402
 
-COMPARISONS = ("pool_order", "channels_last", "threads", "allocator")
+COMPARISONS = ("pool_order", "channels_last", "threads", "allocator", "utilisation")
 
 
 def make_learner(setting: str, overrides: list[str] = ()):
@@ -123,7 +124,7 @@ def interleaved(args) -> dict:
     for repeat in range(args.repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             chosen[name]()
-            wall, cpu = timed(lambda: meta_iteration(learner, optimizer, batch(repeat + 1)), args.iterations)
+            wall, cpu = timed(lambda r=repeat: meta_iteration(learner, optimizer, batch(r + 1)), args.iterations)
             times[name]["wall"] += wall
             times[name]["cpu"] += cpu
     return summary(args, times)
@@ -144,6 +145,35 @@ def summary(args, times: dict) -> dict:
         f"{b}_over_{a}": round(median[b]["wall"] / median[a]["wall"], 3),
         f"{b}_over_{a}_cpu": round(median[b]["cpu"] / median[a]["cpu"], 3),
         "times": {n: {k: [round(x, 3) for x in v] for k, v in t.items()} for n, t in times.items()},
+    }
+
+
+def utilisation_row(args) -> dict:
+    """FLOPs of one meta-iteration (FlopCounterMode over the step), its median time, the matmul peak of
+    this process with the same threads, and the utilisation by wall clock and by CPU time."""
+    import torch
+
+    from metaplus.benchmarking.flops import count_flops, matmul_peak_gflops, utilisation
+
+    torch.set_num_threads(args.threads)
+    learner, batch = make_learner(args.setting, args.override)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    flops = count_flops(meta_iteration, learner, optimizer, batch(0))  # also the warm-up
+    wall, cpu = timed(lambda: meta_iteration(learner, optimizer, batch(1)), args.iterations * args.repeats)
+    peak = matmul_peak_gflops()
+    s_wall, s_cpu = statistics.median(wall), statistics.median(cpu)
+    return {
+        "comparison": "utilisation",
+        "setting": args.setting,
+        "overrides": args.override,
+        "threads": args.threads,
+        "gflop_per_iteration": round(flops / 1e9, 3),
+        "median_s_per_iteration": round(s_wall, 3),
+        "median_cpu_s_per_iteration": round(s_cpu, 3),
+        "peak_gflops": round(peak, 2),
+        "utilisation": round(utilisation(flops, s_wall, peak)["utilisation"], 3),
+        "utilisation_cpu_time": round(utilisation(flops, s_cpu, peak)["utilisation"], 3),
+        "times": {"wall": [round(x, 3) for x in wall], "cpu": [round(x, 3) for x in cpu]},
     }
 
 
@@ -191,7 +221,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="A/B rounds (allocator: child processes per variant)")
     parser.add_argument("--iterations", type=int, default=2, help="timed meta-iterations per variant and round")
     parser.add_argument(
-        "--override", action="append", default=[], help="a config override on top of the setting's, e.g. data.image_size=32"
+        "--override",
+        action="append",
+        default=[],
+        help="a config override on top of the setting's, e.g. data.image_size=32",
     )
     parser.add_argument("--out", type=Path, help="append the JSON line to this file")
     parser.add_argument("--child", choices=["glibc_default", "keep_buffers"], help=argparse.SUPPRESS)
@@ -199,7 +232,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return allocator_child(args)
-    row = allocator_comparison(args) if args.comparison == "allocator" else interleaved(args)
+    measure = {"allocator": allocator_comparison, "utilisation": utilisation_row}.get(args.comparison, interleaved)
+    row = measure(args)
     line = json.dumps(row)
     print(line, flush=True)
     if args.out:

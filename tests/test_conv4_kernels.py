@@ -128,8 +128,8 @@ def test_channels_last_runs_the_convolutions_channels_last_and_keeps_the_meta_gr
         model.channels_last = channels_last
         for block in model.blocks:
             block.conv.register_forward_hook(
-                lambda module, args, out: layouts.append(
-                    (channels_last, args[0].is_contiguous(memory_format=torch.channels_last) and out.dim() == 4)
+                lambda module, args, out, on=channels_last: layouts.append(
+                    (on, args[0].is_contiguous(memory_format=torch.channels_last) and out.dim() == 4)
                 )
             )
         learner = engine_tests.at_epoch(
