@@ -163,6 +163,7 @@ def child(args) -> None:
     import lightning as L
     import torch
 
+    from metaplus.allocator import configure_allocator
     from metaplus.benchmarking.flops import matmul_peak_gflops
     from metaplus.compose import compose_config
     from metaplus.run import build
@@ -186,6 +187,7 @@ def child(args) -> None:
     if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
     cfg = compose_config([*overrides, *measure], args.out)
+    configure_allocator(cfg.get("malloc_keep_buffers", False))  # as a run sets it up (metaplus.threads)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]
