@@ -1,5 +1,7 @@
 """Conv-4's kernel-level changes (issue 26) leave its results unchanged: max-pool before a monotone
-activation (bitwise equal outputs and first/second-order gradients)."""
+activation (bitwise equal outputs and first/second-order gradients in the NCHW layout; in the
+channels-last layout the second-order meta-gradients of the two orders agree to rounding only, about
+1e-7 relative, not bit for bit), and the channels-last layout (equal to rounding)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def tied_conv4(activation: str, seed: int = 0) -> Conv4:
     """A Conv-4 whose pre-activations are full of exact ties and negatives: small-integer conv
     weights and biases (on small-integer inputs the sums are exact), BN weights of both signs."""
     torch.manual_seed(seed)
-    model = Conv4(input_shape=[2, 16, 16], output_dim=3, filters=4, activation=activation)
+    model = Conv4(input_shape=[2, 16, 16], output_dim=3, filters=4, activation=activation, channels_last=False)
     with torch.no_grad():
         for block in model.blocks:
             block.conv.weight.copy_(torch.randint(-1, 2, block.conv.weight.shape).float())
@@ -82,7 +84,11 @@ def test_maml_meta_gradient_through_two_inner_steps_is_bitwise_equal(activation,
         support_x = tied_inputs(support_x.flatten(0, 1).shape[0], seed=4).view_as(support_x)
         query_x = tied_inputs(query_x.flatten(0, 1).shape[0], seed=5).view_as(query_x)
     batch = dataclasses.replace(batch, support_x=support_x, query_x=query_x)
-    backbone = tied_conv4(activation) if inputs == "tied" else Conv4([2, 16, 16], 3, filters=4, activation=activation)
+    backbone = (
+        tied_conv4(activation)
+        if inputs == "tied"
+        else Conv4([2, 16, 16], 3, filters=4, activation=activation, channels_last=False)
+    )
     meta_grads = []
     for model in (backbone, old_order(backbone)):
         learner = engine_tests.at_epoch(MAML(model, "classification", inner_steps=2, inner_lr=0.1, msl=True), 0)
@@ -96,10 +102,10 @@ def test_maml_meta_gradient_through_two_inner_steps_is_bitwise_equal(activation,
 
 @pytest.mark.parametrize(
     "shape, expected",
-    [([1, 28, 28], False), ([3, 32, 32], False), ([3, 63, 84], False), ([3, 64, 64], True), ([3, 84, 84], True)],
+    [([1, 28, 28], True), ([3, 32, 32], True), ([3, 64, 64], True), ([3, 56, 84], False), ([3, 84, 84], False)],
 )
-def test_channels_last_auto_turns_on_from_the_measured_image_side(shape, expected):
-    assert conv4_module.CHANNELS_LAST_MIN_SIDE == 64
+def test_channels_last_auto_is_on_up_to_the_measured_image_side(shape, expected):
+    assert conv4_module.CHANNELS_LAST_MAX_SIDE == 64
     assert Conv4(input_shape=shape, output_dim=5, filters=4).channels_last is expected
     assert Conv4(input_shape=shape, output_dim=5, filters=4, channels_last=not expected).channels_last is not expected
 
@@ -107,10 +113,10 @@ def test_channels_last_auto_turns_on_from_the_measured_image_side(shape, expecte
 def test_channels_last_key_reaches_the_backbone_and_rejects_other_values(make_config):
     from metaplus.nn.init_from import build_backbone
 
-    assert build_backbone(make_config(["data=miniimagenet", "model=conv4"]).model).channels_last is True
-    assert build_backbone(make_config(["data=omniglot", "model=conv4"]).model).channels_last is False
-    off = make_config(["data=miniimagenet", "model=conv4", "model.channels_last=false"])
-    assert build_backbone(off.model).channels_last is False
+    assert build_backbone(make_config(["data=miniimagenet", "model=conv4"]).model).channels_last is False
+    assert build_backbone(make_config(["data=omniglot", "model=conv4"]).model).channels_last is True
+    forced = make_config(["data=miniimagenet", "model=conv4", "model.channels_last=true"])
+    assert build_backbone(forced.model).channels_last is True
     with pytest.raises(ConfigError, match="channels_last"):
         Conv4(input_shape=[3, 84, 84], channels_last="yes")
 
