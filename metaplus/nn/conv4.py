@@ -110,7 +110,9 @@ class Conv4(nn.Module):
         self.channels_last = channels_last_pays(input_shape) if channels_last == "auto" else channels_last
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
-        if self.channels_last:
+        # Under vmap (algo.engine=batched) a tensor has no layout of its own to set (torch raises), so
+        # that engine keeps torch's default layout.
+        if self.channels_last and not torch._C._functorch.is_batchedtensor(x):
             # The input alone decides: the convolutions (oneDNN on the CPU) then run and return
             # channels-last, batch norm, pooling and activations keep the layout, and the weights,
             # the fast weights of an inner step included, need no conversion.
