@@ -150,3 +150,18 @@ def test_channels_last_runs_the_convolutions_channels_last_and_keeps_the_meta_gr
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_channels_last_under_the_batched_engine_gives_the_default_engines_meta_gradient():
+    """Under vmap a layout cannot be set (torch raises); the batched engine runs NCHW and agrees."""
+
+    def make(engine):
+        backbone = Conv4([1, 16, 16], 3, filters=4, activation="leaky_relu", channels_last=engine == "batched")
+        return MAML(backbone, "classification", inner_steps=2, inner_lr=0.1, engine=engine, msl=True)
+
+    batch = engine_tests.image_batch(tasks=2)
+    batched = engine_tests.meta_gradients(make, batch, "batched")
+    default = engine_tests.meta_gradients(make, batch, "l2l")
+    assert batched.keys() == default.keys() and batched
+    for name, grad in default.items():
+        torch.testing.assert_close(batched[name], grad, msg=lambda m, n=name: f"{n}: {m}")
