@@ -102,10 +102,10 @@ def test_maml_meta_gradient_through_two_inner_steps_is_bitwise_equal(activation,
 
 @pytest.mark.parametrize(
     "shape, expected",
-    [([1, 28, 28], True), ([3, 32, 32], True), ([3, 64, 64], True), ([3, 56, 84], False), ([3, 84, 84], False)],
+    [([1, 28, 28], False), ([3, 31, 84], False), ([3, 32, 32], True), ([3, 56, 56], True), ([3, 84, 84], True)],
 )
-def test_channels_last_auto_is_on_up_to_the_measured_image_side(shape, expected):
-    assert conv4_module.CHANNELS_LAST_MAX_SIDE == 64
+def test_channels_last_auto_turns_on_from_the_measured_image_side(shape, expected):
+    assert conv4_module.CHANNELS_LAST_MIN_SIDE == 32
     assert Conv4(input_shape=shape, output_dim=5, filters=4).channels_last is expected
     assert Conv4(input_shape=shape, output_dim=5, filters=4, channels_last=not expected).channels_last is not expected
 
@@ -113,9 +113,9 @@ def test_channels_last_auto_is_on_up_to_the_measured_image_side(shape, expected)
 def test_channels_last_key_reaches_the_backbone_and_rejects_other_values(make_config):
     from metaplus.nn.init_from import build_backbone
 
-    assert build_backbone(make_config(["data=miniimagenet", "model=conv4"]).model).channels_last is False
-    assert build_backbone(make_config(["data=omniglot", "model=conv4"]).model).channels_last is True
-    forced = make_config(["data=miniimagenet", "model=conv4", "model.channels_last=true"])
+    assert build_backbone(make_config(["data=miniimagenet", "model=conv4"]).model).channels_last is True
+    assert build_backbone(make_config(["data=omniglot", "model=conv4"]).model).channels_last is False
+    forced = make_config(["data=omniglot", "model=conv4", "model.channels_last=true"])
     assert build_backbone(forced.model).channels_last is True
     with pytest.raises(ConfigError, match="channels_last"):
         Conv4(input_shape=[3, 84, 84], channels_last="yes")

@@ -26,17 +26,17 @@ ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu}
 MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu"})
 
 
-#: ``channels_last: auto`` turns the channels-last layout on up to this image side (see
+#: ``channels_last: auto`` turns the channels-last layout on from this image side up (see
 #: :func:`channels_last_pays`; the figures are in bench/results/kernels.md).
-CHANNELS_LAST_MAX_SIDE = 64
+CHANNELS_LAST_MIN_SIDE = 32
 
 
 def channels_last_pays(input_shape: Sequence[int]) -> bool:
     """Whether channels-last convolutions are faster for images of ``input_shape`` (C, H, W). Measured
-    on a MAML++ meta-iteration on the CPU (oneDNN, 1 thread; bench/kernels.py channels_last): 8 %
-    less CPU time at 28x28 (1 channel), 28 % at 32x32 and 22 % at 56x56 (3 channels), but 5 % more
-    at 84x84, where the layout conversions of the larger activations cost more than they save."""
-    return max(input_shape[1:]) <= CHANNELS_LAST_MAX_SIDE
+    on a MAML++ meta-iteration on the CPU (oneDNN, 1 thread; bench/kernels.py channels_last), CPU time
+    channels-last / NCHW: 0.72 at 32x32, 0.77 at 56x56, 0.82, 0.83 and 1.05 in three runs at 84x84;
+    at 28x28 (Omniglot, 1 channel) 0.92 and 1.04: no gain established, so it stays NCHW below 32."""
+    return min(input_shape[1:]) >= CHANNELS_LAST_MIN_SIDE
 
 
 class ConvBlock(nn.Module):
