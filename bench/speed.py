@@ -38,9 +38,16 @@ which separates the machinery's overhead from the cost of the second-order terms
     python bench/speed.py --reference-code DIR        # + the MAML++ reference code's rows (a clone of
                                                       #   github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch)
 
-Writes bench/results/speed.json (one row per setting and engine) and speed.md. mini-ImageNet is
-read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content does not change the
-cost of an iteration, and decoding all 60,000 images would dominate a quick run).
+Every engine row also has its floating-point work and how close it runs to the processor's limit
+(``metaplus.benchmarking.flops``): ``gflop_per_iteration``, counted with torch's FlopCounterMode over
+the real training step of the warm-up meta-iteration (forward, the whole meta-backward with its
+second-order terms; convolutions and matrix products), ``gflops_per_s`` at the row's s/iteration,
+``peak_gflops``, a 2048x2048 fp32 matmul timed (best of 5) in the same child with the same threads
+after training, and ``utilisation`` = achieved / peak.
+
+Writes bench/results/speed.json (one row per setting and engine) and speed.md (``--name``: another
+stem). mini-ImageNet is read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content
+does not change the cost of an iteration, and decoding all 60,000 images would dominate a quick run).
 """
 
 from __future__ import annotations
@@ -156,6 +163,8 @@ def child(args) -> None:
     import lightning as L
     import torch
 
+    from metaplus.allocator import configure_allocator
+    from metaplus.benchmarking.flops import matmul_peak_gflops
     from metaplus.compose import compose_config
     from metaplus.run import build
     from metaplus.threads import configure_threads
@@ -178,6 +187,7 @@ def child(args) -> None:
     if args.child in ("train", "meta_floor"):  # the meta floor follows the engine's derivative order
         measure += ENGINES[args.engine]
     cfg = compose_config([*overrides, *measure], args.out)
+    configure_allocator(cfg.get("malloc_keep_buffers", False))  # as a run sets it up (metaplus.threads)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer, datamodule = parts["learner"], parts["trainer"], parts["datamodule"]
@@ -192,6 +202,8 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     if args.child == "train":
         record.update(time_training(trainer, learner, datamodule, sync))
+        # After training (the matrices add nothing to the training's peak RSS), same process and threads.
+        record["peak_gflops"] = matmul_peak_gflops(device="cuda" if cuda else "cpu", sync=sync)
     elif args.child == "meta_floor":
         record.update(
             time_meta_floor(
@@ -220,16 +232,26 @@ def child(args) -> None:
 
 
 def time_training(trainer, learner, datamodule, sync) -> dict:
+    """Times every meta-iteration; the first (the warm-up, dropped by :func:`steady`) also has its FLOPs
+    counted, the whole training step: forward, the meta-backward with its second-order terms, Adam."""
     import lightning as L
 
+    from metaplus.benchmarking.flops import flop_counter
+
     train, val = Clock(sync), Clock(sync)
+    counter, flops = flop_counter(), []
 
     class Timer(L.Callback):
-        def on_train_batch_start(self, *args):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 0:
+                counter.__enter__()
             train.start()
 
-        def on_train_batch_end(self, *args):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             train.stop()
+            if batch_idx == 0:
+                counter.__exit__(None, None, None)
+                flops.append(int(counter.get_total_flops()))
 
         def on_validation_batch_start(self, trainer, module, batch, *args):
             val.start(per=len(batch))
@@ -242,6 +264,7 @@ def time_training(trainer, learner, datamodule, sync) -> dict:
     return {
         "train_times": train.wall,
         "train_cpu_times": train.cpu,
+        "flops_per_iteration": flops[0],
         "val_episode_times": val.wall,
         "val_episode_cpu_times": val.cpu,
     }
@@ -409,6 +432,21 @@ def ratio_fields(s_it: float, cpu_it: float, floor: dict, meta: dict) -> dict:
     }
 
 
+def utilisation_fields(flops: int, s_it: float, peak_gflops: float) -> dict:
+    """A row's FLOPs per meta-iteration, the GFLOP/s it achieved at its wall-clock s/iteration, the
+    matmul peak its own process measured, and ``utilisation`` = achieved / peak
+    (``metaplus.benchmarking.flops``; counted FLOPs are convolutions and matrix products only)."""
+    from metaplus.benchmarking.flops import utilisation  # torch: only once a row is made
+
+    rates = utilisation(flops, s_it, peak_gflops)
+    return {
+        "gflop_per_iteration": round(flops / 1e9, 3),
+        "gflops_per_s": round(rates["gflops_per_s"], 2),
+        "peak_gflops": round(peak_gflops, 2),
+        "utilisation": round(rates["utilisation"], 3),
+    }
+
+
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
     floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
     floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
@@ -429,6 +467,7 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
                 "setting": setting,
                 "engine": engine,
                 **ratio_fields(s_it, cpu_it, floor, meta),
+                **utilisation_fields(train["flops_per_iteration"], s_it, train["peak_gflops"]),
                 "peak_rss_gb": train["peak_rss_gb"],
                 "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
                 "meta_floor_peak_rss_gb": meta["peak_rss_gb"],
@@ -454,7 +493,8 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
             f"{setting:32s} {engine:15s} {s_it:7.3f} s/it  floor {floor_s:7.3f} s  x{s_it / floor_s:5.2f}  "
             f"(CPU time x{cpu_it / floor_cpu:5.2f})  meta floor {meta_s:7.3f} s x{s_it / meta_s:5.2f} "
             f"(CPU time x{cpu_it / meta_cpu:5.2f})  RSS {train['peak_rss_gb']:5.2f} GB  "
-            f"eval {rows[-1]['eval_fraction']:.1%}",
+            f"eval {rows[-1]['eval_fraction']:.1%}  {rows[-1]['gflops_per_s']:.1f} GFLOP/s of "
+            f"{rows[-1]['peak_gflops']:.1f} ({rows[-1]['utilisation']:.1%})",
             flush=True,
         )
     if args.reference_code and setting in REFERENCE_SHAPES:
@@ -486,8 +526,9 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
 def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
     lines = [
         "| setting | engine | s/iteration | meta floor s | ratio to meta floor | CPU-time ratio | floor s | "
-        "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction | GFLOP/iteration | GFLOP/s | "
+        "peak GFLOP/s | utilisation |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         meta = (
@@ -498,7 +539,13 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
         lines.append(
             f"| {r['setting']} | {r['engine']} | {r['s_per_iteration']:.3f} | {meta} | {r['floor_s']:.3f} | "
             f"{r['ratio_to_floor']:.2f} | {r['cpu_ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} | "
-            f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} |"
+            f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} | "
+            + (
+                f"{r['gflop_per_iteration']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_gflops']:.1f} | "
+                f"{r['utilisation']:.1%} |"
+                if "utilisation" in r  # rows saved before the FLOP count, and the reference code's rows
+                else "n/a | n/a | n/a | n/a |"
+            )
         )
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
@@ -534,6 +581,11 @@ def main() -> None:
         help="keep the saved rows of the settings not measured now (their note is kept too)",
     )
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="results file stem under bench/results (default speed, with --gpu speed_gpu): a trial run's own name",
+    )
     parser.add_argument("--child", choices=["train", "floor", "meta_floor"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -563,7 +615,7 @@ def main() -> None:
         f"{args.threads} torch thread(s) ({why}). {args.note}"
     ).strip()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "speed" if not args.gpu else "speed_gpu"
+    name = args.name or ("speed" if not args.gpu else "speed_gpu")
     rows, skipped, kept, earlier = [], {}, [], ""
     if args.merge and (RESULTS / f"{name}.json").is_file():
         # Re-measure some settings and keep the others' rows, each with the command that measured it.

@@ -129,6 +129,11 @@ def configure_threads(configured: Any = None, processes: int = 1, environ: Mappi
 
 
 def configure_run_threads(cfg: Mapping[str, Any]) -> int:
-    """The run's threads: its Lightning processes times the multirun's parallel jobs share the cores."""
+    """The run's threads: its Lightning processes times the multirun's parallel jobs share the cores.
+    The allocator (``malloc_keep_buffers``, :mod:`metaplus.allocator`) is set here too, before any
+    tensor work, as the threads are."""
+    from metaplus.allocator import configure_allocator
+
+    configure_allocator(cfg.get("malloc_keep_buffers", False))
     processes = trainer_processes(cfg.get("trainer", {}), os.environ) * parallel_jobs()
     return configure_threads(cfg.get("threads"), processes)

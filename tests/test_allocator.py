@@ -1,0 +1,61 @@
+"""metaplus.allocator: glibc serves large buffers from its heap (kept for reuse) when asked, nothing else."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from metaplus import allocator
+from metaplus.errors import ConfigError
+from metaplus.testing import REPO
+
+# In a fresh process (mallopt is process-wide): is a 100 MB malloc served from the brk heap?
+PROBE = """
+import ctypes, sys
+from metaplus.allocator import configure_allocator
+applied = configure_allocator(sys.argv[1] == "on")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+address = libc.malloc(100 * 1024**2)
+heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+low, high = (int(x, 16) for x in heap[0].split("-"))
+print(applied, low <= address < high)
+"""
+
+glibc_only = pytest.mark.skipif(allocator.glibc() is None, reason="Linux glibc only")
+
+
+@glibc_only
+@pytest.mark.parametrize("setting, expected", [("on", "True True"), ("off", "False False")])
+def test_large_buffers_come_from_the_heap_only_when_asked(setting, expected):
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, setting], cwd=REPO, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == expected.split()  # glibc's default maps a 100 MB block on its own
+
+
+def test_off_or_not_glibc_changes_nothing_and_says_so(monkeypatch, caplog):
+    assert allocator.configure_allocator(False) is False
+    monkeypatch.setattr(allocator.platform, "system", lambda: "Darwin")
+    with caplog.at_level(logging.INFO, logger="metaplus"):
+        assert allocator.configure_allocator(True) is False
+    assert "malloc_keep_buffers: no effect on Darwin" in caplog.text
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match="malloc_keep_buffers"):
+        allocator.configure_allocator("yes")
+
+
+def test_run_threads_apply_the_config_key(monkeypatch, make_config):
+    from metaplus import threads
+
+    seen = []
+    monkeypatch.setattr(allocator, "configure_allocator", seen.append)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # configure_threads exports its decision: restored after
+    threads.configure_run_threads(make_config(["malloc_keep_buffers=false", "threads=1"]))
+    threads.configure_run_threads(make_config(["malloc_keep_buffers=true", "threads=1"]))
+    assert seen == [False, True]
