@@ -123,10 +123,10 @@ def can_batch_members(learner) -> bool:
 
 def batches_members(learner, device: torch.device) -> bool:
     """The default path: batched on accelerators, where one-member-at-a-time Conv-4 is launch-bound;
-    one member after another on the CPU, where the vmapped call was 1.4-3x slower (grouped
-    convolutions, and the batched engine's batch statistics computed with plain tensor ops: the
-    cost there is the memory-bound passes over the query maps, which batching does not reduce;
-    bench/results/eval_cost.md)."""
+    one member after another on the CPU, where the vmapped call was ~2x slower (1.65-3.1x per
+    episode, MAML++ mini-ImageNet 5w1s, bench/results/eval_cost.md): the cost there is memory-bound
+    passes over the query maps, which batching does not reduce, plus grouped convolutions and the
+    batched engine's batch statistics in plain tensor ops."""
     return can_batch_members(learner) and device.type != "cpu"
 
 
