@@ -289,7 +289,7 @@ def main() -> None:
         if args.ensemble < 1 or args.episodes < 1:
             parser.error(f"--ensemble {args.ensemble} --episodes {args.episodes}: both must be >= 1")
         load = load_average()
-        presets = args.presets or ["mamlpp_miniimagenet_5w1s"]
+        presets = ["mamlpp_miniimagenet_5w1s"] if args.presets is None else args.presets
         rows = [measure_test(name, PRESETS[name], args.ensemble, args.episodes) for name in presets]
         args.out.mkdir(parents=True, exist_ok=True)
         load_after = load_average()
@@ -307,7 +307,7 @@ def main() -> None:
             md.write(section)
         print(section)
         return
-    args.presets = args.presets or list(PRESETS)
+    args.presets = list(PRESETS) if args.presets is None else args.presets
     rows = [measure(name, PRESETS[name], args.iterations, args.episodes) for name in args.presets]
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
