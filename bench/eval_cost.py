@@ -24,6 +24,12 @@ without the per-step curve. The K members are copies of the learner with perturb
 depends on shapes, not on how well the checkpoints trained. It extrapolates to the preset's full
 test (``data.test_episodes``, the curve on the first ``algo.eval_curve_episodes``), appends a
 section to eval_cost.md (the table above it is kept) and writes eval_cost_ensemble.json.
+
+    OMP_NUM_THREADS=1 python bench/eval_cost.py --ensemble 5 --episodes 20 --run RUN_DIR
+
+times the real test of a trained run instead (``train=false ckpt_path=RUN_DIR/checkpoints``, the
+ensemble of its top-5 scored checkpoints, N real test episodes): seconds per episode of the best
+checkpoint's ``trainer.test`` and of the ensemble (its default path on this device).
 """
 
 from __future__ import annotations
@@ -220,6 +226,52 @@ def measure_test(name: str, experiment: str, k: int, episodes: int) -> dict:
     return row
 
 
+def measure_run(experiment: str, run_dir: Path, episodes: int, scratch: Path) -> dict:
+    """The real test of a trained run, as ``python train.py experiment=... train=false
+    ckpt_path=RUN/checkpoints data.test_episodes=N`` runs it (real episodes, data loading included):
+    seconds of ``trainer.test`` (best checkpoint) and of ``evaluate_ensemble``, per episode."""
+    import lightning as L
+
+    import metaplus.run as run_module
+
+    seconds: dict[str, float] = {}
+
+    def timing(key: str, fn):
+        def wrapped(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            seconds[key] = time.perf_counter() - start
+            return out
+
+        return wrapped
+
+    ensemble, test = run_module.evaluate_ensemble, L.Trainer.test
+    run_module.evaluate_ensemble = timing("ensemble", ensemble)
+    L.Trainer.test = timing("best", test)
+    try:
+        overrides = [
+            f"experiment={experiment}",
+            "train=false",
+            f"ckpt_path={run_dir / 'checkpoints'}",
+            f"data.test_episodes={episodes}",
+            "data.val_episodes=4",  # the validation pass before the test is not timed
+            "logger=none",
+        ]
+        metrics = run_module.run(compose_config(overrides, scratch))
+    finally:
+        run_module.evaluate_ensemble, L.Trainer.test = ensemble, test
+    row = {
+        "experiment": experiment,
+        "episodes": episodes,
+        "ensemble_top_k": len(metrics["test/ensemble_checkpoints"]),
+        "s_per_episode": {key: round(v / episodes, 3) for key, v in seconds.items()},
+        "test/acc": metrics.get("test/acc"),
+        "test/acc_ensemble": metrics.get("test/acc_ensemble"),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def ensemble_markdown(rows: list[dict], command: str, load: str, load_after: str) -> str:
     lines = [
         "",
@@ -283,8 +335,24 @@ def main() -> None:
         metavar="K",
         help="time the test with a top-K ensemble instead (default preset: mamlpp_miniimagenet_5w1s)",
     )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="with --ensemble: time the real test of this trained run's checkpoints instead "
+        "(train=false ckpt_path=RUN/checkpoints, --episodes test episodes); prints, writes nothing",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.run is not None:
+        if not args.ensemble or not (args.run / "checkpoints").is_dir():
+            parser.error(f"--run {args.run}: needs --ensemble and a run directory with checkpoints/")
+        import tempfile
+
+        name = (args.presets or ["mamlpp_miniimagenet_5w1s"])[0]
+        with tempfile.TemporaryDirectory() as scratch:
+            measure_run(PRESETS[name], args.run, args.episodes, Path(scratch) / "eval")
+        return
     if args.ensemble:
         if args.ensemble < 1 or args.episodes < 1:
             parser.error(f"--ensemble {args.ensemble} --episodes {args.episodes}: both must be >= 1")
