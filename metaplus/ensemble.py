@@ -8,6 +8,19 @@ scored. Reported beside the single best checkpoint's ``test/acc``: ``test/acc_en
 ``test/acc_ensemble_ci95`` (1.96 std / sqrt(n) over the episodes, as every other CI here) and
 ``test/ensemble_checkpoints`` (file names, best first, with their validation scores).
 
+The k adaptations are independent, so on accelerators, where the learner's evaluation is the plain
+adaptation that the batched engine computes (``supports_batched_engine``: MAML, MAML++, ANIL,
+Meta-SGD), the members adapt together: one ``torch.vmap`` over the members' stacked parameters and buffers (``functional_call``
+of the learner, so each member's learned inner rates and per-step BN weights and statistics are its
+own), the episode shared, through the batched engine's :meth:`~metaplus.inner.batched.BatchedAdapt.scored_queries`.
+Batch statistics are computed per member, as when the members adapt one after another. The two
+paths compute the same function (float64: 1e-11 on a trained MAML++ mini-ImageNet run) but round
+differently in float32, and five inner steps can amplify that: on a barely trained checkpoint with
+logits ~75 both paths were 0.1-6 away from float64 (the sequential one up to 0.9). Reptile
+(whose Adam inner rule keeps state across steps) and pretrain (which resets its episode head before
+adapting) adapt the members one after another (``adapted_prediction``), as every learner did
+before, and so does every learner on the CPU, where the batched call is slower (:func:`batches_members`).
+
 The test episodes are the ones ``trainer.test`` scores (same data seed and indices). Under DDP each
 rank takes every world-size-th episode and the per-episode results are gathered, so each episode is
 counted once; every rank returns the same figures.
@@ -26,10 +39,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
-from metaplus.data.episodes import EpisodeDataset, collate_tasks
+from metaplus.data.episodes import EpisodeDataset, Task, collate_tasks
 from metaplus.errors import ConfigError
 from metaplus.evaluation import mean_ci95
+from metaplus.inner.batched import BatchedAdapt
 
 
 def checkpoint_score(path: Path) -> tuple[float | None, str | None]:
@@ -100,12 +116,77 @@ def ensemble_members(learner, checkpoints: list[tuple[Path, float]], device: tor
     return members
 
 
+def can_batch_members(learner) -> bool:
+    """Whether the members of ``learner``'s ensemble can adapt together (one vmapped call per episode):
+    where its evaluation is the adaptation the batched engine computes (``supports_batched_engine``).
+    Reptile (a stateful Adam inner rule) and pretrain (its episode head is reset before adapting)
+    cannot."""
+    return learner.supports_batched_engine
+
+
+def batches_members(learner, device: torch.device) -> bool:
+    """The default path: batched on accelerators, where one-member-at-a-time Conv-4 is launch-bound;
+    one member after another on the CPU, where the vmapped call was ~2x slower (1.65-3.1x per
+    episode, MAML++ mini-ImageNet 5w1s, bench/results/eval_cost.md): the cost there is memory-bound
+    passes over the query maps, which batching does not reduce, plus grouped convolutions and the
+    batched engine's batch statistics in plain tensor ops."""
+    return can_batch_members(learner) and device.type != "cpu"
+
+
+class MemberAdaptation(nn.Module):
+    """``adapted_prediction`` of one task as a module's forward, so that :func:`torch.func.functional_call`
+    can run it with any member's parameters and buffers (``learner.*`` names) and ``torch.vmap`` over
+    the members. The update rule is asked of the learner inside the call, so it reads the substituted
+    parameters (each member's LSLR / Meta-SGD rates)."""
+
+    def __init__(self, learner, steps: int):
+        super().__init__()
+        self.learner, self.steps = learner, steps
+        # Read on the real parameters: the substituted ones do not carry requires_grad.
+        self.adapted = learner.adapted_names()
+        self.engine = BatchedAdapt()
+
+    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
+        learner = self.learner
+        _, predictions = self.engine.scored_queries(
+            learner.backbone,
+            support_x[None],
+            support_y[None],
+            query_x[None],
+            query_y[None],
+            loss_fn=learner.loss_fn,
+            steps=self.steps,
+            adapted=self.adapted,
+            rule=learner.inner_rule(),
+            first_order=True,
+            scored=[self.steps],  # the query pass after the last step, at step max(steps - 1, 0)
+        )
+        return predictions[0, 0]
+
+
+def stacked_state(members: list) -> dict[str, Tensor]:
+    """Every parameter and buffer of the members, stacked along a new first dimension (member order),
+    named as :class:`MemberAdaptation` sees them."""
+    states = [{**dict(m.named_parameters()), **dict(m.named_buffers())} for m in members]
+    return {f"learner.{name}": torch.stack([state[name].detach() for state in states]) for name in states[0]}
+
+
+def batched_predictions(adaptation: MemberAdaptation, state: dict[str, Tensor], task: Task) -> Tensor:
+    """Query predictions ``(k, Q, ...)`` of the k members in ``state`` adapted on ``task``, in one
+    vmapped call (the task shared). randomness="different": random layers (DropBlock, active only in
+    training mode) would draw per member, as they do when the members adapt one after another."""
+    inputs = (task.support_x, task.support_y, task.query_x, task.query_y)
+    with torch.no_grad():  # first order: torch.func.grad still takes the inner gradients
+        return vmap(lambda member: functional_call(adaptation, member, inputs), randomness="different")(state)
+
+
 def evaluate_ensemble(
     learner,
     datamodule,
     checkpoints: list[tuple[Path, float]],
     device: torch.device | str | None = None,
     forward_context: Callable[[], AbstractContextManager] | None = None,
+    batched: bool | None = None,
 ) -> dict[str, Any]:
     """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes.
 
@@ -113,6 +194,9 @@ def evaluate_ensemble(
     to the trainer's precision context (autocast under ``16-mixed``/``bf16-mixed``, as its test steps
     ran). Each episode is built and moved to the device once (uint8 images, asynchronously from pinned
     memory on a GPU, normalised there as training batches are) and scored by every member.
+    ``batched``: adapt the members together (see the module docstring); ``None`` (default): where
+    :func:`batches_members` says so (accelerators), ``False``: one after another, ``True``: together
+    also on the CPU (a learner that cannot be batched is refused).
     """
     if not learner.supports_checkpoint_ensemble():
         raise ConfigError(
@@ -122,8 +206,15 @@ def evaluate_ensemble(
         )
     if not checkpoints:
         raise ConfigError("ensemble_top_k", "no validation checkpoint was kept: the run saved none")
+    if batched and not can_batch_members(learner):
+        raise ValueError(
+            f"evaluate_ensemble(batched=True): {type(learner).__name__} adapts its members one after "
+            f"another only (its evaluation is not the batched engine's adaptation); pass batched=None or False"
+        )
     trainer = getattr(datamodule, "trainer", None)
     device = torch.device(device) if device is not None else ensemble_device(trainer, learner)
+    if batched is None:
+        batched = batches_members(learner, device)
     if forward_context is None:
         forward_context = trainer.precision_plugin.forward_context if trainer is not None else contextlib.nullcontext
     source = datamodule.source("test")
@@ -131,6 +222,8 @@ def evaluate_ensemble(
     episodes, world = _shard(len(dataset))
     steps = learner.test_inner_steps
     members = ensemble_members(learner, checkpoints, device)
+    if batched:
+        adaptation, state = MemberAdaptation(members[0], steps), stacked_state(members)
     summed: dict[int, torch.Tensor] = {}
     targets: dict[int, torch.Tensor] = {}
     classify = learner.task_type == "classification"
@@ -139,9 +232,12 @@ def evaluate_ensemble(
         if device.type == "cuda":
             batch = batch.pin_memory()
         task = datamodule.normalise(move_data_to_device(batch, device), "test")[0]  # non-blocking copies of uint8
-        for member in members:
-            with forward_context():
-                prediction = member.adapted_prediction(task, steps).detach().float()  # averaged in fp32
+        with forward_context():
+            if batched:
+                predictions = list(batched_predictions(adaptation, state, task).detach().float())
+            else:
+                predictions = [member.adapted_prediction(task, steps).detach().float() for member in members]
+        for prediction in predictions:  # averaged in fp32, in member order
             prediction = F.softmax(prediction, dim=-1) if classify else prediction
             summed[i] = summed[i] + prediction if i in summed else prediction
         targets[i] = task.query_y

@@ -212,14 +212,17 @@ class Stop(Exception):
     pass
 
 
-def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_top3, monkeypatch):
+@pytest.mark.parametrize("batched", [None, False], ids=["default_batched_on_accelerators", "sequential"])
+def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_top3, monkeypatch, batched):
     """On a GPU machine ``trainer.test``'s teardown leaves the learner on the CPU: the members and the
     episodes must go to the trainer's root device (here the ``meta`` device stands for the GPU) and be
-    evaluated under the trainer's precision context (autocast for ``bf16-mixed``)."""
+    evaluated under the trainer's precision context (autocast for ``bf16-mixed``), on both paths; off
+    the CPU the default is the batched one."""
     from types import SimpleNamespace
 
     import lightning as L
 
+    import metaplus.ensemble
     from metaplus.algorithms.maml import MAML
     from metaplus.ensemble import evaluate_ensemble
 
@@ -227,10 +230,10 @@ def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_
     learner, datamodule, _ = learner_at_best(cfg, metrics)
     seen = []
 
-    def spy(self, task, steps):
+    def record(parameters, task):
         seen.append(
             (
-                next(self.parameters()).device.type,
+                next(parameters).device.type,
                 task.support_x.device.type,
                 task.query_y.device.type,
                 torch.is_autocast_enabled("cpu"),
@@ -238,16 +241,39 @@ def test_the_ensemble_runs_on_the_trainer_s_device_under_its_precision(sinusoid_
         )
         raise Stop
 
-    monkeypatch.setattr(MAML, "adapted_prediction", spy)
+    if batched is None:
+        monkeypatch.setattr(
+            metaplus.ensemble, "batched_predictions", lambda adaptation, state, task: record(iter(state.values()), task)
+        )
+    else:
+        monkeypatch.setattr(MAML, "adapted_prediction", lambda self, task, steps: record(self.parameters(), task))
     meta = SimpleNamespace(
         strategy=SimpleNamespace(root_device=torch.device("meta")),
         precision_plugin=L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False).precision_plugin,
     )
     datamodule.trainer = meta
     with pytest.raises(Stop):
-        evaluate_ensemble(learner, datamodule, members_of(cfg, metrics))
+        evaluate_ensemble(learner, datamodule, members_of(cfg, metrics), batched=batched)
     assert seen == [("meta", "meta", "meta", True)]
     assert next(learner.parameters()).device.type == "cpu", "the learner itself stays where it was"
+
+
+def test_the_batched_ensemble_figures_equal_the_sequential_ones(sinusoid_top3, monkeypatch):
+    """Regression (MAML, MLP): the members adapted in one vmapped call give the figures of the members
+    adapted one after another (the CPU's default path), and no member is adapted alone."""
+    from metaplus.algorithms.base import EpisodicLearner
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    sequential = evaluate_ensemble(learner, datamodule, members)
+    assert sequential["test/mse_ensemble"] == metrics["test/mse_ensemble"], "the CPU's default is sequential"
+    monkeypatch.setattr(EpisodicLearner, "adapted_prediction", lambda *a: pytest.fail("a member adapted alone"))
+    batched = evaluate_ensemble(learner, datamodule, members, batched=True)
+    for key in ("test/mse_ensemble", "test/mse_ensemble_ci95", "test/loss_ensemble"):
+        assert batched[key] == pytest.approx(sequential[key], rel=1e-5), key
+    assert batched["test/ensemble_episodes"] == sequential["test/ensemble_episodes"]
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared Omniglot (METAPLUS_DATA or ../shared/data)")
@@ -275,3 +301,7 @@ def test_classification_ensemble_figures_equal_the_previous_path(make_config, tm
     got = evaluate_ensemble(learner, datamodule, members)
     assert {k: got[k] for k in expected} == expected
     assert got["test/acc_ensemble"] == metrics["test/acc_ensemble"]
+    # MAML++ (per-step BN, LSLR) with the members adapted in one vmapped call: the same figures
+    batched = evaluate_ensemble(learner, datamodule, members, batched=True)
+    assert batched["test/acc_ensemble"] == pytest.approx(got["test/acc_ensemble"], abs=1e-6)
+    assert batched["test/loss_ensemble"] == pytest.approx(got["test/loss_ensemble"], rel=1e-5)
