@@ -10,6 +10,7 @@ epoch 0 (multi-step loss, per-step batch norm, LSLR at its initial rates).
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,13 @@ def test_a_measured_child_starts_in_the_folder_given_and_reports_its_peak_memory
     )
     assert (tmp_path / "here.txt").read_text() == str(tmp_path)
     assert 0.3 <= peak_gb < 2, peak_gb
+
+
+def test_a_measured_child_reports_its_cpu_time_not_the_time_it_waited(tmp_path):
+    from metaplus.benchmarking.processes import run_measured_usage
+
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\ntime.sleep(0.8)"
+    start = time.perf_counter()
+    _, cpu_s = run_measured_usage([sys.executable, "-c", burn], cwd=tmp_path)
+    assert time.perf_counter() - start >= 1.4  # it slept
+    assert 0.6 <= cpu_s < 1.3, cpu_s  # the CPU it burnt (plus the interpreter's start), not the sleep

@@ -22,6 +22,14 @@ def run_measured(command: list[str], *, cwd: str | Path, env: dict[str, str] | N
     small process: on Linux the figure starts at the caller's RSS at the fork (exec keeps the old
     memory's high-water mark). A child that
     fails raises RuntimeError with the end of its stderr and, on its last line, how it ended."""
+    return run_measured_usage(command, cwd=cwd, env=env)[0]
+
+
+def run_measured_usage(
+    command: list[str], *, cwd: str | Path, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """:func:`run_measured`'s (peak RSS in GB, CPU seconds): the child's user + system time, all its
+    threads, as the kernel accounted it (on a shared machine the steadier figure than wall clock)."""
     proc = subprocess.Popen(
         command,
         cwd=cwd,
@@ -34,7 +42,7 @@ def run_measured(command: list[str], *, cwd: str | Path, env: dict[str, str] | N
     if code:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         raise RuntimeError(proc.stderr.read().decode()[-3000:] + f"\n{how}")
-    return round(usage.ru_maxrss / 1024**2, 3)
+    return round(usage.ru_maxrss / 1024**2, 3), usage.ru_utime + usage.ru_stime
 
 
 def measured(command: list[str], what: str, *, cwd: str | Path) -> float:
