@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.data.episodes import Task
 from metaplus.errors import ConfigError, check, check_choice, check_int
-from metaplus.inner import checkpointed
+from metaplus.inner import checkpointed_engine
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.inner.learned_rates import LearnedRates
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
@@ -74,7 +74,7 @@ class MAML(EpisodicLearner):
         check_choice("bn_stats", bn_stats, set(STATS_MODES))
         self.switches = switches
         if checkpoint_steps:
-            self.inner = checkpointed(self.inner)
+            self.inner = checkpointed_engine(self.inner)
         self.msl, self.msl_epochs, self.da, self.da_epochs = msl, msl_epochs, da, da_epochs
         self.lslr, self.ca, self.bn_stats = lslr, ca, bn_stats
         self.configure_backbone_batchnorm(self.inner_steps, bnrs, bnwb, bn_stats, adapt_bn_affine)

@@ -27,7 +27,7 @@ def make_engine(engine: str = "l2l", chunk_size: int | None = None) -> CloneAdap
     return BatchedAdapt(chunk_size)
 
 
-def checkpointed(engine: CloneAdapt) -> CheckpointedAdapt:
+def checkpointed_engine(engine: CloneAdapt) -> CheckpointedAdapt:
     """``algo.checkpoint_steps=true``: the default engine, recomputing each inner step in the
     meta-backward. Only the default engine can: the batched one vmaps whole adaptations (and a
     custom engine passed in code has its own inner loop)."""
@@ -47,7 +47,7 @@ __all__ = [
     "CloneAdapt",
     "ENGINES",
     "LearnedRates",
-    "checkpointed",
+    "checkpointed_engine",
     "gradient_step",
     "make_engine",
     "parameter_key",
