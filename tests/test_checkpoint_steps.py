@@ -79,6 +79,23 @@ def test_meta_gradient_and_running_statistics_equal_the_default_engines(kind, sw
         torch.testing.assert_close(buffers_ck[name], value, rtol=0, atol=0, msg=name)
 
 
+def test_recomputation_replays_autocast():
+    """bf16 autocast: the recomputed passes run in bf16 as the first ones did, even where the backward
+    runs outside the autocast block (as on a GPU's backward thread): the same meta-gradient, bit for bit."""
+
+    def meta_gradient(checkpoint_steps: bool) -> dict[str, torch.Tensor]:
+        model = learner("conv4", checkpoint_steps, **MAMLPP).float()
+        t = task()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = model.task_loss(Task(t.support_x.float(), t.support_y, t.query_x.float(), t.query_y))
+        loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    plain, recomputed = meta_gradient(False), meta_gradient(True)
+    for name, grad in plain.items():
+        assert torch.equal(recomputed[name], grad), name
+
+
 def saved_bytes(model: MAML) -> int:
     """Bytes of the distinct storages autograd keeps for the meta-backward of one task (outside the
     checkpointed regions, which keep only their inputs)."""
