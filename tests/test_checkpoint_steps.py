@@ -4,6 +4,9 @@ those of the default engine, for every switch that touches the inner loop; and l
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -127,6 +130,21 @@ def test_adapted_model_is_a_module_and_evaluation_is_unchanged():
     plain.eval(), recomputed.eval()
     for a, b in zip(plain.evaluate_task(task(), 3), recomputed.evaluate_task(task(), 3)):
         assert torch.equal(a, b)
+
+
+def test_adapted_model_is_freed_without_the_garbage_collector():
+    """Each step's model must not be a reference cycle: it holds the step's parameters (and through
+    them the task's graph), which must go as soon as the backward is done, not at the next collection."""
+    model = learner("conv4", True, **MAMLPP)
+    gc.disable()
+    try:
+        adapted = model.adapt(task(), 2, first_order=False)
+        adapted_ref, parameter_ref = weakref.ref(adapted), weakref.ref(adapted.head.weight)
+        adapted(task().query_x, step=1).sum().backward()
+        del adapted
+        assert adapted_ref() is None and parameter_ref() is None
+    finally:
+        gc.enable()
 
 
 def test_checkpoint_steps_refuses_what_it_cannot_do():

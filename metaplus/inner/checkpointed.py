@@ -29,6 +29,8 @@ the query set under ``no_grad``; it keeps no graph to save, so it runs the defau
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 
@@ -141,9 +143,13 @@ def recomputed_clone(model: nn.Module, parameters: dict[str, Tensor]) -> nn.Modu
     for name, value in parameters.items():
         owner, _, leaf = name.rpartition(".")
         clone.get_submodule(owner)._parameters[leaf] = value  # as l2l.update_module sets an updated tensor
-    forward = clone.forward
+    # The clone's own forward, reached through a weak reference: a strong one from this instance
+    # attribute back to the clone would be a reference cycle, holding the step's tensors (and the
+    # task's graph) until the garbage collector runs instead of freeing them after the backward.
+    plain_forward, clone_ref = type(clone).forward, weakref.ref(clone)
 
     def checkpointed_forward(x: Tensor, step: int = 0) -> Tensor:
+        forward = functools.partial(plain_forward, clone_ref())
         if not torch.is_grad_enabled():
             return forward(x, step=step)
         # The recomputation must not update the running statistics again (the first pass did).
@@ -158,8 +164,6 @@ def recomputed_clone(model: nn.Module, parameters: dict[str, Tensor]) -> nn.Modu
 class CheckpointedAdapt(CloneAdapt):
     """The default engine's inner loop (same steps, same update rule, same meta-gradient) with each
     step's activations recomputed in the meta-backward instead of kept: ``algo.checkpoint_steps=true``."""
-
-    checkpointed = True
 
     def adapt(
         self,
