@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.data.episodes import Task
 from metaplus.errors import ConfigError, check, check_choice, check_int
+from metaplus.inner import checkpointed_engine
 from metaplus.inner.clone_adapt import UpdateRule
 from metaplus.inner.learned_rates import LearnedRates
 from metaplus.nn.batchnorm import STATS_MODES, batchnorm_parameter_names, configure_batchnorm
@@ -58,10 +59,12 @@ class MAML(EpisodicLearner):
         ca: bool = False,
         bn_stats: str = "batch",
         adapt_bn_affine: bool = False,
+        checkpoint_steps: bool = False,
         **shared: Any,
     ):
         switches = dict(msl=msl, da=da, bnrs=bnrs, bnwb=bnwb, lslr=lslr, ca=ca)
-        for key, value in {**switches, "adapt_bn_affine": adapt_bn_affine}.items():
+        flags = {**switches, "adapt_bn_affine": adapt_bn_affine, "checkpoint_steps": checkpoint_steps}
+        for key, value in flags.items():
             check(key, value, isinstance(value, bool), "true or false")
         if ca:  # CA is the base learner's cosine outer schedule, switched on by name
             shared["lr_schedule"] = "cosine"
@@ -70,6 +73,8 @@ class MAML(EpisodicLearner):
         check_int("da_epochs", da_epochs, 0)
         check_choice("bn_stats", bn_stats, set(STATS_MODES))
         self.switches = switches
+        if checkpoint_steps:
+            self.inner = checkpointed_engine(self.inner)
         self.msl, self.msl_epochs, self.da, self.da_epochs = msl, msl_epochs, da, da_epochs
         self.lslr, self.ca, self.bn_stats = lslr, ca, bn_stats
         self.configure_backbone_batchnorm(self.inner_steps, bnrs, bnwb, bn_stats, adapt_bn_affine)

@@ -1,10 +1,13 @@
 """Inner-loop engines, chosen by ``algo.engine``:
 - ``l2l`` (default): learn2learn clone/adapt, one task at a time (memory flat in the meta-batch);
 - ``batched``: torch.func, the tasks of a meta-batch vmapped in chunks of ``algo.chunk_size``
-  (for GPUs, where one-task-at-a-time Conv-4 is launch-bound)."""
+  (for GPUs, where one-task-at-a-time Conv-4 is launch-bound).
+``algo.checkpoint_steps=true`` (MAML, MAML++) turns ``l2l`` into :class:`CheckpointedAdapt`, which
+recomputes each inner step's activations in the meta-backward instead of keeping them."""
 
 from metaplus.errors import ConfigError, check_choice
 from metaplus.inner.batched import BatchedAdapt
+from metaplus.inner.checkpointed import CheckpointedAdapt
 from metaplus.inner.clone_adapt import CloneAdapt, gradient_step, sgd
 from metaplus.inner.learned_rates import LearnedRates, parameter_key
 
@@ -24,11 +27,27 @@ def make_engine(engine: str = "l2l", chunk_size: int | None = None) -> CloneAdap
     return BatchedAdapt(chunk_size)
 
 
+def checkpointed_engine(engine: CloneAdapt) -> CheckpointedAdapt:
+    """``algo.checkpoint_steps=true``: the default engine, recomputing each inner step in the
+    meta-backward. Only the default engine can: the batched one vmaps whole adaptations (and a
+    custom engine passed in code has its own inner loop)."""
+    if type(engine) is not CloneAdapt:
+        name = "batched" if getattr(engine, "batched", False) else f"a custom engine ({type(engine).__name__})"
+        raise ConfigError(
+            "checkpoint_steps",
+            f"true is invalid with algo.engine={name}: only the default engine recomputes its inner "
+            f"steps; use algo.engine=l2l or algo.checkpoint_steps=false",
+        )
+    return CheckpointedAdapt()
+
+
 __all__ = [
     "BatchedAdapt",
+    "CheckpointedAdapt",
     "CloneAdapt",
     "ENGINES",
     "LearnedRates",
+    "checkpointed_engine",
     "gradient_step",
     "make_engine",
     "parameter_key",
