@@ -154,8 +154,11 @@ def utilisation_row(args) -> dict:
     and by CPU time (against the peak per CPU second: on a shared machine, the rate while running)."""
     import torch
 
+    from metaplus.allocator import configure_allocator
     from metaplus.benchmarking.flops import count_flops, matmul_peak_gflops, utilisation
 
+    # as a run trains (malloc_keep_buffers defaults to true): set before the first large allocation
+    applied = configure_allocator(True)
     torch.set_num_threads(args.threads)
     learner, batch = make_learner(args.setting, args.override)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -168,6 +171,7 @@ def utilisation_row(args) -> dict:
         "setting": args.setting,
         "overrides": args.override,
         "threads": args.threads,
+        "allocator": applied,
         "gflop_per_iteration": round(flops / 1e9, 3),
         "median_s_per_iteration": round(s_wall, 3),
         "median_cpu_s_per_iteration": round(s_cpu, 3),
