@@ -15,7 +15,7 @@ from metaplus.algorithms import ANIL, MAML, MetaSGD
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.data.episodes import Task
 from metaplus.ensemble import MemberAdaptation, batched_predictions, stacked_state
-from metaplus.nn import MLP, ResNet12
+from metaplus.nn import MLP, Conv4, ResNet12
 from metaplus.testing.engines import conv4, image_batch, regression_batch
 
 K = 3
@@ -83,6 +83,18 @@ CASES = {
         "rgb",
         2,
     ),
+    # channels-last Conv-4 (model.channels_last, on from 32x32 up): the shared episode is a plain tensor
+    # inside vmap, so the layout must be left alone there (torch raises when asked to set it)
+    "maml_conv4_channels_last": (
+        lambda: MAML(
+            Conv4([3, 32, 32], 3, filters=4, activation="leaky_relu", channels_last=True),
+            "classification",
+            inner_steps=2,
+            inner_lr=0.1,
+        ),
+        "rgb32",
+        2,
+    ),
     "zero_steps": (lambda: MAML(conv4(), "classification", inner_steps=2, inner_lr=0.1, **MAMLPP), "image", 0),
 }
 
@@ -93,7 +105,12 @@ def test_batched_member_predictions_equal_each_member_adapted_alone(case, dtype)
     make, kind, steps = CASES[case]
     torch.manual_seed(0)
     members = perturbed_members(make().to(dtype))
-    batch = {"image": image_batch, "rgb": lambda: image_batch(shape=(3, 16, 16)), "regression": regression_batch}
+    batch = {
+        "image": image_batch,
+        "rgb": lambda: image_batch(shape=(3, 16, 16)),
+        "rgb32": lambda: image_batch(shape=(3, 32, 32)),
+        "regression": regression_batch,
+    }
     task = in_dtype(batch[kind]()[0], dtype)
     expected = [m.adapted_prediction(task, steps) for m in members]
     for a in range(K):  # the members really differ, so mixing them up cannot pass

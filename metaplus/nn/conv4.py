@@ -110,9 +110,11 @@ class Conv4(nn.Module):
         self.channels_last = channels_last_pays(input_shape) if channels_last == "auto" else channels_last
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
-        # Under vmap (algo.engine=batched) a tensor has no layout of its own to set (torch raises), so
-        # that engine keeps torch's default layout.
-        if self.channels_last and not torch._C._functorch.is_batchedtensor(x):
+        # Under torch.func transforms (algo.engine=batched, the batched ensemble: vmap, with grad inside
+        # or outside it) a tensor has no layout of its own to set (torch raises), so those paths keep
+        # torch's default layout. Any transform level counts: inside grad(vmap(...)) the input is a
+        # grad-level wrapper, not itself a batched tensor.
+        if self.channels_last and torch._C._functorch.maybe_current_level() is None:
             # The input alone decides: the convolutions (oneDNN on the CPU) then run and return
             # channels-last, batch norm, pooling and activations keep the layout, and the weights,
             # the fast weights of an inner step included, need no conversion.
