@@ -38,6 +38,16 @@ def check_positive(key: str, value: Any) -> None:
     check(key, value, ok, "a number > 0")
 
 
+def check_image_shape(key: str, value: Any) -> None:
+    """An image backbone's ``input_shape``: [channels, height, width] of positive integers."""
+    check(
+        key,
+        value,
+        len(value) == 3 and all(isinstance(d, int) and d > 0 for d in value),
+        "[channels, height, width] of positive integers",
+    )
+
+
 def check_choice(key: str, value: Any, choices) -> None:
     check(key, value, value in choices, f"one of {sorted(choices)}")
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.errors import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_image_shape, check_int
 from metaplus.nn.batchnorm import PerStepBatchNorm2d
 
 POOLS = ("avg", "flatten")
@@ -93,12 +93,7 @@ class ResNet12(nn.Module):
         dropblock_size: int = 5,
     ):
         super().__init__()
-        check(
-            "input_shape",
-            input_shape,
-            len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
-            "[channels, height, width] of positive integers",
-        )
+        check_image_shape("input_shape", input_shape)
         check_int("output_dim", output_dim, 1)
         check(
             "widths",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaplus.errors import check, check_choice, check_int
+from metaplus.errors import check, check_choice, check_image_shape, check_int
 from metaplus.nn.batchnorm import PerStepBatchNorm2d
 from metaplus.nn.init import INIT_SCHEMES, initialise
 
@@ -53,12 +53,7 @@ class StridedConv4(nn.Module):
         init: str = "kaiming_normal",
     ):
         super().__init__()
-        check(
-            "input_shape",
-            input_shape,
-            len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape),
-            "[channels, height, width] of positive integers",
-        )
+        check_image_shape("input_shape", input_shape)
         check_int("output_dim", output_dim, 1)
         check_int("filters", filters, 1)
         check_int("blocks", blocks, 1)
