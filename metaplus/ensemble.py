@@ -21,6 +21,12 @@ logits ~75 both paths were 0.1-6 away from float64 (the sequential one up to 0.9
 adapting) adapt the members one after another (``adapted_prediction``), as every learner did
 before, and so does every learner on the CPU, where the batched call is slower (:func:`batches_members`).
 
+What it costs: the best checkpoint is the ensemble's first member, and ``trainer.test`` has already
+adapted it on every test episode, so a run hands those predictions over (``first_member_predictions``)
+and only the other k-1 members are adapted. On the CPU the one-after-another path adapts episodes on
+worker threads with one op thread each (:func:`metaplus.threads.map_on_workers`; the same arithmetic
+as one thread), which scales better than torch's intra-op threads over one episode's small ops.
+
 The test episodes are the ones ``trainer.test`` scores (same data seed and indices). Under DDP each
 rank takes every world-size-th episode and the per-episode results are gathered, so each episode is
 counted once; every rank returns the same figures.
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,7 @@ from metaplus.data.episodes import EpisodeDataset, Task, collate_tasks
 from metaplus.errors import ConfigError
 from metaplus.evaluation import mean_ci95
 from metaplus.inner.batched import BatchedAdapt
+from metaplus.threads import map_on_workers
 
 
 def checkpoint_score(path: Path) -> tuple[float | None, str | None]:
@@ -187,6 +194,8 @@ def evaluate_ensemble(
     device: torch.device | str | None = None,
     forward_context: Callable[[], AbstractContextManager] | None = None,
     batched: bool | None = None,
+    first_member_predictions: Mapping[int, Tensor] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Test metrics of the ensemble of ``checkpoints`` on the datamodule's fixed test episodes.
 
@@ -197,6 +206,13 @@ def evaluate_ensemble(
     ``batched``: adapt the members together (see the module docstring); ``None`` (default): where
     :func:`batches_members` says so (accelerators), ``False``: one after another, ``True``: together
     also on the CPU (a learner that cannot be batched is refused).
+    ``first_member_predictions``: the first checkpoint's query predictions by test episode index, as
+    ``trainer.test`` of that checkpoint computed them (:attr:`EpisodicLearner.test_predictions`); those
+    episodes are not adapted again for that member (the best checkpoint is the ensemble's first member:
+    without this, its test is computed twice). Episodes missing from it are computed.
+    ``workers``: on the CPU's one-after-another path, episodes are adapted on this many threads with one
+    op thread each (:func:`metaplus.threads.map_on_workers`, each thread with its own copies of the
+    members); default: the process's torch thread count. Elsewhere: one.
     """
     if not learner.supports_checkpoint_ensemble():
         raise ConfigError(
@@ -217,30 +233,51 @@ def evaluate_ensemble(
         batched = batches_members(learner, device)
     if forward_context is None:
         forward_context = trainer.precision_plugin.forward_context if trainer is not None else contextlib.nullcontext
+    known = first_member_predictions or {}
     source = datamodule.source("test")
     dataset = EpisodeDataset(source, datamodule.test_episodes, keys=(datamodule.eval_seed, "test"), pixels=True)
     episodes, world = _shard(len(dataset))
     steps = learner.test_inner_steps
     members = ensemble_members(learner, checkpoints, device)
     if batched:
-        adaptation, state = MemberAdaptation(members[0], steps), stacked_state(members)
+        adaptation = MemberAdaptation(members[0], steps)
+        state, later_state = stacked_state(members), stacked_state(members[1:]) if len(members) > 1 else None
+        workers = 1
+    elif workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = max(min(workers, len(episodes)), 1)
+
+    def tasks():
+        """(episode index, (episode index, task on the device)), built in the calling thread, in order."""
+        for i in episodes:
+            batch = collate_tasks([dataset[i]])
+            if device.type == "cuda":
+                batch = batch.pin_memory()
+            yield i, (i, datamodule.normalise(move_data_to_device(batch, device), "test")[0])  # non-blocking copies
+
+    def predict(own_members: list, task_of: tuple[int, Task]) -> tuple[list[Tensor], Tensor]:
+        """Every member's query predictions on one episode (fp32, member order) and its query labels."""
+        i, task = task_of
+        reused = [known[i].detach().float()] if i in known else []
+        with forward_context():
+            if batched:
+                rest = later_state if reused else state
+                computed = [] if rest is None else list(batched_predictions(adaptation, rest, task).detach().float())
+            else:
+                computed = [m.adapted_prediction(task, steps).detach().float() for m in own_members[len(reused) :]]
+        return reused + computed, task.query_y
+
+    # Workers after the first adapt their own copies (pretrain resets a member's head per episode).
+    member_sets = [members] + [[copy.deepcopy(m) for m in members] for _ in range(workers - 1)]
+    scored = map_on_workers(predict, tasks(), member_sets)
     summed: dict[int, torch.Tensor] = {}
     targets: dict[int, torch.Tensor] = {}
     classify = learner.task_type == "classification"
     for i in episodes:
-        batch = collate_tasks([dataset[i]])
-        if device.type == "cuda":
-            batch = batch.pin_memory()
-        task = datamodule.normalise(move_data_to_device(batch, device), "test")[0]  # non-blocking copies of uint8
-        with forward_context():
-            if batched:
-                predictions = list(batched_predictions(adaptation, state, task).detach().float())
-            else:
-                predictions = [member.adapted_prediction(task, steps).detach().float() for member in members]
+        predictions, targets[i] = scored[i]
         for prediction in predictions:  # averaged in fp32, in member order
             prediction = F.softmax(prediction, dim=-1) if classify else prediction
             summed[i] = summed[i] + prediction if i in summed else prediction
-        targets[i] = task.query_y
     per_episode = []
     for i in episodes:
         mean = summed[i] / len(checkpoints)

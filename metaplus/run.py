@@ -111,12 +111,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         # The validation score of the evaluated checkpoint, then its test score on the fixed episodes.
         # Each returns its logged metrics (one dict per dataloader); the curves are lists, not logged.
+        members = ensemble[: cfg.ensemble_top_k]
+        # The tested checkpoint is normally the ensemble's first member: its test predictions are kept.
+        reuse = bool(members) and ckpt is not None and Path(members[0][0]).resolve() == Path(ckpt).resolve()
+        learner.test_predictions = None
         for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
+            if stage == "test" and reuse:
+                learner.test_predictions = {}
             for logged in evaluate(learner, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                 metrics.update(logged)
             metrics.update(learner.adaptation_curves.get(stage, {}))
         if cfg.ensemble_top_k:
-            metrics.update(evaluate_ensemble(learner, datamodule, ensemble[: cfg.ensemble_top_k]))
+            known, learner.test_predictions = learner.test_predictions, None
+            metrics.update(evaluate_ensemble(learner, datamodule, members, first_member_predictions=known))
     metrics["monitor"] = cfg.monitor
     metrics["best_checkpoint"] = str(ckpt) if ckpt else None
     if trainer.is_global_zero:

@@ -301,7 +301,121 @@ def test_classification_ensemble_figures_equal_the_previous_path(make_config, tm
     got = evaluate_ensemble(learner, datamodule, members)
     assert {k: got[k] for k in expected} == expected
     assert got["test/acc_ensemble"] == metrics["test/acc_ensemble"]
+    if torch.get_num_threads() == 1:  # worker threads run one op thread each: the same arithmetic
+        assert evaluate_ensemble(learner, datamodule, members, workers=2) == got
     # MAML++ (per-step BN, LSLR) with the members adapted in one vmapped call: the same figures
     batched = evaluate_ensemble(learner, datamodule, members, batched=True)
     assert batched["test/acc_ensemble"] == pytest.approx(got["test/acc_ensemble"], abs=1e-6)
     assert batched["test/loss_ensemble"] == pytest.approx(got["test/loss_ensemble"], rel=1e-5)
+
+
+# -- cost (issue 26): the best checkpoint's test predictions reused, episodes on worker threads --------
+def test_a_run_reuses_the_best_checkpoint_s_test_predictions_as_the_first_member(
+    sinusoid_top3, make_config, tmp_path, monkeypatch
+):
+    """The best checkpoint is the ensemble's first member: ``trainer.test`` already adapted it on every
+    test episode, so the run hands those predictions to the ensemble, which adapts only the other
+    members, and the figures are the ones of adapting all of them."""
+    import metaplus.run as run_module
+    from metaplus.algorithms.base import EpisodicLearner
+    from metaplus.ensemble import evaluate_ensemble
+
+    calls, handed = [], {}
+    adapted_prediction = EpisodicLearner.adapted_prediction
+
+    def counting(self, task, steps):
+        calls.append(1)
+        return adapted_prediction(self, task, steps)
+
+    def recording(learner, datamodule, checkpoints, **kwargs):
+        handed.update(kwargs)
+        return evaluate_ensemble(learner, datamodule, checkpoints, **kwargs)
+
+    monkeypatch.setattr(EpisodicLearner, "adapted_prediction", counting)
+    monkeypatch.setattr(run_module, "evaluate_ensemble", recording)
+    cfg = make_config([*SINUSOID, "ensemble_top_k=3"], tmp_path / "run")
+    metrics = run(cfg)
+    known = handed["first_member_predictions"]
+    assert sorted(known) == list(range(12)), "every test episode's predictions kept"
+    assert len(calls) == 2 * 12, "the two other members only"
+    members = members_of(cfg, metrics)
+    assert members[0][0].name == metrics["best_checkpoint"].split("/")[-1]
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    dataset = EpisodeDataset(datamodule.source("test"), 12, keys=(datamodule.eval_seed, "test"))
+    learner.eval()
+    for i in (0, 11):  # the kept predictions are the first member's own
+        assert torch.equal(known[i], learner.adapted_prediction(dataset[i][1], 2).detach())
+    everything = evaluate_ensemble(learner, datamodule, members)
+    for key in ("test/mse_ensemble", "test/mse_ensemble_ci95", "test/loss_ensemble"):
+        assert metrics[key] == everything[key], key
+    assert learner.test_predictions is None
+
+
+def test_a_first_member_that_is_not_the_tested_checkpoint_is_adapted(sinusoid_top3):
+    """Only the episodes found in ``first_member_predictions`` are taken from it; with none, all are computed."""
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    full = evaluate_ensemble(learner, datamodule, members)
+    wrong = {i: torch.full((5, 1), 100.0) for i in range(3)}  # far off: the first 3 episodes get worse
+    partly = evaluate_ensemble(learner, datamodule, members, first_member_predictions=wrong)
+    assert partly["test/mse_ensemble"] > full["test/mse_ensemble"]
+    assert evaluate_ensemble(learner, datamodule, members, first_member_predictions={}) == full
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
+def test_reused_predictions_give_the_figures_of_computing_them(sinusoid_top3, batched):
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    dataset = EpisodeDataset(datamodule.source("test"), datamodule.test_episodes, keys=(datamodule.eval_seed, "test"))
+    learner.eval()
+    known = {i: learner.adapted_prediction(dataset[i][1], 2).detach() for i in range(len(dataset))}
+    full = evaluate_ensemble(learner, datamodule, members, batched=batched)
+    reused = evaluate_ensemble(learner, datamodule, members, batched=batched, first_member_predictions=known)
+    for key in ("test/mse_ensemble", "test/mse_ensemble_ci95", "test/loss_ensemble"):
+        assert reused[key] == pytest.approx(full[key], rel=1e-6), key
+
+
+def test_episodes_on_two_worker_threads_give_the_same_figures(sinusoid_top3, monkeypatch):
+    """The CPU path adapts episodes on worker threads, one op thread each, each holding its own member
+    copies while it works: the figures are those of one thread exactly, both threads did work, no
+    member is adapted by two threads at once, torch's thread count is restored."""
+    import threading
+
+    from metaplus.algorithms.base import EpisodicLearner
+    from metaplus.ensemble import evaluate_ensemble
+
+    cfg, metrics = sinusoid_top3
+    learner, datamodule, _ = learner_at_best(cfg, metrics)
+    members = members_of(cfg, metrics)
+    torch.set_num_threads(1)
+    one = evaluate_ensemble(learner, datamodule, members, workers=1)
+    seen, busy, overlaps, lock = [], set(), [], threading.Lock()
+    adapted_prediction = EpisodicLearner.adapted_prediction
+
+    def recording(self, task, steps):
+        with lock:
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+            overlaps.extend([id(self)] if id(self) in busy else [])
+            busy.add(id(self))
+        try:
+            return adapted_prediction(self, task, steps)
+        finally:
+            with lock:
+                busy.discard(id(self))
+
+    monkeypatch.setattr(EpisodicLearner, "adapted_prediction", recording)
+    torch.set_num_threads(2)
+    try:
+        two = evaluate_ensemble(learner, datamodule, members, workers=2)
+        assert torch.get_num_threads() == 2, "restored"
+    finally:
+        torch.set_num_threads(1)
+    assert one == two
+    assert len({thread for thread, _ in seen}) == 2 and {n for _, n in seen} == {1}
+    assert not overlaps, "a member copy was adapted by two threads at once"

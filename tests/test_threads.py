@@ -117,3 +117,49 @@ def test_all_gpus_count_as_one_process_each(devices, monkeypatch):
     assert trainer_processes({"accelerator": "gpu", "devices": "3"}, {}) == 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert trainer_processes({"accelerator": "auto", "devices": devices}, {}) == 1
+
+
+def test_map_on_workers_holds_each_state_in_one_thread_at_a_time_and_restores_the_threads():
+    import threading
+    import time
+
+    from metaplus.threads import map_on_workers
+
+    lock, busy, overlaps, workers_seen = threading.Lock(), set(), [], set()
+
+    def work(state, item):
+        with lock:
+            if state["name"] in busy:
+                overlaps.append(state["name"])
+            busy.add(state["name"])
+            workers_seen.add(threading.get_ident())
+        assert torch.get_num_threads() == 1
+        time.sleep(0.01)  # long enough for the other worker to start meanwhile
+        with lock:
+            busy.discard(state["name"])
+        return state["name"], item * item
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = map_on_workers(work, ((k, k + 1) for k in range(20)), [{"name": "a"}, {"name": "b"}])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(results) == list(range(20)) and [results[k][1] for k in range(20)] == [
+        (k + 1) ** 2 for k in range(20)
+    ]
+    assert not overlaps and len(workers_seen) == 2 and {name for name, _ in results.values()} == {"a", "b"}
+
+
+def test_map_on_workers_raises_what_a_worker_raised():
+    from metaplus.threads import map_on_workers
+
+    def work(state, item):
+        if item == 3:
+            raise ValueError("episode 3")
+        return item
+
+    with pytest.raises(ValueError, match="episode 3"):
+        map_on_workers(work, ((k, k) for k in range(6)), [0, 1])
+    assert map_on_workers(work, ((k, k) for k in range(3)), [0]) == {0: 0, 1: 1, 2: 2}

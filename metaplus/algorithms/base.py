@@ -177,6 +177,10 @@ class EpisodicLearner(L.LightningModule):
         # ``self.log`` cannot hold (it logs scalars). The scalar metrics are logged, and
         # results.json takes them from what trainer.validate/test return and the curves from here.
         self.adaptation_curves: dict[str, dict[str, list[float]]] = {}
+        # Set to {} before ``trainer.test`` when the best checkpoint's top-k ensemble follows: each test
+        # episode's final query predictions, by episode index, are kept there for the ensemble's first
+        # member (the same checkpoint), so that they are not computed twice (``evaluate_ensemble``).
+        self.test_predictions: dict[int, Tensor] | None = None
 
     # -- hooks for subclasses ------------------------------------------------------------------
     #: False where training is not "query loss after adaptation" (Reptile, MT-net, pretrain): such a
@@ -411,18 +415,22 @@ class EpisodicLearner(L.LightningModule):
         """Whether ``stage`` ("val"/"test") scores the query set after every inner step (``eval_curve``)."""
         return stage in EVAL_CURVES[self.eval_curve]
 
-    def evaluate_task(self, task: Task, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
+    def evaluate_task(
+        self, task: Task, steps: int, per_step: bool = True, final_prediction: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Query loss and metric before adaptation and after ``steps`` inner steps (first order: no
         outer grad). ``per_step=True``: after every step, ``steps + 1`` values (0, 1, ..., steps);
         ``per_step=False``: two values, before adaptation and after the last step, and the query set is
-        scored only those two times."""
-        losses, scores = [], []
+        scored only those two times. ``final_prediction``: a list that receives the query predictions
+        after the last step (what ``adapted_prediction`` returns)."""
+        losses, scores, predictions = [], [], []
 
         def score_query(learner: nn.Module, step: int) -> None:
             with torch.no_grad():
                 prediction = learner(task.query_x, step=max(step, 0))
                 losses.append(self.loss_fn(prediction, task.query_y))
                 scores.append(self.score(prediction, task.query_y))
+                predictions[:] = [prediction]
 
         def score_last(learner: nn.Module, step: int) -> None:
             if step == steps - 1:
@@ -434,6 +442,8 @@ class EpisodicLearner(L.LightningModule):
         elif steps > 0:
             with torch.enable_grad():  # adaptation needs gradients even under validation/test
                 self.adapt(task, steps, first_order=True, on_step=score_query if per_step else score_last)
+        if final_prediction is not None:
+            final_prediction.extend(predictions)
         return torch.stack(losses), torch.stack(scores)
 
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
@@ -509,7 +519,10 @@ class EpisodicLearner(L.LightningModule):
             if batched:
                 loss, metric = losses[b], metrics[b]
             else:
-                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step=per_step)
+                keep = [] if stage == "test" and self.test_predictions is not None else None
+                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step, keep)
+                if keep:
+                    self.test_predictions[index] = keep[0].detach()
             if per_step:
                 if self.in_curve_subset(index):
                     self.step_curves[stage].update(batch.index[b], loss, metric)

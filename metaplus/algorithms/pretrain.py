@@ -126,9 +126,11 @@ class Pretrain(EpisodicLearner):
                 for p in self.backbone.head.parameters():
                     p.zero_()
 
-    def evaluate_task(self, task: Task, steps: int, per_step: bool = True) -> tuple[Tensor, Tensor]:
+    def evaluate_task(
+        self, task: Task, steps: int, per_step: bool = True, final_prediction: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         self.reset_episode_head()
-        return super().evaluate_task(task, steps, per_step)
+        return super().evaluate_task(task, steps, per_step, final_prediction)
 
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
         self.reset_episode_head()
