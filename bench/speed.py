@@ -43,7 +43,10 @@ Every engine row also has its floating-point work and how close it runs to the p
 the real training step of the warm-up meta-iteration (forward, the whole meta-backward with its
 second-order terms; convolutions and matrix products), ``gflops_per_s`` at the row's s/iteration,
 ``peak_gflops``, a 2048x2048 fp32 matmul timed (best of 5) in the same child with the same threads
-after training, and ``utilisation`` = achieved / peak.
+after training, and ``utilisation`` = achieved / peak. On the CPU also ``cpu_utilisation``: the same
+ratio per CPU second (the step's process time against the matmul's), which other jobs on a shared
+machine do not inflate. ``--checkpoint-steps-row`` adds the default engine with
+``algo.checkpoint_steps=true`` (activations recomputed in the meta-backward: its memory and time).
 
 Writes bench/results/speed.json (one row per setting and engine) and speed.md (``--name``: another
 stem). mini-ImageNet is read with at most ``MINI_IMAGES_PER_CLASS`` images per class (image content
@@ -129,6 +132,7 @@ ENGINES = {
     "l2l": ["algo.engine=l2l"],
     "batched": ["algo.engine=batched"],
     "l2l_first_order": ["algo.engine=l2l", "algo.first_order=true"],
+    "l2l_checkpoint_steps": ["algo.engine=l2l", "algo.checkpoint_steps=true"],
 }
 MEASURE = [
     "logger=none",
@@ -204,6 +208,8 @@ def child(args) -> None:
         record.update(time_training(trainer, learner, datamodule, sync))
         # After training (the matrices add nothing to the training's peak RSS), same process and threads.
         record["peak_gflops"] = matmul_peak_gflops(device="cuda" if cuda else "cpu", sync=sync)
+        if not cuda:  # per CPU second: the rate to set the step's CPU time against on a shared machine
+            record["cpu_peak_gflops"] = matmul_peak_gflops(clock=time.process_time)
     elif args.child == "meta_floor":
         record.update(
             time_meta_floor(
@@ -432,19 +438,32 @@ def ratio_fields(s_it: float, cpu_it: float, floor: dict, meta: dict) -> dict:
     }
 
 
-def utilisation_fields(flops: int, s_it: float, peak_gflops: float) -> dict:
+def utilisation_fields(
+    flops: int, s_it: float, peak_gflops: float, cpu_it: float | None = None, cpu_peak_gflops: float | None = None
+) -> dict:
     """A row's FLOPs per meta-iteration, the GFLOP/s it achieved at its wall-clock s/iteration, the
     matmul peak its own process measured, and ``utilisation`` = achieved / peak
-    (``metaplus.benchmarking.flops``; counted FLOPs are convolutions and matrix products only)."""
+    (``metaplus.benchmarking.flops``; counted FLOPs are convolutions and matrix products only).
+    With ``cpu_it`` and ``cpu_peak_gflops`` also ``cpu_utilisation``: both rates per CPU second (the
+    step's process time, the matmul's process time), which waiting for a core on a shared machine
+    does not inflate."""
     from metaplus.benchmarking.flops import utilisation  # torch: only once a row is made
 
     rates = utilisation(flops, s_it, peak_gflops)
-    return {
+    fields = {
         "gflop_per_iteration": round(flops / 1e9, 3),
         "gflops_per_s": round(rates["gflops_per_s"], 2),
         "peak_gflops": round(peak_gflops, 2),
         "utilisation": round(rates["utilisation"], 3),
     }
+    if cpu_it is not None and cpu_peak_gflops is not None:
+        cpu_rates = utilisation(flops, cpu_it, cpu_peak_gflops)
+        fields.update(
+            cpu_gflops_per_s=round(cpu_rates["gflops_per_s"], 2),
+            cpu_peak_gflops=round(cpu_peak_gflops, 2),
+            cpu_utilisation=round(cpu_rates["utilisation"], 3),
+        )
+    return fields
 
 
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
@@ -467,7 +486,9 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
                 "setting": setting,
                 "engine": engine,
                 **ratio_fields(s_it, cpu_it, floor, meta),
-                **utilisation_fields(train["flops_per_iteration"], s_it, train["peak_gflops"]),
+                **utilisation_fields(
+                    train["flops_per_iteration"], s_it, train["peak_gflops"], cpu_it, train.get("cpu_peak_gflops")
+                ),
                 "peak_rss_gb": train["peak_rss_gb"],
                 "eval_fraction": round(train["val_episodes"] * val_s / (epoch * s_it), 3),
                 "meta_floor_peak_rss_gb": meta["peak_rss_gb"],
@@ -527,8 +548,8 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
     lines = [
         "| setting | engine | s/iteration | meta floor s | ratio to meta floor | CPU-time ratio | floor s | "
         "ratio to floor | CPU-time ratio | peak RSS GB | eval fraction | GFLOP/iteration | GFLOP/s | "
-        "peak GFLOP/s | utilisation |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak GFLOP/s | utilisation | utilisation per CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         meta = (
@@ -542,13 +563,54 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
             f"{'n/a' if r['eval_fraction'] is None else format(r['eval_fraction'], '.1%')} | "
             + (
                 f"{r['gflop_per_iteration']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_gflops']:.1f} | "
-                f"{r['utilisation']:.1%} |"
+                f"{r['utilisation']:.1%} | " + (f"{r['cpu_utilisation']:.1%} |" if "cpu_utilisation" in r else "n/a |")
                 if "utilisation" in r  # rows saved before the FLOP count, and the reference code's rows
-                else "n/a | n/a | n/a | n/a |"
+                else "n/a | n/a | n/a | n/a | n/a |"
             )
         )
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + side_by_side_sections(RESULTS)) + "\n"
+
+
+def side_by_side_sections(results: Path) -> list[str]:
+    """The landed speed changes as their own side-by-side benchmarks measured them (each comparison
+    interleaved in one run, CPU time): ``before_after.jsonl`` (this code against an older checkout,
+    ``bench/before_after.py``) and ``kernels.jsonl`` (one change at a time, ``bench/kernels.py``; the
+    commands and loads are in kernels.md). Rows are quoted, not re-measured."""
+    lines = []
+    path = results / "before_after.jsonl"
+    if path.is_file():
+        lines += [
+            "",
+            "## Before and after, measured side by side (bench/before_after.py, CPU s per meta-iteration)",
+            "",
+            "| setting | threads | baseline commit | baseline | this code | speed-up | peak RSS GB baseline / this |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
+        for r in map(json.loads, path.read_text().splitlines()):
+            cpu, rss = r["cpu_s_per_iteration"], r["peak_rss_gb"]
+            lines.append(
+                f"| {r['setting']} | {r['threads']} | {r['baseline_commit']} | {cpu['baseline']:.2f} | "
+                f"{cpu['this']:.2f} | {r['speedup']:.2f}x | {rss['baseline']:.2f} / {rss['this']:.2f} |"
+            )
+    path = results / "kernels.jsonl"
+    if path.is_file():
+        lines += [
+            "",
+            "## Each change alone, measured side by side (bench/kernels.py; commands and loads in kernels.md)",
+            "",
+            "| comparison | setting | overrides | ratio | wall clock | CPU time |",
+            "|---|---|---|---|---:|---:|",
+        ]
+        for r in map(json.loads, path.read_text().splitlines()):
+            for key, cpu in r.items():
+                if "_over_" in key and key.endswith("_cpu"):
+                    ratio = key.removesuffix("_cpu")
+                    lines.append(
+                        f"| {r['comparison']} | {r.get('setting', '')} | {' '.join(r.get('overrides') or [])} | "
+                        f"{ratio} | {r.get(ratio, 'n/a')} | {cpu} |"
+                    )
+    return lines
 
 
 def main() -> None:
@@ -559,6 +621,11 @@ def main() -> None:
         "--first-order-row",
         action="store_true",
         help="also time the l2l engine first order (machinery overhead without second-order terms)",
+    )
+    parser.add_argument(
+        "--checkpoint-steps-row",
+        action="store_true",
+        help="also time the l2l engine with algo.checkpoint_steps=true (activations recomputed: memory vs time)",
     )
     parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_SETTINGS)}; 2 timed iterations")
     parser.add_argument("--iterations", type=int, default=None, help="timed meta-iterations after one warm-up")
@@ -607,6 +674,7 @@ def main() -> None:
     args.threads, why = decide_threads(args.threads, os.environ, available_cores(), 1)
     engines = ["l2l", "batched"] if args.engine == "both" else [args.engine]
     engines += ["l2l_first_order"] if args.first_order_row and "l2l_first_order" not in engines else []
+    engines += ["l2l_checkpoint_steps"] if args.checkpoint_steps_row and "l2l_checkpoint_steps" not in engines else []
     settings = args.settings or (QUICK_SETTINGS if args.quick else list(SETTINGS))
     device = "cuda" if args.gpu else "cpu"
     argv = public_command(sys.argv[1:], args.reference_code)

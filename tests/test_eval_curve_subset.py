@@ -37,10 +37,10 @@ def evaluated(n: int, **kwargs) -> tuple[dict, list[int]]:
     per_step_episodes = []
     evaluate = learner.evaluate_task
 
-    def recording(task, steps, per_step=True):
+    def recording(task, steps, per_step=True, final_prediction=None):
         if per_step:
             per_step_episodes.append(next(i for i, t in episodes if torch.equal(t.query_x, task.query_x)))
-        return evaluate(task, steps, per_step=per_step)
+        return evaluate(task, steps, per_step, final_prediction)
 
     episodes = sinusoid_episodes(n)
     learner.evaluate_task = recording

@@ -34,6 +34,7 @@ from metaplus.data.episodes import Task, TaskBatch
 from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
 from metaplus.inner import make_engine, sgd
+from metaplus.threads import map_on_workers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -508,21 +509,50 @@ class EpisodicLearner(L.LightningModule):
                 ]
         return torch.cat(losses), torch.stack(metrics)
 
+    #: Whether episodes may be evaluated concurrently, on threads sharing this learner: where evaluation
+    #: is the plain adaptation (the learners that support the batched engine). Not pretrain (resets its
+    #: head per episode), Reptile (its inner Adam) or MT-net (consumes queued mask noise in task order).
+    @property
+    def evaluates_episodes_concurrently(self) -> bool:
+        return self.supports_batched_engine
+
+    def evaluate_episodes(
+        self, stage: str, batch: TaskBatch, indices: list[int], with_curve: bool
+    ) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
+        """``evaluate_task`` of each task of ``batch`` (the per-step curve where asked), by position:
+        (loss, metric, final query predictions). On the CPU with several torch threads and where it is
+        safe (:attr:`evaluates_episodes_concurrently`), the episodes run on that many worker threads of one
+        op thread each (:func:`metaplus.threads.map_on_workers`): a few-shot episode's ops are too small
+        to keep several op threads busy."""
+
+        def evaluate(_, b: int) -> tuple[Tensor, Tensor, Tensor]:
+            final: list[Tensor] = []
+            per_step = with_curve and self.in_curve_subset(indices[b])
+            with torch.no_grad():  # grad mode is per thread: what Lightning's evaluation loop set
+                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step, final)
+            return loss, metric, final[0]
+
+        workers = 1
+        if self.device.type == "cpu" and self.evaluates_episodes_concurrently:
+            workers = max(min(torch.get_num_threads(), len(indices)), 1)
+        return map_on_workers(evaluate, ((b, b) for b in range(len(indices))), [None] * workers)
+
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
         indices = self.episode_indices(batch)
         batched = getattr(self.inner, "batched", False)
         if batched:  # algo.engine=batched evaluates whole chunks at once (every step, where a curve is asked for)
             losses, metrics = self.evaluate_batched(batch, self.test_inner_steps, per_step=with_curve)
+        else:
+            evaluated = self.evaluate_episodes(stage, batch, indices, with_curve)
         for b, index in enumerate(indices):
             per_step = with_curve and (batched or self.in_curve_subset(index))
             if batched:
                 loss, metric = losses[b], metrics[b]
             else:
-                keep = [] if stage == "test" and self.test_predictions is not None else None
-                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step, keep)
-                if keep:
-                    self.test_predictions[index] = keep[0].detach()
+                loss, metric, final = evaluated[b]
+                if stage == "test" and self.test_predictions is not None:
+                    self.test_predictions[index] = final.detach()
             if per_step:
                 if self.in_curve_subset(index):
                     self.step_curves[stage].update(batch.index[b], loss, metric)
