@@ -85,19 +85,23 @@ def unique_episodes(index: Tensor, *curves: Tensor) -> tuple[Tensor, ...]:
     return (index[keep], *(c[order][keep] for c in curves))
 
 
-def summarise(stage: str, metric: str, loss: Tensor, values: Tensor) -> dict[str, float]:
+def summarise(stage: str, metric: str, loss: Tensor, values: Tensor, before: Tensor | None = None) -> dict[str, float]:
     """Metrics named as logged: ``{stage}/loss``, ``{stage}/{metric}``, ``{stage}/{metric}_ci95``
-    (final step), plus ``{stage}/{metric}_step0`` (before any adaptation). Column 0 of ``loss`` and
-    ``values`` is before adaptation, the last column after the last inner step."""
+    (final step), plus ``{stage}/{metric}_step0`` (before any adaptation) and how many episodes it
+    covers, ``{stage}/step0_episodes``. Column 0 of ``loss`` and ``values`` is before adaptation, the
+    last column after the last inner step. ``before``: a mask of the episodes whose column 0 was scored
+    (the curve's episodes; default all)."""
     m, ci = mean_ci95(values[:, -1])
     loss_mean, loss_ci = mean_ci95(loss[:, -1])
-    m0, _ = mean_ci95(values[:, 0])
+    scored = values[:, 0] if before is None else values[before.to(values.device), 0]
+    m0, _ = mean_ci95(scored)
     return {
         f"{stage}/loss": loss_mean,
         f"{stage}/loss_ci95": loss_ci,
         f"{stage}/{metric}": m,
         f"{stage}/{metric}_ci95": ci,
         f"{stage}/{metric}_step0": m0,
+        f"{stage}/step0_episodes": float(scored.shape[0]),
         f"{stage}/episodes": float(values.shape[0]),
     }
 

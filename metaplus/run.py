@@ -229,9 +229,11 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], path: Path, warnings
             n = int(metrics[f"{stage}/episodes"])
             curve = metrics.get(f"{key}_by_step")  # step 0 (before adaptation) .. the last step
             steps = len(curve) - 1 if curve else cfg.algo.get("test_inner_steps")
+            n0 = int(metrics.get(f"{stage}/step0_episodes", n))
+            on = f" on the first {n0}" if n0 < n else ""
             lines.append(
                 f"  {key:9s} = {metrics[key]:.4f} ± {metrics[key + '_ci95']:.4f} after {steps} inner steps "
-                f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f})"
+                f"(95% CI, {n} episodes; before adaptation {metrics[key + '_step0']:.4f}{on})"
             )
     key = f"test/{metric}_ensemble"
     if key in metrics:

@@ -37,10 +37,10 @@ def evaluated(n: int, **kwargs) -> tuple[dict, list[int]]:
     per_step_episodes = []
     evaluate = learner.evaluate_task
 
-    def recording(task, steps, per_step=True, final_prediction=None):
+    def recording(task, steps, per_step=True, final_prediction=None, score_before=True):
         if per_step:
             per_step_episodes.append(next(i for i, t in episodes if torch.equal(t.query_x, task.query_x)))
-        return evaluate(task, steps, per_step, final_prediction)
+        return evaluate(task, steps, per_step, final_prediction, score_before)
 
     episodes = sinusoid_episodes(n)
     learner.evaluate_task = recording
@@ -63,10 +63,15 @@ def test_the_curve_uses_the_first_episodes_and_the_final_metrics_every_episode()
     everywhere, scored_everywhere = evaluated(10, eval_curve_episodes=None)
     subset, scored_in_subset = evaluated(10, eval_curve_episodes=4)
     assert scored_everywhere == list(range(10)) and scored_in_subset == [0, 1, 2, 3]
-    final = {k: v for k, v in everywhere.items() if "by_step" not in k}
-    assert final == {k: v for k, v in subset.items() if "by_step" not in k}, "final-step metrics on all 10 episodes"
+    final = {k: v for k, v in everywhere.items() if "by_step" not in k and "step0" not in k}
+    assert final == {k: v for k, v in subset.items() if "by_step" not in k and "step0" not in k}, (
+        "final-step metrics on all 10 episodes"
+    )
     assert subset["test/episodes"] == 10.0
     first_four, _ = evaluated(4, eval_curve_episodes=None)
+    # Before adaptation is scored where the curve is: on the first 4 episodes.
+    assert subset["test/step0_episodes"] == 4.0 and everywhere["test/step0_episodes"] == 10.0
+    assert subset["test/mse_step0"] == first_four["test/mse_step0"] != everywhere["test/mse_step0"]
     assert len(subset["test/mse_by_step"]) == STEPS + 1
     assert subset["test/mse_by_step"] == first_four["test/mse_by_step"]
     assert subset["test/mse_ci95_by_step"] == first_four["test/mse_ci95_by_step"]
@@ -77,3 +82,20 @@ def test_the_curve_uses_the_first_episodes_and_the_final_metrics_every_episode()
 def test_eval_curve_episodes_is_checked(bad):
     with pytest.raises(ConfigError, match="eval_curve_episodes.*null \\(every episode\\) or an integer >= 1"):
         MAML(MLP(), "regression", eval_curve_episodes=bad)
+
+
+def test_episodes_outside_the_curve_score_the_query_set_once():
+    """Outside the curve's episodes the query set is scored after the last step only (not before)."""
+    torch.manual_seed(0)
+    learner = MAML(MLP(), "regression", inner_steps=1, test_inner_steps=STEPS, inner_lr=0.05, eval_curve_episodes=2)
+    task = sinusoid_episodes(1)[0][1]
+    scored = []  # the size of every set a loss is taken on: 5 support points, 10 query points
+    loss_fn = learner.loss_fn
+    learner.loss_fn = lambda prediction, target: scored.append(len(target)) or loss_fn(prediction, target)
+    loss, metric = learner.evaluate_task(task, STEPS, per_step=False, score_before=False)
+    assert scored == [5] * STEPS + [10], scored
+    assert torch.isnan(loss[0]) and torch.isnan(metric[0]) and torch.isfinite(loss[1])
+    scored.clear()
+    full_loss, _ = learner.evaluate_task(task, STEPS, per_step=False)
+    assert scored == [10] + [5] * STEPS + [10], scored
+    assert torch.equal(loss[1], full_loss[1])

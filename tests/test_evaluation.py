@@ -73,6 +73,7 @@ def old_results(learner, episodes, stage):
         f"{stage}/{metric}": m,
         f"{stage}/{metric}_ci95": ci,
         f"{stage}/{metric}_step0": old_mean_ci95(values[:, 0])[0],
+        f"{stage}/step0_episodes": float(values.shape[0]),  # every episode: fewer than eval_curve_episodes
         f"{stage}/episodes": float(values.shape[0]),
         f"{stage}/{metric}_by_step": [round(mean, 6) for mean, _ in by_step],
         f"{stage}/{metric}_ci95_by_step": [round(ci, 6) for _, ci in by_step],

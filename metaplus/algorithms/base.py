@@ -417,13 +417,21 @@ class EpisodicLearner(L.LightningModule):
         return stage in EVAL_CURVES[self.eval_curve]
 
     def evaluate_task(
-        self, task: Task, steps: int, per_step: bool = True, final_prediction: list[Tensor] | None = None
+        self,
+        task: Task,
+        steps: int,
+        per_step: bool = True,
+        final_prediction: list[Tensor] | None = None,
+        score_before: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Query loss and metric before adaptation and after ``steps`` inner steps (first order: no
         outer grad). ``per_step=True``: after every step, ``steps + 1`` values (0, 1, ..., steps);
         ``per_step=False``: two values, before adaptation and after the last step, and the query set is
         scored only those two times. ``final_prediction``: a list that receives the query predictions
-        after the last step (what ``adapted_prediction`` returns)."""
+        after the last step (what ``adapted_prediction`` returns). ``score_before=False`` (with
+        ``per_step=False`` and ``steps > 0``): the query set is scored once, after the last step, and
+        the "before" values are NaN (evaluation scores step 0 on the curve's episodes only)."""
+        skip_before = not score_before and not per_step and steps > 0
         losses, scores, predictions = [], [], []
 
         def score_query(learner: nn.Module, step: int) -> None:
@@ -437,12 +445,16 @@ class EpisodicLearner(L.LightningModule):
             if step == steps - 1:
                 score_query(learner, step)
 
-        score_query(self.backbone, -1)
+        if not skip_before:
+            score_query(self.backbone, -1)
         if steps == 0 and not per_step:  # nothing to adapt: the last step is step 0
             losses, scores = losses * 2, scores * 2
         elif steps > 0:
             with torch.enable_grad():  # adaptation needs gradients even under validation/test
                 self.adapt(task, steps, first_order=True, on_step=score_query if per_step else score_last)
+        if skip_before:  # NaN on the device: no host round-trip
+            losses.insert(0, torch.full_like(losses[0], float("nan")))
+            scores.insert(0, torch.full_like(scores[0], float("nan")))
         if final_prediction is not None:
             final_prediction.extend(predictions)
         return torch.stack(losses), torch.stack(scores)
@@ -527,9 +539,11 @@ class EpisodicLearner(L.LightningModule):
 
         def evaluate(_, b: int) -> tuple[Tensor, Tensor, Tensor]:
             final: list[Tensor] = []
-            per_step = with_curve and self.in_curve_subset(indices[b])
+            in_subset = self.in_curve_subset(indices[b])
             with torch.no_grad():  # grad mode is per thread: what Lightning's evaluation loop set
-                loss, metric = self.evaluate_task(batch[b], self.test_inner_steps, per_step, final)
+                loss, metric = self.evaluate_task(
+                    batch[b], self.test_inner_steps, with_curve and in_subset, final, score_before=in_subset
+                )
             return loss, metric, final[0]
 
         workers = 1
@@ -565,7 +579,7 @@ class EpisodicLearner(L.LightningModule):
         if curves.update_count == 0:
             return
         # Under DDP torchmetrics gathers every rank's episodes, so every rank logs the same value.
-        _, loss, values = curves.compute()
+        index, loss, values = curves.compute()
         curves.reset()
         diverged = int((~torch.isfinite(values[:, -1])).sum())
         if diverged:  # adaptation blew up (inner lr too large for this many test steps): say so
@@ -574,7 +588,9 @@ class EpisodicLearner(L.LightningModule):
                 f"{values.shape[0]} episodes after {self.test_inner_steps} inner steps; the {stage} "
                 f"mean is NaN. Lower algo.inner_lr or algo.test_inner_steps."
             )
-        summary = summarise(stage, self.metric, loss, values)
+        # Before adaptation is scored on the curve's episodes (the first eval_curve_episodes) only.
+        before = index < self.eval_curve_episodes if self.eval_curve_episodes is not None else None
+        summary = summarise(stage, self.metric, loss, values, before=before)
         for key, value in summary.items():
             # float64: what trainer.validate/test return (and results.json records) is the exact mean;
             # a Python float would be logged as float32.
