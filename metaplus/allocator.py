@@ -9,8 +9,12 @@ heap instead and to keep freed memory for the next request:
 
 - ``M_MMAP_MAX = 0``: no allocation is served by its own mapping. (``M_MMAP_THRESHOLD`` cannot do
   it: glibc refuses thresholds above 32 MiB on 64-bit, and the largest buffers are bigger.)
-- ``M_TRIM_THRESHOLD`` = 4 GiB: free memory at the top of the heap is returned to the system only
+- ``M_TRIM_THRESHOLD`` = 2 GiB (the largest C int): free memory at the top of the heap is returned to the system only
   above that much, so the next iteration finds its buffers already mapped.
+
+- ``M_ARENA_MAX = 1``: every thread allocates from the main heap. A thread's own arena grows in
+  heaps of at most 64 MiB, so glibc maps and unmaps larger buffers for it on every use whatever the
+  two settings above say (evaluation runs episodes on worker threads: :func:`metaplus.threads.map_on_workers`).
 
 The cost: the process keeps its high-water mark of heap memory mapped (its RSS no longer falls
 between iterations, and fragments of the heap may stay resident); bench/results/kernels.md gives the
@@ -30,8 +34,11 @@ log = logging.getLogger("metaplus")
 # mallopt parameters, from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-#: Heap memory kept for reuse instead of being returned to the system (bytes).
-TRIM_THRESHOLD = 4 * 1024**3
+M_ARENA_MAX = -8
+#: Heap memory kept for reuse instead of being returned to the system (bytes): the largest value
+#: mallopt takes (its value is a C int; ctypes silently truncated the former 4 GiB to 0, which made
+#: glibc return the heap's top after every free).
+TRIM_THRESHOLD = 2**31 - 1
 
 
 def glibc():
@@ -57,7 +64,8 @@ def configure_allocator(keep_buffers: bool) -> bool:
     if libc is None:
         log.info("malloc_keep_buffers: no effect on %s (glibc's mallopt only)", platform.system() or "this system")
         return False
-    applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, 1))
+    applied = all([bool(libc.mallopt(parameter, ctypes.c_int(value))) for parameter, value in settings])
     if not applied:
         log.warning("malloc_keep_buffers: glibc's mallopt refused the settings; the allocator is unchanged")
     return applied
