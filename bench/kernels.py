@@ -277,10 +277,15 @@ def grouped_comparison(args) -> list[dict]:
     """Default engine, vmap engine and grouped convolutions, one row per meta-batch size of ``--tasks``."""
     import torch
 
+    from metaplus.allocator import configure_allocator
+
+    # as a run trains (malloc_keep_buffers, default true), before the first large allocation: without it
+    # glibc maps every buffer over 32 MiB afresh (page faults), and the grouped maps are T times larger
+    applied = configure_allocator(args.malloc_keep_buffers)
     torch.set_num_threads(args.threads)
     rows = []
     for tasks in args.tasks:
-        rows.append(grouped_row(args, tasks))
+        rows.append({**grouped_row(args, tasks), "allocator": applied})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -348,6 +353,12 @@ def main() -> None:
         choices=GROUPED_VARIANTS,
         default=list(GROUPED_VARIANTS),
         help="grouped: the formulations to run (default first; e.g. leave vmap out where it does not fit in memory)",
+    )
+    parser.add_argument(
+        "--malloc-keep-buffers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="grouped: glibc set as a run sets it (metaplus.allocator; --no-malloc-keep-buffers: glibc defaults)",
     )
     parser.add_argument("--profile", type=int, help="grouped: profile every variant once at this T (top operators)")
     parser.add_argument("--out", type=Path, help="append the JSON line to this file")
