@@ -82,13 +82,14 @@ def test_forward_with_per_step_affine_sets_and_evaluation_with_running_statistic
 
 MAML_CASES = {
     "maml_one_step": dict(inner_steps=1),
+    "fomaml_one_step": dict(inner_steps=1, first_order=True),
     "mamlpp_switches_two_steps": dict(inner_steps=2, msl=True, lslr=True, bnrs=True, bnwb=True),
 }
 
 
 @pytest.mark.parametrize("options", sorted(OPTIONS))
 @pytest.mark.parametrize("case", sorted(MAML_CASES))
-def test_second_order_meta_gradients_equal_the_default_engine(case, options):
+def test_meta_gradients_equal_the_default_engine(case, options):
     def make(engine):
         learner = MAML(conv4(OPTIONS[options]).float(), "classification", inner_lr=0.1, **MAML_CASES[case])
         if engine == "batched":  # meta_gradients' accumulate_batched path, here with the grouped engine
