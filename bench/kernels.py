@@ -11,9 +11,16 @@ The meta-batches are random tensors of the setting's shapes (the cost does not d
     python bench/kernels.py threads --setting mamlpp_miniimagenet_5w1s         # 1 vs 2 torch threads
     python bench/kernels.py allocator --setting mamlpp_miniimagenet_5w1s       # glibc defaults vs metaplus.allocator
     python bench/kernels.py utilisation --setting mamlpp_miniimagenet_5w1s     # GFLOP/iteration, GFLOP/s, peak
+    python bench/kernels.py grouped --setting maml_omniglot_5w1s --tasks 1 2 4 8 16 32 --profile 8
+                                          # default engine vs vmap engine vs grouped convolutions, per meta-batch
 
 ``allocator`` runs each variant in its own child process (the allocator is set at process start and
 the peak RSS is per process, read by the parent with ``os.wait4``), children alternating A B A B.
+``grouped`` interleaves three variants (A B C, C B A, ...) of one learner per meta-batch size T
+(``--tasks``): the default engine's per-task loop, the vmap engine and the grouped-convolution
+formulation (metaplus/inner/grouped.py), one line per T (``--variants`` picks some, the default engine
+always among them: the ratios are to it); ``--profile T`` then profiles one meta-iteration of each
+variant at that T (torch.profiler, top operators by self CPU time) into that T's line.
 Prints one JSON line per comparison; ``--out FILE`` appends it there.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,7 +39,13 @@ sys.path.insert(0, str(REPO))
 from metaplus.benchmarking.processes import measured  # noqa: E402 (after the path is set)
 from metaplus.benchmarking.settings import SETTINGS  # noqa: E402
 
-COMPARISONS = ("pool_order", "channels_last", "threads", "allocator", "utilisation")
+COMPARISONS = ("pool_order", "channels_last", "threads", "allocator", "utilisation", "grouped")
+#: Settings of this script beside the shared table (metaplus/benchmarking/settings.py): MAML's Omniglot
+#: 5w1s preset exactly as composed (Conv-4 64 ReLU, 28x28, 1 query/class, 1 second-order inner step).
+LOCAL_SETTINGS = {
+    "maml_omniglot_5w1s": ("MAML Omniglot 5w1s, the preset as composed", ["experiment=omniglot_5w1s"]),
+}
+ALL_SETTINGS = {**SETTINGS, **LOCAL_SETTINGS}
 
 
 def make_learner(setting: str, overrides: list[str] = ()):
@@ -44,7 +58,7 @@ def make_learner(setting: str, overrides: list[str] = ()):
     from metaplus.nn.init_from import build_backbone
     from metaplus.testing.engines import at_epoch
 
-    cfg = compose_config([*SETTINGS[setting][1], *overrides], REPO / "outputs" / "bench" / "kernels")
+    cfg = compose_config([*ALL_SETTINGS[setting][1], *overrides], REPO / "outputs" / "bench" / "kernels")
     torch.manual_seed(0)
     learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type="classification")
     at_epoch(learner, 0)  # an idle Trainer at epoch 0 (MSL's weights), plain backward
@@ -67,10 +81,14 @@ def make_learner(setting: str, overrides: list[str] = ()):
 
 
 def meta_iteration(learner, optimizer, batch) -> None:
-    """One training step as ``EpisodicLearner.training_step`` takes it: per-task meta-backward, Adam."""
+    """One training step as ``EpisodicLearner.training_step`` takes it: per-task meta-backward (a batched
+    engine: one call and one backward per chunk of tasks), Adam."""
     optimizer.zero_grad()
-    for b in range(len(batch)):
-        learner.accumulate_task(batch[b], 1.0 / len(batch))
+    if getattr(learner.inner, "batched", False):
+        learner.accumulate_batched(batch)
+    else:
+        for b in range(len(batch)):
+            learner.accumulate_task(batch[b], 1.0 / len(batch))
     optimizer.step()
 
 
@@ -219,10 +237,106 @@ def allocator_comparison(args) -> dict:
     return row
 
 
+GROUPED_VARIANTS = ("default", "vmap", "grouped")
+
+
+def engines(learner, names) -> dict:
+    """The inner-loop formulations ``names`` of ``grouped``: name -> a function that gives ``learner`` it."""
+    from metaplus.inner import BatchedAdapt
+    from metaplus.inner.grouped import GroupedAdapt
+
+    default = learner.inner
+    every = {
+        "default": lambda: setattr(learner, "inner", default),
+        "vmap": lambda: setattr(learner, "inner", BatchedAdapt()),
+        "grouped": lambda: setattr(learner, "inner", GroupedAdapt()),
+    }
+    return {name: every[name] for name in GROUPED_VARIANTS if name in names}
+
+
+def top_operators(work, count: int = 12) -> list[dict]:
+    """One run of ``work`` under torch.profiler: the ``count`` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        work()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3),
+            "share": round(e.self_cpu_time_total / total, 3),
+        }
+        for e in events[:count]
+    ]
+
+
+def grouped_comparison(args) -> list[dict]:
+    """Default engine, vmap engine and grouped convolutions, one row per meta-batch size of ``--tasks``."""
+    import torch
+
+    from metaplus.allocator import configure_allocator
+
+    # as a run trains (malloc_keep_buffers, default true), before the first large allocation: without it
+    # glibc maps every buffer over 32 MiB afresh (page faults), and the grouped maps are T times larger
+    applied = configure_allocator(args.malloc_keep_buffers)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for tasks in args.tasks:
+        rows.append({**grouped_row(args, tasks), "allocator": applied})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def grouped_row(args, tasks: int) -> dict:
+    """The three formulations on one learner with a meta-batch of ``tasks``, interleaved A B C C B A ..."""
+    import torch
+
+    load = os.getloadavg()[0]
+    learner, batch = make_learner(args.setting, [*args.override, f"data.meta_batch_size={tasks}"])
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    chosen = engines(learner, args.variants)
+    names = list(chosen)
+    times = {name: {"wall": [], "cpu": []} for name in names}
+    for name in names:  # warm-up per variant
+        chosen[name]()
+        meta_iteration(learner, optimizer, batch(0))
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            chosen[name]()
+            wall, cpu = timed(lambda r=repeat: meta_iteration(learner, optimizer, batch(r + 1)), args.iterations)
+            times[name]["wall"] += wall
+            times[name]["cpu"] += cpu
+    median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    row = {
+        "comparison": "grouped",
+        "setting": args.setting,
+        "overrides": args.override,
+        "tasks": tasks,
+        "threads": args.threads,
+        "load_at_start": round(load, 2),
+        "repeats": args.repeats,
+        "iterations_per_repeat": args.iterations,
+        "median_s_per_iteration": {n: round(m["wall"], 3) for n, m in median.items()},
+        "median_cpu_s_per_iteration": {n: round(m["cpu"], 3) for n, m in median.items()},
+        **{f"{n}_over_default_cpu": round(median[n]["cpu"] / median["default"]["cpu"], 3) for n in names[1:]},
+        **{f"{n}_over_default": round(median[n]["wall"] / median["default"]["wall"], 3) for n in names[1:]},
+        "times": {n: {k: [round(x, 3) for x in v] for k, v in t.items()} for n, t in times.items()},
+    }
+    if tasks == args.profile:
+        row["top_operators"] = {}
+        for name in names:
+            chosen[name]()
+            row["top_operators"][name] = top_operators(lambda: meta_iteration(learner, optimizer, batch(99)))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("comparison", choices=COMPARISONS)
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="mamlpp_omniglot_5w1s")
+    parser.add_argument("--setting", choices=sorted(ALL_SETTINGS), default="mamlpp_omniglot_5w1s")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (threads: 1 vs 2 regardless)")
     parser.add_argument("--repeats", type=int, default=4, help="A/B rounds (allocator: child processes per variant)")
     parser.add_argument("--iterations", type=int, default=2, help="timed meta-iterations per variant and round")
@@ -232,19 +346,38 @@ def main() -> None:
         default=[],
         help="a config override on top of the setting's, e.g. data.image_size=32",
     )
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8], help="grouped: the meta-batch sizes")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=GROUPED_VARIANTS,
+        default=list(GROUPED_VARIANTS),
+        help="grouped: the formulations to run (default first; e.g. leave vmap out where it does not fit in memory)",
+    )
+    parser.add_argument(
+        "--malloc-keep-buffers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="grouped: glibc set as a run sets it (metaplus.allocator; --no-malloc-keep-buffers: glibc defaults)",
+    )
+    parser.add_argument("--profile", type=int, help="grouped: profile every variant once at this T (top operators)")
     parser.add_argument("--out", type=Path, help="append the JSON line to this file")
     parser.add_argument("--child", choices=["glibc_default", "keep_buffers"], help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "default" not in args.variants:
+        parser.error(f"--variants {' '.join(args.variants)} is invalid: must include default (the ratios are to it)")
     if args.child:
         return allocator_child(args)
-    measure = {"allocator": allocator_comparison, "utilisation": utilisation_row}.get(args.comparison, interleaved)
-    row = measure(args)
-    line = json.dumps(row)
-    print(line, flush=True)
+    if args.comparison == "grouped":  # one line per meta-batch size, each printed as it is measured
+        rows = grouped_comparison(args)
+    else:
+        measure = {"allocator": allocator_comparison, "utilisation": utilisation_row}.get(args.comparison, interleaved)
+        rows = [measure(args)]
+        print(json.dumps(rows[0]), flush=True)
     if args.out:
         with args.out.open("a") as f:
-            f.write(line + "\n")
+            f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 if __name__ == "__main__":
