@@ -30,6 +30,12 @@ section to eval_cost.md (the table above it is kept) and writes eval_cost_ensemb
 times the real test of a trained run instead (``train=false ckpt_path=RUN_DIR/checkpoints``, the
 ensemble of its top-5 scored checkpoints, N real test episodes): seconds per episode of the best
 checkpoint's ``trainer.test`` and of the ensemble (its default path on this device).
+
+    python bench/eval_cost.py --scaling 3 --episodes 8   # all cores: op threads vs worker threads
+
+``--scaling R`` times test episodes on every core of the machine three ways (one op thread; all cores
+as op threads of one episode; one worker thread per core, as evaluation runs them on the CPU), R
+interleaved rounds, and appends a section to eval_cost.md (eval_cost_scaling.json).
 """
 
 from __future__ import annotations
@@ -272,6 +278,75 @@ def measure_run(experiment: str, run_dir: Path, episodes: int, scratch: Path) ->
     return row
 
 
+def measure_scaling(experiment: str, episodes: int, rounds: int) -> dict:
+    """Wall seconds per test episode (``adapted_prediction``: 5 steps on the support set, the query
+    pass) on the machine's cores three ways, interleaved over ``rounds``: one op thread; all cores as
+    op threads of one episode at a time; one worker thread per core with one op thread each
+    (:func:`metaplus.threads.map_on_workers`, what evaluation does on the CPU). The allocator is set
+    as a run sets it (the preset's ``malloc_keep_buffers``)."""
+    from metaplus.allocator import configure_allocator
+    from metaplus.threads import available_cores, map_on_workers
+
+    cfg = compose_preset(experiment)
+    configure_allocator(cfg.get("malloc_keep_buffers", False))
+    cores = available_cores()
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    learner = instantiate_group(cfg.algo, "algo", backbone=build_backbone(cfg.model), task_type=cfg.data.task)
+    learner.eval()
+    steps = learner.test_inner_steps
+    tasks = [random_task(cfg, generator) for _ in range(episodes)]
+
+    def one_at_a_time(threads: int) -> None:
+        torch.set_num_threads(threads)
+        for task in tasks:
+            learner.adapted_prediction(task, steps)
+
+    def on_workers() -> None:
+        torch.set_num_threads(cores)
+        map_on_workers(lambda _, task: learner.adapted_prediction(task, steps), enumerate(tasks), [None] * cores)
+
+    variants = {"1 op thread": lambda: one_at_a_time(1), f"{cores} op threads": lambda: one_at_a_time(cores)}
+    variants[f"{cores} workers x 1 op thread"] = on_workers
+    for run in variants.values():  # warm-up: thread pools, the allocator's heap
+        run()
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    for i in range(rounds):
+        for key in variants if i % 2 == 0 else reversed(list(variants)):
+            times[key].append(timed(variants[key]) / episodes)
+    torch.set_num_threads(1)
+    median = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
+    single = median["1 op thread"]
+    row = {
+        "experiment": experiment,
+        "cores": cores,
+        "episodes": episodes,
+        "rounds": rounds,
+        "s_per_episode": {key: [round(t, 3) for t in v] for key, v in times.items()},
+        "median_s_per_episode": {key: round(v, 3) for key, v in median.items()},
+        "speedup_over_1_thread": {key: round(single / v, 2) for key, v in median.items()},
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def scaling_markdown(row: dict, command: str, load: str, load_after: str) -> str:
+    lines = [
+        "",
+        f"## Test episodes on {row['cores']} cores: op threads vs worker threads ({date.today()})",
+        "",
+        f"Wall seconds per test episode of {row['experiment']} (adapt on the support set, score the query "
+        f"set), {row['episodes']} random episodes of the preset's shapes, {row['rounds']} interleaved rounds (median):",
+        "",
+        "| how | s per episode | speed-up over 1 thread |",
+        "|---|---:|---:|",
+    ]
+    for key, seconds in row["median_s_per_episode"].items():
+        lines.append(f"| {key} | {seconds:.3f} | {row['speedup_over_1_thread'][key]:.2f}x |")
+    lines += ["", f"Measured by `{command}`; `uptime` before: {load}; after: {load_after}."]
+    return "\n".join(lines) + "\n"
+
+
 def ensemble_markdown(rows: list[dict], command: str, load: str, load_after: str) -> str:
     lines = [
         "",
@@ -342,8 +417,29 @@ def main() -> None:
         help="with --ensemble: time the real test of this trained run's checkpoints instead "
         "(train=false ckpt_path=RUN/checkpoints, --episodes test episodes); prints, writes nothing",
     )
+    parser.add_argument(
+        "--scaling",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="time --episodes test episodes on all cores: op threads vs worker threads, ROUNDS rounds "
+        "(MAML++ mini-ImageNet 5w1s or --presets); appends to eval_cost.md",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.scaling:
+        load = load_average()
+        name = (args.presets or ["mamlpp_miniimagenet_5w1s"])[0]
+        row = measure_scaling(PRESETS[name], args.episodes, args.scaling)
+        load_after = load_average()
+        args.out.mkdir(parents=True, exist_ok=True)
+        payload = {"torch": torch.__version__, "load_before": load, "load_after": load_after, "row": row}
+        (args.out / "eval_cost_scaling.json").write_text(json.dumps(payload, indent=2) + "\n")
+        section = scaling_markdown(row, "python bench/eval_cost.py " + " ".join(sys.argv[1:]), load, load_after)
+        with open(args.out / "eval_cost.md", "a") as md:
+            md.write(section)
+        print(section)
+        return
     if args.run is not None:
         if not args.ensemble or not (args.run / "checkpoints").is_dir():
             parser.error(f"--run {args.run}: needs --ensemble and a run directory with checkpoints/")

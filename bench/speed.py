@@ -599,15 +599,16 @@ def side_by_side_sections(results: Path) -> list[str]:
             "",
             "## Each change alone, measured side by side (bench/kernels.py; commands and loads in kernels.md)",
             "",
-            "| comparison | setting | overrides | ratio | wall clock | CPU time |",
+            "| comparison | setting | overrides (meta-batch) | ratio | wall clock | CPU time |",
             "|---|---|---|---|---:|---:|",
         ]
         for r in map(json.loads, path.read_text().splitlines()):
             for key, cpu in r.items():
                 if "_over_" in key and key.endswith("_cpu"):
                     ratio = key.removesuffix("_cpu")
+                    overrides = " ".join(r.get("overrides") or []) + (f" (T={r['tasks']})" if "tasks" in r else "")
                     lines.append(
-                        f"| {r['comparison']} | {r.get('setting', '')} | {' '.join(r.get('overrides') or [])} | "
+                        f"| {r['comparison']} | {r.get('setting', '')} | {overrides} | "
                         f"{ratio} | {r.get(ratio, 'n/a')} | {cpu} |"
                     )
     return lines

@@ -132,3 +132,40 @@ def test_a_backbone_other_than_conv4_is_refused_naming_it():
             rule=learner.inner_rule(),
             first_order=False,
         )
+
+
+# -- algo.engine=grouped: a choice of the config ----------------------------------------------------
+def test_the_engine_is_chosen_by_name_and_refuses_another_backbone_when_the_learner_is_built():
+    from metaplus.inner import make_engine
+
+    assert type(make_engine("grouped", chunk_size=4)) is GroupedAdapt
+    with pytest.raises(ConfigError, match="MLP is invalid for the grouped engine"):
+        MAML(MLP(input_shape=[1], output_dim=1, hidden=[4]), "regression", engine="grouped")
+
+
+def test_a_run_trains_with_it_and_equals_the_default_engine(make_config, tmp_path):
+    """``algo.engine=grouped`` through train.py's composition (Omniglot, Conv-4, MAML++ switches): the
+    same losses as the default engine, step by step (float32: to rounding)."""
+    from metaplus.run import run
+    from metaplus.testing import QUICK_OMNIGLOT, shared_data_dir, train_losses
+
+    if shared_data_dir() is None:
+        pytest.skip("needs the shared Omniglot (METAPLUS_DATA or ../shared/data)")
+    common = [
+        *QUICK_OMNIGLOT,
+        "algo=mamlpp",
+        "model.filters=8",
+        "data.batches_per_epoch=3",
+        "trainer.max_epochs=1",
+        "data.val_episodes=4",
+        "data.test_episodes=4",
+        "ensemble_top_k=0",
+        "logger=csv",
+    ]
+    results = {}
+    for engine in ("l2l", "grouped"):
+        run(make_config([*common, f"algo.engine={engine}"], tmp_path / engine))
+        results[engine] = train_losses(tmp_path / engine)
+    assert len(results["grouped"]) == 3
+    for step, loss in results["l2l"].items():
+        assert results["grouped"][step] == pytest.approx(loss, rel=1e-4), step

@@ -154,6 +154,9 @@ class EpisodicLearner(L.LightningModule):
                 f"{engine!r} is invalid for {type(self).__name__}: its training step is "
                 f"not a query loss after adaptation; use engine=l2l",
             )
+        check_backbone = getattr(self.inner, "check_backbone", None)
+        if check_backbone is not None:  # an engine written for one backbone (grouped: Conv-4) says so now
+            check_backbone(backbone)
         self.task_type, self.metric = task_type, metric_name(task_type)
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.inner_lr, self.meta_lr, self.first_order = inner_lr, meta_lr, first_order

@@ -20,9 +20,12 @@ statistics while training (and refuses ``bn_stats=running`` there); evaluation w
 statistics normalises with them.
 
 :class:`GroupedAdapt` answers the vmap engine's ``scored_queries`` (so its ``query_losses`` and the
-learner's ``accumulate_batched`` / ``evaluate_batched`` run it unchanged). It is not an
-``algo.engine`` choice: bench/kernels.py's ``grouped`` subcommand measures it against the default
-and vmap engines (bench/results/kernels.md).
+learner's ``accumulate_batched`` / ``evaluate_batched`` run it unchanged): ``algo.engine=grouped``.
+bench/kernels.py's ``grouped`` subcommand measures it against the default and vmap engines
+(bench/results/kernels.md section 6): on this project's CPU it pays for Omniglot-sized images (13-20 %
+less CPU time with 5 inner steps from meta-batch 2) and costs more at 84x84 (1.17-1.56x at
+meta-batch 2-8), where one task's convolutions already run efficiently and the stacked maps outgrow
+the cache.
 """
 
 from __future__ import annotations
@@ -115,6 +118,11 @@ def per_task_losses(loss_fn: LossFn, predictions: Tensor, targets: Tensor) -> Te
 class GroupedAdapt(BatchedAdapt):
     """The vmap engine's interface (``chunks``, ``query_losses``, ``scored_queries``) computed with
     grouped convolutions instead of vmap; ``chunk_size`` as there."""
+
+    @staticmethod
+    def check_backbone(model: nn.Module) -> None:
+        """Called by the learner when it is built: a backbone other than Conv-4 fails at once."""
+        check_grouped_backbone(model)
 
     def scored_queries(
         self,
