@@ -438,35 +438,9 @@ def ratio_fields(s_it: float, cpu_it: float, floor: dict, meta: dict) -> dict:
     }
 
 
-def utilisation_fields(
-    flops: int, s_it: float, peak_gflops: float, cpu_it: float | None = None, cpu_peak_gflops: float | None = None
-) -> dict:
-    """A row's FLOPs per meta-iteration, the GFLOP/s it achieved at its wall-clock s/iteration, the
-    matmul peak its own process measured, and ``utilisation`` = achieved / peak
-    (``metaplus.benchmarking.flops``; counted FLOPs are convolutions and matrix products only).
-    With ``cpu_it`` and ``cpu_peak_gflops`` also ``cpu_utilisation``: both rates per CPU second (the
-    step's process time, the matmul's process time), which waiting for a core on a shared machine
-    does not inflate."""
-    from metaplus.benchmarking.flops import utilisation  # torch: only once a row is made
-
-    rates = utilisation(flops, s_it, peak_gflops)
-    fields = {
-        "gflop_per_iteration": round(flops / 1e9, 3),
-        "gflops_per_s": round(rates["gflops_per_s"], 2),
-        "peak_gflops": round(peak_gflops, 2),
-        "utilisation": round(rates["utilisation"], 3),
-    }
-    if cpu_it is not None and cpu_peak_gflops is not None:
-        cpu_rates = utilisation(flops, cpu_it, cpu_peak_gflops)
-        fields.update(
-            cpu_gflops_per_s=round(cpu_rates["gflops_per_s"], 2),
-            cpu_peak_gflops=round(cpu_peak_gflops, 2),
-            cpu_utilisation=round(cpu_rates["utilisation"], 3),
-        )
-    return fields
-
-
 def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
+    from metaplus.benchmarking.flops import useful_flops, utilisation_fields  # torch: once a row is made
+
     floor = run_child("floor", setting, "l2l", args)  # the floor has no engine
     floor_s, floor_cpu = steady(floor["train_times"]), steady(floor["train_cpu_times"])
     meta_floors = {}  # per derivative order: the l2l_first_order row has its own meta floor
@@ -518,6 +492,7 @@ def measure_setting(setting: str, engines: list[str], args) -> list[dict]:
             f"{rows[-1]['peak_gflops']:.1f} ({rows[-1]['utilisation']:.1%})",
             flush=True,
         )
+    rows = useful_flops(rows)
     if args.reference_code and setting in REFERENCE_SHAPES:
         ref = run_reference(setting, args)
         s_it, cpu_it = steady(ref["train_times"]), steady(ref["train_cpu_times"])
@@ -569,6 +544,13 @@ def markdown(rows: list[dict], skipped: dict[str, str], note: str) -> str:
             )
         )
     lines += ["", note] + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+    recounted = sorted({r["engine"] for r in rows if r.get("flops_from") == "l2l"})
+    if recounted:
+        lines.append(
+            f"- {', '.join(recounted)} rows: GFLOP/iteration and utilisation use the l2l row's count (the "
+            "work this meta-gradient needs); what FlopCounterMode counted over their own step is `gflop_counted` "
+            "in speed.json (vmap's convolution backward and checkpointing's recomputation do more)."
+        )
     return "\n".join(lines + side_by_side_sections(RESULTS)) + "\n"
 
 

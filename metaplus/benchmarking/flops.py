@@ -70,3 +70,60 @@ def utilisation(flops: float, seconds: float, peak_gflops: float) -> dict[str, f
         raise ValueError(f"seconds and peak_gflops must be > 0, got seconds={seconds}, peak_gflops={peak_gflops}")
     achieved = flops / seconds / 1e9
     return {"gflops_per_s": achieved, "utilisation": achieved / peak_gflops}
+
+
+# -- bench/speed.py's rows ------------------------------------------------------------------------
+def utilisation_fields(
+    flops: int, s_it: float, peak_gflops: float, cpu_it: float | None = None, cpu_peak_gflops: float | None = None
+) -> dict:
+    """A row's FLOPs per meta-iteration, the GFLOP/s it achieved at its wall-clock s/iteration, the
+    matmul peak its own process measured, and ``utilisation`` = achieved / peak
+    (``metaplus.benchmarking.flops``; counted FLOPs are convolutions and matrix products only).
+    With ``cpu_it`` and ``cpu_peak_gflops`` also ``cpu_utilisation``: both rates per CPU second (the
+    step's process time, the matmul's process time), which waiting for a core on a shared machine
+    does not inflate."""
+    rates = utilisation(flops, s_it, peak_gflops)
+    fields = {
+        "gflop_per_iteration": round(flops / 1e9, 3),
+        "gflops_per_s": round(rates["gflops_per_s"], 2),
+        "peak_gflops": round(peak_gflops, 2),
+        "utilisation": round(rates["utilisation"], 3),
+    }
+    if cpu_it is not None and cpu_peak_gflops is not None:
+        cpu_rates = utilisation(flops, cpu_it, cpu_peak_gflops)
+        fields.update(
+            cpu_gflops_per_s=round(cpu_rates["gflops_per_s"], 2),
+            cpu_peak_gflops=round(cpu_peak_gflops, 2),
+            cpu_utilisation=round(cpu_rates["utilisation"], 3),
+        )
+    return fields
+
+
+#: Engines that compute the default engine's meta-gradient with more operations: the batched engine
+#: (vmap's batching rule for the convolution backward computes gradients the loop does not; counted
+#: 2.5x a per-task loop's FLOPs for one conv's weight gradient) and checkpoint_steps (recomputes each
+#: inner step). Their utilisation is the default engine's count (the work the meta-gradient needs) over
+#: their time; their own count stays in ``gflop_counted``.
+SAME_META_GRADIENT_AS_L2L = ("batched", "l2l_checkpoint_steps")
+
+
+def useful_flops(rows: list[dict]) -> list[dict]:
+    """Rows of :data:`SAME_META_GRADIENT_AS_L2L` engines with the l2l row's FLOP count of their setting
+    as the work done (utilisation recomputed from their own times and peaks); others unchanged."""
+    counts = {
+        r["setting"]: r["gflop_per_iteration"] for r in rows if r["engine"] == "l2l" and "gflop_per_iteration" in r
+    }
+    out = []
+    for r in rows:
+        if r["engine"] in SAME_META_GRADIENT_AS_L2L and r["setting"] in counts and "gflop_per_iteration" in r:
+            counted = r.get("gflop_counted", r["gflop_per_iteration"])
+            fields = utilisation_fields(
+                int(counts[r["setting"]] * 1e9),
+                r["s_per_iteration"],
+                r["peak_gflops"],
+                r.get("cpu_s_per_iteration"),
+                r.get("cpu_peak_gflops"),
+            )
+            r = {**r, **fields, "gflop_counted": counted, "flops_from": "l2l"}
+        out.append(r)
+    return out
