@@ -127,9 +127,14 @@ def variants(comparison: str, learner) -> dict:
 
 
 def interleaved(args) -> dict:
-    """Variants A and B of one learner in this process, in the order A B B A A B B A ..."""
+    """Variants A and B of one learner in this process, in the order A B B A A B B A ... (glibc set as a
+    run sets it unless --no-malloc-keep-buffers; rows before 2026-12-07's third session ran with glibc's
+    defaults)."""
     import torch
 
+    from metaplus.allocator import configure_allocator
+
+    applied = configure_allocator(args.malloc_keep_buffers)
     torch.set_num_threads(args.threads)
     learner, batch = make_learner(args.setting, args.override)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -145,7 +150,7 @@ def interleaved(args) -> dict:
             wall, cpu = timed(lambda r=repeat: meta_iteration(learner, optimizer, batch(r + 1)), args.iterations)
             times[name]["wall"] += wall
             times[name]["cpu"] += cpu
-    return summary(args, times)
+    return {**summary(args, times), "allocator": applied}
 
 
 def summary(args, times: dict) -> dict:
@@ -358,7 +363,8 @@ def main() -> None:
         "--malloc-keep-buffers",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="grouped: glibc set as a run sets it (metaplus.allocator; --no-malloc-keep-buffers: glibc defaults)",
+        help="glibc set as a run sets it (metaplus.allocator; --no-malloc-keep-buffers: glibc defaults); "
+        "not for allocator, which compares both",
     )
     parser.add_argument("--profile", type=int, help="grouped: profile every variant once at this T (top operators)")
     parser.add_argument("--out", type=Path, help="append the JSON line to this file")

@@ -127,10 +127,15 @@ class Pretrain(EpisodicLearner):
                     p.zero_()
 
     def evaluate_task(
-        self, task: Task, steps: int, per_step: bool = True, final_prediction: list[Tensor] | None = None
+        self,
+        task: Task,
+        steps: int,
+        per_step: bool = True,
+        final_prediction: list[Tensor] | None = None,
+        score_before: bool = True,
     ) -> tuple[Tensor, Tensor]:
         self.reset_episode_head()
-        return super().evaluate_task(task, steps, per_step, final_prediction)
+        return super().evaluate_task(task, steps, per_step, final_prediction, score_before)
 
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
         self.reset_episode_head()
