@@ -152,18 +152,22 @@ def map_on_workers(fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], stat
     bench/results/eval_cost.md). Each state (e.g. a worker's own copies of some modules) is held by one
     thread at a time, so ``fn`` may mutate it. Items are drawn from ``items`` by the calling thread, a
     few ahead of the workers. With one state, ``fn`` runs in the calling thread, threads untouched.
-    Per-thread settings (grad mode, autocast) are the thread's own: ``fn`` must enter the ones it needs.
+    Grad mode and CPU autocast are per thread in torch: the workers run ``fn`` under the calling
+    thread's (e.g. Lightning's no_grad evaluation under ``bf16-mixed``).
     """
     if len(states) == 1:
         return {key: fn(states[0], item) for key, item in items}
     free: queue.SimpleQueue = queue.SimpleQueue()
     for state in states:
         free.put(state)
+    grad_enabled = torch.is_grad_enabled()
+    autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
     def work(item: T) -> R:
         state = free.get()
         try:
-            return fn(state, item)
+            with torch.set_grad_enabled(grad_enabled), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
+                return fn(state, item)
         finally:
             free.put(state)
 

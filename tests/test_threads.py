@@ -163,3 +163,17 @@ def test_map_on_workers_raises_what_a_worker_raised():
     with pytest.raises(ValueError, match="episode 3"):
         map_on_workers(work, ((k, k) for k in range(6)), [0, 1])
     assert map_on_workers(work, ((k, k) for k in range(3)), [0]) == {0: 0, 1: 1, 2: 2}
+
+
+def test_map_on_workers_runs_fn_under_the_callers_grad_mode_and_cpu_autocast():
+    """Grad mode and autocast are thread-local in torch: a worker thread starts with grad on and no
+    autocast, so evaluation under Lightning's no_grad and ``bf16-mixed`` would silently change."""
+    from metaplus.threads import map_on_workers
+
+    def settings(state, item):
+        return torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = map_on_workers(settings, ((k, k) for k in range(4)), [0, 1])
+    assert set(seen.values()) == {(False, True, torch.bfloat16)}
+    assert set(map_on_workers(settings, ((k, k) for k in range(4)), [0, 1]).values()) == {(True, False, torch.bfloat16)}
