@@ -119,7 +119,7 @@ def test_evaluation_equals_the_default_engine_per_episode():
 def test_a_backbone_other_than_conv4_is_refused_naming_it():
     learner = MAML(MLP(input_shape=[1], output_dim=1, hidden=[4]), "regression", inner_steps=1)
     x = torch.randn(2, 3, 1)
-    with pytest.raises(ConfigError, match="MLP is invalid for the grouped engine.*Conv4"):
+    with pytest.raises(ConfigError, match="grouped is invalid with the MLP backbone.*Conv4"):
         GroupedAdapt().query_losses(
             learner.backbone,
             x,
@@ -139,7 +139,7 @@ def test_the_engine_is_chosen_by_name_and_refuses_another_backbone_when_the_lear
     from metaplus.inner import make_engine
 
     assert type(make_engine("grouped", chunk_size=4)) is GroupedAdapt
-    with pytest.raises(ConfigError, match="MLP is invalid for the grouped engine"):
+    with pytest.raises(ConfigError, match="engine.*grouped is invalid with the MLP backbone"):
         MAML(MLP(input_shape=[1], output_dim=1, hidden=[4]), "regression", engine="grouped")
 
 

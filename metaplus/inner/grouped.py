@@ -46,9 +46,9 @@ def check_grouped_backbone(model: nn.Module) -> None:
     """The grouped formulation is written for Conv-4's blocks (conv, BN, pool, activation) and head."""
     if not isinstance(model, Conv4):
         raise ConfigError(
-            "model",
-            f"{type(model).__name__} is invalid for the grouped engine: it runs metaplus.nn.Conv4 only "
-            f"(use algo.engine=l2l or batched)",
+            "engine",
+            f"grouped is invalid with the {type(model).__name__} backbone: it runs metaplus.nn.Conv4 only "
+            f"(use algo.engine=l2l or batched, or model=conv4)",
         )
 
 
