@@ -241,7 +241,10 @@ def evaluate_ensemble(
     members = ensemble_members(learner, checkpoints, device)
     if batched:
         adaptation = MemberAdaptation(members[0], steps)
-        state, later_state = stacked_state(members), stacked_state(members[1:]) if len(members) > 1 else None
+        state = stacked_state(members)
+        # The other members' stack, only where the first member's predictions are handed over (a second
+        # copy of k-1 members' parameters on the device otherwise for nothing).
+        later_state = stacked_state(members[1:]) if known and len(members) > 1 else None
         workers = 1
     elif workers is None:
         workers = torch.get_num_threads() if device.type == "cpu" else 1
