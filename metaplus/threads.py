@@ -142,7 +142,9 @@ def configure_run_threads(cfg: Mapping[str, Any]) -> int:
     return configure_threads(cfg.get("threads"), processes)
 
 
-def map_on_workers(fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], states: Sequence[S]) -> dict[int, R]:
+def map_on_workers(
+    fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], states: Sequence[S], shared: Iterable[torch.Tensor] = ()
+) -> dict[int, R]:
     """``{key: fn(state, item)}`` for every ``(key, item)`` of ``items``, on ``len(states)`` Python threads
     that each run torch with one intra-op thread (the process's thread count is restored after).
 
@@ -154,6 +156,12 @@ def map_on_workers(fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], stat
     few ahead of the workers. With one state, ``fn`` runs in the calling thread, threads untouched.
     Grad mode and CPU autocast are per thread in torch: the workers run ``fn`` under the calling
     thread's (e.g. Lightning's no_grad evaluation under ``bf16-mixed``).
+
+    ``shared``: the leaf tensors that several workers build graphs on (a learner's parameters). Their
+    autograd accumulator nodes are held for the duration by views made here. Without that, torch creates
+    such a node under the tensor's autograd lock and then takes the GIL, while a worker holding the GIL
+    (indexing the same parameter) waits for that lock: the process hangs (seen in the test suite:
+    evaluation episodes on two workers, tests/test_threads.py reproduces it).
     """
     if len(states) == 1:
         return {key: fn(states[0], item) for key, item in items}
@@ -171,6 +179,8 @@ def map_on_workers(fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], stat
         finally:
             free.put(state)
 
+    with torch.enable_grad():  # views from C++ only: a node wrapped in Python would take the GIL again
+        held = [t.view_as(t) for t in shared if t.requires_grad and t.is_leaf]
     threads = torch.get_num_threads()
     results: dict[int, R] = {}
     pending: dict[concurrent.futures.Future, int] = {}
@@ -187,4 +197,5 @@ def map_on_workers(fn: Callable[[S, T], R], items: Iterable[tuple[int, T]], stat
                 results[pending.pop(future)] = future.result()
     finally:
         torch.set_num_threads(threads)
+        del held
     return results

@@ -177,3 +177,38 @@ def test_map_on_workers_runs_fn_under_the_callers_grad_mode_and_cpu_autocast():
         seen = map_on_workers(settings, ((k, k) for k in range(4)), [0, 1])
     assert set(seen.values()) == {(False, True, torch.bfloat16)}
     assert set(map_on_workers(settings, ((k, k) for k in range(4)), [0, 1]).values()) == {(True, False, torch.bfloat16)}
+
+
+SHARED_LEAF_WORKERS = """
+import time, torch
+from metaplus.threads import map_on_workers
+
+param = torch.nn.Parameter(torch.randn(4, 8))
+
+def work(_, kind):
+    # What two workers of one learner do: adapt (clone its parameters, building graphs on them) and
+    # index a parameter (a per-step set) while holding the GIL.
+    stop = time.perf_counter() + 2.0
+    while time.perf_counter() < stop:
+        with torch.enable_grad():
+            param.clone() if kind == "clone" else param[1]
+
+map_on_workers(work, [(0, "clone"), (1, "index"), (2, "clone"), (3, "index")], [None, None], shared=[param])
+print("finished")
+"""
+
+
+def test_workers_sharing_a_parameter_do_not_deadlock():
+    # torch creates a leaf's gradient accumulator under the leaf's autograd lock and then takes the GIL;
+    # a thread indexing the leaf holds the GIL and waits for that lock. The suite hung on it (evaluation
+    # episodes on two workers) before map_on_workers held the accumulators of the shared leaves.
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SHARED_LEAF_WORKERS], capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("two workers sharing a parameter hung (autograd lock against the GIL)")
+    assert done.returncode == 0 and "finished" in done.stdout, done.stderr

@@ -552,7 +552,7 @@ class EpisodicLearner(L.LightningModule):
         workers = 1
         if self.device.type == "cpu" and self.evaluates_episodes_concurrently:
             workers = max(min(torch.get_num_threads(), len(indices)), 1)
-        return map_on_workers(evaluate, ((b, b) for b in range(len(indices))), [None] * workers)
+        return map_on_workers(evaluate, ((b, b) for b in range(len(indices))), [None] * workers, self.parameters())
 
     def _eval_step(self, stage: str, batch: TaskBatch) -> None:
         curves, with_curve = self.episode_curves[stage], self.curve_at(stage)
