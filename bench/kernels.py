@@ -8,7 +8,7 @@ The meta-batches are random tensors of the setting's shapes (the cost does not d
     python bench/kernels.py pool_order --setting mamlpp_omniglot_5w1s          # activation->pool vs pool->activation
     python bench/kernels.py channels_last --setting mamlpp_miniimagenet_5w1s   # NCHW vs channels-last
     python bench/kernels.py channels_last --setting mamlpp_miniimagenet_5w1s --override data.image_size=32
-    python bench/kernels.py threads --setting mamlpp_miniimagenet_5w1s         # 1 vs 2 torch threads
+    python bench/kernels.py threads --setting mamlpp_miniimagenet_5w1s         # 1 vs 2 threads (tasks in turn, at once)
     python bench/kernels.py allocator --setting mamlpp_miniimagenet_5w1s       # glibc defaults vs metaplus.allocator
     python bench/kernels.py utilisation --setting mamlpp_miniimagenet_5w1s     # GFLOP/iteration, GFLOP/s, peak
     python bench/kernels.py grouped --setting maml_omniglot_5w1s --tasks 1 2 4 8 16 32 --profile 8
@@ -81,14 +81,11 @@ def make_learner(setting: str, overrides: list[str] = ()):
 
 
 def meta_iteration(learner, optimizer, batch) -> None:
-    """One training step as ``EpisodicLearner.training_step`` takes it: per-task meta-backward (a batched
-    engine: one call and one backward per chunk of tasks), Adam."""
+    """One training step as ``EpisodicLearner.training_step`` takes it (``accumulate_meta_batch``: per-task
+    meta-backward, on worker threads where ``algo.task_workers`` applies; a batched engine: one call and
+    one backward per chunk of tasks), Adam."""
     optimizer.zero_grad()
-    if getattr(learner.inner, "batched", False):
-        learner.accumulate_batched(batch)
-    else:
-        for b in range(len(batch)):
-            learner.accumulate_task(batch[b], 1.0 / len(batch))
+    learner.accumulate_meta_batch(batch)
     optimizer.step()
 
 
@@ -116,13 +113,21 @@ def variants(comparison: str, learner) -> dict:
     def channels_last(on: bool):
         return lambda: setattr(learner.backbone, "channels_last", on)
 
-    def threads(n: int):
-        return lambda: torch.set_num_threads(n)
+    def threads(n: int, workers: int | None = None):
+        def apply():
+            torch.set_num_threads(n)
+            learner.task_workers = workers
+
+        return apply
 
     return {
         "pool_order": {"activation_then_pool": pool_first(False), "pool_then_activation": pool_first(True)},
         "channels_last": {"nchw": channels_last(False), "channels_last": channels_last(True)},
-        "threads": {"1_thread": threads(1), "2_threads": threads(2)},
+        "threads": {
+            "1_thread": threads(1),
+            "2_threads_one_task_at_a_time": threads(2, 1),  # before algo.task_workers
+            "2_threads_2_task_workers": threads(2, 2),  # the default (algo.task_workers=null) on 2 cores
+        },
     }[comparison]
 
 
@@ -154,8 +159,13 @@ def interleaved(args) -> dict:
 
 
 def summary(args, times: dict) -> dict:
-    a, b = list(times)
+    """Medians, and each later variant's time over the first's."""
+    a, *others = list(times)
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    ratios = {}
+    for b in others:
+        ratios[f"{b}_over_{a}"] = round(median[b]["wall"] / median[a]["wall"], 3)
+        ratios[f"{b}_over_{a}_cpu"] = round(median[b]["cpu"] / median[a]["cpu"], 3)
     return {
         "comparison": args.comparison,
         "setting": args.setting,
@@ -165,8 +175,7 @@ def summary(args, times: dict) -> dict:
         "iterations_per_repeat": args.iterations,
         "median_s_per_iteration": {n: round(m["wall"], 3) for n, m in median.items()},
         "median_cpu_s_per_iteration": {n: round(m["cpu"], 3) for n, m in median.items()},
-        f"{b}_over_{a}": round(median[b]["wall"] / median[a]["wall"], 3),
-        f"{b}_over_{a}_cpu": round(median[b]["cpu"] / median[a]["cpu"], 3),
+        **ratios,
         "times": {n: {k: [round(x, 3) for x in v] for k, v in t.items()} for n, t in times.items()},
     }
 

@@ -72,8 +72,10 @@ def child(overrides: list[str], mode: str, out: Path) -> None:
 
     from metaplus.compose import compose_config
     from metaplus.run import build
+    from metaplus.threads import configure_run_threads
 
     cfg = compose_config([*overrides, *TRAINING_ONLY], out)
+    configure_run_threads(cfg)  # threads and allocator as a run sets them (rows before 2026-12-08: torch's defaults)
     L.seed_everything(0)
     parts = build(cfg)
     learner, trainer = parts["learner"], parts["trainer"]
@@ -121,9 +123,10 @@ def hold_all_graphs(learner) -> None:
     learner.training_step = training_step
 
 
-def measure_run(overrides: list[str], mode: str = "per_task", label: str = "run") -> dict:
+def measure_run(overrides: list[str], mode: str = "per_task", label: str = "run", skip: int = 1) -> dict:
     """Train the config ``overrides`` compose (plus ``TRAINING_ONLY``) in a fresh measured process: its
-    peak RSS and seconds per meta-iteration, the first iteration dropped as warm-up when there are more."""
+    peak RSS and seconds per meta-iteration, the first ``skip`` iterations dropped as warm-up when there
+    are more."""
     out = REPO / "outputs" / "bench" / f"memory-{label}-{time.strftime('%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     peak_rss_gb = run_measured(
@@ -131,12 +134,12 @@ def measure_run(overrides: list[str], mode: str = "per_task", label: str = "run"
         cwd=REPO,
     )
     timing = json.loads((out / "timing.json").read_text())
-    steady = timing["times"][1:] or timing["times"]
-    steady_cpu = timing["cpu_times"][1:] or timing["cpu_times"]
+    steady = timing["times"][skip:] or timing["times"]
+    steady_cpu = timing["cpu_times"][skip:] or timing["cpu_times"]
     return {
         "mode": mode,
         "iterations_timed": len(steady),
-        "warm_up_dropped": len(timing["times"]) > 1,
+        "warm_up_dropped": len(timing["times"]) > skip,  # the first ``skip`` iterations
         "s_per_iteration": round(sum(steady) / len(steady), 3),
         "cpu_s_per_iteration": round(sum(steady_cpu) / len(steady_cpu), 3),
         "peak_rss_gb": peak_rss_gb,

@@ -3,7 +3,9 @@
 One ``training_step`` is one meta-iteration over a meta-batch of tasks. Each task's outer loss is
 back-propagated as soon as it is computed (``manual_backward`` per task, gradients accumulated), so
 a task's graph is freed before the next is built: memory stays flat in the meta-batch size. Under
-DDP, gradients are synchronised only on the last task of the step.
+DDP, gradients are synchronised only on the last task of the step. On the CPU with several threads,
+the tasks run at once on worker threads instead, with the same meta-gradient
+(:mod:`metaplus.algorithms.task_workers`, ``algo.task_workers``).
 
 Subclasses override small hooks, not the loop:
 - ``adapted_names()``   which backbone parameters the inner loop changes (default: all),
@@ -30,6 +32,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from metaplus.algorithms.adapted import AdaptedLearner, adapt_to
+from metaplus.algorithms.task_workers import (
+    accumulate_on_workers,
+    check_task_workers,
+    task_memory_probe,
+    task_workers,
+)
 from metaplus.data.episodes import Task, TaskBatch
 from metaplus.errors import ConfigError, check, check_choice, check_int, check_positive, metric_name
 from metaplus.evaluation import EVAL_CURVES, EpisodeCurves, check_eval_curve, curve, episode_score, summarise
@@ -107,6 +115,7 @@ class EpisodicLearner(L.LightningModule):
         eval_curve_episodes: int | None = 100,
         engine: str = "l2l",
         chunk_size: int | None = None,
+        task_workers: int | None = None,
     ):
         super().__init__()
         check_choice("task_type", task_type, {"regression", "classification"})
@@ -144,6 +153,7 @@ class EpisodicLearner(L.LightningModule):
             ),
             "null (every episode) or an integer >= 1",
         )
+        check_task_workers(task_workers)
         self.save_hyperparameters(ignore=["backbone", "inner_loop"])
         self.automatic_optimization = False  # per-task backward: see module docstring
         self.backbone = backbone
@@ -164,6 +174,9 @@ class EpisodicLearner(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.grad_clip_value, self.grad_clip_norm = grad_clip_value, grad_clip_norm
         self.eval_curve, self.eval_curve_episodes = eval_curve, eval_curve_episodes
+        self.task_workers = task_workers  # metaplus.algorithms.task_workers
+        self.task_memory: tuple[int, int] | None = None  # (epoch, bytes of one task's graph) measured then
+        self.task_memory_logged: tuple[int, int] | None = None  # (epoch, workers) last logged
         # torchmetrics does the metric bookkeeping: per-episode curves gathered across DDP ranks,
         # and the meta-batch means of the training loss and metric.
         self.episode_curves = nn.ModuleDict({stage: EpisodeCurves() for stage in ("val", "test")})
@@ -280,19 +293,26 @@ class EpisodicLearner(L.LightningModule):
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
         return nullcontext() if last or block is None else block()
 
+    def accumulate_meta_batch(self, batch: TaskBatch) -> tuple[list[Tensor], list[Tensor]]:
+        """Add the meta-batch's mean meta-gradient to ``.grad``; return per-task (losses, metrics)."""
+        n = len(batch)
+        if getattr(self.inner, "batched", False):  # algo.engine=batched: whole chunks of tasks per call
+            return self.accumulate_batched(batch)
+        if (workers := task_workers(self, n)) > 1:  # CPU: tasks at once on worker threads
+            return accumulate_on_workers(self, batch, workers)
+        losses, metrics = [], []
+        for b in range(n):
+            with self.gradient_sync(last=b == n - 1), task_memory_probe(self, n) if b == 0 else nullcontext():
+                loss, metric = self.accumulate_task(batch[b], 1.0 / n)
+            losses.append(loss)
+            metrics.append(metric)
+        return losses, metrics
+
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         optimizer = self.optimizers()
         optimizer.zero_grad()
         n = len(batch)
-        losses, metrics = [], []
-        if getattr(self.inner, "batched", False):  # algo.engine=batched: whole chunks of tasks per call
-            losses, metrics = self.accumulate_batched(batch)
-        else:
-            for b in range(n):
-                with self.gradient_sync(last=b == n - 1):
-                    loss, metric = self.accumulate_task(batch[b], 1.0 / n)
-                losses.append(loss)
-                metrics.append(metric)
+        losses, metrics = self.accumulate_meta_batch(batch)
         loss = torch.stack(losses).mean()
         self.check_finite(loss)
         self.logged_meta_lr.fill_(optimizer.param_groups[0]["lr"])  # a kernel argument, not a copy

@@ -162,11 +162,7 @@ def meta_gradient(engine: str, device, dtype=None) -> dict:
             for name, t in vars(batch).items()
         }
     )
-    if engine == "batched":
-        learner.accumulate_batched(batch)
-    else:
-        for b in range(len(batch)):
-            learner.accumulate_task(batch[b], 1.0 / len(batch))
+    learner.accumulate_meta_batch(batch)  # the training step's own dispatch
     return {n: p.grad.detach().cpu().double() for n, p in learner.named_parameters() if p.grad is not None}
 
 

@@ -16,13 +16,17 @@ Statistics modes (``bn_stats``):
   ``per_step_stats``, i.e. ordinary BN).
 
 Running statistics are buffers that do not require grad, so learn2learn's ``clone_module`` shares
-them: a forward pass of an adapted clone updates the statistics of the original backbone.
+them: a forward pass of an adapted clone updates the statistics of the original backbone. Tasks
+trained at once on worker threads record their updates instead (:func:`deferred_running_stats`) and
+the training step applies them in task order (:func:`replay_running_stats`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,19 @@ from metaplus.errors import check_choice, check_int
 
 STATS_MODES = ("batch", "running")
 _explicit_statistics = [False]  # set by explicit_batch_statistics(); a list so the flag is shared
+_deferred = threading.local()  # .updates: this thread's record of running-statistics updates, or None
+
+
+class StatUpdate(NamedTuple):
+    """One deferred update of a layer's running statistics (the buffers, not the layer: a recorded
+    adapted clone would be kept alive with them)."""
+
+    running_mean: Tensor
+    running_var: Tensor
+    row: int  # the inner step's set
+    momentum: float
+    batch_mean: Tensor
+    batch_var: Tensor  # unbiased, as the kernel keeps it
 
 
 @contextmanager
@@ -47,6 +64,31 @@ def explicit_batch_statistics() -> Iterator[None]:
         yield
     finally:
         _explicit_statistics[0] = previous
+
+
+@contextmanager
+def deferred_running_stats() -> Iterator[list[StatUpdate]]:
+    """Within this block, on this thread only, training forwards leave the running statistics as they
+    are and append each update they would have made to the yielded list, for
+    :func:`replay_running_stats` to apply later. For a meta-batch's tasks trained at once on worker
+    threads: their in-place updates of the shared buffers would race, and the order in which they land
+    (so the statistics' last bits) would depend on the threads' timing; replayed in task order, they
+    do not."""
+    previous = getattr(_deferred, "updates", None)
+    _deferred.updates = updates = []
+    try:
+        yield updates
+    finally:
+        _deferred.updates = previous
+
+
+def replay_running_stats(updates: list[StatUpdate]) -> None:
+    """Apply recorded running-statistics updates in order, with the formula of the batch-norm kernel
+    (``momentum * batch + (1 - momentum) * running``, in float64, then stored in the buffer's dtype)."""
+    with torch.no_grad():
+        for u in updates:
+            for running, batch in ((u.running_mean[u.row], u.batch_mean), (u.running_var[u.row], u.batch_var)):
+                running.copy_(u.momentum * batch.double() + (1 - u.momentum) * running.double())
 
 
 def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,9 +150,14 @@ class PerStepBatchNorm2d(nn.Module):
         return first.clone() if sets == 1 else first.repeat(sets, 1)
 
     @staticmethod
-    def _select(tensor: Tensor, step: int) -> Tensor:
-        """The set for ``step`` (rows of a per-step tensor), clamped to the last set."""
-        return tensor[min(max(step, 0), tensor.shape[0] - 1)]
+    def _row(tensor: Tensor, step: int) -> int:
+        """The row of a per-step tensor that holds the set for ``step``, clamped to the last set."""
+        return min(max(step, 0), tensor.shape[0] - 1)
+
+    @classmethod
+    def _select(cls, tensor: Tensor, step: int) -> Tensor:
+        """The set for ``step`` (a row of a per-step tensor)."""
+        return tensor[cls._row(tensor, step)]
 
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
         weight = self.weight if self.weight.dim() == 1 else self._select(self.weight, step)
@@ -124,8 +171,17 @@ class PerStepBatchNorm2d(nn.Module):
             if self.stats == "running":
                 return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
-        # Training: batch statistics; the step's running statistics (row views) are updated in place.
-        return F.batch_norm(x, mean, var, weight, bias, training=True, momentum=self.momentum, eps=self.eps)
+        # Training: batch statistics; the step's running statistics (row views) are updated in place...
+        updates = getattr(_deferred, "updates", None)
+        if updates is None:
+            return F.batch_norm(x, mean, var, weight, bias, training=True, momentum=self.momentum, eps=self.eps)
+        # ...or, deferred, recorded: with momentum 1 the kernel writes exactly this batch's mean and
+        # unbiased variance into the fresh tensors (1 * batch + 0 * fresh).
+        batch_mean, batch_var = torch.zeros_like(mean), torch.ones_like(var)
+        out = F.batch_norm(x, batch_mean, batch_var, weight, bias, training=True, momentum=1.0, eps=self.eps)
+        row = self._row(self.running_mean, step)
+        updates.append(StatUpdate(self.running_mean, self.running_var, row, self.momentum, batch_mean, batch_var))
+        return out
 
     def extra_repr(self) -> str:
         return (

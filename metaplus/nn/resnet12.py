@@ -69,6 +69,12 @@ class ResidualBlock(nn.Module):
         self.shortcut_norm = PerStepBatchNorm2d(out_channels)
         self.dropblock_rate, self.dropblock_size = dropblock_rate, dropblock_size
 
+    @property
+    def draws_random_numbers(self) -> bool:
+        """Whether a training forward draws from the global generator (DropBlock's masks): tasks then
+        cannot be trained on worker threads (:mod:`metaplus.algorithms.task_workers`)."""
+        return self.dropblock_rate > 0
+
     def forward(self, x: Tensor, step: int = 0) -> Tensor:
         out = F.leaky_relu(self.norm1(self.conv1(x), step=step), LEAK)
         out = F.leaky_relu(self.norm2(self.conv2(out), step=step), LEAK)

@@ -47,9 +47,5 @@ def meta_gradients(make_learner, batch: TaskBatch, engine, epoch: int = 0) -> di
     torch.manual_seed(0)
     learner = at_epoch(make_learner(engine).double(), epoch)
     assert isinstance(learner.inner, BatchedAdapt) == (engine == "batched")
-    if engine == "batched":
-        learner.accumulate_batched(batch)
-    else:
-        for b in range(len(batch)):
-            learner.accumulate_task(batch[b], 1.0 / len(batch))
+    learner.accumulate_meta_batch(batch)  # the training step's own dispatch
     return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
