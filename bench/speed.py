@@ -581,16 +581,17 @@ def side_by_side_sections(results: Path) -> list[str]:
             "",
             "## Each change alone, measured side by side (bench/kernels.py; commands and loads in kernels.md)",
             "",
-            "| comparison | setting | overrides (meta-batch) | ratio | wall clock | CPU time |",
-            "|---|---|---|---|---:|---:|",
+            "| comparison | setting | overrides (meta-batch) | repeats x iterations | ratio | wall clock | CPU time |",
+            "|---|---|---|---|---|---:|---:|",
         ]
         for r in map(json.loads, path.read_text().splitlines()):
             for key, cpu in r.items():
                 if "_over_" in key and key.endswith("_cpu"):
                     ratio = key.removesuffix("_cpu")
                     overrides = " ".join(r.get("overrides") or []) + (f" (T={r['tasks']})" if "tasks" in r else "")
+                    blocks = f"{r['repeats']} x {r['iterations_per_repeat']}" if "repeats" in r else ""
                     lines.append(
-                        f"| {r['comparison']} | {r.get('setting', '')} | {overrides} | "
+                        f"| {r['comparison']} | {r.get('setting', '')} | {overrides} | {blocks} | "
                         f"{ratio} | {r.get(ratio, 'n/a')} | {cpu} |"
                     )
     return lines
@@ -632,6 +633,11 @@ def main() -> None:
     )
     parser.add_argument("--note", default="", help="a line for speed.md (e.g. the machine's load)")
     parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite <name>.md from <name>.json and the side-by-side files (kernels.jsonl, ...)",
+    )
+    parser.add_argument(
         "--name",
         default=None,
         help="results file stem under bench/results (default speed, with --gpu speed_gpu): a trial run's own name",
@@ -644,6 +650,11 @@ def main() -> None:
         args.iterations = 2 if args.quick else 4
     if args.val_batches is None:
         args.val_batches = 1 if args.quick else 3
+    if args.render_only:
+        name = args.name or ("speed" if not args.gpu else "speed_gpu")
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        (RESULTS / f"{name}.md").write_text(markdown(saved["rows"], saved.get("skipped", {}), saved["note"]))
+        return print(f"rewrote bench/results/{name}.md")
     if args.child:
         return child(args)
     from metaplus.threads import available_cores, decide_threads
