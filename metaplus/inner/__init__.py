@@ -1,5 +1,5 @@
 """Inner-loop engines, chosen by ``algo.engine``:
-- ``l2l`` (default): learn2learn clone/adapt, one task at a time (memory flat in the meta-batch);
+- ``l2l`` (default): learn2learn clone/adapt, one task at a time per thread (memory flat in the meta-batch);
 - ``batched``: torch.func, the tasks of a meta-batch vmapped in chunks of ``algo.chunk_size``
   (for GPUs, where one-task-at-a-time Conv-4 is launch-bound);
 - ``grouped``: Conv-4 only, the tasks of a chunk stacked on the channel axis and every convolution
