@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -15,6 +14,7 @@ from metaplus.algorithms import MAML
 from metaplus.algorithms.base import EpisodicLearner
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.nn import Conv4
+from metaplus.testing import quiet_trainer
 
 
 def image_episodes(n: int) -> list[tuple[int, Task]]:
@@ -47,15 +47,7 @@ def evaluated(learner: EpisodicLearner, threads: int, record: list) -> dict:
         return evaluate(*args, **kwargs)
 
     learner.evaluate_task = recording
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        inference_mode=False,
-    )
+    trainer = quiet_trainer()
     loader = DataLoader(image_episodes(8), batch_size=4, collate_fn=collate_tasks)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, collate_tasks
 from metaplus.evaluation import EpisodeCurves, episode_score
 from metaplus.nn import MLP, Conv4
+from metaplus.testing import quiet_trainer
 from metaplus.testing.probes import EvalResultsProbe
 
 
@@ -137,16 +137,7 @@ def loader(episodes, batch_size=3):
 
 
 def evaluate(learner, episodes, **trainer_args):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        **trainer_args,
-    )
+    trainer = quiet_trainer(**trainer_args)
     (val,) = trainer.validate(learner, dataloaders=loader(episodes), verbose=False)
     (test,) = trainer.test(learner, dataloaders=loader(episodes), verbose=False)
     return {**val, **learner.adaptation_curves.get("val", {}), **test, **learner.adaptation_curves.get("test", {})}
@@ -225,17 +216,7 @@ def test_results_equal_the_former_formulas_under_two_process_ddp(task_type, tmp_
     make, episodes = LEARNERS[task_type]
     learner = make(eval_curve="all")
     expected = {**old_results(learner, episodes(), "val"), **old_results(learner, episodes(), "test")}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        callbacks=[EvalResultsProbe(str(tmp_path))],
-    )
+    trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[EvalResultsProbe(str(tmp_path))])
     trainer.test(learner, dataloaders=loader(episodes(), batch_size=2), verbose=False)
     for rank in (0, 1):  # every rank holds the gathered result
         results = torch.load(tmp_path / f"rank{rank}.pt")
@@ -249,15 +230,7 @@ def test_validate_and_test_return_the_exact_results_and_the_curves_live_on_the_l
     which cannot be logged, are the learner's ``adaptation_curves``."""
     learner = regression_learner(eval_curve="all")
     expected = {**old_results(learner, sinusoid_episodes(), "val"), **old_results(learner, sinusoid_episodes(), "test")}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        inference_mode=False,
-    )
+    trainer = quiet_trainer()
     for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
         (logged,) = evaluate(learner, dataloaders=loader(sinusoid_episodes()), verbose=False)
         scalars = {k: v for k, v in expected.items() if k.startswith(f"{stage}/") and "by_step" not in k}

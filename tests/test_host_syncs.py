@@ -34,7 +34,6 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from numbers import Number
 
-import lightning as L
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -44,6 +43,7 @@ from torchmetrics import Metric
 from metaplus.algorithms import ANIL, MAML, MetaSGD, MTNet, Pretrain, Reptile
 from metaplus.data.episodes import TaskBatch
 from metaplus.nn import MLP, Conv4
+from metaplus.testing import quiet_trainer
 
 DEVICE = torch.device("meta")
 aten = torch.ops.aten
@@ -212,14 +212,7 @@ def on_device(name: str, engine: str, events: list[str], traffic: HostTraffic):
     if name == "pretrain":
         learner.build_pretrain_head(6)
     learner = learner.to(DEVICE)
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_epochs=3)
     learner.trainer = trainer
     optimizer = learner.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer

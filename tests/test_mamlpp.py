@@ -18,18 +18,12 @@ from metaplus.nn import Conv4, PerStepBatchNorm2d
 from metaplus.nn.init_from import split_init_from
 from metaplus.run import build
 from metaplus.schedules import first_order_at, msl_weights
-from metaplus.testing import QUICK
+from metaplus.testing import QUICK, quiet_trainer
 
 
 def at_epoch(learner: MAML, epoch: int, max_epochs: int = 100) -> MAML:
     """Attach a real (idle) Trainer whose current epoch is ``epoch``: schedules read it from there."""
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=max_epochs)
     trainer.fit_loop.epoch_progress.current.completed = epoch
     learner.trainer = trainer
     return learner

@@ -10,7 +10,6 @@ test passes ``MixedPrecision("16-mixed", "cpu")``: a real GradScaler scales ever
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader
 from metaplus.algorithms import MAML, base
 from metaplus.data.episodes import TaskBatch
 from metaplus.nn import MLP
+from metaplus.testing import quiet_trainer
 
 SCALE = 2.0**10
 
@@ -39,17 +39,7 @@ def one_step_update(plugins=None, **clip) -> tuple[torch.Tensor, float | None]:
     )
     learner.outer_optimizer = lambda: torch.optim.SGD(learner.parameters(), lr=1.0)
     before = torch.cat([p.detach().flatten().clone() for p in learner.parameters()])
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[],
-        plugins=plugins,
-    )
+    trainer = quiet_trainer(max_steps=1, callbacks=[], plugins=plugins)
     trainer.fit(learner, train_dataloaders=DataLoader([sinusoid_batch()], batch_size=None))
     after = torch.cat([p.detach().flatten() for p in learner.parameters()])
     scaler = getattr(trainer.precision_plugin, "scaler", None)

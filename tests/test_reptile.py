@@ -22,6 +22,7 @@ from metaplus.testing import (
     TinyLinear,
     needs_omniglot,
     quadratic_terms,
+    quiet_trainer,
     trained_vs_untrained,
 )
 
@@ -41,16 +42,7 @@ def inner_sgd(w, x, y, lr, steps):
 
 def fit(learner, batches, trainer_kwargs, ckpt_path=None):
     loader = DataLoader([(i, t) for i, t in enumerate(batches)], batch_size=2, collate_fn=collate_tasks)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs)
     trainer.fit(learner, train_dataloaders=loader, ckpt_path=ckpt_path)
     return trainer
 

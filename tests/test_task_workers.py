@@ -23,6 +23,7 @@ from metaplus.config import ConfigError
 from metaplus.data.episodes import Task, TaskBatch, collate_tasks
 from metaplus.nn import Conv4, PerStepBatchNorm2d, ResNet12
 from metaplus.nn.batchnorm import deferred_running_stats, replay_running_stats
+from metaplus.testing import quiet_trainer
 
 
 def meta_batch(n: int, seed: int = 3) -> TaskBatch:
@@ -146,15 +147,7 @@ def test_the_training_step_measures_a_task_then_runs_the_tasks_on_as_many_worker
         return task_loss(task)
 
     learner.task_loss = recording
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=3)
     loader = DataLoader([meta_batch(4, seed) for seed in range(3)], batch_size=None)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -198,9 +191,11 @@ def test_where_workers_do_not_apply_the_sequential_loop_runs():
     torch.set_num_threads(4)
     try:  # workers_allowed: what task_workers allows before the memory rule
         assert workers_allowed(mamlpp(), 8) == 4
-        assert workers_allowed(mamlpp(), 3) == 3
+        assert workers_allowed(mamlpp(), 4) == 4
+        assert workers_allowed(mamlpp(), 3) == 1  # auto: fewer tasks than threads stay on the op threads
         assert workers_allowed(mamlpp(), 1) == 1
         assert workers_allowed(mamlpp(task_workers=2), 8) == 2 and task_workers(mamlpp(task_workers=2), 8) == 2
+        assert workers_allowed(mamlpp(task_workers=3), 2) == 2  # a number: at most one worker per task
         assert workers_allowed(mamlpp(task_workers=1), 8) == 1
         assert workers_allowed(mamlpp(checkpoint_steps=True), 8) == 1  # re-parametrises the shared backbone
         assert workers_allowed(mamlpp(engine="batched"), 8) == 1
@@ -225,7 +220,7 @@ class BackwardHook(L.Callback):
 
 def test_a_callback_around_each_backward_keeps_the_sequential_loop():
     learner = mamlpp()
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[BackwardHook()])
+    trainer = quiet_trainer(callbacks=[BackwardHook()])
     learner.trainer = trainer
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

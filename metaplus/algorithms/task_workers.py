@@ -17,8 +17,10 @@ resident memory its first task's graph takes (Linux: the process's peak during i
 ``/proc/self/clear_refs``, less its resident size before); the next steps add workers only while the
 extra graphs fit in half the memory available then (``MemAvailable``, within a cgroup limit). Per epoch,
 because MAML++'s derivative-order annealing and MSL change the graph's size at epoch boundaries. A
-ResNet-12 second-order task (about 20 GB) therefore stays one at a time on a 24 GB machine. A number
-(``algo.task_workers=2``) is taken as given.
+ResNet-12 second-order task (about 20 GB) therefore stays one at a time on a 24 GB machine. With auto,
+every torch thread becomes a worker, and only when the meta-batch has at least as many tasks as threads
+(else cores would idle: a 16-core machine keeps its op threads on one task at a time for a meta-batch of
+2). A number (``algo.task_workers=2``) is taken as given, each worker on one op thread.
 
 Where it applies (else the sequential loop runs, with all op threads): a CPU process of its own (no
 DDP: there each rank gets its share of the cores), the default engine (the checkpointed engine
@@ -59,7 +61,7 @@ def check_task_workers(value: Any) -> None:
         "task_workers",
         value,
         value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
-        "null (as many as torch threads) or an integer >= 1",
+        "null (auto: as many as torch threads, memory permitting) or an integer >= 1",
     )
 
 
@@ -93,8 +95,13 @@ def workers_allowed(learner: EpisodicLearner, tasks: int) -> int:
         or hooks_each_backward(learner)
     ):
         return 1
-    limit = torch.get_num_threads() if learner.task_workers is None else learner.task_workers
-    return max(min(limit, tasks), 1)
+    if learner.task_workers is not None:
+        return max(min(learner.task_workers, tasks), 1)
+    threads = torch.get_num_threads()
+    # Auto: every op thread becomes a worker of one op thread, so only with a task for each: with fewer
+    # tasks than threads, some cores would idle (a machine with more cores than the meta-batch has tasks
+    # keeps its op threads on one task at a time; measured on 2 cores only).
+    return threads if tasks >= threads else 1
 
 
 def task_workers(learner: EpisodicLearner, tasks: int) -> int:

@@ -37,6 +37,26 @@ needs_omniglot = pytest.mark.skipif(
 )
 
 
+#: What a test's own Trainer leaves out: no logger, checkpoints, progress bar or model summary, on one CPU
+#: device; ``inference_mode=False`` because evaluation adapts (takes inner gradients) inside validate/test.
+QUIET_TRAINER = dict(
+    accelerator="cpu",
+    devices=1,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    inference_mode=False,
+)
+
+
+def quiet_trainer(**overrides):
+    """A Lightning Trainer for a test that drives a learner directly: ``QUIET_TRAINER``, ``overrides`` winning."""
+    import lightning as L
+
+    return L.Trainer(**{**QUIET_TRAINER, **overrides})
+
+
 class TinyLinear(nn.Module):
     """f(x) = x w (no bias): the linear least-squares model of the hand-derived inner-loop tests."""
 

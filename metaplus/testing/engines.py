@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-import lightning as L
 import torch
 
 from metaplus.data.episodes import TaskBatch
 from metaplus.inner import BatchedAdapt
 from metaplus.nn import Conv4
+from metaplus.testing import quiet_trainer
 
 
 def image_batch(tasks=3, ways=3, shots=2, queries=2, shape=(1, 16, 16), seed=0) -> TaskBatch:
@@ -33,9 +33,7 @@ def conv4():
 
 def at_epoch(learner, epoch: int):
     """A real idle Trainer at ``epoch`` (MSL reads its weights from the epoch); plain backward."""
-    trainer = L.Trainer(
-        max_epochs=100, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer(max_epochs=100)
     trainer.fit_loop.epoch_progress.current.completed = epoch
     learner.trainer = trainer
     learner.manual_backward = lambda loss: loss.backward()
