@@ -1,8 +1,8 @@
 """A meta-batch's tasks trained at once on worker threads (CPU): ``algo.task_workers``.
 
 One few-shot task's inner loop is a chain of small operations: spread over several intra-op threads,
-they leave the cores partly idle (two op threads trained MAML++ mini-ImageNet 5w1s 1.58x faster than
-one on 2 cores). The tasks of a meta-batch are independent until their meta-gradients are summed, so
+they leave the cores partly idle (two op threads train MAML++ mini-ImageNet 5w1s 1.63x faster than one
+on 2 cores, two workers 1.93x: bench/results/kernels.md section 5). The tasks of a meta-batch are independent until their meta-gradients are summed, so
 each worker thread (one op thread each, :func:`metaplus.threads.map_on_workers`) adapts one task and
 takes its meta-gradient with ``torch.autograd.grad``; the step then adds the gradients into ``.grad``
 and applies the tasks' batch-norm running-statistics updates in task order. The result does not depend
@@ -11,7 +11,7 @@ same sums in the same order), the running statistics equal to float rounding
 (:func:`metaplus.nn.batchnorm.replay_running_stats`).
 
 Cost: each worker holds its task's graph until its gradient is taken, so peak memory grows with the
-workers (MAML++ mini-ImageNet 5w1s: 4.5 -> 7.0 GB peak RSS with 2 workers). With ``algo.task_workers``
+workers (MAML++ mini-ImageNet 5w1s: 3.7 -> 6.3 GB peak RSS with 2 workers, bench/results/task_workers.md). With ``algo.task_workers``
 left at null (auto), the first meta-batch of each epoch runs one task at a time and measures the
 resident memory its first task's graph takes (Linux: the process's peak during it, reset through
 ``/proc/self/clear_refs``, less its resident size before); the next steps add workers only while the
@@ -27,8 +27,9 @@ DDP: there each rank gets its share of the cores), the default engine (the check
 re-parametrises the shared backbone in place; the batched ones take whole meta-batches), a learner
 whose training step is the query loss after adaptation (``supports_batched_engine``: not Reptile,
 MT-net or pretrain), a backbone that draws no random numbers in training (DropBlock, dropout: the
-tasks would take them from the global generator in the threads' order), and no callback or learner hook around each backward (Lightning's
-``on_before_backward``/``on_after_backward`` run per ``manual_backward``, which workers do not call).
+tasks would take them from the global generator in the threads' order), and no callback or learner
+hook around each backward (Lightning's ``on_before_backward``/``on_after_backward`` run per
+``manual_backward``, which workers do not call).
 """
 
 from __future__ import annotations
