@@ -16,9 +16,9 @@ left at null (auto), the first meta-batch of each epoch runs one task at a time 
 resident memory its first task's graph takes (Linux: the process's peak during it, reset through
 ``/proc/self/clear_refs``, less its resident size before); the next steps add workers only while the
 extra graphs fit in half the memory available then (``MemAvailable``, within a cgroup limit). Per epoch,
-because MAML++'s derivative-order annealing and MSL change the graph's size at epoch boundaries. A
-ResNet-12 second-order task (about 20 GB) therefore stays one at a time on a 24 GB machine. With auto,
-every torch thread becomes a worker, and only when the meta-batch has at least as many tasks as threads
+because MAML++'s derivative-order annealing and MSL change the graph's size at epoch boundaries. By this
+rule a ResNet-12 second-order task (about 20 GB) stays one at a time on a 24 GB machine (not run). With
+auto, every torch thread becomes a worker, and only when the meta-batch has at least as many tasks as threads
 (else cores would idle: a 16-core machine keeps its op threads on one task at a time for a meta-batch of
 2). A number (``algo.task_workers=2``) is taken as given, each worker on one op thread.
 
