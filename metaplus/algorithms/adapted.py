@@ -90,9 +90,7 @@ def adapt_to(learner, support_x: Tensor, support_y: Tensor, steps: int | None = 
         check("support_y", y.dtype, not y.is_floating_point(), "integer class labels 0..ways-1")
     check("support_y", tuple(y.shape), y.shape[0] == x.shape[0], f"one label per support input ({x.shape[0]})")
     learner.eval()  # as Lightning's validate/test: per-step BN statistics are read, never updated
-    reset = getattr(learner, "reset_episode_head", None)
-    if reset is not None:  # pre-training baseline: every episode starts from a zero head, as in evaluation
-        reset()
+    learner.start_episode()  # as in evaluation (pretrain: every episode starts from a zero head)
     task = Task(x, y, x[:0], y[:0])
     with torch.enable_grad():  # adaptation needs gradients even under torch.no_grad()/inference
         model = learner.adapt(task, steps, first_order=True)

@@ -435,6 +435,10 @@ class EpisodicLearner(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- evaluation (identical for every algorithm) --------------------------------------------
+    def start_episode(self) -> None:
+        """Called before each evaluation episode's adaptation (``evaluate_task``, ``adapted_prediction``,
+        ``adapt_to``); nothing by default (pretrain zeroes its episode head)."""
+
     def curve_at(self, stage: str) -> bool:
         """Whether ``stage`` ("val"/"test") scores the query set after every inner step (``eval_curve``)."""
         return stage in EVAL_CURVES[self.eval_curve]
@@ -454,6 +458,7 @@ class EpisodicLearner(L.LightningModule):
         after the last step (what ``adapted_prediction`` returns). ``score_before=False`` (with
         ``per_step=False`` and ``steps > 0``): the query set is scored once, after the last step, and
         the "before" values are NaN (evaluation scores step 0 on the curve's episodes only)."""
+        self.start_episode()
         skip_before = not score_before and not per_step and steps > 0
         losses, scores, predictions = [], [], []
 
@@ -485,6 +490,7 @@ class EpisodicLearner(L.LightningModule):
     def adapted_prediction(self, task: Task, steps: int) -> Tensor:
         """Query predictions after ``steps`` inner steps on the support set: the final step of
         ``evaluate_task``, as one prediction (the checkpoint ensemble averages these)."""
+        self.start_episode()
         with torch.enable_grad():
             learner = self.adapt(task, steps, first_order=True)
         with torch.no_grad():

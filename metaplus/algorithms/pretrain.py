@@ -119,24 +119,9 @@ class Pretrain(EpisodicLearner):
             return head_parameter_names(self.backbone)
         return super().adapted_names()
 
-    def reset_episode_head(self) -> None:
+    def start_episode(self) -> None:
         """Zero the episode head: each classification episode starts from an unbiased classifier."""
         if self.task_type == "classification":
             with torch.no_grad():
                 for p in self.backbone.head.parameters():
                     p.zero_()
-
-    def evaluate_task(
-        self,
-        task: Task,
-        steps: int,
-        per_step: bool = True,
-        final_prediction: list[Tensor] | None = None,
-        score_before: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        self.reset_episode_head()
-        return super().evaluate_task(task, steps, per_step, final_prediction, score_before)
-
-    def adapted_prediction(self, task: Task, steps: int) -> Tensor:
-        self.reset_episode_head()
-        return super().adapted_prediction(task, steps)
